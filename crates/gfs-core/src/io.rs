@@ -1,0 +1,112 @@
+//! The core's whole contract with the outside world: [`Input`] in, [`Output`] out.
+//!
+//! Drive rule (as str0m's): after every `Node::handle`, drain `Node::poll_output` until it returns
+//! `None`, execute each output in order, and feed results (`Input::WriteDone`) back before the
+//! next unrelated input. Then arm a timer for `Node::poll_timeout` and call
+//! `Node::handle(now, Input::Timeout)` when it fires.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Jid, LeaveReason, NodeId, SysfsFile, Table};
+use crate::uevent::KernelEvent;
+
+/// Everything that can happen to a node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// A CPG configuration change in `group` (the member list is the new one).
+    ConfChg {
+        group: String,
+        members: Vec<NodeId>,
+        joined: Vec<NodeId>,
+        left: Vec<(NodeId, LeaveReason)>,
+    },
+    /// A CPG message delivered in agreed order in `group`.
+    Deliver {
+        group: String,
+        sender: NodeId,
+        payload: Vec<u8>,
+    },
+    /// The corosync quorum service's view of this node's partition.
+    Quorum { quorate: bool },
+    /// A parsed kernel uevent.
+    Kernel(KernelEvent),
+    /// The result of an [`Output::Write`], fed back before the next unrelated input.
+    WriteDone {
+        table: Table,
+        file: SysfsFile,
+        value: i64,
+        /// `Err(errno)` when the kernel refused the write.
+        result: Result<(), i32>,
+    },
+    /// The fencing backend reports that `nodeid` was fenced at `at` (on the core's clock).
+    Fenced { nodeid: NodeId, at: crate::Time },
+    /// The fencing backend could not fence `nodeid`; the core asks again later.
+    FenceFailed { nodeid: NodeId, reason: String },
+    /// An operator confirmed (`gfs_control fence-ack`) that `nodeid` is down.
+    FenceAck { request: u64, nodeid: NodeId },
+    /// The deadline from `Node::poll_timeout` passed.
+    Timeout,
+}
+
+/// Everything a node asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    JoinGroup { group: String },
+    LeaveGroup { group: String },
+    /// Multicast in agreed order. The driver must keep the order of sends, retrying on TRY_AGAIN.
+    Mcast { group: String, payload: Vec<u8> },
+    /// Write `value` (decimal ASCII) to `<root>/<table>/lock_module/<file>`; answer with `Input::WriteDone`.
+    Write {
+        table: Table,
+        file: SysfsFile,
+        value: i64,
+    },
+    /// Ask the fencing backend to fence `nodeid`, which failed at `failed_at`; the backend answers
+    /// with `Input::Fenced` (a fence time at or after `failed_at` counts) or `Input::FenceFailed`.
+    Fence { nodeid: NodeId, failed_at: crate::Time },
+    /// Ask corosync to remove a node from the cluster (stale merge, dead daemon on a live node).
+    KillNode { nodeid: NodeId, reason: String },
+    /// Answer to `Input::FenceAck`.
+    Reply { request: u64, result: Result<String, String> },
+    /// A log record with the structured fields the driver turns into a tracing event.
+    Log(LogRecord),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub level: Level,
+    pub fs: Option<String>,
+    pub nodeid: Option<NodeId>,
+    pub jid: Option<Jid>,
+    /// The failure epoch (membership-change sequence) the record belongs to.
+    pub change: Option<u64>,
+    pub message: String,
+}
+
+impl std::fmt::Display for LogRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(fs) = &self.fs {
+            write!(f, "{fs} ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(n) = self.nodeid {
+            write!(f, " nodeid={n}")?;
+        }
+        if let Some(j) = self.jid {
+            write!(f, " jid={j}")?;
+        }
+        if let Some(c) = self.change {
+            write!(f, " change={c}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1 @@
+//! Test tools for gfs_controld (not packaged).
