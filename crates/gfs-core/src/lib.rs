@@ -17,3 +17,10 @@ pub use uevent::{format_uevent, parse_uevent, KernelEvent, KernelEventKind, Ueve
 
 /// Journal ids are searched in `0..MAX_JOURNALS`.
 pub const MAX_JOURNALS: u32 = 256;
+
+mod node;
+mod state;
+pub mod wire;
+
+pub use node::{Node, NodeConfig, Sabotage};
+pub use state::{Dirty, FsState, MState, Member, Mounter, Replicated};

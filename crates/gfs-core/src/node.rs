@@ -1,0 +1,1470 @@
+//! One daemon's protocol engine: the replicated state plus what only this node knows
+//! (its kernel mounts, fencing knowledge, quorum), turning inputs into outputs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::io::{Input, Level, LogRecord, Output};
+use crate::state::{MState, Replicated};
+use crate::time::Time;
+use crate::types::{Jid, LeaveReason, MountMode, NodeId, SysfsFile, Table, DAEMON_GROUP};
+use crate::uevent::{KernelEvent, KernelEventKind};
+use crate::view::{
+    FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
+    TimelineEntry,
+};
+use crate::wire::{self, Header, Message};
+
+const ENOENT: i32 = 2;
+const EBUSY: i32 = 16;
+const EBADR: i32 = 53;
+const EUSERS: i32 = 87;
+
+/// Test-only switches that break one safety gate each, so tests can prove the simulator's
+/// checkers catch the breach. The daemon never sets them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sabotage {
+    /// Replay without waiting for the failed node to be fenced (breaks S1).
+    pub skip_fencing: bool,
+    /// Replay without quorum (breaks S1).
+    pub ignore_quorum: bool,
+    /// Give every mounter the lowest jid in use (breaks S4).
+    pub duplicate_jid: bool,
+    /// Unblock as soon as a replayer is chosen, before the replay finished (breaks S3).
+    pub early_unblock: bool,
+    /// Assign replayers before every member confirmed it blocked.
+    pub skip_barrier: bool,
+    /// Readmit members that return from a partition with state (breaks S7).
+    pub accept_stale_merge: bool,
+    /// Let non-first mounters write `jid` while first-mounter replay runs (breaks S5).
+    pub skip_first_wait: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub nodeid: NodeId,
+    pub cluster_name: String,
+    /// The cluster's configured nodes (corosync nodelist), for startup fencing; empty disables it.
+    pub cluster_nodes: Vec<NodeId>,
+    pub proto_min: u16,
+    pub proto_max: u16,
+    pub max_journals: u32,
+    /// Wait before retrying a journal this node failed to replay.
+    pub recover_retry_ms: u64,
+    /// Wait before asking again after the fencing backend failed.
+    pub fence_retry_ms: u64,
+    /// No journal replay and no first mount without quorum (SPEC S1). Off only for tests.
+    pub require_quorum: bool,
+    pub timeline_keep: usize,
+    pub sabotage: Sabotage,
+}
+
+impl NodeConfig {
+    pub fn new(nodeid: NodeId, cluster_name: &str) -> Self {
+        NodeConfig {
+            nodeid,
+            cluster_name: cluster_name.to_owned(),
+            cluster_nodes: Vec::new(),
+            proto_min: wire::PROTOCOL_MIN,
+            proto_max: wire::PROTOCOL_MAX,
+            max_journals: crate::MAX_JOURNALS,
+            recover_retry_ms: 1000,
+            fence_retry_ms: 5000,
+            require_quorum: true,
+            timeline_keep: 16,
+            sabotage: Sabotage::default(),
+        }
+    }
+}
+
+/// Where this daemon stands with the group's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Sync {
+    /// Waiting for a STATE answering HELLO number `attempt`; after our own HELLO is delivered,
+    /// everything delivered is kept to be replayed on top of the snapshot.
+    Unsynced {
+        attempt: u32,
+        buffering: bool,
+        buffer: Vec<(NodeId, Message)>,
+    },
+    Synced,
+    /// We lost a partition merge (or cannot speak the group's protocol): we act on nothing
+    /// until corosync removes us (S7).
+    Stale,
+}
+
+/// How far this node's own kernel mount has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// `add` seen; waiting to be synced before announcing the mount.
+    Pending,
+    /// MOUNT sent; waiting for the group to admit us.
+    Announced,
+    /// `first`/`jid` written; waiting for `online`.
+    JidWritten,
+    Online,
+    Withdrawn,
+    /// We refused the mount (negative jid written); waiting for `remove`.
+    Refused,
+    /// The kernel coordinates recovery itself: hands off.
+    KernelManaged,
+}
+
+#[derive(Clone, Debug)]
+struct LocalFs {
+    table: Table,
+    mode: MountMode,
+    phase: Phase,
+    /// A `block=1` write was issued and not undone.
+    block_requested: bool,
+    /// The kernel accepted `block=1` (or the filesystem is gone).
+    block_confirmed: bool,
+    first_done_sent: bool,
+    withdraw_acked: bool,
+    recovering: BTreeSet<Jid>,
+    retry_at: BTreeMap<Jid, Time>,
+}
+
+#[derive(Clone, Debug)]
+struct FenceRecord {
+    failed_at: Time,
+    fenced_at: Option<Time>,
+    requested: bool,
+    retry_at: Option<Time>,
+    last_error: Option<String>,
+}
+
+impl FenceRecord {
+    fn done(&self) -> bool {
+        self.fenced_at.is_some_and(|t| t >= self.failed_at)
+    }
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    now: Time,
+    quorate: bool,
+    config_members: Vec<NodeId>,
+    /// HELLOs seen since the last configuration change: (synced, proto_min, proto_max).
+    hellos: BTreeMap<NodeId, (bool, u16, u16)>,
+    sync: Sync,
+    rep: Replicated,
+    local: BTreeMap<String, LocalFs>,
+    fence: BTreeMap<NodeId, FenceRecord>,
+    acked_epoch: u64,
+    outputs: VecDeque<Output>,
+    timelines: VecDeque<RecoveryTimeline>,
+    /// Count of daemon-group messages this node sent (benchmarks).
+    pub sent_messages: u64,
+}
+
+impl Node {
+    /// A node that is about to join the daemon group (the first output is the join).
+    pub fn new(cfg: NodeConfig, now: Time) -> Node {
+        let mut node = Node {
+            cfg,
+            now,
+            quorate: false,
+            config_members: Vec::new(),
+            hellos: BTreeMap::new(),
+            sync: Sync::Unsynced {
+                attempt: 0,
+                buffering: false,
+                buffer: Vec::new(),
+            },
+            rep: Replicated::default(),
+            local: BTreeMap::new(),
+            fence: BTreeMap::new(),
+            acked_epoch: 0,
+            outputs: VecDeque::new(),
+            timelines: VecDeque::new(),
+            sent_messages: 0,
+        };
+        node.outputs.push_back(Output::JoinGroup {
+            group: DAEMON_GROUP.to_owned(),
+        });
+        node
+    }
+
+    pub fn nodeid(&self) -> NodeId {
+        self.cfg.nodeid
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// The earliest moment this node wants `Input::Timeout`.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let retries = self.local.values().flat_map(|l| l.retry_at.values().copied());
+        let fences = self.fence.values().filter_map(|f| f.retry_at);
+        retries.chain(fences).min()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.sync == Sync::Synced
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.sync == Sync::Stale
+    }
+
+    /// No filesystem is mounted here: the daemon may exit cleanly.
+    pub fn can_shutdown(&self) -> bool {
+        self.local.values().all(|l| l.phase == Phase::KernelManaged)
+    }
+
+    /// The digest of the replicated state, for the agreement checker (None when not synced).
+    pub fn replicated_digest(&self) -> Option<u64> {
+        self.is_synced().then(|| self.rep.digest())
+    }
+
+    pub fn replicated(&self) -> &Replicated {
+        &self.rep
+    }
+
+    pub fn handle(&mut self, now: Time, input: Input) {
+        self.now = now.max(self.now);
+        match input {
+            Input::ConfChg {
+                group,
+                members,
+                joined,
+                left,
+            } => {
+                if group == DAEMON_GROUP {
+                    self.on_confchg(members, joined, left);
+                }
+                // Mount groups are joined so corosync tools show who holds what; every decision
+                // comes from the daemon group's single ordered stream (see DESIGN in lib.rs).
+            }
+            Input::Deliver {
+                group,
+                sender,
+                payload,
+            } => {
+                if group == DAEMON_GROUP {
+                    self.on_deliver(sender, &payload);
+                }
+            }
+            Input::Quorum { quorate } => {
+                if quorate != self.quorate {
+                    self.log(Level::Info, None, format!("quorum {}", if quorate { "regained" } else { "lost" }));
+                }
+                self.quorate = quorate;
+            }
+            Input::Kernel(ev) => self.on_kernel(ev),
+            Input::WriteDone {
+                table,
+                file,
+                value,
+                result,
+            } => self.on_write_done(table, file, value, result),
+            Input::Fenced { nodeid, at } => self.on_fenced(nodeid, at),
+            Input::FenceFailed { nodeid, reason } => {
+                let retry = self.now.after(self.cfg.fence_retry_ms);
+                if let Some(f) = self.fence.get_mut(&nodeid) {
+                    f.requested = false;
+                    f.retry_at = Some(retry);
+                    f.last_error = Some(reason.clone());
+                }
+                self.log_node(Level::Warn, nodeid, format!("fencing failed: {reason}; retrying"));
+            }
+            Input::FenceAck { request, nodeid } => self.on_fence_ack_request(request, nodeid),
+            Input::Timeout => {
+                let now = self.now;
+                for l in self.local.values_mut() {
+                    l.retry_at.retain(|_, t| *t > now);
+                }
+                for f in self.fence.values_mut() {
+                    if f.retry_at.is_some_and(|t| t <= now) {
+                        f.retry_at = None;
+                    }
+                }
+            }
+        }
+        self.drive();
+    }
+
+    // ----- daemon group -------------------------------------------------------------------
+
+    fn on_confchg(&mut self, members: Vec<NodeId>, joined: Vec<NodeId>, left: Vec<(NodeId, LeaveReason)>) {
+        let me = self.cfg.nodeid;
+        if left.iter().any(|(n, _)| *n == me) {
+            return; // our own leave: the daemon is exiting
+        }
+        self.config_members = members.clone();
+        self.hellos.clear();
+        match &mut self.sync {
+            Sync::Stale => {}
+            Sync::Unsynced { attempt, buffering, buffer } => {
+                // Whoever answered us may have left: ask again; the replay restarts at the new HELLO.
+                *attempt += 1;
+                *buffering = false;
+                buffer.clear();
+                let a = *attempt;
+                self.send_hello(a);
+            }
+            Sync::Synced => {
+                for (n, reason) in &left {
+                    self.member_left(*n, *reason);
+                }
+                for n in &joined {
+                    self.rep.members.entry(*n).or_default();
+                }
+                if !joined.is_empty() {
+                    self.send_hello(0);
+                }
+                self.settle_all();
+            }
+        }
+    }
+
+    fn member_left(&mut self, node: NodeId, reason: LeaveReason) {
+        let was_stale = self.rep.members.get(&node).is_some_and(|m| m.stale);
+        let fx = self.rep.remove_member(node);
+        let failure = reason.is_failure() || !fx.dirtied.is_empty();
+        if failure && !was_stale {
+            let rec = self.fence.entry(node).or_insert(FenceRecord {
+                failed_at: self.now,
+                fenced_at: None,
+                requested: false,
+                retry_at: None,
+                last_error: None,
+            });
+            rec.failed_at = self.now;
+            rec.requested = false;
+            rec.retry_at = None;
+        }
+        if reason == LeaveReason::ProcDown && self.lowest_active() == Some(self.cfg.nodeid) {
+            // The daemon died but the node and its mounts live on: have corosync remove it so
+            // it gets fenced, as the historical daemon did.
+            self.outputs.push_back(Output::KillNode {
+                nodeid: node,
+                reason: "gfs_controld died while the node stays in the cluster".into(),
+            });
+        }
+        if !fx.dirtied.is_empty() || !fx.first_lost.is_empty() {
+            let epoch = self.rep.epoch;
+            let tables: BTreeSet<String> = fx
+                .dirtied
+                .iter()
+                .map(|(t, _, _)| t.clone())
+                .chain(fx.first_lost.iter().cloned())
+                .collect();
+            self.timeline_start(epoch, node, &tables);
+            for (table, jid, owner) in &fx.dirtied {
+                self.log_full(
+                    Level::Warn,
+                    Some(table),
+                    Some(*owner),
+                    Some(*jid),
+                    format!("member failed ({reason:?}): journal needs replay"),
+                );
+            }
+        }
+    }
+
+    fn send_hello(&mut self, attempt: u32) {
+        let side = self
+            .rep
+            .members
+            .iter()
+            .filter(|(_, m)| m.synced && !m.stale)
+            .map(|(id, _)| *id)
+            .collect();
+        let msg = Message::Hello {
+            proto_min: self.cfg.proto_min,
+            proto_max: self.cfg.proto_max,
+            attempt,
+            synced: self.is_synced(),
+            side: if self.is_synced() { side } else { Vec::new() },
+        };
+        self.send(msg);
+    }
+
+    fn send(&mut self, msg: Message) {
+        // HELLO and STATE must be readable by any daemon: they always use the base version.
+        let version = match msg {
+            Message::Hello { .. } | Message::State { .. } => wire::PROTOCOL_MIN,
+            _ if self.rep.version > 0 => self.rep.version,
+            _ => wire::PROTOCOL_MIN,
+        };
+        let header = Header {
+            version,
+            sender: self.cfg.nodeid,
+            change: self.rep.epoch,
+        };
+        self.sent_messages += 1;
+        self.outputs.push_back(Output::Mcast {
+            group: DAEMON_GROUP.to_owned(),
+            payload: wire::encode(&header, &msg),
+        });
+    }
+
+    fn on_deliver(&mut self, sender: NodeId, payload: &[u8]) {
+        let (header, msg) = match wire::decode(payload) {
+            Ok(x) => x,
+            Err(e) => {
+                self.log_node(Level::Warn, sender, format!("dropped a malformed message: {e}"));
+                return;
+            }
+        };
+        if header.sender != sender {
+            self.log_node(
+                Level::Warn,
+                sender,
+                format!("dropped a message claiming to come from node {}", header.sender),
+            );
+            return;
+        }
+        if let Message::Hello {
+            synced,
+            proto_min,
+            proto_max,
+            ..
+        } = &msg
+        {
+            self.hellos.insert(sender, (*synced, *proto_min, *proto_max));
+        }
+        match &mut self.sync {
+            Sync::Stale => {}
+            Sync::Synced => self.apply(sender, msg),
+            Sync::Unsynced {
+                attempt,
+                buffering,
+                buffer,
+            } => {
+                let me = self.cfg.nodeid;
+                match msg {
+                    Message::Hello { attempt: a, .. } if sender == me && a == *attempt => {
+                        *buffering = true;
+                        buffer.clear();
+                    }
+                    Message::State {
+                        recipient,
+                        attempt: a,
+                        snapshot,
+                    } if recipient == me && a == *attempt && *buffering => {
+                        let replay = std::mem::take(buffer);
+                        self.adopt(snapshot, replay, sender);
+                        return;
+                    }
+                    other => {
+                        if *buffering {
+                            buffer.push((sender, other));
+                        }
+                    }
+                }
+                self.maybe_bootstrap();
+            }
+        }
+    }
+
+    /// Everyone in the configuration said HELLO and nobody holds state: the group starts here,
+    /// at the same stream position on every member.
+    fn maybe_bootstrap(&mut self) {
+        if !matches!(self.sync, Sync::Unsynced { buffering: true, .. }) {
+            return;
+        }
+        let all_said_hello = self.config_members.iter().all(|n| self.hellos.contains_key(n));
+        if !all_said_hello || self.hellos.values().any(|(synced, _, _)| *synced) {
+            return;
+        }
+        let ranges: BTreeMap<NodeId, (u16, u16)> = self
+            .config_members
+            .iter()
+            .map(|n| {
+                let (_, min, max) = self.hellos[n];
+                (*n, (min, max))
+            })
+            .collect();
+        let must_fence: BTreeSet<NodeId> = self
+            .cfg
+            .cluster_nodes
+            .iter()
+            .copied()
+            .filter(|n| !ranges.contains_key(n))
+            .collect();
+        self.rep = Replicated::bootstrap(&ranges, must_fence.clone());
+        self.sync = Sync::Synced;
+        for n in &must_fence {
+            self.fence.entry(*n).or_insert(FenceRecord {
+                failed_at: self.now,
+                fenced_at: None,
+                requested: false,
+                retry_at: None,
+                last_error: None,
+            });
+        }
+        self.log(
+            Level::Info,
+            None,
+            format!(
+                "formed the group with members {:?} (protocol {}); absent nodes to fence before a first mount: {:?}",
+                self.config_members, self.rep.version, must_fence
+            ),
+        );
+        self.after_sync();
+    }
+
+    fn adopt(&mut self, snapshot: Replicated, replay: Vec<(NodeId, Message)>, from: NodeId) {
+        self.rep = snapshot;
+        self.sync = Sync::Synced;
+        for (sender, msg) in replay {
+            self.apply(sender, msg);
+        }
+        // The STATE's own delivery marks us synced everywhere.
+        if let Some(m) = self.rep.members.get_mut(&self.cfg.nodeid) {
+            m.synced = true;
+        }
+        self.log(
+            Level::Info,
+            None,
+            format!(
+                "received the group state from node {from}: {} filesystems, protocol {}",
+                self.rep.fs.len(),
+                self.rep.version
+            ),
+        );
+        self.after_sync();
+    }
+
+    fn after_sync(&mut self) {
+        if self.rep.version < self.cfg.proto_min {
+            self.log(
+                Level::Error,
+                None,
+                format!(
+                    "the group runs protocol {} but this daemon needs at least {}: not taking part",
+                    self.rep.version, self.cfg.proto_min
+                ),
+            );
+            self.sync = Sync::Stale;
+            return;
+        }
+        // Any failure the state records happened before we knew of it: fencing is judged from now.
+        let needs: Vec<NodeId> = self.fence_needs().into_iter().collect();
+        for n in needs {
+            self.fence.entry(n).or_insert(FenceRecord {
+                failed_at: self.now,
+                fenced_at: None,
+                requested: false,
+                retry_at: None,
+                last_error: None,
+            });
+        }
+        let pending: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.phase == Phase::Pending)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for table in pending {
+            self.announce_mount(&table);
+        }
+        self.settle_all();
+    }
+
+    fn lowest_active(&self) -> Option<NodeId> {
+        self.rep
+            .members
+            .iter()
+            .find(|(id, m)| m.synced && !m.stale && self.config_members.contains(id))
+            .map(|(id, _)| *id)
+    }
+
+    /// Apply one delivered message to the replicated state (synced nodes only).
+    fn apply(&mut self, sender: NodeId, msg: Message) {
+        let me = self.cfg.nodeid;
+        match msg {
+            Message::Hello {
+                proto_min,
+                proto_max,
+                attempt,
+                synced,
+                side,
+            } => {
+                let Some(member) = self.rep.members.get_mut(&sender) else {
+                    return;
+                };
+                member.proto_min = proto_min;
+                member.proto_max = proto_max;
+                if member.synced || sender == me {
+                    self.rep.renegotiate();
+                    return;
+                }
+                if !synced {
+                    // A daemon with no state holds no gfs2 mounts (it refuses to start with
+                    // them), so it is no longer a startup-fencing concern.
+                    self.rep.must_fence.remove(&sender);
+                    self.rep.renegotiate();
+                    if self.lowest_active() == Some(me) {
+                        let snapshot = self.rep.clone();
+                        self.send(Message::State {
+                            recipient: sender,
+                            attempt,
+                            snapshot,
+                        });
+                    }
+                    return;
+                }
+                self.stale_merge(sender, side);
+            }
+            Message::State { recipient, .. } => {
+                if let Some(m) = self.rep.members.get_mut(&recipient) {
+                    if !m.stale {
+                        m.synced = true;
+                    }
+                }
+            }
+            _ if !self.rep.active_member(sender) => {
+                self.log_node(Level::Debug, sender, format!("ignored {} from a member without state", msg.name()));
+            }
+            Message::Mount { table, mode } => {
+                let max = self.cfg.max_journals;
+                let dup = self.cfg.sabotage.duplicate_jid;
+                match self.rep.add_mounter(&table, sender, mode, max, dup).cloned() {
+                    Some(m) if m.state == MState::Rejected => self.log_full(
+                        Level::Error,
+                        Some(&table),
+                        Some(sender),
+                        None,
+                        format!("no free journal among {max}: mount refused"),
+                    ),
+                    Some(m) => self.log_full(
+                        Level::Info,
+                        Some(&table),
+                        Some(sender),
+                        m.jid,
+                        format!("mounting {}", mode.as_str()),
+                    ),
+                    None => self.log_full(Level::Warn, Some(&table), Some(sender), None, "duplicate mount ignored".into()),
+                }
+            }
+            Message::Mounted { table } => {
+                if let Some(m) = self.rep.fs.get_mut(&table).and_then(|fs| fs.mounters.get_mut(&sender)) {
+                    if m.state == MState::Admitted {
+                        m.state = MState::Mounted;
+                    }
+                }
+            }
+            Message::FirstDone { table } => {
+                if let Some(fs) = self.rep.fs.get_mut(&table) {
+                    if fs.first == Some(sender) {
+                        fs.first = None;
+                        // The first mounter replayed every journal.
+                        fs.dirty.clear();
+                        fs.stopped.clear();
+                        if let Some(m) = fs.mounters.get_mut(&sender) {
+                            m.state = MState::Admitted;
+                        }
+                        self.log_full(Level::Info, Some(&table), Some(sender), None, "first mounter replayed every journal".into());
+                    }
+                }
+            }
+            Message::Unmount { table } => {
+                self.rep.unmount(&table, sender);
+                self.rep.forget_if_empty(&table);
+            }
+            Message::Withdraw { table } => {
+                if self.rep.withdraw(&table, sender) {
+                    let epoch = self.rep.epoch;
+                    self.timeline_start(epoch, sender, &BTreeSet::from([table.clone()]));
+                    self.log_full(Level::Warn, Some(&table), Some(sender), None, "member withdrew: its journal needs replay".into());
+                }
+            }
+            Message::Remount { table, mode } => {
+                if let Some(fs) = self.rep.fs.get_mut(&table) {
+                    if let Some(m) = fs.mounters.get_mut(&sender) {
+                        if m.mode != MountMode::Spectator && mode != MountMode::Spectator {
+                            m.mode = mode;
+                        }
+                    }
+                    if !mode.can_replay() {
+                        for d in fs.dirty.values_mut() {
+                            if d.replayer == Some(sender) {
+                                d.replayer = None;
+                            }
+                        }
+                    }
+                }
+            }
+            Message::Stopped { epoch } => {
+                for fs in self.rep.fs.values_mut() {
+                    if fs.is_participant(sender) && fs.dirty_epoch <= epoch {
+                        fs.stopped.insert(sender);
+                    }
+                }
+            }
+            Message::Recovered { table, jid, done } => self.on_recovered(&table, jid, done, sender),
+            Message::FenceAck { nodeid } => {
+                if self.config_members.contains(&nodeid) {
+                    return;
+                }
+                let now = self.now;
+                let rec = self.fence.entry(nodeid).or_insert(FenceRecord {
+                    failed_at: now,
+                    fenced_at: None,
+                    requested: false,
+                    retry_at: None,
+                    last_error: None,
+                });
+                rec.fenced_at = Some(now);
+                self.log_node(Level::Warn, nodeid, format!("fencing acknowledged by an operator on node {sender}"));
+                self.timeline_note(nodeid, format!("node {nodeid} fence-acked by operator"));
+            }
+        }
+        self.settle_all();
+    }
+
+    fn stale_merge(&mut self, other: NodeId, their_side: Vec<NodeId>) {
+        let me = self.cfg.nodeid;
+        if self.cfg.sabotage.accept_stale_merge {
+            if let Some(m) = self.rep.members.get_mut(&other) {
+                m.synced = true;
+            }
+            return;
+        }
+        let my_side: Vec<NodeId> = self
+            .rep
+            .members
+            .iter()
+            .filter(|(_, m)| m.synced && !m.stale)
+            .map(|(id, _)| *id)
+            .collect();
+        // The bigger side keeps its state; on a tie, the side holding the lowest nodeid.
+        let key = |side: &[NodeId]| (std::cmp::Reverse(side.len()), side.iter().min().copied().unwrap_or(u32::MAX));
+        if key(&my_side) <= key(&their_side) {
+            if let Some(m) = self.rep.members.get_mut(&other) {
+                m.stale = true;
+            }
+            self.log_node(
+                Level::Error,
+                other,
+                format!("node came back from a partition with stale state (its side {their_side:?}, ours {my_side:?}): removing it"),
+            );
+            if self.lowest_active() == Some(me) {
+                self.outputs.push_back(Output::KillNode {
+                    nodeid: other,
+                    reason: "rejoined after a partition with stale state".into(),
+                });
+            }
+        } else {
+            self.log(
+                Level::Error,
+                None,
+                format!("our side {my_side:?} lost a partition merge to {their_side:?}: waiting to be removed"),
+            );
+            self.sync = Sync::Stale;
+        }
+    }
+
+    fn on_recovered(&mut self, table: &str, jid: Jid, done: bool, sender: NodeId) {
+        let Some(fs) = self.rep.fs.get_mut(table) else {
+            return;
+        };
+        let Some(d) = fs.dirty.get_mut(&jid) else {
+            return;
+        };
+        if d.replayer != Some(sender) {
+            self.log_full(Level::Debug, Some(table), Some(sender), Some(jid), "ignored a replay result from a node not assigned".into());
+            return;
+        }
+        let owner = d.owner;
+        if done {
+            fs.dirty.remove(&jid);
+            if fs.dirty.is_empty() {
+                fs.stopped.clear();
+            }
+            self.log_full(Level::Info, Some(table), Some(sender), Some(jid), format!("journal of node {owner} replayed"));
+            self.timeline_note(owner, format!("replay of jid {jid} ({table}) done by node {sender}"));
+        } else {
+            d.attempts += 1;
+            d.last_failed_by = Some(sender);
+            d.replayer = None;
+            self.log_full(Level::Warn, Some(table), Some(sender), Some(jid), "journal replay failed: handing it on".into());
+            self.timeline_note(owner, format!("replay of jid {jid} ({table}) failed on node {sender}"));
+        }
+    }
+
+    /// Re-run admission and replayer choice everywhere (deterministic: same on every member).
+    fn settle_all(&mut self) {
+        let tables: Vec<String> = self.rep.fs.keys().cloned().collect();
+        let skip_barrier = self.cfg.sabotage.skip_barrier;
+        for table in tables {
+            for (node, first) in self.rep.admit(&table) {
+                let what = if first { "chosen as first mounter" } else { "may mount" };
+                self.log_full(Level::Info, Some(&table), Some(node), None, what.into());
+            }
+            for (jid, node) in self.rep.assign_replayers(&table, skip_barrier) {
+                let owner = self.rep.fs[&table].dirty[&jid].owner;
+                self.log_full(Level::Info, Some(&table), Some(node), Some(jid), format!("assigned to replay the journal of node {owner}"));
+                self.timeline_note(owner, format!("replay of jid {jid} ({table}) assigned to node {node}"));
+            }
+        }
+    }
+
+    // ----- local kernel ------------------------------------------------------------------
+
+    fn on_kernel(&mut self, ev: KernelEvent) {
+        let key = ev.table.to_string();
+        if self.is_stale() {
+            self.log(Level::Warn, Some(&key), format!("ignoring {:?}: this daemon lost a partition merge", ev.kind));
+            return;
+        }
+        match ev.kind {
+            KernelEventKind::Add {
+                ro,
+                spectator,
+                jid_preset,
+            } => {
+                if self.local.contains_key(&key) {
+                    self.log(Level::Warn, Some(&key), "duplicate add uevent ignored".into());
+                    return;
+                }
+                let mode = MountMode::from_flags(ro, spectator);
+                let mut l = LocalFs {
+                    table: ev.table.clone(),
+                    mode,
+                    phase: Phase::Pending,
+                    block_requested: false,
+                    block_confirmed: false,
+                    first_done_sent: false,
+                    withdraw_acked: false,
+                    recovering: BTreeSet::new(),
+                    retry_at: BTreeMap::new(),
+                };
+                if jid_preset.is_some() {
+                    l.phase = Phase::KernelManaged;
+                    self.local.insert(key.clone(), l);
+                    self.log(Level::Info, Some(&key), "the kernel coordinates recovery itself: leaving it alone".into());
+                    return;
+                }
+                if ev.table.cluster() != self.cfg.cluster_name {
+                    l.phase = Phase::Refused;
+                    self.local.insert(key.clone(), l);
+                    self.log(
+                        Level::Error,
+                        Some(&key),
+                        format!("refusing the mount: the filesystem belongs to cluster {:?}, this is {:?}", ev.table.cluster(), self.cfg.cluster_name),
+                    );
+                    self.write(&ev.table, SysfsFile::Jid, -(EBADR as i64));
+                    return;
+                }
+                self.local.insert(key.clone(), l);
+                if self.is_synced() {
+                    self.announce_mount(&key);
+                } else {
+                    self.log(Level::Info, Some(&key), "mount waits until this daemon has the group state".into());
+                }
+            }
+            KernelEventKind::Online { ro, spectator } => {
+                let Some(l) = self.local.get_mut(&key) else {
+                    return;
+                };
+                match l.phase {
+                    Phase::JidWritten => {
+                        l.phase = Phase::Online;
+                        self.send(Message::Mounted { table: key });
+                    }
+                    Phase::Online => {
+                        let mode = MountMode::from_flags(ro, spectator);
+                        if mode != l.mode {
+                            l.mode = mode;
+                            self.send(Message::Remount { table: key, mode });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            KernelEventKind::FirstMountDone => {
+                let me = self.cfg.nodeid;
+                let is_first = self.rep.fs.get(&key).is_some_and(|fs| fs.first == Some(me));
+                if let Some(l) = self.local.get_mut(&key) {
+                    if is_first && !l.first_done_sent && l.phase == Phase::JidWritten {
+                        l.first_done_sent = true;
+                        self.send(Message::FirstDone { table: key });
+                    }
+                }
+            }
+            KernelEventKind::Recovery { jid, done } => {
+                let retry = self.now.after(self.cfg.recover_retry_ms);
+                let Some(l) = self.local.get_mut(&key) else {
+                    return;
+                };
+                if !l.recovering.remove(&jid) {
+                    return; // our own journal at mount, or first-mounter replay: not ours to report
+                }
+                if !done {
+                    l.retry_at.insert(jid, retry);
+                }
+                self.send(Message::Recovered { table: key, jid, done });
+            }
+            KernelEventKind::Offline => {
+                let Some(l) = self.local.get_mut(&key) else {
+                    return;
+                };
+                if matches!(l.phase, Phase::JidWritten | Phase::Online) {
+                    l.phase = Phase::Withdrawn;
+                    l.recovering.clear();
+                    let group = l.table.mount_group();
+                    self.outputs.push_back(Output::LeaveGroup { group });
+                    self.log(Level::Warn, Some(&key), "filesystem withdrew: others will replay its journal".into());
+                    self.send(Message::Withdraw { table: key });
+                }
+            }
+            KernelEventKind::Remove => {
+                let Some(l) = self.local.remove(&key) else {
+                    return;
+                };
+                match l.phase {
+                    Phase::Announced | Phase::JidWritten | Phase::Online | Phase::Refused => {
+                        if l.phase != Phase::Refused || self.rep.fs.get(&key).is_some_and(|fs| fs.mounters.contains_key(&self.cfg.nodeid)) {
+                            self.outputs.push_back(Output::LeaveGroup { group: l.table.mount_group() });
+                            self.send(Message::Unmount { table: key.clone() });
+                        }
+                    }
+                    _ => {}
+                }
+                self.log(Level::Info, Some(&key), "unmounted".into());
+            }
+        }
+    }
+
+    fn announce_mount(&mut self, table: &str) {
+        let Some(l) = self.local.get_mut(table) else {
+            return;
+        };
+        l.phase = Phase::Announced;
+        let mode = l.mode;
+        let group = l.table.mount_group();
+        self.outputs.push_back(Output::JoinGroup { group });
+        self.send(Message::Mount {
+            table: table.to_owned(),
+            mode,
+        });
+    }
+
+    fn write(&mut self, table: &Table, file: SysfsFile, value: i64) {
+        self.outputs.push_back(Output::Write {
+            table: table.clone(),
+            file,
+            value,
+        });
+    }
+
+    fn on_write_done(&mut self, table: Table, file: SysfsFile, value: i64, result: Result<(), i32>) {
+        let key = table.to_string();
+        let Err(errno) = result else {
+            if file == SysfsFile::Block && value == 1 {
+                if let Some(l) = self.local.get_mut(&key) {
+                    l.block_confirmed = l.block_requested;
+                }
+            }
+            return;
+        };
+        self.log(Level::Error, Some(&key), format!("the kernel refused {}={} (errno {errno})", file.name(), value));
+        match file {
+            SysfsFile::Block if value == 1 => {
+                if let Some(l) = self.local.get_mut(&key) {
+                    if errno == ENOENT {
+                        l.block_confirmed = l.block_requested; // the filesystem is gone: nothing to block
+                    } else {
+                        l.block_requested = false; // write it again on the next pass
+                    }
+                }
+            }
+            SysfsFile::Recover => {
+                let retry = self.now.after(self.cfg.recover_retry_ms);
+                if let Some(l) = self.local.get_mut(&key) {
+                    if errno == EBUSY {
+                        return; // already replaying it: the uevent will come
+                    }
+                    if l.recovering.remove(&(value as Jid)) {
+                        l.retry_at.insert(value as Jid, retry);
+                        // Never hang on a refused write (the historical daemon did): hand it on.
+                        self.send(Message::Recovered {
+                            table: key,
+                            jid: value as Jid,
+                            done: false,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- fencing -----------------------------------------------------------------------
+
+    fn on_fenced(&mut self, nodeid: NodeId, at: Time) {
+        let Some(f) = self.fence.get_mut(&nodeid) else {
+            return;
+        };
+        if f.fenced_at.is_none_or(|t| at > t) {
+            f.fenced_at = Some(at);
+        }
+        f.requested = false;
+        if f.done() {
+            f.last_error = None;
+            self.log_node(Level::Info, nodeid, "fenced".into());
+            self.timeline_note(nodeid, format!("node {nodeid} fenced"));
+        }
+    }
+
+    fn on_fence_ack_request(&mut self, request: u64, nodeid: NodeId) {
+        let result = if !self.is_synced() {
+            Err("this daemon has not joined the group yet".to_owned())
+        } else if self.config_members.contains(&nodeid) {
+            Err(format!("node {nodeid} is a member of the daemon group: refusing to acknowledge it as fenced"))
+        } else {
+            self.send(Message::FenceAck { nodeid });
+            Ok(format!("fence acknowledgement for node {nodeid} sent to the group"))
+        };
+        self.outputs.push_back(Output::Reply { request, result });
+    }
+
+    /// Nodes whose fencing some decision here waits for.
+    fn fence_needs(&self) -> BTreeSet<NodeId> {
+        let mut needs: BTreeSet<NodeId> = self.rep.must_fence.clone();
+        for fs in self.rep.fs.values() {
+            for d in fs.dirty.values() {
+                needs.extend(d.fence.iter().copied());
+            }
+        }
+        needs
+    }
+
+    fn fenced(&self, node: NodeId) -> bool {
+        self.cfg.sabotage.skip_fencing || self.fence.get(&node).is_some_and(FenceRecord::done)
+    }
+
+    fn quorum_ok(&self) -> bool {
+        self.quorate || !self.cfg.require_quorum || self.cfg.sabotage.ignore_quorum
+    }
+
+    // ----- the local side of the protocol, re-evaluated after every input ------------------
+
+    fn drive(&mut self) {
+        if !self.is_synced() {
+            return;
+        }
+        let me = self.cfg.nodeid;
+        let tables: Vec<String> = self.local.keys().cloned().collect();
+        for table in &tables {
+            self.drive_mount(table);
+            self.drive_block(table);
+            self.drive_recovery(table);
+            self.drive_withdraw(table);
+        }
+        // One STOPPED covers every filesystem this node blocked: N messages per failure, not N·F.
+        if self.rep.epoch > self.acked_epoch {
+            let participating: Vec<&String> = self
+                .rep
+                .fs
+                .iter()
+                .filter(|(_, fs)| fs.is_participant(me) && fs.dirty_epoch > self.acked_epoch)
+                .map(|(t, _)| t)
+                .collect();
+            let all_blocked = participating
+                .iter()
+                .all(|t| self.local.get(*t).is_none_or(|l| l.block_confirmed));
+            if participating.is_empty() {
+                self.acked_epoch = self.rep.epoch;
+            } else if all_blocked {
+                self.acked_epoch = self.rep.epoch;
+                let epoch = self.rep.epoch;
+                self.send(Message::Stopped { epoch });
+            }
+        }
+        if self.quorum_ok() {
+            let needs = self.fence_needs();
+            for n in needs {
+                if self.config_members.contains(&n) {
+                    continue;
+                }
+                let now = self.now;
+                let f = self.fence.entry(n).or_insert(FenceRecord {
+                    failed_at: now,
+                    fenced_at: None,
+                    requested: false,
+                    retry_at: None,
+                    last_error: None,
+                });
+                if !f.done() && !f.requested && f.retry_at.is_none() {
+                    f.requested = true;
+                    let failed_at = f.failed_at;
+                    self.outputs.push_back(Output::Fence { nodeid: n, failed_at });
+                    self.log_node(Level::Info, n, "fencing requested".into());
+                }
+            }
+        }
+    }
+
+    fn drive_mount(&mut self, table: &str) {
+        let me = self.cfg.nodeid;
+        let Some(l) = self.local.get(table) else {
+            return;
+        };
+        if l.phase != Phase::Announced {
+            return;
+        }
+        let Some(fs) = self.rep.fs.get(table) else {
+            return;
+        };
+        let Some(m) = fs.mounters.get(&me) else {
+            return;
+        };
+        let (t, mode) = (l.table.clone(), l.mode);
+        let state = if self.cfg.sabotage.skip_first_wait && m.state == MState::Waiting && fs.first.is_some() {
+            MState::Admitted
+        } else {
+            m.state
+        };
+        let jid = m.jid;
+        match state {
+            MState::Waiting => {}
+            MState::Rejected => {
+                self.write(&t, SysfsFile::Jid, -(EUSERS as i64));
+                self.local.get_mut(table).unwrap_or_else(|| unreachable!("checked above")).phase = Phase::Refused;
+            }
+            MState::First => {
+                // First-mounter replay touches every journal: it needs what a replay needs (S1).
+                let dirty_fenced = fs.dirty.values().all(|d| d.fence.iter().all(|n| self.fenced(*n)));
+                let startup_fenced = self.rep.must_fence.iter().all(|n| self.fenced(*n));
+                if !(self.quorum_ok() && dirty_fenced && startup_fenced) {
+                    return;
+                }
+                if mode != MountMode::Spectator {
+                    self.write(&t, SysfsFile::First, 1);
+                }
+                self.write(&t, SysfsFile::Jid, jid.map_or(0, i64::from));
+                self.log_full(Level::Info, Some(table), None, jid, "mounting as first mounter".into());
+                self.local.get_mut(table).unwrap_or_else(|| unreachable!("checked above")).phase = Phase::JidWritten;
+            }
+            MState::Admitted | MState::Mounted => {
+                if mode != MountMode::Spectator {
+                    self.write(&t, SysfsFile::First, 0);
+                }
+                self.write(&t, SysfsFile::Jid, jid.map_or(0, i64::from));
+                self.local.get_mut(table).unwrap_or_else(|| unreachable!("checked above")).phase = Phase::JidWritten;
+            }
+        }
+    }
+
+    fn drive_block(&mut self, table: &str) {
+        let me = self.cfg.nodeid;
+        let early = self.cfg.sabotage.early_unblock;
+        let (participant, clean, replayers_chosen) = match self.rep.fs.get(table) {
+            Some(fs) => (
+                fs.is_participant(me),
+                fs.dirty.is_empty(),
+                !fs.dirty.is_empty() && fs.dirty.values().all(|d| d.replayer.is_some()),
+            ),
+            None => (false, true, false),
+        };
+        let Some(l) = self.local.get_mut(table) else {
+            return;
+        };
+        if matches!(l.phase, Phase::Withdrawn | Phase::Refused | Phase::KernelManaged | Phase::Pending) {
+            return;
+        }
+        let t = l.table.clone();
+        if participant && !l.block_requested && !(early && replayers_chosen) {
+            l.block_requested = true;
+            l.block_confirmed = false;
+            self.write(&t, SysfsFile::Block, 1);
+            let epoch = self.rep.epoch;
+            self.log_full(Level::Info, Some(table), None, None, format!("blocked for recovery (change {epoch})"));
+            self.timeline_fs_note(table, "blocked".into());
+        } else if l.block_requested && (clean || (early && replayers_chosen)) {
+            l.block_requested = false;
+            l.block_confirmed = false;
+            self.write(&t, SysfsFile::Block, 0);
+            self.log_full(Level::Info, Some(table), None, None, "every failed journal replayed: unblocked".into());
+            self.timeline_fs_note(table, "unblocked".into());
+        }
+    }
+
+    fn drive_recovery(&mut self, table: &str) {
+        let me = self.cfg.nodeid;
+        let Some(fs) = self.rep.fs.get(table) else {
+            return;
+        };
+        let Some(l) = self.local.get(table) else {
+            return;
+        };
+        if l.phase != Phase::Online {
+            return;
+        }
+        let quorum_ok = self.quorum_ok();
+        let ready: Vec<(Jid, NodeId)> = fs
+            .dirty
+            .iter()
+            .filter(|(jid, d)| {
+                d.replayer == Some(me)
+                    && !l.recovering.contains(jid)
+                    && !l.retry_at.contains_key(jid)
+                    && quorum_ok
+                    && d.fence.iter().all(|n| self.fenced(*n))
+            })
+            .map(|(jid, d)| (*jid, d.owner))
+            .collect();
+        let t = l.table.clone();
+        for (jid, owner) in ready {
+            if let Some(l) = self.local.get_mut(table) {
+                l.recovering.insert(jid);
+            }
+            self.write(&t, SysfsFile::Recover, i64::from(jid));
+            self.log_full(Level::Info, Some(table), Some(owner), Some(jid), "replaying the journal of a failed member".into());
+            self.timeline_note(owner, format!("replay of jid {jid} ({table}) started on node {me}"));
+        }
+    }
+
+    fn drive_withdraw(&mut self, table: &str) {
+        let me = self.cfg.nodeid;
+        let Some(l) = self.local.get(table) else {
+            return;
+        };
+        if l.phase != Phase::Withdrawn || l.withdraw_acked {
+            return;
+        }
+        // Our WITHDRAW was delivered and every remaining member blocked: the others have taken
+        // over our journal, so the kernel may release its locks.
+        let ready = match self.rep.fs.get(table) {
+            None => true,
+            Some(fs) => !fs.mounters.contains_key(&me) && (fs.barrier_complete() || fs.first.is_some()),
+        };
+        if ready {
+            let t = l.table.clone();
+            if let Some(l) = self.local.get_mut(table) {
+                l.withdraw_acked = true;
+            }
+            self.write(&t, SysfsFile::Withdraw, 1);
+            self.log(Level::Info, Some(table), "withdraw acknowledged by the group".into());
+        }
+    }
+
+    // ----- logs and timelines ---------------------------------------------------------------
+
+    fn log(&mut self, level: Level, fs: Option<&str>, message: String) {
+        self.log_full(level, fs, None, None, message);
+    }
+
+    fn log_node(&mut self, level: Level, nodeid: NodeId, message: String) {
+        self.log_full(level, None, Some(nodeid), None, message);
+    }
+
+    fn log_full(&mut self, level: Level, fs: Option<&str>, nodeid: Option<NodeId>, jid: Option<Jid>, message: String) {
+        self.outputs.push_back(Output::Log(LogRecord {
+            level,
+            fs: fs.map(str::to_owned),
+            nodeid,
+            jid,
+            change: (self.rep.epoch > 0).then_some(self.rep.epoch),
+            message,
+        }));
+    }
+
+    fn timeline_start(&mut self, change: u64, failed: NodeId, tables: &BTreeSet<String>) {
+        let now = self.now.millis();
+        if let Some(t) = self.timelines.iter_mut().find(|t| t.finished_ms.is_none()) {
+            // Failures during a recovery fold into it.
+            if !t.failed.contains(&failed) {
+                t.failed.push(failed);
+            }
+            for fs in tables {
+                if !t.filesystems.contains(fs) {
+                    t.filesystems.push(fs.clone());
+                }
+            }
+            t.events.push(TimelineEntry {
+                at_ms: now,
+                what: format!("node {failed} failed (change {change})"),
+            });
+            return;
+        }
+        self.timelines.push_back(RecoveryTimeline {
+            change,
+            failed: vec![failed],
+            filesystems: tables.iter().cloned().collect(),
+            started_ms: now,
+            finished_ms: None,
+            events: vec![TimelineEntry {
+                at_ms: now,
+                what: format!("node {failed} failed (change {change})"),
+            }],
+        });
+        while self.timelines.len() > self.cfg.timeline_keep.max(1) {
+            self.timelines.pop_front();
+        }
+    }
+
+    fn timeline_note(&mut self, _about: NodeId, what: String) {
+        let now = self.now.millis();
+        if let Some(t) = self.timelines.iter_mut().rev().find(|t| t.finished_ms.is_none()) {
+            t.events.push(TimelineEntry { at_ms: now, what });
+        }
+        self.timeline_maybe_finish();
+    }
+
+    fn timeline_fs_note(&mut self, table: &str, what: String) {
+        self.timeline_note(0, format!("{what} {table}"));
+    }
+
+    fn timeline_maybe_finish(&mut self) {
+        let all_clean = self.rep.fs.values().all(|fs| fs.dirty.is_empty() && fs.first.is_none());
+        let all_unblocked = self.local.values().all(|l| !l.block_requested);
+        if all_clean && all_unblocked {
+            let now = self.now.millis();
+            for t in self.timelines.iter_mut().filter(|t| t.finished_ms.is_none()) {
+                t.finished_ms = Some(now);
+                t.events.push(TimelineEntry {
+                    at_ms: now,
+                    what: "recovery complete".into(),
+                });
+            }
+        }
+    }
+
+    // ----- views ---------------------------------------------------------------------------
+
+    pub fn status(&self) -> StatusView {
+        StatusView {
+            nodeid: self.cfg.nodeid,
+            cluster_name: self.cfg.cluster_name.clone(),
+            protocol_version: if self.is_synced() { self.rep.version } else { 0 },
+            protocol_max: self.cfg.proto_max,
+            synced: self.is_synced(),
+            quorate: self.quorate,
+            members: self.config_members.clone(),
+            stale_members: self.rep.members.iter().filter(|(_, m)| m.stale).map(|(id, _)| *id).collect(),
+            fence_waits: self
+                .fence_needs()
+                .into_iter()
+                .filter_map(|n| self.fence.get(&n).filter(|f| !f.done()).map(|f| (n, f)))
+                .map(|(n, f)| FenceWaitView {
+                    nodeid: n,
+                    failed_at_ms: f.failed_at.millis(),
+                    waiting_ms: self.now.since(f.failed_at),
+                    requested: f.requested,
+                    last_error: f.last_error.clone(),
+                })
+                .collect(),
+            filesystems: self.local.len(),
+            recoveries: self.timelines.iter().cloned().collect(),
+        }
+    }
+
+    pub fn filesystems(&self) -> Vec<FsView> {
+        let me = self.cfg.nodeid;
+        let mut tables: BTreeSet<&String> = self.local.keys().collect();
+        tables.extend(self.rep.fs.keys());
+        tables
+            .into_iter()
+            .map(|table| {
+                let fs = self.rep.fs.get(table);
+                let l = self.local.get(table);
+                let members = fs
+                    .map(|fs| {
+                        fs.mounters
+                            .iter()
+                            .map(|(id, m)| MemberView {
+                                nodeid: *id,
+                                jid: m.jid,
+                                mode: m.mode,
+                                state: m.state.as_str().into(),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let dirty_journals = fs
+                    .map(|fs| {
+                        fs.dirty
+                            .iter()
+                            .map(|(jid, d)| JournalView {
+                                jid: *jid,
+                                owner: d.owner,
+                                replayer: d.replayer,
+                                attempts: d.attempts,
+                                waiting_for: self.journal_wait(fs, d),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                FsView {
+                    table: table.clone(),
+                    name: table.split_once(':').map_or(table.as_str(), |(_, f)| f).to_owned(),
+                    kernel_managed: l.is_some_and(|l| l.phase == Phase::KernelManaged),
+                    state: self.fs_state_line(table),
+                    local: l.map(|l| LocalMountView {
+                        jid: fs.and_then(|fs| fs.mounters.get(&me)).and_then(|m| m.jid),
+                        mode: l.mode,
+                        blocked: l.block_requested,
+                        kernel_state: format!("{:?}", l.phase).to_lowercase(),
+                    }),
+                    members,
+                    dirty_journals,
+                    first_mounter: fs.and_then(|fs| fs.first),
+                }
+            })
+            .collect()
+    }
+
+    fn journal_wait(&self, fs: &crate::state::FsState, d: &crate::state::Dirty) -> String {
+        if fs.first.is_some() {
+            return "first mounter".into();
+        }
+        if !fs.barrier_complete() {
+            let missing: Vec<NodeId> = fs
+                .mounters
+                .iter()
+                .filter(|(id, m)| m.kernel_active() && !fs.stopped.contains(id))
+                .map(|(id, _)| *id)
+                .collect();
+            return format!("members to block: {missing:?}");
+        }
+        if let Some(n) = d.fence.iter().find(|n| !self.fenced(**n)) {
+            return format!("fencing of node {n}");
+        }
+        if !self.quorum_ok() {
+            return "quorum".into();
+        }
+        match d.replayer {
+            Some(r) => format!("replay on node {r}"),
+            None => "a read-write member to replay it".into(),
+        }
+    }
+
+    fn fs_state_line(&self, table: &str) -> String {
+        let me = self.cfg.nodeid;
+        let l = self.local.get(table);
+        if l.is_some_and(|l| l.phase == Phase::KernelManaged) {
+            return "kernel-managed".into();
+        }
+        if !self.is_synced() {
+            return "waiting for the group state".into();
+        }
+        let Some(fs) = self.rep.fs.get(table) else {
+            return "unknown".into();
+        };
+        if let Some(f) = fs.first {
+            return if f == me { "first mounter: replaying every journal".into() } else { format!("waiting for first mounter {f}") };
+        }
+        if let Some((jid, d)) = fs.dirty.iter().next() {
+            return format!("recovering jid {jid}: waiting for {}", self.journal_wait(fs, d));
+        }
+        match fs.mounters.get(&me).map(|m| m.state) {
+            Some(MState::Waiting) => "mounting: waiting for recovery to finish".into(),
+            Some(MState::Admitted) => "mounting".into(),
+            Some(MState::Mounted) => "mounted".into(),
+            Some(MState::Rejected) => "mount refused: no free journal".into(),
+            Some(MState::First) => "first mounter".into(),
+            None => match l.map(|l| l.phase) {
+                Some(Phase::Withdrawn) => "withdrawn".into(),
+                Some(Phase::Pending) | Some(Phase::Announced) => "joining".into(),
+                _ => "mounted elsewhere".into(),
+            },
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The replicated state: a pure function of the daemon group's agreed stream.
+//!
+//! Every synced member applies the same deliveries and configuration changes in the same order,
+//! so every synced member holds an identical `Replicated` value at the same stream position
+//! (S6). Nothing local (kernel progress, fencing knowledge, quorum, clock) lives here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::types::{Jid, MountMode, NodeId};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Replicated {
+    /// The protocol version the group runs: the lowest `proto_max` among known members.
+    pub version: u16,
+    /// Counts failures that dirtied journals; barrier messages name it.
+    pub epoch: u64,
+    pub members: BTreeMap<NodeId, Member>,
+    /// Cluster nodes absent when the group formed: like dlm_controld's startup fencing, they
+    /// must be fenced (or join with no state) before anyone mounts first.
+    pub must_fence: BTreeSet<NodeId>,
+    /// Keyed by lock table text.
+    pub fs: BTreeMap<String, FsState>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Member {
+    /// 0 until the member's HELLO is delivered.
+    pub proto_min: u16,
+    pub proto_max: u16,
+    /// Holds the group's state (bootstrapped with it, or received a STATE).
+    pub synced: bool,
+    /// Came back from a partition with state of its own; ignored until corosync removes it (S7).
+    pub stale: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FsState {
+    pub mounters: BTreeMap<NodeId, Mounter>,
+    /// The node doing first-mounter replay of every journal, if any.
+    pub first: Option<NodeId>,
+    pub dirty: BTreeMap<Jid, Dirty>,
+    /// The failure epoch that last dirtied a journal here: the barrier's target.
+    pub dirty_epoch: u64,
+    /// Kernel-active mounters that confirmed they blocked this filesystem.
+    pub stopped: BTreeSet<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Mounter {
+    pub jid: Option<Jid>,
+    pub mode: MountMode,
+    pub state: MState,
+}
+
+/// Where a mounter is, as the whole group sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MState {
+    /// Its kernel waits for `jid`; the group holds it back (first mount or recovery running).
+    Waiting,
+    /// It replays every journal as first mounter.
+    First,
+    /// Allowed to write `jid`: its kernel may hold locks from here on.
+    Admitted,
+    /// Its mount completed (`online`): it may replay others' journals.
+    Mounted,
+    /// No free journal: it writes a negative jid and its mount fails.
+    Rejected,
+}
+
+impl MState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MState::Waiting => "waiting",
+            MState::First => "first-mounting",
+            MState::Admitted => "mounting",
+            MState::Mounted => "mounted",
+            MState::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dirty {
+    /// The node whose journal this is.
+    pub owner: NodeId,
+    /// Nodes that must be fenced after they failed before anyone replays it: the owner, and any
+    /// replayer that failed while it might still be replaying (S1, S2). Empty for a withdraw.
+    pub fence: BTreeSet<NodeId>,
+    pub replayer: Option<NodeId>,
+    pub attempts: u32,
+    pub last_failed_by: Option<NodeId>,
+}
+
+impl Mounter {
+    /// Its kernel may hold locks, so it must block on failures and counts in barriers.
+    pub fn kernel_active(&self) -> bool {
+        matches!(self.state, MState::First | MState::Admitted | MState::Mounted)
+    }
+}
+
+impl FsState {
+    fn lowest_free_jid(&self, max_journals: u32) -> Option<Jid> {
+        let used: BTreeSet<Jid> = self
+            .mounters
+            .values()
+            .filter_map(|m| m.jid)
+            .chain(self.dirty.keys().copied())
+            .collect();
+        (0..max_journals).find(|j| !used.contains(j))
+    }
+
+    /// Every kernel-active mounter confirmed it is blocked.
+    pub fn barrier_complete(&self) -> bool {
+        self.mounters
+            .iter()
+            .filter(|(_, m)| m.kernel_active())
+            .all(|(id, _)| self.stopped.contains(id))
+    }
+
+    pub fn is_participant(&self, node: NodeId) -> bool {
+        !self.dirty.is_empty()
+            && self.first.is_none()
+            && self.mounters.get(&node).is_some_and(Mounter::kernel_active)
+    }
+}
+
+/// What a change did, for logs and timelines.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub dirtied: Vec<(String, Jid, NodeId)>,
+    pub first_lost: Vec<String>,
+}
+
+impl Replicated {
+    pub fn bootstrap(members: &BTreeMap<NodeId, (u16, u16)>, must_fence: BTreeSet<NodeId>) -> Self {
+        let mut s = Replicated {
+            must_fence,
+            ..Default::default()
+        };
+        for (id, (min, max)) in members {
+            s.members.insert(
+                *id,
+                Member {
+                    proto_min: *min,
+                    proto_max: *max,
+                    synced: true,
+                    stale: false,
+                },
+            );
+        }
+        s.renegotiate();
+        s
+    }
+
+    /// The group runs the newest version every member speaks, so a newer daemon talks the older
+    /// version in a mixed cluster and upgrades once the last old daemon has left.
+    pub fn renegotiate(&mut self) {
+        if let Some(v) = self
+            .members
+            .values()
+            .filter(|m| m.proto_max > 0 && !m.stale)
+            .map(|m| m.proto_max)
+            .min()
+        {
+            self.version = v;
+        }
+    }
+
+    pub fn active_member(&self, id: NodeId) -> bool {
+        self.members.get(&id).is_some_and(|m| m.synced && !m.stale)
+    }
+
+    /// A member left the group. A failure (or a leave while it still held mounts, which a clean
+    /// daemon never does) dirties the journals it may have been writing.
+    pub fn remove_member(&mut self, node: NodeId) -> Effects {
+        self.members.remove(&node);
+        let mut fx = Effects::default();
+        let mut dirtied_any = false;
+        for (table, fs) in self.fs.iter_mut() {
+            let mut dirtied = false;
+            if let Some(m) = fs.mounters.remove(&node) {
+                if m.kernel_active() {
+                    if let Some(jid) = m.jid {
+                        fs.dirty.insert(
+                            jid,
+                            Dirty {
+                                owner: node,
+                                fence: BTreeSet::from([node]),
+                                replayer: None,
+                                attempts: 0,
+                                last_failed_by: None,
+                            },
+                        );
+                        fx.dirtied.push((table.clone(), jid, node));
+                        dirtied = true;
+                    }
+                }
+                if fs.first == Some(node) {
+                    fs.first = None;
+                    fx.first_lost.push(table.clone());
+                    dirtied = true;
+                }
+            }
+            for d in fs.dirty.values_mut() {
+                if d.replayer == Some(node) {
+                    // It may still be replaying: nobody else may start until it is fenced (S2).
+                    d.replayer = None;
+                    d.fence.insert(node);
+                    dirtied = true;
+                }
+            }
+            fs.stopped.remove(&node);
+            if dirtied {
+                dirtied_any = true;
+                fs.dirty_epoch = self.epoch + 1;
+            }
+        }
+        if dirtied_any {
+            self.epoch += 1;
+        }
+        self.renegotiate();
+        fx
+    }
+
+    /// A mount is withdrawn: its journal needs replay by others, but the node is alive and its
+    /// kernel has stopped writing, so no fencing is needed.
+    pub fn withdraw(&mut self, table: &str, node: NodeId) -> bool {
+        let Some(fs) = self.fs.get_mut(table) else {
+            return false;
+        };
+        let Some(m) = fs.mounters.remove(&node) else {
+            return false;
+        };
+        let mut dirtied = false;
+        if m.kernel_active() {
+            if let Some(jid) = m.jid {
+                fs.dirty.insert(
+                    jid,
+                    Dirty {
+                        owner: node,
+                        fence: BTreeSet::new(),
+                        replayer: None,
+                        attempts: 0,
+                        last_failed_by: None,
+                    },
+                );
+                dirtied = true;
+            }
+        }
+        if fs.first == Some(node) {
+            fs.first = None;
+            dirtied = true;
+        }
+        for d in fs.dirty.values_mut() {
+            if d.replayer == Some(node) {
+                // A withdraw stops the kernel's replay with everything else: no fencing needed.
+                d.replayer = None;
+            }
+        }
+        fs.stopped.remove(&node);
+        if dirtied {
+            self.epoch += 1;
+            fs.dirty_epoch = self.epoch;
+        }
+        dirtied
+    }
+
+    /// A clean unmount (or a failed mount): its journal is clean.
+    pub fn unmount(&mut self, table: &str, node: NodeId) -> bool {
+        let Some(fs) = self.fs.get_mut(table) else {
+            return false;
+        };
+        if fs.mounters.remove(&node).is_none() {
+            return false;
+        }
+        if fs.first == Some(node) {
+            fs.first = None;
+        }
+        for d in fs.dirty.values_mut() {
+            if d.replayer == Some(node) {
+                d.replayer = None;
+            }
+        }
+        fs.stopped.remove(&node);
+        true
+    }
+
+    pub fn add_mounter(&mut self, table: &str, node: NodeId, mode: MountMode, max_journals: u32, sabotage_duplicate_jid: bool) -> Option<&Mounter> {
+        let fs = self.fs.entry(table.to_owned()).or_default();
+        if fs.mounters.contains_key(&node) {
+            return None;
+        }
+        let (jid, state) = match mode {
+            MountMode::Spectator => (None, MState::Waiting),
+            _ => {
+                let jid = if sabotage_duplicate_jid {
+                    Some(fs.mounters.values().filter_map(|m| m.jid).min().unwrap_or(0))
+                } else {
+                    fs.lowest_free_jid(max_journals)
+                };
+                match jid {
+                    Some(j) => (Some(j), MState::Waiting),
+                    None => (None, MState::Rejected),
+                }
+            }
+        };
+        fs.mounters.insert(node, Mounter { jid, mode, state });
+        fs.mounters.get(&node)
+    }
+
+    /// Let waiting mounters go when it is safe: a first mounter when nobody's kernel holds the
+    /// filesystem, everyone else once first-mounter replay and every recovery have finished (S5).
+    pub fn admit(&mut self, table: &str) -> Vec<(NodeId, bool)> {
+        let Some(fs) = self.fs.get_mut(table) else {
+            return Vec::new();
+        };
+        let mut admitted = Vec::new();
+        if fs.first.is_some() {
+            return admitted;
+        }
+        let any_active = fs.mounters.values().any(Mounter::kernel_active);
+        if !any_active {
+            // Only a read-write mounter may replay dirty journals; with clean journals anyone may
+            // be first (the kernel then only checks them).
+            let clean = fs.dirty.is_empty();
+            let candidate = fs
+                .mounters
+                .iter()
+                .filter(|(_, m)| m.state == MState::Waiting && (clean || m.mode == MountMode::Rw))
+                .map(|(id, _)| *id)
+                .next();
+            if let Some(id) = candidate {
+                fs.first = Some(id);
+                if let Some(m) = fs.mounters.get_mut(&id) {
+                    m.state = MState::First;
+                }
+                fs.stopped.clear();
+                admitted.push((id, true));
+            }
+        } else if fs.dirty.is_empty() {
+            for (id, m) in fs.mounters.iter_mut() {
+                if m.state == MState::Waiting {
+                    m.state = MState::Admitted;
+                    admitted.push((*id, false));
+                }
+            }
+        }
+        admitted
+    }
+
+    /// After the barrier, give each unassigned dirty journal to one eligible member, spreading
+    /// journals over members and moving away from a member that just failed to replay it.
+    pub fn assign_replayers(&mut self, table: &str, sabotage_skip_barrier: bool) -> Vec<(Jid, NodeId)> {
+        let members = &self.members;
+        let Some(fs) = self.fs.get_mut(table) else {
+            return Vec::new();
+        };
+        if fs.dirty.is_empty() || fs.first.is_some() {
+            return Vec::new();
+        }
+        if !sabotage_skip_barrier && !fs.barrier_complete() {
+            return Vec::new();
+        }
+        let eligible: Vec<NodeId> = fs
+            .mounters
+            .iter()
+            .filter(|(id, m)| {
+                m.state == MState::Mounted
+                    && m.mode.can_replay()
+                    && members.get(id).is_some_and(|mm| mm.synced && !mm.stale)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if eligible.is_empty() {
+            return Vec::new();
+        }
+        let mut assigned = Vec::new();
+        for (i, (jid, d)) in fs.dirty.iter_mut().filter(|(_, d)| d.replayer.is_none()).enumerate() {
+            let mut pick = eligible[(i + d.attempts as usize) % eligible.len()];
+            if eligible.len() > 1 && Some(pick) == d.last_failed_by {
+                pick = eligible[(i + d.attempts as usize + 1) % eligible.len()];
+            }
+            d.replayer = Some(pick);
+            assigned.push((*jid, pick));
+        }
+        assigned
+    }
+
+    /// Drop a filesystem nobody holds any more (its journals are all clean).
+    pub fn forget_if_empty(&mut self, table: &str) {
+        if self
+            .fs
+            .get(table)
+            .is_some_and(|fs| fs.mounters.is_empty() && fs.dirty.is_empty())
+        {
+            self.fs.remove(table);
+        }
+    }
+
+    /// A deterministic digest for the agreement checker (S6).
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        // SipHash with fixed keys: the same on every node and every run.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        self.hash(&mut h);
+        h.finish()
+    }
+}
