@@ -13,7 +13,9 @@ use crate::uevent::KernelEvent;
 /// Everything that can happen to a node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Input {
-    /// A CPG configuration change in `group` (the member list is the new one).
+    /// A CPG configuration change in `group` (the member list is the new one). The driver reads
+    /// quorum synchronously and feeds any change as `Input::Quorum` first, so the core's quorum
+    /// view is never older than its membership view.
     ConfChg {
         group: String,
         members: Vec<NodeId>,

@@ -54,6 +54,12 @@ pub struct NodeConfig {
     pub fence_retry_ms: u64,
     /// No journal replay and no first mount without quorum (SPEC S1). Off only for tests.
     pub require_quorum: bool,
+    /// Like dlm_controld's post_join_delay: a node absent when the group formed gets this long to
+    /// start its daemon before a first mounter asks for it to be fenced.
+    pub startup_fence_delay_ms: u64,
+    /// After quorum returns, wait this long for the membership change that brought it (a
+    /// partition merge must be resolved before anyone replays: S2, S7).
+    pub merge_wait_ms: u64,
     pub timeline_keep: usize,
     pub sabotage: Sabotage,
 }
@@ -70,6 +76,8 @@ impl NodeConfig {
             recover_retry_ms: 1000,
             fence_retry_ms: 5000,
             require_quorum: true,
+            merge_wait_ms: 5000,
+            startup_fence_delay_ms: 10_000,
             timeline_keep: 16,
             sabotage: Sabotage::default(),
         }
@@ -79,17 +87,28 @@ impl NodeConfig {
 /// Where this daemon stands with the group's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Sync {
-    /// Waiting for a STATE answering HELLO number `attempt`; after our own HELLO is delivered,
-    /// everything delivered is kept to be replayed on top of the snapshot.
+    /// Waiting for a STATE answering one of our HELLOs. From our first HELLO's delivery on,
+    /// everything delivered (configuration changes included) is kept, so that a snapshot taken
+    /// right after any of our HELLOs can be brought up to date by replaying what followed it.
     Unsynced {
         attempt: u32,
-        buffering: bool,
-        buffer: Vec<(NodeId, Message)>,
+        buffer: Vec<Buffered>,
+        /// Buffer index right after each of our HELLOs was delivered.
+        hello_pos: BTreeMap<u32, usize>,
     },
     Synced,
     /// We lost a partition merge (or cannot speak the group's protocol): we act on nothing
     /// until corosync removes us (S7).
     Stale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Buffered {
+    Msg(NodeId, Message),
+    ConfChg {
+        joined: Vec<NodeId>,
+        left: Vec<(NodeId, LeaveReason)>,
+    },
 }
 
 /// How far this node's own kernel mount has come.
@@ -121,6 +140,9 @@ struct LocalFs {
     first_done_sent: bool,
     withdraw_acked: bool,
     recovering: BTreeSet<Jid>,
+    /// Replays whose result we multicast, with the attempt count it answered: the group has
+    /// applied it once the journal is clean or its attempt count moved on.
+    reported: BTreeMap<Jid, u32>,
     retry_at: BTreeMap<Jid, Time>,
 }
 
@@ -143,6 +165,10 @@ pub struct Node {
     cfg: NodeConfig,
     now: Time,
     quorate: bool,
+    /// Quorum came back and the membership change that brought it is not processed yet.
+    quorum_hold_until: Option<Time>,
+    /// When this daemon got the group state (startup fencing waits from here).
+    synced_at: Time,
     config_members: Vec<NodeId>,
     /// HELLOs seen since the last configuration change: (synced, proto_min, proto_max).
     hellos: BTreeMap<NodeId, (bool, u16, u16)>,
@@ -153,6 +179,8 @@ pub struct Node {
     acked_epoch: u64,
     outputs: VecDeque<Output>,
     timelines: VecDeque<RecoveryTimeline>,
+    /// Replaying buffered history after adopting a snapshot: the group already acted on it.
+    replaying: bool,
     /// Count of daemon-group messages this node sent (benchmarks).
     pub sent_messages: u64,
 }
@@ -164,12 +192,14 @@ impl Node {
             cfg,
             now,
             quorate: false,
+            quorum_hold_until: None,
+            synced_at: now,
             config_members: Vec::new(),
             hellos: BTreeMap::new(),
             sync: Sync::Unsynced {
                 attempt: 0,
-                buffering: false,
                 buffer: Vec::new(),
+                hello_pos: BTreeMap::new(),
             },
             rep: Replicated::default(),
             local: BTreeMap::new(),
@@ -177,6 +207,7 @@ impl Node {
             acked_epoch: 0,
             outputs: VecDeque::new(),
             timelines: VecDeque::new(),
+            replaying: false,
             sent_messages: 0,
         };
         node.outputs.push_back(Output::JoinGroup {
@@ -197,7 +228,10 @@ impl Node {
     pub fn poll_timeout(&self) -> Option<Time> {
         let retries = self.local.values().flat_map(|l| l.retry_at.values().copied());
         let fences = self.fence.values().filter_map(|f| f.retry_at);
-        retries.chain(fences).min()
+        let startup = (!self.rep.must_fence.is_empty() && self.is_synced())
+            .then(|| self.synced_at.after(self.cfg.startup_fence_delay_ms))
+            .filter(|t| *t > self.now);
+        retries.chain(fences).chain(self.quorum_hold_until).chain(startup).min()
     }
 
     pub fn is_synced(&self) -> bool {
@@ -249,6 +283,9 @@ impl Node {
             Input::Quorum { quorate } => {
                 if quorate != self.quorate {
                     self.log(Level::Info, None, format!("quorum {}", if quorate { "regained" } else { "lost" }));
+                    if quorate {
+                        self.quorum_hold_until = Some(self.now.after(self.cfg.merge_wait_ms));
+                    }
                 }
                 self.quorate = quorate;
             }
@@ -280,6 +317,9 @@ impl Node {
                         f.retry_at = None;
                     }
                 }
+                if self.quorum_hold_until.is_some_and(|t| t <= now) {
+                    self.quorum_hold_until = None;
+                }
             }
         }
         self.drive();
@@ -292,31 +332,45 @@ impl Node {
         if left.iter().any(|(n, _)| *n == me) {
             return; // our own leave: the daemon is exiting
         }
-        self.config_members = members.clone();
+        let mut members = members;
+        members.sort_unstable();
+        self.config_members = members;
         self.hellos.clear();
+        // From here the HELLO gate covers any merge this change brought.
+        self.quorum_hold_until = None;
         match &mut self.sync {
             Sync::Stale => {}
-            Sync::Unsynced { attempt, buffering, buffer } => {
-                // Whoever answered us may have left: ask again; the replay restarts at the new HELLO.
+            Sync::Unsynced {
+                attempt,
+                buffer,
+                hello_pos,
+            } => {
+                if !hello_pos.is_empty() {
+                    buffer.push(Buffered::ConfChg {
+                        joined: joined.clone(),
+                        left: left.clone(),
+                    });
+                }
+                // Whoever was to answer us may have left: ask again.
                 *attempt += 1;
-                *buffering = false;
-                buffer.clear();
                 let a = *attempt;
                 self.send_hello(a);
             }
-            Sync::Synced => {
-                for (n, reason) in &left {
-                    self.member_left(*n, *reason);
-                }
-                for n in &joined {
-                    self.rep.members.entry(*n).or_default();
-                }
-                if !joined.is_empty() {
-                    self.send_hello(0);
-                }
-                self.settle_all();
-            }
+            Sync::Synced => self.apply_confchg(&joined, &left),
         }
+    }
+
+    fn apply_confchg(&mut self, joined: &[NodeId], left: &[(NodeId, LeaveReason)]) {
+        for (n, reason) in left {
+            self.member_left(*n, *reason);
+        }
+        for n in joined {
+            self.rep.members.entry(*n).or_default();
+        }
+        if !joined.is_empty() {
+            self.send_hello(0);
+        }
+        self.settle_all();
     }
 
     fn member_left(&mut self, node: NodeId, reason: LeaveReason) {
@@ -335,7 +389,7 @@ impl Node {
             rec.requested = false;
             rec.retry_at = None;
         }
-        if reason == LeaveReason::ProcDown && self.lowest_active() == Some(self.cfg.nodeid) {
+        if reason == LeaveReason::ProcDown && !self.replaying && self.lowest_active() == Some(self.cfg.nodeid) {
             // The daemon died but the node and its mounts live on: have corosync remove it so
             // it gets fenced, as the historical daemon did.
             self.outputs.push_back(Output::KillNode {
@@ -378,11 +432,15 @@ impl Node {
             attempt,
             synced: self.is_synced(),
             side: if self.is_synced() { side } else { Vec::new() },
+            config: self.config_members.clone(),
         };
         self.send(msg);
     }
 
     fn send(&mut self, msg: Message) {
+        if self.replaying {
+            return;
+        }
         // HELLO and STATE must be readable by any daemon: they always use the base version.
         let version = match msg {
             Message::Hello { .. } | Message::State { .. } => wire::PROTOCOL_MIN,
@@ -421,37 +479,42 @@ impl Node {
             synced,
             proto_min,
             proto_max,
+            config,
             ..
         } = &msg
         {
-            self.hellos.insert(sender, (*synced, *proto_min, *proto_max));
+            if *config == self.config_members {
+                self.hellos.insert(sender, (*synced, *proto_min, *proto_max));
+            }
         }
         match &mut self.sync {
             Sync::Stale => {}
             Sync::Synced => self.apply(sender, msg),
             Sync::Unsynced {
                 attempt,
-                buffering,
                 buffer,
+                hello_pos,
             } => {
                 let me = self.cfg.nodeid;
                 match msg {
-                    Message::Hello { attempt: a, .. } if sender == me && a == *attempt => {
-                        *buffering = true;
-                        buffer.clear();
+                    Message::Hello { attempt: a, .. } if sender == me && a <= *attempt => {
+                        hello_pos.insert(a, buffer.len());
                     }
                     Message::State {
                         recipient,
                         attempt: a,
                         snapshot,
-                    } if recipient == me && a == *attempt && *buffering => {
-                        let replay = std::mem::take(buffer);
-                        self.adopt(snapshot, replay, sender);
-                        return;
-                    }
+                    } if recipient == me => match hello_pos.get(&a) {
+                        Some(pos) => {
+                            let replay = buffer.split_off(*pos);
+                            self.adopt(snapshot, replay, sender);
+                            return;
+                        }
+                        None => self.log_node(Level::Error, sender, format!("a STATE answers a HELLO ({a}) we never saw delivered")),
+                    },
                     other => {
-                        if *buffering {
-                            buffer.push((sender, other));
+                        if !hello_pos.is_empty() {
+                            buffer.push(Buffered::Msg(sender, other));
                         }
                     }
                 }
@@ -463,7 +526,7 @@ impl Node {
     /// Everyone in the configuration said HELLO and nobody holds state: the group starts here,
     /// at the same stream position on every member.
     fn maybe_bootstrap(&mut self) {
-        if !matches!(self.sync, Sync::Unsynced { buffering: true, .. }) {
+        if !matches!(&self.sync, Sync::Unsynced { hello_pos, .. } if !hello_pos.is_empty()) {
             return;
         }
         let all_said_hello = self.config_members.iter().all(|n| self.hellos.contains_key(n));
@@ -507,12 +570,17 @@ impl Node {
         self.after_sync();
     }
 
-    fn adopt(&mut self, snapshot: Replicated, replay: Vec<(NodeId, Message)>, from: NodeId) {
+    fn adopt(&mut self, snapshot: Replicated, replay: Vec<Buffered>, from: NodeId) {
         self.rep = snapshot;
         self.sync = Sync::Synced;
-        for (sender, msg) in replay {
-            self.apply(sender, msg);
+        self.replaying = true;
+        for entry in replay {
+            match entry {
+                Buffered::Msg(sender, msg) => self.apply(sender, msg),
+                Buffered::ConfChg { joined, left } => self.apply_confchg(&joined, &left),
+            }
         }
+        self.replaying = false;
         // The STATE's own delivery marks us synced everywhere.
         if let Some(m) = self.rep.members.get_mut(&self.cfg.nodeid) {
             m.synced = true;
@@ -530,6 +598,7 @@ impl Node {
     }
 
     fn after_sync(&mut self) {
+        self.synced_at = self.now;
         if self.rep.version < self.cfg.proto_min {
             self.log(
                 Level::Error,
@@ -583,6 +652,7 @@ impl Node {
                 attempt,
                 synced,
                 side,
+                ..
             } => {
                 let Some(member) = self.rep.members.get_mut(&sender) else {
                     return;
@@ -595,8 +665,15 @@ impl Node {
                 }
                 if !synced {
                     // A daemon with no state holds no gfs2 mounts (it refuses to start with
-                    // them), so it is no longer a startup-fencing concern.
+                    // them): whatever kernel wrote that node's journals is gone, which is what
+                    // fencing would have ensured.
                     self.rep.must_fence.remove(&sender);
+                    for fs in self.rep.fs.values_mut() {
+                        fs.fence_before_first.remove(&sender);
+                        for d in fs.dirty.values_mut() {
+                            d.fence.remove(&sender);
+                        }
+                    }
                     self.rep.renegotiate();
                     if self.lowest_active() == Some(me) {
                         let snapshot = self.rep.clone();
@@ -611,6 +688,8 @@ impl Node {
                 self.stale_merge(sender, side);
             }
             Message::State { recipient, .. } => {
+                // The first STATE addressed to a member syncs it: it can apply a STATE answering
+                // any of its HELLOs.
                 if let Some(m) = self.rep.members.get_mut(&recipient) {
                     if !m.stale {
                         m.synced = true;
@@ -655,6 +734,7 @@ impl Node {
                         // The first mounter replayed every journal.
                         fs.dirty.clear();
                         fs.stopped.clear();
+                        fs.fence_before_first.clear();
                         if let Some(m) = fs.mounters.get_mut(&sender) {
                             m.state = MState::Admitted;
                         }
@@ -832,6 +912,7 @@ impl Node {
                     first_done_sent: false,
                     withdraw_acked: false,
                     recovering: BTreeSet::new(),
+                    reported: BTreeMap::new(),
                     retry_at: BTreeMap::new(),
                 };
                 if jid_preset.is_some() {
@@ -889,12 +970,14 @@ impl Node {
             }
             KernelEventKind::Recovery { jid, done } => {
                 let retry = self.now.after(self.cfg.recover_retry_ms);
+                let attempts = self.journal_attempts(&key, jid);
                 let Some(l) = self.local.get_mut(&key) else {
                     return;
                 };
                 if !l.recovering.remove(&jid) {
                     return; // our own journal at mount, or first-mounter replay: not ours to report
                 }
+                l.reported.insert(jid, attempts);
                 if !done {
                     l.retry_at.insert(jid, retry);
                 }
@@ -929,6 +1012,10 @@ impl Node {
                 self.log(Level::Info, Some(&key), "unmounted".into());
             }
         }
+    }
+
+    fn journal_attempts(&self, table: &str, jid: Jid) -> u32 {
+        self.rep.fs.get(table).and_then(|fs| fs.dirty.get(&jid)).map_or(0, |d| d.attempts)
     }
 
     fn announce_mount(&mut self, table: &str) {
@@ -976,12 +1063,14 @@ impl Node {
             }
             SysfsFile::Recover => {
                 let retry = self.now.after(self.cfg.recover_retry_ms);
+                let attempts = self.journal_attempts(&key, value as Jid);
                 if let Some(l) = self.local.get_mut(&key) {
                     if errno == EBUSY {
                         return; // already replaying it: the uevent will come
                     }
                     if l.recovering.remove(&(value as Jid)) {
                         l.retry_at.insert(value as Jid, retry);
+                        l.reported.insert(value as Jid, attempts);
                         // Never hang on a refused write (the historical daemon did): hand it on.
                         self.send(Message::Recovered {
                             table: key,
@@ -1026,10 +1115,18 @@ impl Node {
 
     /// Nodes whose fencing some decision here waits for.
     fn fence_needs(&self) -> BTreeSet<NodeId> {
-        let mut needs: BTreeSet<NodeId> = self.rep.must_fence.clone();
+        let me = self.cfg.nodeid;
+        let mut needs = BTreeSet::new();
         for fs in self.rep.fs.values() {
+            // Startup fencing matters only once we must mount first, after a grace period.
+            if fs.first.is_some_and(|f| f == me) && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms) {
+                needs.extend(self.rep.must_fence.iter().copied());
+            }
             for d in fs.dirty.values() {
                 needs.extend(d.fence.iter().copied());
+            }
+            if fs.first.is_some() {
+                needs.extend(fs.fence_before_first.iter().copied());
             }
         }
         needs
@@ -1041,6 +1138,16 @@ impl Node {
 
     fn quorum_ok(&self) -> bool {
         self.quorate || !self.cfg.require_quorum || self.cfg.sabotage.ignore_quorum
+    }
+
+    /// Every member of the configuration has said HELLO since it joined, so a stale merge would
+    /// already have been found, and quorum is not fresh from a change we have not seen yet.
+    fn membership_settled(&self) -> bool {
+        self.quorum_hold_until.is_none()
+            && self
+                .config_members
+                .iter()
+                .all(|n| self.rep.members.get(n).is_some_and(|m| m.proto_max > 0))
     }
 
     // ----- the local side of the protocol, re-evaluated after every input ------------------
@@ -1131,8 +1238,8 @@ impl Node {
             MState::First => {
                 // First-mounter replay touches every journal: it needs what a replay needs (S1).
                 let dirty_fenced = fs.dirty.values().all(|d| d.fence.iter().all(|n| self.fenced(*n)));
-                let startup_fenced = self.rep.must_fence.iter().all(|n| self.fenced(*n));
-                if !(self.quorum_ok() && dirty_fenced && startup_fenced) {
+                let startup_fenced = self.rep.must_fence.iter().chain(fs.fence_before_first.iter()).all(|n| self.fenced(*n));
+                if !(self.quorum_ok() && self.membership_settled() && dirty_fenced && startup_fenced) {
                     return;
                 }
                 if mode != MountMode::Spectator {
@@ -1197,13 +1304,21 @@ impl Node {
         if l.phase != Phase::Online {
             return;
         }
-        let quorum_ok = self.quorum_ok();
+        // A result we sent is applied once the journal is clean or handed to someone else.
+        let settled: Vec<Jid> = l
+            .reported
+            .iter()
+            .filter(|(j, a)| fs.dirty.get(j).is_none_or(|d| d.replayer != Some(me) || d.attempts != **a))
+            .map(|(j, _)| *j)
+            .collect();
+        let quorum_ok = self.quorum_ok() && self.membership_settled();
         let ready: Vec<(Jid, NodeId)> = fs
             .dirty
             .iter()
             .filter(|(jid, d)| {
                 d.replayer == Some(me)
                     && !l.recovering.contains(jid)
+                    && !l.reported.contains_key(jid)
                     && !l.retry_at.contains_key(jid)
                     && quorum_ok
                     && d.fence.iter().all(|n| self.fenced(*n))
@@ -1211,6 +1326,11 @@ impl Node {
             .map(|(jid, d)| (*jid, d.owner))
             .collect();
         let t = l.table.clone();
+        if let Some(l) = self.local.get_mut(table) {
+            for j in settled {
+                l.reported.remove(&j);
+            }
+        }
         for (jid, owner) in ready {
             if let Some(l) = self.local.get_mut(table) {
                 l.recovering.insert(jid);

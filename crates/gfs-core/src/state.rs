@@ -43,6 +43,9 @@ pub struct FsState {
     pub dirty_epoch: u64,
     /// Kernel-active mounters that confirmed they blocked this filesystem.
     pub stopped: BTreeSet<NodeId>,
+    /// Members that failed while their kernel held this filesystem but had no journal to replay
+    /// (spectators): a first mounter still waits for them to be fenced.
+    pub fence_before_first: BTreeSet<NodeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -179,6 +182,9 @@ impl Replicated {
         for (table, fs) in self.fs.iter_mut() {
             let mut dirtied = false;
             if let Some(m) = fs.mounters.remove(&node) {
+                if m.kernel_active() {
+                    fs.fence_before_first.insert(node);
+                }
                 if m.kernel_active() {
                     if let Some(jid) = m.jid {
                         fs.dirty.insert(
@@ -320,13 +326,13 @@ impl Replicated {
         }
         let any_active = fs.mounters.values().any(Mounter::kernel_active);
         if !any_active {
-            // Only a read-write mounter may replay dirty journals; with clean journals anyone may
-            // be first (the kernel then only checks them).
-            let clean = fs.dirty.is_empty();
+            // The first mounter replays every journal, and after a whole-cluster restart nobody
+            // knows which are dirty: only a read-write mounter may be first (SPEC §5), so
+            // read-only and spectator mounts wait for one.
             let candidate = fs
                 .mounters
                 .iter()
-                .filter(|(_, m)| m.state == MState::Waiting && (clean || m.mode == MountMode::Rw))
+                .filter(|(_, m)| m.state == MState::Waiting && m.mode == MountMode::Rw)
                 .map(|(id, _)| *id)
                 .next();
             if let Some(id) = candidate {
@@ -391,7 +397,7 @@ impl Replicated {
         if self
             .fs
             .get(table)
-            .is_some_and(|fs| fs.mounters.is_empty() && fs.dirty.is_empty())
+            .is_some_and(|fs| fs.mounters.is_empty() && fs.dirty.is_empty() && fs.fence_before_first.is_empty())
         {
             self.fs.remove(table);
         }

@@ -63,6 +63,9 @@ pub enum Message {
         synced: bool,
         /// The synced members the sender knows (its "side" after a partition).
         side: Vec<NodeId>,
+        /// The configuration the sender was in when it sent this: a HELLO that crossed a
+        /// configuration change does not count towards forming the group.
+        config: Vec<NodeId>,
     },
     /// The group's state as it was right after `recipient`'s Hello number `attempt`.
     State {
@@ -132,12 +135,14 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             attempt,
             synced,
             side,
+            config,
         } => {
             body.u16(*proto_min);
             body.u16(*proto_max);
             body.u32(*attempt);
             body.bool(*synced);
             body.nodes(side.iter().copied());
+            body.nodes(config.iter().copied());
         }
         Message::State {
             recipient,
@@ -205,6 +210,7 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message), WireError> {
             attempt: r.u32()?,
             synced: r.bool()?,
             side: r.nodes()?.into_iter().collect(),
+            config: r.nodes()?.into_iter().collect(),
         },
         2 => Message::State {
             recipient: r.u32()?,
@@ -263,6 +269,7 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
         w.opt_u32(fs.first);
         w.u64(fs.dirty_epoch);
         w.nodes(fs.stopped.iter().copied());
+        w.nodes(fs.fence_before_first.iter().copied());
         w.u32(fs.mounters.len() as u32);
         for (id, m) in &fs.mounters {
             w.u32(*id);
@@ -309,6 +316,7 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
         let first = r.opt_u32()?;
         let dirty_epoch = r.u64()?;
         let stopped = r.nodes()?;
+        let fence_before_first = r.nodes()?;
         let mut mounters = BTreeMap::new();
         for _ in 0..r.count()? {
             let id = r.u32()?;
@@ -344,6 +352,7 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
                 dirty,
                 dirty_epoch,
                 stopped,
+                fence_before_first,
             },
         );
     }

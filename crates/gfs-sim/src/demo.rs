@@ -1,0 +1,5 @@
+//! The `make demo` scenario.
+
+pub fn run_demo() -> String {
+    String::new()
+}

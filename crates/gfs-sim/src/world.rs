@@ -1,0 +1,1604 @@
+//! The simulated cluster: CPG, quorum, fencing, kernels, faults and the safety checkers.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use gfs_core::{
+    wire, Input, KernelEvent, KernelEventKind, LeaveReason, MountMode, Node, NodeConfig, NodeId,
+    Output, Sabotage, SysfsFile, Table, Time, DAEMON_GROUP,
+};
+
+use crate::rng::Rng;
+
+const CLUSTER: &str = "sim";
+const EBUSY: i32 = 16;
+const EINVAL: i32 = 22;
+const ENOENT: i32 = 2;
+const ESHUTDOWN: i32 = 108;
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub nodes: u32,
+    pub filesystems: u32,
+    /// How long faults are injected; then the cluster must settle (L1).
+    pub fault_ms: u64,
+    pub settle_ms: u64,
+    pub faults: bool,
+    pub sabotage: Sabotage,
+    pub trace: bool,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64, nodes: u32, filesystems: u32) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes,
+            filesystems,
+            fault_ms: 40_000,
+            settle_ms: 90_000,
+            faults: true,
+            sabotage: Sabotage::default(),
+            trace: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rule {
+    S1,
+    S2,
+    S3,
+    S4,
+    S5,
+    S6,
+    S7,
+    L1,
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            Rule::S1 => "S1 fencing",
+            Rule::S2 => "S2 one replayer",
+            Rule::S3 => "S3 no early unblock",
+            Rule::S4 => "S4 unique journals",
+            Rule::S5 => "S5 first mounter",
+            Rule::S6 => "S6 agreement",
+            Rule::S7 => "S7 merge",
+            Rule::L1 => "L1 liveness",
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub rule: Rule,
+    pub time: Time,
+    pub step: u64,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub steps: u64,
+    pub failures_injected: u64,
+    pub journals_replayed: u64,
+    pub messages: u64,
+    pub violation: Option<Violation>,
+    pub trace: Vec<String>,
+    pub trace_hash: u64,
+    /// Filesystems left with dirty journals because only read-only/spectator mounters hold them.
+    pub stalled_without_rw: u64,
+}
+
+/// How rough this seed is (swarm testing: every seed draws its own mix).
+#[derive(Clone, Debug)]
+struct Profile {
+    crash: f64,
+    daemon_crash: f64,
+    partition: f64,
+    withdraw: f64,
+    recover_fail: f64,
+    fence_fail: f64,
+    fence_ack: f64,
+    fence_delay: (u64, u64),
+    replay_ms: (u64, u64),
+    mount: f64,
+    unmount: f64,
+    remount: f64,
+    ro_share: f64,
+    spectator_share: f64,
+}
+
+impl Profile {
+    fn draw(rng: &mut Rng) -> Profile {
+        let mut p = |hi: f64| if rng.chance(0.25) { 0.0 } else { hi * (rng.range(1, 100) as f64 / 100.0) };
+        Profile {
+            crash: p(0.02),
+            daemon_crash: p(0.008),
+            partition: p(0.01),
+            withdraw: p(0.01),
+            recover_fail: p(0.3),
+            fence_fail: p(0.3),
+            fence_ack: p(0.3),
+            fence_delay: (50, 3000),
+            replay_ms: (20, 1500),
+            mount: 0.05 + p(0.2),
+            unmount: p(0.03),
+            remount: p(0.01),
+            ro_share: p(0.15),
+            spectator_share: p(0.08),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Deliver(NodeId),
+    Commit(u64),
+    NodeTimer(NodeId),
+    KernelMountStep { node: NodeId, table: String, kinc: u64 },
+    ReplayDone { node: NodeId, table: String, jid: u32, kinc: u64 },
+    FenceDone(NodeId),
+    FenceNotify { node: NodeId, target: NodeId, at: Time, dinc: u64 },
+    Reboot(NodeId),
+    DaemonStart(NodeId),
+    FaultTick,
+    WorkTick,
+    EndFaults,
+    OperatorRescue,
+}
+
+#[derive(Clone, Debug)]
+enum Entry {
+    ConfChg {
+        id: u64,
+        members: Vec<NodeId>,
+        joined: Vec<NodeId>,
+        left: Vec<(NodeId, LeaveReason)>,
+        quorate: bool,
+    },
+    Msg { id: u64, sender: NodeId, payload: Vec<u8> },
+    Quorum(bool),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KState {
+    WaitJid,
+    FirstReplay,
+    OwnReplay,
+    Online,
+    Withdrawn,
+}
+
+#[derive(Clone, Debug)]
+struct KMount {
+    table: Table,
+    mode: MountMode,
+    first: bool,
+    first_written: bool,
+    jid: Option<i64>,
+    state: KState,
+    blocked: bool,
+    replays: BTreeSet<u32>,
+    withdraw_acked: bool,
+    unmount_requested: bool,
+}
+
+struct Daemon {
+    core: Node,
+    inc: u64,
+    joined: bool,
+    timer: Option<Time>,
+}
+
+struct SimNode {
+    id: NodeId,
+    corosync: bool,
+    comp: Option<u64>,
+    daemon: Option<Daemon>,
+    /// Kernel instance counter: bumps on every boot.
+    kinc: u64,
+    kernel_dead_at: Option<Time>,
+    kernel_killed_by_fence: bool,
+    mounts: BTreeMap<String, KMount>,
+    queue: VecDeque<Entry>,
+    deliver_pending: bool,
+    /// Quorum of the configuration this daemon last processed (its own view of its partition).
+    vs_quorate: bool,
+    group_view: Vec<NodeId>,
+    saw_fail: BTreeSet<(NodeId, u64)>,
+    daemon_inc_counter: u64,
+    reboot_pending: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct JTruth {
+    /// The live kernel instance that holds this journal: (node, kernel instance).
+    holder: Option<(NodeId, u64)>,
+    holder_withdrawn: bool,
+    /// Needs replay: its writer died or withdrew.
+    dirty: bool,
+    dirty_owner: Option<(NodeId, u64)>,
+    dirty_withdrawn: bool,
+    replaying: BTreeSet<NodeId>,
+    /// Daemons that processed the failure of its writer (they must stay blocked: S3).
+    known_by: BTreeSet<NodeId>,
+}
+
+struct Comp {
+    members: BTreeSet<NodeId>,
+    inflight: VecDeque<(NodeId, Vec<u8>)>,
+    commit_pending: bool,
+}
+
+struct FenceOp {
+    requested_at: Time,
+}
+
+struct World {
+    cfg: SimConfig,
+    rng: Rng,
+    profile: Profile,
+    now: Time,
+    seq: u64,
+    events: BTreeMap<(Time, u64), Ev>,
+    nodes: BTreeMap<NodeId, SimNode>,
+    comps: BTreeMap<u64, Comp>,
+    next_comp: u64,
+    next_entry: u64,
+    tables: Vec<Table>,
+    journals_per_fs: u32,
+    journals: BTreeMap<(String, u32), JTruth>,
+    fence_ops: BTreeMap<NodeId, FenceOp>,
+    last_fenced: BTreeMap<NodeId, Time>,
+    last_acked: BTreeMap<NodeId, Time>,
+    faults_on: bool,
+    step: u64,
+    trace: Vec<String>,
+    trace_hash: u64,
+    violation: Option<Violation>,
+    failures_injected: u64,
+    journals_replayed: u64,
+    messages: u64,
+    agreement: BTreeMap<(u64, u64), (u64, NodeId)>,
+}
+
+pub fn run(cfg: SimConfig) -> Outcome {
+    let mut w = World::new(cfg);
+    w.run();
+    let stalled = w.stalled_without_rw();
+    Outcome {
+        seed: w.cfg.seed,
+        steps: w.step,
+        failures_injected: w.failures_injected,
+        journals_replayed: w.journals_replayed,
+        messages: w.messages,
+        violation: w.violation.clone(),
+        trace: std::mem::take(&mut w.trace),
+        trace_hash: w.trace_hash,
+        stalled_without_rw: stalled,
+    }
+}
+
+fn fnv(h: u64, s: &str) -> u64 {
+    s.bytes().fold(h ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+impl World {
+    fn new(cfg: SimConfig) -> World {
+        let mut rng = Rng::new(cfg.seed);
+        let profile = if cfg.faults {
+            Profile::draw(&mut rng)
+        } else {
+            let mut p = Profile::draw(&mut rng);
+            p.crash = 0.0;
+            p.daemon_crash = 0.0;
+            p.partition = 0.0;
+            p.withdraw = 0.0;
+            p.recover_fail = 0.0;
+            p.fence_fail = 0.0;
+            p
+        };
+        let tables = (1..=cfg.filesystems)
+            .map(|i| Table::parse(&format!("{CLUSTER}:fs{i}")).expect("valid table"))
+            .collect();
+        let journals_per_fs = cfg.nodes + rng.range(0, 2) as u32;
+        let mut w = World {
+            cfg,
+            rng,
+            profile,
+            now: Time::ZERO,
+            seq: 0,
+            events: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            comps: BTreeMap::new(),
+            next_comp: 1,
+            next_entry: 1,
+            tables,
+            journals_per_fs,
+            journals: BTreeMap::new(),
+            fence_ops: BTreeMap::new(),
+            last_fenced: BTreeMap::new(),
+            last_acked: BTreeMap::new(),
+            faults_on: true,
+            step: 0,
+            trace: Vec::new(),
+            trace_hash: 0,
+            violation: None,
+            failures_injected: 0,
+            journals_replayed: 0,
+            messages: 0,
+            agreement: BTreeMap::new(),
+        };
+        for id in 1..=w.cfg.nodes {
+            w.nodes.insert(
+                id,
+                SimNode {
+                    id,
+                    corosync: true,
+                    comp: None,
+                    daemon: None,
+                    kinc: 1,
+                    kernel_dead_at: None,
+                    kernel_killed_by_fence: false,
+                    mounts: BTreeMap::new(),
+                    queue: VecDeque::new(),
+                    deliver_pending: false,
+                    vs_quorate: false,
+                    group_view: Vec::new(),
+                    saw_fail: BTreeSet::new(),
+                    daemon_inc_counter: 0,
+                    reboot_pending: false,
+                },
+            );
+        }
+        let all: BTreeSet<NodeId> = w.nodes.keys().copied().collect();
+        w.reform(vec![all]);
+        for id in 1..=w.cfg.nodes {
+            let d = w.rng.range(0, 300);
+            w.schedule(d, Ev::DaemonStart(id));
+        }
+        w.schedule(100, Ev::FaultTick);
+        w.schedule(50, Ev::WorkTick);
+        let end = w.cfg.fault_ms;
+        w.schedule(end, Ev::EndFaults);
+        w
+    }
+
+    fn schedule(&mut self, delay: u64, ev: Ev) {
+        self.seq += 1;
+        self.events.insert((self.now.after(delay), self.seq), ev);
+    }
+
+    fn log(&mut self, line: String) {
+        let line = format!("{:>9} {line}", self.now.to_string());
+        self.trace_hash = fnv(self.trace_hash, &line);
+        if self.cfg.trace || self.trace.len() < 400_000 {
+            self.trace.push(line);
+        }
+    }
+
+    fn violate(&mut self, rule: Rule, detail: String) {
+        if self.violation.is_none() {
+            self.log(format!("VIOLATION {rule}: {detail}"));
+            self.violation = Some(Violation {
+                rule,
+                time: self.now,
+                step: self.step,
+                detail,
+            });
+        }
+    }
+
+    fn run(&mut self) {
+        let end = Time(self.cfg.fault_ms + self.cfg.settle_ms);
+        while let Some((&(t, s), _)) = self.events.iter().next() {
+            if t > end || self.violation.is_some() {
+                break;
+            }
+            let ev = self.events.remove(&(t, s)).expect("present");
+            self.now = t;
+            self.step += 1;
+            self.handle(ev);
+        }
+        if self.violation.is_none() {
+            self.check_liveness();
+        }
+    }
+
+    // ----- membership ----------------------------------------------------------------------
+
+    fn quorate(&self, comp: &BTreeSet<NodeId>) -> bool {
+        comp.len() as u32 * 2 > self.cfg.nodes
+    }
+
+    /// Replace the components by `sides` (sets of corosync-up nodes), delivering configuration
+    /// changes with virtual synchrony: each member of a new component gets the same change at the
+    /// same point of its stream; messages in flight go before it to the sender's side or after it.
+    fn reform(&mut self, sides: Vec<BTreeSet<NodeId>>) {
+        let old: BTreeMap<u64, Comp> = std::mem::take(&mut self.comps);
+        let mut new_of: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut new_ids = Vec::new();
+        for side in sides.into_iter().filter(|s| !s.is_empty()) {
+            let id = self.next_comp;
+            self.next_comp += 1;
+            for n in &side {
+                new_of.insert(*n, id);
+            }
+            self.comps.insert(
+                id,
+                Comp {
+                    members: side,
+                    inflight: VecDeque::new(),
+                    commit_pending: false,
+                },
+            );
+            new_ids.push(id);
+        }
+        // Messages in flight in the old components.
+        for (_, comp) in old {
+            for (sender, payload) in comp.inflight {
+                let sender_daemon_up = self.nodes[&sender].daemon.as_ref().is_some_and(|d| d.joined);
+                match new_of.get(&sender).copied() {
+                    Some(c) if sender_daemon_up => {
+                        if self.rng.chance(0.5) {
+                            let targets: Vec<NodeId> = comp.members.iter().copied().filter(|n| new_of.get(n) == Some(&c)).collect();
+                            self.commit_to(&targets, sender, payload);
+                        } else if let Some(nc) = self.comps.get_mut(&c) {
+                            nc.inflight.push_back((sender, payload));
+                        }
+                    }
+                    _ => {
+                        // The sender is gone: all survivors get it, or none do.
+                        if self.rng.chance(0.5) {
+                            let targets: Vec<NodeId> = comp.members.iter().copied().filter(|n| new_of.contains_key(n) && *n != sender).collect();
+                            self.commit_to(&targets, sender, payload);
+                        }
+                    }
+                }
+            }
+        }
+        for (n, node) in self.nodes.iter_mut() {
+            node.comp = new_of.get(n).copied();
+        }
+        for id in new_ids {
+            self.group_change(id, None);
+            if !self.comps[&id].inflight.is_empty() {
+                self.schedule_commit(id);
+            }
+        }
+    }
+
+    /// Recompute the daemon group's membership in a component and queue a configuration change
+    /// for every member whose view changed. `procdown` names a daemon that just died.
+    fn group_change(&mut self, comp: u64, procdown: Option<NodeId>) {
+        let members: Vec<NodeId> = self.comps[&comp]
+            .members
+            .iter()
+            .copied()
+            .filter(|n| self.nodes[n].daemon.as_ref().is_some_and(|d| d.joined))
+            .collect();
+        let quorate = self.quorate(&self.comps[&comp].members);
+        let mut by_view: BTreeMap<Vec<NodeId>, Vec<NodeId>> = BTreeMap::new();
+        for n in &members {
+            by_view.entry(self.nodes[n].group_view.clone()).or_default().push(*n);
+        }
+        for (view, receivers) in by_view {
+            // Quorum may change without the group changing (a node without a daemon left).
+            for n in &receivers {
+                let node = self.nodes.get_mut(n).expect("node");
+                if node.vs_quorate != quorate && view == members {
+                    node.queue.push_back(Entry::Quorum(quorate));
+                }
+            }
+            if view == members {
+                for n in &receivers {
+                    self.kick_delivery(*n);
+                }
+                continue;
+            }
+            let joined: Vec<NodeId> = members.iter().copied().filter(|n| !view.contains(n)).collect();
+            let left: Vec<(NodeId, LeaveReason)> = view
+                .iter()
+                .copied()
+                .filter(|n| !members.contains(n))
+                .map(|n| {
+                    let reason = if Some(n) == procdown || self.nodes[&n].corosync && self.nodes[&n].comp == Some(comp) {
+                        LeaveReason::ProcDown
+                    } else {
+                        LeaveReason::NodeDown
+                    };
+                    (n, reason)
+                })
+                .collect();
+            let id = self.next_entry;
+            self.next_entry += 1;
+            // The daemon re-reads quorum right before it hands a configuration change to the core,
+            // so the core's quorum view is never older than its membership view.
+            let quorum_first = true;
+            for n in &receivers {
+                let node = self.nodes.get_mut(n).expect("node");
+                let cc = Entry::ConfChg {
+                    id,
+                    members: members.clone(),
+                    joined: joined.clone(),
+                    left: left.clone(),
+                    quorate,
+                };
+                if quorum_first {
+                    node.queue.push_back(Entry::Quorum(quorate));
+                    node.queue.push_back(cc);
+                } else {
+                    node.queue.push_back(cc);
+                    node.queue.push_back(Entry::Quorum(quorate));
+                }
+                node.group_view = members.clone();
+            }
+            for n in &receivers {
+                self.kick_delivery(*n);
+            }
+        }
+    }
+
+    fn commit_to(&mut self, targets: &[NodeId], sender: NodeId, payload: Vec<u8>) {
+        let id = self.next_entry;
+        self.next_entry += 1;
+        for n in targets {
+            let node = self.nodes.get_mut(n).expect("node");
+            if node.daemon.as_ref().is_some_and(|d| d.joined) {
+                node.queue.push_back(Entry::Msg {
+                    id,
+                    sender,
+                    payload: payload.clone(),
+                });
+            }
+        }
+        for n in targets {
+            self.kick_delivery(*n);
+        }
+    }
+
+    fn schedule_commit(&mut self, comp: u64) {
+        if let Some(c) = self.comps.get_mut(&comp) {
+            if !c.commit_pending {
+                c.commit_pending = true;
+                let d = self.rng.range(1, 8);
+                self.schedule(d, Ev::Commit(comp));
+            }
+        }
+    }
+
+    fn kick_delivery(&mut self, n: NodeId) {
+        let node = self.nodes.get_mut(&n).expect("node");
+        if !node.deliver_pending && !node.queue.is_empty() {
+            node.deliver_pending = true;
+            let d = self.rng.range(0, 4);
+            self.schedule(d, Ev::Deliver(n));
+        }
+    }
+
+    // ----- event handling ------------------------------------------------------------------
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Deliver(n) => self.deliver(n),
+            Ev::Commit(comp) => {
+                let Some(c) = self.comps.get_mut(&comp) else { return };
+                c.commit_pending = false;
+                let batch: Vec<(NodeId, Vec<u8>)> = c.inflight.drain(..).collect();
+                let members: Vec<NodeId> = c.members.iter().copied().collect();
+                for (sender, payload) in batch {
+                    self.commit_to(&members, sender, payload);
+                }
+            }
+            Ev::NodeTimer(n) => {
+                let due = self.nodes[&n]
+                    .daemon
+                    .as_ref()
+                    .and_then(|d| d.core.poll_timeout())
+                    .is_some_and(|t| t <= self.now);
+                if let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) {
+                    d.timer = None;
+                }
+                if due {
+                    self.feed(n, Input::Timeout);
+                } else {
+                    self.arm_timer(n);
+                }
+            }
+            Ev::KernelMountStep { node, table, kinc } => self.kernel_mount_step(node, &table, kinc),
+            Ev::ReplayDone { node, table, jid, kinc } => self.replay_done(node, &table, jid, kinc),
+            Ev::FenceDone(target) => self.fence_done(target),
+            Ev::FenceNotify { node, target, at, dinc } => {
+                if self.nodes[&node].daemon.as_ref().is_some_and(|d| d.inc == dinc) {
+                    self.feed(node, Input::Fenced { nodeid: target, at });
+                }
+            }
+            Ev::Reboot(n) => self.reboot(n),
+            Ev::DaemonStart(n) => self.daemon_start(n),
+            Ev::FaultTick => {
+                if self.faults_on {
+                    self.inject_fault();
+                    self.schedule(100, Ev::FaultTick);
+                }
+            }
+            Ev::WorkTick => {
+                self.workload();
+                self.schedule(100, Ev::WorkTick);
+            }
+            Ev::EndFaults => self.end_faults(),
+            Ev::OperatorRescue => self.operator_rescue(),
+        }
+        if self.violation.is_none() {
+            self.check_agreement_views();
+        }
+    }
+
+    fn deliver(&mut self, n: NodeId) {
+        let node = self.nodes.get_mut(&n).expect("node");
+        node.deliver_pending = false;
+        let Some(entry) = node.queue.pop_front() else { return };
+        if node.daemon.is_none() {
+            node.queue.clear();
+            return;
+        }
+        match entry {
+            Entry::Quorum(q) => {
+                node.vs_quorate = q;
+                self.feed(n, Input::Quorum { quorate: q });
+            }
+            Entry::ConfChg {
+                id,
+                members,
+                joined,
+                left,
+                quorate,
+            } => {
+                node.vs_quorate = quorate;
+                let dinc: Vec<(NodeId, u64)> = left
+                    .iter()
+                    .filter(|(_, r)| r.is_failure())
+                    .map(|(x, _)| (*x, self.nodes[x].daemon.as_ref().map_or(u64::MAX, |d| d.inc)))
+                    .collect();
+                // The daemons that processed this change know its failed members' journals need replay.
+                for (x, _) in left.iter().filter(|(_, r)| r.is_failure()) {
+                    for j in self.journals.values_mut() {
+                        let live_holder = j.holder.is_some_and(|(h, _)| h == *x) && !(j.holder_withdrawn && !j.dirty);
+                        if live_holder || j.dirty_owner.is_some_and(|(h, _)| h == *x) {
+                            j.known_by.insert(n);
+                        }
+                    }
+                }
+                let node = self.nodes.get_mut(&n).expect("node");
+                if node.daemon.as_ref().is_some_and(|d| d.core.is_synced()) {
+                    node.saw_fail.extend(dinc);
+                }
+                self.log(format!("n{n} confchg members={members:?} joined={joined:?} left={left:?} quorate={quorate}"));
+                self.feed_tracked(n, id, Input::ConfChg {
+                    group: DAEMON_GROUP.into(),
+                    members,
+                    joined,
+                    left,
+                });
+            }
+            Entry::Msg { id, sender, payload } => {
+                if let Ok((_, msg)) = wire::decode(&payload) {
+                    if let wire::Message::Withdraw { table } = &msg {
+                        for ((t, _), j) in self.journals.iter_mut() {
+                            if t == table && j.dirty_owner.is_some_and(|(h, _)| h == sender) {
+                                j.known_by.insert(n);
+                            }
+                        }
+                    }
+                    let name = match &msg {
+                        wire::Message::State { recipient, .. } => format!("STATE for n{recipient}"),
+                        other => format!("{other:?}"),
+                    };
+                    self.log(format!("n{n} <- n{sender} {name}"));
+                }
+                self.feed_tracked(n, id, Input::Deliver {
+                    group: DAEMON_GROUP.into(),
+                    sender,
+                    payload,
+                });
+            }
+        }
+        self.kick_delivery(n);
+    }
+
+    /// Feed a stream entry and check agreement: two nodes in the same replicated state that
+    /// process the same entry must end in the same replicated state (S6).
+    fn feed_tracked(&mut self, n: NodeId, entry: u64, input: Input) {
+        let pre = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.replicated_digest());
+        self.feed(n, input);
+        let post = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.replicated_digest());
+        if let (Some(pre), Some(post)) = (pre, post) {
+            match self.agreement.get(&(entry, pre)) {
+                Some((other, who)) if *other != post => {
+                    let who = *who;
+                    self.violate(Rule::S6, format!("nodes {who} and {n} were in the same state, processed stream entry {entry} and disagree"));
+                }
+                Some(_) => {}
+                None => {
+                    self.agreement.insert((entry, pre), (post, n));
+                }
+            }
+        }
+    }
+
+    fn feed(&mut self, n: NodeId, input: Input) {
+        let was_synced = self.nodes[&n].daemon.as_ref().is_some_and(|d| d.core.is_synced());
+        self.feed_inner(n, input);
+        let digest = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.replicated_digest());
+        if let (false, Some(digest)) = (was_synced, digest) {
+            // A node that adopts the group's state inherits the group's memory of failures.
+            let inherited = self
+                .nodes
+                .values()
+                .filter(|x| x.id != n && x.daemon.as_ref().and_then(|d| d.core.replicated_digest()).is_some())
+                .find(|x| x.comp == self.nodes[&n].comp)
+                .map(|x| x.saw_fail.clone())
+                .unwrap_or_default();
+            let _ = digest;
+            self.nodes.get_mut(&n).expect("node").saw_fail = inherited;
+        }
+    }
+
+    fn feed_inner(&mut self, n: NodeId, input: Input) {
+        let mut inputs = VecDeque::from([input]);
+        while let Some(input) = inputs.pop_front() {
+            let now = self.now;
+            let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else { return };
+            d.core.handle(now, input);
+            while let Some(out) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()).and_then(|d| d.core.poll_output()) {
+                if let Some(result) = self.execute(n, out) {
+                    inputs.push_back(result);
+                }
+            }
+        }
+        self.arm_timer(n);
+    }
+
+    fn arm_timer(&mut self, n: NodeId) {
+        let now = self.now;
+        let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else { return };
+        if let Some(t) = d.core.poll_timeout() {
+            if d.timer.is_none_or(|cur| t < cur) {
+                d.timer = Some(t);
+                let delay = t.since(now);
+                self.schedule(delay, Ev::NodeTimer(n));
+            }
+        }
+    }
+
+    fn execute(&mut self, n: NodeId, out: Output) -> Option<Input> {
+        match out {
+            Output::JoinGroup { group } => {
+                if group == DAEMON_GROUP {
+                    let node = self.nodes.get_mut(&n).expect("node");
+                    if let Some(d) = node.daemon.as_mut() {
+                        d.joined = true;
+                    }
+                    if let Some(c) = node.comp {
+                        self.group_change(c, None);
+                    }
+                }
+                None
+            }
+            Output::LeaveGroup { .. } => None,
+            Output::Mcast { group: _, payload } => {
+                self.messages += 1;
+                if let Some(c) = self.nodes[&n].comp {
+                    if let Some(comp) = self.comps.get_mut(&c) {
+                        comp.inflight.push_back((n, payload));
+                    }
+                    self.schedule_commit(c);
+                }
+                None
+            }
+            Output::Write { table, file, value } => {
+                let result = self.kernel_write(n, &table, file, value);
+                self.log(format!("n{n} write {table} {}={value} -> {result:?}", file.name()));
+                Some(Input::WriteDone { table, file, value, result })
+            }
+            Output::Fence { nodeid, failed_at } => {
+                self.fence_request(n, nodeid, failed_at);
+                None
+            }
+            Output::KillNode { nodeid, reason } => {
+                self.log(format!("n{n} asks corosync to kill n{nodeid}: {reason}"));
+                self.kill_corosync(nodeid);
+                None
+            }
+            Output::Reply { request, result } => {
+                self.log(format!("n{n} reply {request}: {result:?}"));
+                None
+            }
+            Output::Log(rec) => {
+                self.log(format!("n{n} {:?} {rec}", rec.level));
+                None
+            }
+        }
+    }
+
+    // ----- the kernel model ----------------------------------------------------------------
+
+    fn uevent(&mut self, n: NodeId, table: &Table, kind: KernelEventKind) {
+        if self.nodes[&n].daemon.is_none() {
+            return; // nobody listens; the kernel carries on (a real one would wait)
+        }
+        self.log(format!("n{n} uevent {table} {kind:?}"));
+        self.feed(n, Input::Kernel(KernelEvent { table: table.clone(), kind }));
+    }
+
+    fn kernel_write(&mut self, n: NodeId, table: &Table, file: SysfsFile, value: i64) -> Result<(), i32> {
+        let key = table.to_string();
+        let kinc = self.nodes[&n].kinc;
+        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(&key)) else {
+            return Err(ENOENT);
+        };
+        match file {
+            SysfsFile::Block => {
+                if value != 0 && value != 1 {
+                    return Err(EINVAL);
+                }
+                m.blocked = value == 1;
+                if value == 0 {
+                    self.check_unblock(n, &key);
+                }
+                Ok(())
+            }
+            SysfsFile::First => {
+                if m.mode == MountMode::Spectator || !(value == 0 || value == 1) {
+                    return Err(EINVAL);
+                }
+                if m.jid.is_some() {
+                    return Err(EBUSY);
+                }
+                m.first = value == 1;
+                m.first_written = true;
+                Ok(())
+            }
+            SysfsFile::Jid => {
+                if m.jid.is_some() {
+                    return Err(EBUSY);
+                }
+                if m.mode == MountMode::Spectator && value > 0 {
+                    return Err(EINVAL);
+                }
+                m.jid = Some(value);
+                if value < 0 {
+                    self.mount_failed(n, &key, format!("daemon refused the mount with errno {}", -value));
+                    return Ok(());
+                }
+                if m.mode != MountMode::Spectator && value as u32 >= self.journals_per_fs {
+                    self.mount_failed(n, &key, "jid beyond the journal count (EUSERS)".into());
+                    return Ok(());
+                }
+                let first = m.first;
+                let spectator = m.mode == MountMode::Spectator;
+                self.mount_proceeds(n, &key, value as u32, first, spectator, kinc);
+                Ok(())
+            }
+            SysfsFile::Recover => {
+                if m.mode == MountMode::Spectator {
+                    return Err(ESHUTDOWN);
+                }
+                let jid = value as u32;
+                if value < 0 || jid >= self.journals_per_fs {
+                    return Err(ENOENT);
+                }
+                if m.jid == Some(value) || m.replays.contains(&jid) {
+                    return Err(EBUSY);
+                }
+                if !matches!(m.state, KState::Online) {
+                    return Err(EBUSY);
+                }
+                m.replays.insert(jid);
+                self.replay_start(n, &key, jid, false);
+                let d = self.rng.range(self.profile.replay_ms.0, self.profile.replay_ms.1);
+                self.schedule(d, Ev::ReplayDone { node: n, table: key, jid, kinc });
+                Ok(())
+            }
+            SysfsFile::Withdraw => {
+                m.withdraw_acked = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn mount_failed(&mut self, n: NodeId, key: &str, why: String) {
+        self.log(format!("n{n} kernel: mount of {key} fails: {why}"));
+        let node = self.nodes.get_mut(&n).expect("node");
+        if let Some(m) = node.mounts.remove(key) {
+            self.uevent(n, &m.table, KernelEventKind::Remove);
+        }
+    }
+
+    fn mount_proceeds(&mut self, n: NodeId, key: &str, jid: u32, first: bool, spectator: bool, kinc: u64) {
+        // S4: no two live mounters hold the same journal.
+        if !spectator {
+            let j = self.journals.entry((key.to_owned(), jid)).or_default();
+            // A withdrawn kernel whose journal the group already replayed no longer uses it.
+            if let Some((h, _)) = j.holder.filter(|_| !(j.holder_withdrawn && !j.dirty)) {
+                if h != n {
+                    self.violate(Rule::S4, format!("n{n} mounts {key} with jid {jid}, held by n{h}'s live kernel"));
+                    return;
+                }
+            }
+            // A mounter replays its own journal at mount: if it is dirty, that is a replay.
+            if j.dirty {
+                self.replay_start(n, key, jid, true);
+                self.replay_finish(n, key, jid);
+            }
+            let j = self.journals.entry((key.to_owned(), jid)).or_default();
+            j.holder = Some((n, kinc));
+            j.holder_withdrawn = false;
+        }
+        // S5: no mount completes while another node's first-mounter replay runs, and a first
+        // mounter finds nobody else's kernel in the filesystem.
+        let others: Vec<(NodeId, KState)> = self
+            .nodes
+            .values()
+            .filter(|x| x.id != n)
+            .filter_map(|x| x.mounts.get(key).map(|m| (x.id, m.state.clone())))
+            .filter(|(_, s)| *s != KState::WaitJid)
+            .collect();
+        if let Some((o, _)) = others.iter().find(|(_, s)| *s == KState::FirstReplay) {
+            self.violate(Rule::S5, format!("n{n} wrote jid for {key} while n{o} runs first-mounter replay"));
+            return;
+        }
+        // A spectator cannot set `first` and never replays: it only checks the journals.
+        let first = first && !spectator;
+        if first {
+            if let Some((o, s)) = others.iter().find(|(_, s)| *s != KState::Withdrawn) {
+                self.violate(Rule::S5, format!("n{n} mounts {key} first while n{o}'s kernel holds it ({s:?})"));
+                return;
+            }
+            for j in 0..self.journals_per_fs {
+                if j != jid {
+                    self.replay_start(n, key, j, true);
+                }
+            }
+        }
+        let alone = others.is_empty();
+        let node = self.nodes.get_mut(&n).expect("node");
+        let m = node.mounts.get_mut(key).expect("mount");
+        m.state = if first || (spectator && alone) { KState::FirstReplay } else { KState::OwnReplay };
+        let d = self.rng.range(self.profile.replay_ms.0, self.profile.replay_ms.1);
+        self.schedule(d, Ev::KernelMountStep { node: n, table: key.to_owned(), kinc });
+    }
+
+    fn kernel_mount_step(&mut self, n: NodeId, key: &str, kinc: u64) {
+        if self.nodes[&n].kinc != kinc {
+            return;
+        }
+        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) else { return };
+        let table = m.table.clone();
+        let (ro, spectator) = (m.mode != MountMode::Rw, m.mode == MountMode::Spectator);
+        match m.state {
+            KState::FirstReplay => {
+                m.state = KState::Online;
+                let jid = m.jid;
+                if !spectator {
+                    for j in 0..self.journals_per_fs {
+                        if Some(j as i64) != jid {
+                            self.replay_finish(n, key, j);
+                        }
+                    }
+                }
+                self.uevent(n, &table, KernelEventKind::FirstMountDone);
+                self.uevent(n, &table, KernelEventKind::Online { ro, spectator });
+            }
+            KState::OwnReplay => {
+                m.state = KState::Online;
+                if let Some(j) = m.jid.filter(|_| !spectator) {
+                    self.uevent(n, &table, KernelEventKind::Recovery { jid: j as u32, done: true });
+                }
+                self.uevent(n, &table, KernelEventKind::Online { ro, spectator });
+            }
+            _ => {}
+        }
+        self.maybe_finish_unmount(n, key);
+    }
+
+    /// S1, S2 and the barrier part of S3, checked when a replay of `jid` starts on `n`.
+    fn replay_start(&mut self, n: NodeId, key: &str, jid: u32, at_mount: bool) {
+        let vs_quorate = self.nodes[&n].vs_quorate;
+        let j = self.journals.entry((key.to_owned(), jid)).or_default().clone();
+        if let Some(o) = j.replaying.iter().find(|o| **o != n) {
+            self.violate(Rule::S2, format!("n{n} replays {key} jid {jid} while n{o} replays it"));
+            return;
+        }
+        if let Some((h, _)) = j.holder {
+            if h != n && !j.holder_withdrawn {
+                self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} while n{h}'s kernel still runs with it"));
+                return;
+            }
+        }
+        if j.dirty && !j.dirty_withdrawn {
+            if let Some((owner, owner_kinc)) = j.dirty_owner {
+                let o = &self.nodes[&owner];
+                let died = o.kernel_dead_at.filter(|_| o.kinc == owner_kinc);
+                let safe = o.kinc > owner_kinc
+                    || (o.kernel_killed_by_fence && o.kinc == owner_kinc)
+                    || died.is_some_and(|t| self.last_fenced.get(&owner).is_some_and(|f| *f >= t) || self.last_acked.get(&owner).is_some_and(|a| *a >= t));
+                if !safe {
+                    self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} of n{owner}, which was not fenced after it failed"));
+                    return;
+                }
+            }
+        }
+        if !at_mount && !vs_quorate && self.cfg.nodes > 1 {
+            self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} in an inquorate partition"));
+            return;
+        }
+        if !at_mount {
+            // Everyone who knows of the failure must be blocked while the journal is replayed.
+            for o in j.known_by.iter().filter(|o| **o != n) {
+                let blocked = self.nodes[o].mounts.get(key).is_none_or(|m| m.blocked || matches!(m.state, KState::WaitJid | KState::Withdrawn));
+                if !blocked {
+                    self.violate(Rule::S3, format!("n{n} replays {key} jid {jid} while n{o}, which saw the failure, is not blocked"));
+                    return;
+                }
+            }
+        }
+        self.journals.entry((key.to_owned(), jid)).or_default().replaying.insert(n);
+    }
+
+    fn replay_finish(&mut self, n: NodeId, key: &str, jid: u32) {
+        let j = self.journals.entry((key.to_owned(), jid)).or_default();
+        j.replaying.remove(&n);
+        if j.dirty {
+            self.journals_replayed += 1;
+        }
+        j.dirty = false;
+        j.dirty_owner = None;
+        j.dirty_withdrawn = false;
+        j.known_by.clear();
+        if j.holder.is_some_and(|(h, _)| h != n) && j.holder_withdrawn {
+            // Replayed after a withdraw; the withdrawn kernel keeps the slot until unmount.
+        }
+    }
+
+    fn replay_done(&mut self, n: NodeId, key: &str, jid: u32, kinc: u64) {
+        if self.nodes[&n].kinc != kinc {
+            return;
+        }
+        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) else { return };
+        if !m.replays.remove(&jid) {
+            return;
+        }
+        let table = m.table.clone();
+        let j = self.journals.entry((key.to_owned(), jid)).or_default().clone();
+        // The journal lock is still held by a withdrawn node until it acknowledges (GAVEUP).
+        let holder_locked = j.holder.is_some_and(|(h, _)| {
+            h != n && self.nodes[&h].mounts.get(key).is_some_and(|hm| hm.state == KState::Withdrawn && !hm.withdraw_acked)
+        });
+        let done = !holder_locked && !self.rng.chance(self.profile.recover_fail);
+        if done {
+            self.replay_finish(n, key, jid);
+        } else {
+            self.journals.entry((key.to_owned(), jid)).or_default().replaying.remove(&n);
+        }
+        self.uevent(n, &table, KernelEventKind::Recovery { jid, done });
+        self.maybe_finish_unmount(n, key);
+    }
+
+    fn check_unblock(&mut self, n: NodeId, key: &str) {
+        let bad: Vec<u32> = self
+            .journals
+            .iter()
+            .filter(|((t, _), j)| t == key && j.known_by.contains(&n))
+            .map(|((_, jid), _)| *jid)
+            .collect();
+        if let Some(jid) = bad.first() {
+            self.violate(Rule::S3, format!("n{n} unblocked {key} while jid {jid} of a failed member is not replayed"));
+        }
+    }
+
+    fn maybe_finish_unmount(&mut self, n: NodeId, key: &str) {
+        let Some(m) = self.nodes[&n].mounts.get(key) else { return };
+        if !m.unmount_requested || !m.replays.is_empty() || matches!(m.state, KState::FirstReplay | KState::OwnReplay) {
+            return;
+        }
+        let m = self.nodes.get_mut(&n).expect("node").mounts.remove(key).expect("mount");
+        if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
+            let j = self.journals.entry((key.to_owned(), jid as u32)).or_default();
+            if j.holder.is_some_and(|(h, _)| h == n) {
+                j.holder = None;
+                // A clean unmount flushes the journal; a withdrawn one stays dirty for others.
+                if !m.withdraw_acked && m.state != KState::Withdrawn {
+                    j.known_by.clear();
+                }
+                j.holder_withdrawn = false;
+            }
+        }
+        self.log(format!("n{n} kernel: unmounted {key}"));
+        self.uevent(n, &m.table, KernelEventKind::Remove);
+    }
+
+    // ----- faults and workload ---------------------------------------------------------------
+
+    fn up_nodes(&self) -> Vec<NodeId> {
+        self.nodes.values().filter(|x| x.corosync).map(|x| x.id).collect()
+    }
+
+    fn inject_fault(&mut self) {
+        let p = self.profile.clone();
+        let up = self.up_nodes();
+        if self.rng.chance(p.crash) && up.len() > 1 {
+            if let Some(n) = self.rng.pick(&up) {
+                self.failures_injected += 1;
+                self.log(format!("FAULT crash n{n}"));
+                self.crash(n, false);
+            }
+        }
+        if self.rng.chance(p.daemon_crash) {
+            let with_daemon: Vec<NodeId> = up.iter().copied().filter(|n| self.nodes[n].daemon.is_some()).collect();
+            if let Some(n) = self.rng.pick(&with_daemon) {
+                self.failures_injected += 1;
+                self.log(format!("FAULT daemon crash n{n}"));
+                self.daemon_crash(n);
+            }
+        }
+        if self.rng.chance(p.partition) && up.len() > 1 {
+            let mut a = BTreeSet::new();
+            let mut b = BTreeSet::new();
+            for n in &up {
+                if self.rng.chance(0.5) {
+                    a.insert(*n);
+                } else {
+                    b.insert(*n);
+                }
+            }
+            if !a.is_empty() && !b.is_empty() {
+                self.failures_injected += 1;
+                self.log(format!("FAULT partition {a:?} | {b:?}"));
+                self.reform(vec![a, b]);
+                let heal = self.rng.range(500, 8000);
+                self.schedule(heal, Ev::Reboot(0));
+            }
+        }
+        if self.rng.chance(p.withdraw) {
+            let online: Vec<(NodeId, String)> = self
+                .nodes
+                .values()
+                .flat_map(|x| x.mounts.iter().filter(|(_, m)| m.state == KState::Online).map(move |(t, _)| (x.id, t.clone())))
+                .collect();
+            if !online.is_empty() {
+                let i = self.rng.range(0, online.len() as u64 - 1) as usize;
+                let (n, t) = online[i].clone();
+                self.failures_injected += 1;
+                self.log(format!("FAULT withdraw {t} on n{n}"));
+                self.withdraw(n, &t);
+            }
+        }
+        if self.rng.chance(p.fence_ack) {
+            // An operator acknowledges a node that is really down (corosync and kernel dead).
+            let dead: Vec<NodeId> = self.nodes.values().filter(|x| !x.corosync && x.kernel_dead_at.is_some()).map(|x| x.id).collect();
+            let acker: Vec<NodeId> = up.iter().copied().filter(|n| self.nodes[n].daemon.as_ref().is_some_and(|d| d.core.is_synced())).collect();
+            if let (Some(t), Some(a)) = (self.rng.pick(&dead), self.rng.pick(&acker)) {
+                self.last_acked.insert(t, self.now);
+                self.log(format!("OPERATOR fence-ack n{t} on n{a}"));
+                let req = self.step;
+                self.feed(a, Input::FenceAck { request: req, nodeid: t });
+            }
+        }
+    }
+
+    fn workload(&mut self) {
+        let p = self.profile.clone();
+        let tables = self.tables.clone();
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for n in ids {
+            let node = &self.nodes[&n];
+            if node.daemon.is_none() || !node.corosync || node.kernel_dead_at.is_some() {
+                continue;
+            }
+            for t in &tables {
+                let key = t.to_string();
+                let state = self.nodes[&n].mounts.get(&key).map(|m| (m.state.clone(), m.mode, m.replays.is_empty()));
+                match state {
+                    None if self.rng.chance(p.mount / tables.len() as f64) => {
+                        let mode = if self.rng.chance(p.spectator_share) {
+                            MountMode::Spectator
+                        } else if self.rng.chance(p.ro_share) {
+                            MountMode::Ro
+                        } else {
+                            MountMode::Rw
+                        };
+                        self.mount(n, t, mode);
+                    }
+                    Some((KState::Online, _, _)) | Some((KState::Withdrawn, _, _)) if self.faults_on && self.rng.chance(p.unmount / tables.len() as f64) => {
+                        self.log(format!("WORK umount {key} on n{n}"));
+                        self.nodes.get_mut(&n).expect("node").mounts.get_mut(&key).expect("mount").unmount_requested = true;
+                        self.maybe_finish_unmount(n, &key);
+                    }
+                    Some((KState::Online, mode, true)) if mode != MountMode::Spectator && self.rng.chance(p.remount / tables.len() as f64) => {
+                        let new = if mode == MountMode::Rw { MountMode::Ro } else { MountMode::Rw };
+                        self.log(format!("WORK remount {key} {} on n{n}", new.as_str()));
+                        self.nodes.get_mut(&n).expect("node").mounts.get_mut(&key).expect("mount").mode = new;
+                        self.uevent(n, t, KernelEventKind::Online { ro: new == MountMode::Ro, spectator: false });
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn mount(&mut self, n: NodeId, t: &Table, mode: MountMode) {
+        self.log(format!("WORK mount {t} {} on n{n}", mode.as_str()));
+        self.nodes.get_mut(&n).expect("node").mounts.insert(
+            t.to_string(),
+            KMount {
+                table: t.clone(),
+                mode,
+                first: true,
+                first_written: false,
+                jid: None,
+                state: KState::WaitJid,
+                blocked: false,
+                replays: BTreeSet::new(),
+                withdraw_acked: false,
+                unmount_requested: false,
+            },
+        );
+        self.uevent(n, t, KernelEventKind::Add {
+            ro: mode != MountMode::Rw,
+            spectator: mode == MountMode::Spectator,
+            jid_preset: None,
+        });
+    }
+
+    fn withdraw(&mut self, n: NodeId, key: &str) {
+        let node = self.nodes.get_mut(&n).expect("node");
+        let Some(m) = node.mounts.get_mut(key) else { return };
+        m.state = KState::Withdrawn;
+        let aborted: Vec<u32> = std::mem::take(&mut m.replays).into_iter().collect();
+        let table = m.table.clone();
+        let jid = m.jid;
+        let spectator = m.mode == MountMode::Spectator;
+        for j in aborted {
+            self.journals.entry((key.to_owned(), j)).or_default().replaying.remove(&n);
+        }
+        if let Some(jid) = jid.filter(|j| *j >= 0 && !spectator) {
+            let j = self.journals.entry((key.to_owned(), jid as u32)).or_default();
+            j.holder_withdrawn = true;
+            j.dirty = true;
+            j.dirty_withdrawn = true;
+            j.dirty_owner = j.holder;
+        }
+        self.uevent(n, &table, KernelEventKind::Offline);
+    }
+
+    fn kernel_dies(&mut self, n: NodeId, by_fence: bool) {
+        let now = self.now;
+        let node = self.nodes.get_mut(&n).expect("node");
+        if node.kernel_dead_at.is_some() {
+            return;
+        }
+        node.kernel_dead_at = Some(now);
+        node.kernel_killed_by_fence = by_fence;
+        let kinc = node.kinc;
+        let mounts = std::mem::take(&mut node.mounts);
+        for (key, m) in mounts {
+            for j in &m.replays {
+                self.journals.entry((key.clone(), *j)).or_default().replaying.remove(&n);
+            }
+            if matches!(m.state, KState::FirstReplay) {
+                for j in 0..self.journals_per_fs {
+                    self.journals.entry((key.clone(), j)).or_default().replaying.remove(&n);
+                }
+            }
+            if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
+                let j = self.journals.entry((key.clone(), jid as u32)).or_default();
+                if j.holder == Some((n, kinc)) {
+                    j.holder = None;
+                    // A withdrawn kernel stopped writing: its journal is as dirty as it was.
+                    if !j.holder_withdrawn {
+                        j.dirty = true;
+                        j.dirty_withdrawn = false;
+                        j.dirty_owner = Some((n, kinc));
+                    }
+                    j.holder_withdrawn = false;
+                }
+            }
+        }
+    }
+
+    /// A daemon's knowledge of failures dies with it.
+    fn forget_daemon(&mut self, n: NodeId) {
+        for j in self.journals.values_mut() {
+            j.known_by.remove(&n);
+        }
+    }
+
+    fn crash(&mut self, n: NodeId, by_fence: bool) {
+        self.kernel_dies(n, by_fence);
+        self.forget_daemon(n);
+        let node = self.nodes.get_mut(&n).expect("node");
+        node.daemon = None;
+        node.queue.clear();
+        node.group_view.clear();
+        let was_up = node.corosync;
+        node.corosync = false;
+        if was_up {
+            self.leave_component(n);
+        }
+        if !self.nodes[&n].reboot_pending {
+            self.nodes.get_mut(&n).expect("node").reboot_pending = true;
+            let d = if by_fence { self.rng.range(2000, 6000) } else { self.rng.range(8000, 20000) };
+            self.schedule(d, Ev::Reboot(n));
+        }
+    }
+
+    fn leave_component(&mut self, n: NodeId) {
+        let mut sides: Vec<BTreeSet<NodeId>> = self.comps.values().map(|c| c.members.clone()).collect();
+        for s in sides.iter_mut() {
+            s.remove(&n);
+        }
+        self.reform(sides);
+    }
+
+    fn daemon_crash(&mut self, n: NodeId) {
+        self.forget_daemon(n);
+        let node = self.nodes.get_mut(&n).expect("node");
+        node.daemon = None;
+        node.queue.clear();
+        node.group_view.clear();
+        if let Some(c) = node.comp {
+            self.group_change(c, Some(n));
+        }
+        let d = self.rng.range(500, 5000);
+        self.schedule(d, Ev::DaemonStart(n));
+    }
+
+    fn kill_corosync(&mut self, n: NodeId) {
+        if !self.nodes[&n].corosync {
+            return;
+        }
+        self.forget_daemon(n);
+        let node = self.nodes.get_mut(&n).expect("node");
+        node.corosync = false;
+        node.daemon = None;
+        node.queue.clear();
+        node.group_view.clear();
+        self.leave_component(n);
+        // Its kernel lives on until it is fenced; with nothing mounted it simply restarts.
+        if self.nodes[&n].mounts.is_empty() && !self.nodes[&n].reboot_pending {
+            self.nodes.get_mut(&n).expect("node").reboot_pending = true;
+            let d = self.rng.range(3000, 8000);
+            self.schedule(d, Ev::Reboot(n));
+        } else if !self.fence_ops.contains_key(&n) {
+            // Pacemaker fences a node that left the membership uncleanly.
+            self.fence_ops.insert(n, FenceOp { requested_at: self.now });
+            let d = self.rng.range(self.profile.fence_delay.0, self.profile.fence_delay.1);
+            self.schedule(d, Ev::FenceDone(n));
+        }
+    }
+
+    fn reboot(&mut self, n: NodeId) {
+        if n == 0 {
+            // Heal every partition: all corosync-up nodes merge.
+            let up: BTreeSet<NodeId> = self.up_nodes().into_iter().collect();
+            if self.comps.len() > 1 {
+                self.log("FAULT heal partitions".into());
+                self.reform(vec![up]);
+            }
+            return;
+        }
+        let node = self.nodes.get_mut(&n).expect("node");
+        node.reboot_pending = false;
+        if node.corosync {
+            return;
+        }
+        if node.kernel_dead_at.is_some() {
+            node.kinc += 1;
+            node.kernel_dead_at = None;
+            node.kernel_killed_by_fence = false;
+        } else if !node.mounts.is_empty() {
+            return; // cannot come back with live mounts: it waits to be fenced
+        }
+        node.corosync = true;
+        self.log(format!("n{n} boots"));
+        // It joins whichever component the largest number of nodes are in (links are up).
+        let target = self.comps.iter().max_by_key(|(_, c)| c.members.len()).map(|(id, _)| *id);
+        let mut sides: Vec<BTreeSet<NodeId>> = self.comps.values().map(|c| c.members.clone()).collect();
+        match target.and_then(|t| self.comps.keys().position(|k| *k == t)) {
+            Some(i) => {
+                sides[i].insert(n);
+            }
+            None => sides.push(BTreeSet::from([n])),
+        }
+        self.reform(sides);
+        let d = self.rng.range(100, 1000);
+        self.schedule(d, Ev::DaemonStart(n));
+    }
+
+    fn daemon_start(&mut self, n: NodeId) {
+        let node = self.nodes.get_mut(&n).expect("node");
+        if node.daemon.is_some() || !node.corosync {
+            return;
+        }
+        if !node.mounts.is_empty() {
+            // SPEC §3: never start with gfs2 mounts the group no longer tracks.
+            self.log(format!("n{n} gfs_controld refuses to start: gfs2 filesystems are mounted"));
+            return;
+        }
+        node.daemon_inc_counter += 1;
+        node.saw_fail.clear();
+        let mut cfg = NodeConfig::new(n, CLUSTER);
+        cfg.cluster_nodes = (1..=self.cfg.nodes).collect();
+        cfg.sabotage = self.cfg.sabotage;
+        cfg.max_journals = gfs_core::MAX_JOURNALS;
+        let inc = (n as u64) << 32 | node.daemon_inc_counter;
+        node.daemon = Some(Daemon {
+            core: Node::new(cfg, self.now),
+            inc,
+            joined: false,
+            timer: None,
+        });
+        let q = node.comp.map(|c| self.quorate(&self.comps[&c].members)).unwrap_or(false);
+        self.log(format!("n{n} gfs_controld starts"));
+        self.feed(n, Input::Quorum { quorate: q });
+    }
+
+    // ----- fencing oracle --------------------------------------------------------------------
+
+    fn fence_request(&mut self, requester: NodeId, target: NodeId, failed_at: Time) {
+        let comp_quorate = self.nodes[&requester].comp.map(|c| self.quorate(&self.comps[&c].members)).unwrap_or(false);
+        if let Some(t) = self.last_fenced.get(&target).copied().filter(|t| *t >= failed_at) {
+            let dinc = self.nodes[&requester].daemon.as_ref().map_or(0, |d| d.inc);
+            self.schedule(1, Ev::FenceNotify { node: requester, target, at: t, dinc });
+            return;
+        }
+        if !comp_quorate {
+            self.log(format!("fencer: n{requester} is inquorate, refusing to fence n{target}"));
+            self.feed(requester, Input::FenceFailed { nodeid: target, reason: "no quorum".into() });
+            return;
+        }
+        if self.fence_ops.contains_key(&target) {
+            return;
+        }
+        if self.faults_on && self.rng.chance(self.profile.fence_fail) {
+            self.log(format!("fencer: fencing n{target} failed"));
+            self.feed(requester, Input::FenceFailed { nodeid: target, reason: "fence agent failed".into() });
+            return;
+        }
+        self.fence_ops.insert(target, FenceOp { requested_at: self.now });
+        let d = self.rng.range(self.profile.fence_delay.0, self.profile.fence_delay.1);
+        self.schedule(d, Ev::FenceDone(target));
+    }
+
+    fn fence_done(&mut self, target: NodeId) {
+        let Some(op) = self.fence_ops.remove(&target) else { return };
+        self.log(format!("fencer: n{target} fenced (requested at {})", op.requested_at));
+        self.crash(target, true);
+        self.last_fenced.insert(target, self.now);
+        let at = self.now;
+        let listeners: Vec<(NodeId, u64)> = self.nodes.values().filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d.inc))).collect();
+        for (n, dinc) in listeners {
+            let d = self.rng.range(0, 300);
+            self.schedule(d, Ev::FenceNotify { node: n, target, at, dinc });
+        }
+    }
+
+    fn end_faults(&mut self) {
+        self.faults_on = false;
+        self.log("faults stop: healing, restarting, fencing always works".into());
+        self.reboot(0);
+        let down: Vec<NodeId> = self.nodes.values().filter(|x| !x.corosync && !x.reboot_pending).map(|x| x.id).collect();
+        for n in down {
+            self.schedule(10, Ev::Reboot(n));
+        }
+        let no_daemon: Vec<NodeId> = self.nodes.values().filter(|x| x.corosync && x.daemon.is_none()).map(|x| x.id).collect();
+        for n in no_daemon {
+            self.schedule(10, Ev::DaemonStart(n));
+        }
+        self.profile.recover_fail = 0.0;
+        self.schedule(20_000, Ev::OperatorRescue);
+    }
+
+    /// When only read-only or spectator mounts hold a filesystem with dirty journals nobody can
+    /// replay them (SPEC §5): the documented way out is to unmount them, so that a read-write
+    /// mounter becomes first mounter and replays every journal.
+    fn operator_rescue(&mut self) {
+        for key in self.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>() {
+            if !self.stalled(&key) {
+                continue;
+            }
+            let holders: Vec<NodeId> = self
+                .nodes
+                .values()
+                .filter(|x| x.mounts.get(&key).is_some_and(|m| m.mode != MountMode::Rw && m.state != KState::WaitJid))
+                .map(|x| x.id)
+                .collect();
+            for n in holders {
+                self.log(format!("OPERATOR umount {key} on n{n}: only read-only members hold it and journals need replay"));
+                self.nodes.get_mut(&n).expect("node").mounts.get_mut(&key).expect("mount").unmount_requested = true;
+                self.maybe_finish_unmount(n, &key);
+            }
+        }
+    }
+
+    /// Dirty journals, no read-write member mounted to replay them, and read-only or spectator
+    /// members holding the filesystem.
+    fn stalled(&self, key: &str) -> bool {
+        let dirty = self.journals.iter().any(|((k, _), j)| k == key && j.dirty);
+        let mounts: Vec<&KMount> = self.nodes.values().filter_map(|x| x.mounts.get(key)).collect();
+        let rw_online = mounts.iter().any(|m| m.mode == MountMode::Rw && m.state == KState::Online);
+        let ro_active = mounts.iter().any(|m| m.mode != MountMode::Rw && !matches!(m.state, KState::WaitJid | KState::Withdrawn));
+        dirty && !rw_online && ro_active
+    }
+
+    // ----- checkers --------------------------------------------------------------------------
+
+    /// S7: a synced daemon never counts as a member with state a node incarnation it saw fail.
+    fn check_agreement_views(&mut self) {
+        let mut found = None;
+        for node in self.nodes.values() {
+            let Some(d) = node.daemon.as_ref() else { continue };
+            if !d.core.is_synced() {
+                continue;
+            }
+            for (x, m) in &d.core.replicated().members {
+                if !m.synced || m.stale || *x == node.id {
+                    continue;
+                }
+                let Some(xd) = self.nodes[x].daemon.as_ref() else { continue };
+                if node.saw_fail.contains(&(*x, xd.inc)) && xd.core.is_synced() {
+                    found = Some(format!("n{} readmitted n{x} with the state it had before n{} saw it fail", node.id, node.id));
+                }
+            }
+        }
+        if let Some(detail) = found {
+            self.violate(Rule::S7, detail);
+        }
+    }
+
+    fn stalled_without_rw(&self) -> u64 {
+        self.tables.iter().filter(|t| self.stalled(&t.to_string())).count() as u64
+    }
+
+    fn check_liveness(&mut self) {
+        let stalled: BTreeSet<String> = BTreeSet::new();
+        let mut problems = Vec::new();
+        for node in self.nodes.values() {
+            if !node.corosync {
+                problems.push(format!("n{} is still down", node.id));
+                continue;
+            }
+            if node.daemon.as_ref().is_none_or(|d| !d.core.is_synced()) {
+                problems.push(format!("n{}'s daemon is not running with the group state", node.id));
+            }
+            for (key, m) in &node.mounts {
+                if stalled.contains(key) {
+                    continue;
+                }
+                if m.blocked && m.state != KState::Withdrawn {
+                    problems.push(format!("n{} still blocked on {key}", node.id));
+                }
+                // Read-only and spectator mounts wait for a read-write first mounter by design.
+                let waits_for_rw = m.mode != MountMode::Rw
+                    && m.state == KState::WaitJid
+                    && !self.nodes.values().any(|x| x.mounts.get(key).is_some_and(|o| o.mode == MountMode::Rw && o.state == KState::Online));
+                if !matches!(m.state, KState::Online | KState::Withdrawn) && !waits_for_rw {
+                    problems.push(format!("n{}'s mount of {key} never completed ({:?})", node.id, m.state));
+                }
+            }
+        }
+        for ((key, jid), j) in &self.journals {
+            let rw_online = self.nodes.values().any(|x| x.mounts.get(key).is_some_and(|m| m.state == KState::Online && m.mode == MountMode::Rw));
+            if j.dirty && rw_online && !stalled.contains(key) {
+                problems.push(format!("{key} jid {jid} still needs replay"));
+            }
+        }
+        if !problems.is_empty() {
+            self.violate(Rule::L1, problems.join("; "));
+        }
+    }
+}
