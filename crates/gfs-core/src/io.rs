@@ -37,7 +37,9 @@ pub enum Input {
         table: Table,
         file: SysfsFile,
         value: i64,
-        /// `Err(errno)` when the kernel refused the write.
+        /// `Err(errno)` when the kernel refused the write. A missing file (the filesystem is
+        /// gone) must be reported as `ENODEV`, so that `ENOENT` means the kernel's own answer
+        /// (for `recover`: no such journal).
         result: Result<(), i32>,
     },
     /// The fencing backend reports that `nodeid` was fenced at `at` (on the core's clock).

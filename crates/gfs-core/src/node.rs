@@ -15,6 +15,7 @@ use crate::view::{
 use crate::wire::{self, Header, Message};
 
 const ENOENT: i32 = 2;
+const ENODEV: i32 = 19;
 const EBUSY: i32 = 16;
 const EBADR: i32 = 53;
 const EUSERS: i32 = 87;
@@ -133,6 +134,10 @@ struct LocalFs {
     table: Table,
     mode: MountMode,
     phase: Phase,
+    /// Which of our MOUNTs for this table is this mount's; it acts only once that one has been
+    /// delivered (an earlier mount's admission may still be in the group's state).
+    mount_seq: u64,
+    mount_seen: bool,
     /// A `block=1` write was issued and not undone.
     block_requested: bool,
     /// The kernel accepted `block=1` (or the filesystem is gone).
@@ -179,6 +184,9 @@ pub struct Node {
     acked_epoch: u64,
     outputs: VecDeque<Output>,
     timelines: VecDeque<RecoveryTimeline>,
+    /// Per table: MOUNTs we sent, and how many of them came back.
+    mounts_sent: BTreeMap<String, u64>,
+    mounts_delivered: BTreeMap<String, u64>,
     /// Replaying buffered history after adopting a snapshot: the group already acted on it.
     replaying: bool,
     /// Count of daemon-group messages this node sent (benchmarks).
@@ -207,6 +215,8 @@ impl Node {
             acked_epoch: 0,
             outputs: VecDeque::new(),
             timelines: VecDeque::new(),
+            mounts_sent: BTreeMap::new(),
+            mounts_delivered: BTreeMap::new(),
             replaying: false,
             sent_messages: 0,
         };
@@ -250,6 +260,12 @@ impl Node {
     /// The digest of the replicated state, for the agreement checker (None when not synced).
     pub fn replicated_digest(&self) -> Option<u64> {
         self.is_synced().then(|| self.rep.digest())
+    }
+
+    /// Synced, and every member has said HELLO (no merge can be pending): from here on two such
+    /// members of the same configuration must hold identical replicated state (S6).
+    pub fn settled_digest(&self) -> Option<u64> {
+        (self.is_synced() && self.membership_settled_ignoring_quorum()).then(|| self.rep.digest())
     }
 
     pub fn replicated(&self) -> &Replicated {
@@ -375,7 +391,7 @@ impl Node {
 
     fn member_left(&mut self, node: NodeId, reason: LeaveReason) {
         let was_stale = self.rep.members.get(&node).is_some_and(|m| m.stale);
-        let fx = self.rep.remove_member(node);
+        let fx = self.rep.remove_member(node, reason.is_failure());
         let failure = reason.is_failure() || !fx.dirtied.is_empty();
         if failure && !was_stale {
             let rec = self.fence.entry(node).or_insert(FenceRecord {
@@ -652,7 +668,7 @@ impl Node {
                 attempt,
                 synced,
                 side,
-                ..
+                config,
             } => {
                 let Some(member) = self.rep.members.get_mut(&sender) else {
                     return;
@@ -685,7 +701,11 @@ impl Node {
                     }
                     return;
                 }
-                self.stale_merge(sender, side);
+                // Virtual synchrony: a HELLO from a current member is from its current incarnation.
+                let _ = config;
+                if self.config_members.contains(&sender) {
+                    self.stale_merge(sender, side);
+                }
             }
             Message::State { recipient, .. } => {
                 // The first STATE addressed to a member syncs it: it can apply a STATE answering
@@ -700,6 +720,16 @@ impl Node {
                 self.log_node(Level::Debug, sender, format!("ignored {} from a member without state", msg.name()));
             }
             Message::Mount { table, mode } => {
+                if sender == me {
+                    let n = self.mounts_delivered.entry(table.clone()).or_default();
+                    *n += 1;
+                    let n = *n;
+                    if let Some(l) = self.local.get_mut(&table) {
+                        if l.mount_seq == n {
+                            l.mount_seen = true;
+                        }
+                    }
+                }
                 let max = self.cfg.max_journals;
                 let dup = self.cfg.sabotage.duplicate_jid;
                 match self.rep.add_mounter(&table, sender, mode, max, dup).cloned() {
@@ -754,18 +784,11 @@ impl Node {
                 }
             }
             Message::Remount { table, mode } => {
-                if let Some(fs) = self.rep.fs.get_mut(&table) {
-                    if let Some(m) = fs.mounters.get_mut(&sender) {
-                        if m.mode != MountMode::Spectator && mode != MountMode::Spectator {
-                            m.mode = mode;
-                        }
-                    }
-                    if !mode.can_replay() {
-                        for d in fs.dirty.values_mut() {
-                            if d.replayer == Some(sender) {
-                                d.replayer = None;
-                            }
-                        }
+                // A journal stays with its replayer: a replay it already started reports as
+                // usual, and it hands back the ones it has not started (S2).
+                if let Some(m) = self.rep.fs.get_mut(&table).and_then(|fs| fs.mounters.get_mut(&sender)) {
+                    if m.mode != MountMode::Spectator && mode != MountMode::Spectator {
+                        m.mode = mode;
                     }
                 }
             }
@@ -823,7 +846,7 @@ impl Node {
                 other,
                 format!("node came back from a partition with stale state (its side {their_side:?}, ours {my_side:?}): removing it"),
             );
-            if self.lowest_active() == Some(me) {
+            if self.lowest_active() == Some(me) && !self.replaying {
                 self.outputs.push_back(Output::KillNode {
                     nodeid: other,
                     reason: "rejoined after a partition with stale state".into(),
@@ -833,9 +856,14 @@ impl Node {
             self.log(
                 Level::Error,
                 None,
-                format!("our side {my_side:?} lost a partition merge to {their_side:?}: waiting to be removed"),
+                format!("our side {my_side:?} lost a partition merge to {their_side:?}: leaving the cluster to be fenced"),
             );
             self.sync = Sync::Stale;
+            // The winners remove us too; this also covers winners that have gone meanwhile.
+            self.outputs.push_back(Output::KillNode {
+                nodeid: me,
+                reason: "lost a partition merge: its state is stale".into(),
+            });
         }
     }
 
@@ -907,6 +935,8 @@ impl Node {
                     table: ev.table.clone(),
                     mode,
                     phase: Phase::Pending,
+                    mount_seq: 0,
+                    mount_seen: false,
                     block_requested: false,
                     block_confirmed: false,
                     first_done_sent: false,
@@ -1023,6 +1053,9 @@ impl Node {
             return;
         };
         l.phase = Phase::Announced;
+        let seq = self.mounts_sent.entry(table.to_owned()).or_default();
+        *seq += 1;
+        l.mount_seq = *seq;
         let mode = l.mode;
         let group = l.table.mount_group();
         self.outputs.push_back(Output::JoinGroup { group });
@@ -1054,7 +1087,7 @@ impl Node {
         match file {
             SysfsFile::Block if value == 1 => {
                 if let Some(l) = self.local.get_mut(&key) {
-                    if errno == ENOENT {
+                    if errno == ENODEV {
                         l.block_confirmed = l.block_requested; // the filesystem is gone: nothing to block
                     } else {
                         l.block_requested = false; // write it again on the next pass
@@ -1067,6 +1100,17 @@ impl Node {
                 if let Some(l) = self.local.get_mut(&key) {
                     if errno == EBUSY {
                         return; // already replaying it: the uevent will come
+                    }
+                    if errno == ENOENT && l.recovering.remove(&(value as Jid)) {
+                        // No such journal (a mount that failed for want of journals, then its
+                        // node died): there is nothing to replay. The historical daemon hung here.
+                        l.reported.insert(value as Jid, attempts);
+                        self.send(Message::Recovered {
+                            table: key,
+                            jid: value as Jid,
+                            done: true,
+                        });
+                        return;
                     }
                     if l.recovering.remove(&(value as Jid)) {
                         l.retry_at.insert(value as Jid, retry);
@@ -1118,16 +1162,21 @@ impl Node {
         let me = self.cfg.nodeid;
         let mut needs = BTreeSet::new();
         for fs in self.rep.fs.values() {
-            // Startup fencing matters only once we must mount first, after a grace period.
-            if fs.first.is_some_and(|f| f == me) && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms) {
-                needs.extend(self.rep.must_fence.iter().copied());
+            if fs.first.is_some_and(|f| f == me) {
+                needs.extend(fs.fence_before_first.iter().copied());
             }
             for d in fs.dirty.values() {
                 needs.extend(d.fence.iter().copied());
             }
-            if fs.first.is_some() {
-                needs.extend(fs.fence_before_first.iter().copied());
-            }
+        }
+        // Nodes that may hold unknown mounts matter once we have a jid to write, after a grace
+        // period for nodes that may just be slow to start their daemon.
+        let jid_pending = self.local.iter().any(|(t, l)| {
+            l.phase == Phase::Announced
+                && self.rep.fs.get(t).and_then(|fs| fs.mounters.get(&me)).is_some_and(|m| matches!(m.state, MState::First | MState::Admitted | MState::Mounted))
+        });
+        if jid_pending && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms) {
+            needs.extend(self.rep.must_fence.iter().copied());
         }
         needs
     }
@@ -1143,11 +1192,13 @@ impl Node {
     /// Every member of the configuration has said HELLO since it joined, so a stale merge would
     /// already have been found, and quorum is not fresh from a change we have not seen yet.
     fn membership_settled(&self) -> bool {
-        self.quorum_hold_until.is_none()
-            && self
-                .config_members
-                .iter()
-                .all(|n| self.rep.members.get(n).is_some_and(|m| m.proto_max > 0))
+        self.quorum_hold_until.is_none() && self.membership_settled_ignoring_quorum()
+    }
+
+    fn membership_settled_ignoring_quorum(&self) -> bool {
+        self.config_members
+            .iter()
+            .all(|n| self.rep.members.get(n).is_some_and(|m| m.proto_max > 0))
     }
 
     // ----- the local side of the protocol, re-evaluated after every input ------------------
@@ -1213,7 +1264,7 @@ impl Node {
         let Some(l) = self.local.get(table) else {
             return;
         };
-        if l.phase != Phase::Announced {
+        if l.phase != Phase::Announced || !l.mount_seen {
             return;
         }
         let Some(fs) = self.rep.fs.get(table) else {
@@ -1250,6 +1301,10 @@ impl Node {
                 self.local.get_mut(table).unwrap_or_else(|| unreachable!("checked above")).phase = Phase::JidWritten;
             }
             MState::Admitted | MState::Mounted => {
+                // A node that left uncleanly may have mounted behind the group's back (S4, S1).
+                if !self.rep.must_fence.iter().all(|n| self.fenced(*n)) {
+                    return;
+                }
                 if mode != MountMode::Spectator {
                     self.write(&t, SysfsFile::First, 0);
                 }
@@ -1311,6 +1366,7 @@ impl Node {
             .filter(|(j, a)| fs.dirty.get(j).is_none_or(|d| d.replayer != Some(me) || d.attempts != **a))
             .map(|(j, _)| *j)
             .collect();
+        let read_only = l.mode != MountMode::Rw;
         let quorum_ok = self.quorum_ok() && self.membership_settled();
         let ready: Vec<(Jid, NodeId)> = fs
             .dirty
@@ -1319,9 +1375,8 @@ impl Node {
                 d.replayer == Some(me)
                     && !l.recovering.contains(jid)
                     && !l.reported.contains_key(jid)
-                    && !l.retry_at.contains_key(jid)
-                    && quorum_ok
-                    && d.fence.iter().all(|n| self.fenced(*n))
+                    && (read_only
+                        || (!l.retry_at.contains_key(jid) && quorum_ok && d.fence.iter().all(|n| self.fenced(*n))))
             })
             .map(|(jid, d)| (*jid, d.owner))
             .collect();
@@ -1330,6 +1385,21 @@ impl Node {
             for j in settled {
                 l.reported.remove(&j);
             }
+        }
+        if read_only {
+            // Remounted read-only: hand back what we have not started.
+            for (jid, _) in ready {
+                let attempts = self.journal_attempts(table, jid);
+                if let Some(l) = self.local.get_mut(table) {
+                    l.reported.insert(jid, attempts);
+                }
+                self.send(Message::Recovered {
+                    table: table.to_owned(),
+                    jid,
+                    done: false,
+                });
+            }
+            return;
         }
         for (jid, owner) in ready {
             if let Some(l) = self.local.get_mut(table) {

@@ -15,8 +15,10 @@ pub struct Replicated {
     /// Counts failures that dirtied journals; barrier messages name it.
     pub epoch: u64,
     pub members: BTreeMap<NodeId, Member>,
-    /// Cluster nodes absent when the group formed: like dlm_controld's startup fencing, they
-    /// must be fenced (or join with no state) before anyone mounts first.
+    /// Nodes that may hold a mount the group does not know of: cluster nodes absent when the
+    /// group formed (startup fencing, as dlm_controld does) and members that left uncleanly (a
+    /// partitioned side can keep mounting). No `jid` is written until each is fenced or has
+    /// rejoined with no state, so no journal is handed out or replayed behind their back.
     pub must_fence: BTreeSet<NodeId>,
     /// Keyed by lock table text.
     pub fs: BTreeMap<String, FsState>,
@@ -175,8 +177,11 @@ impl Replicated {
 
     /// A member left the group. A failure (or a leave while it still held mounts, which a clean
     /// daemon never does) dirties the journals it may have been writing.
-    pub fn remove_member(&mut self, node: NodeId) -> Effects {
+    pub fn remove_member(&mut self, node: NodeId, unclean: bool) -> Effects {
         self.members.remove(&node);
+        if unclean {
+            self.must_fence.insert(node);
+        }
         let mut fx = Effects::default();
         let mut dirtied_any = false;
         for (table, fs) in self.fs.iter_mut() {

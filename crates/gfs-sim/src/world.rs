@@ -13,6 +13,7 @@ const CLUSTER: &str = "sim";
 const EBUSY: i32 = 16;
 const EINVAL: i32 = 22;
 const ENOENT: i32 = 2;
+const ENODEV: i32 = 19;
 const ESHUTDOWN: i32 = 108;
 
 #[derive(Clone, Debug)]
@@ -143,6 +144,7 @@ enum Ev {
     ReplayDone { node: NodeId, table: String, jid: u32, kinc: u64 },
     FenceDone(NodeId),
     FenceNotify { node: NodeId, target: NodeId, at: Time, dinc: u64 },
+    Uevent { node: NodeId, event: KernelEvent, kinc: u64 },
     Reboot(NodeId),
     DaemonStart(NodeId),
     FaultTick,
@@ -209,7 +211,10 @@ struct SimNode {
     /// Quorum of the configuration this daemon last processed (its own view of its partition).
     vs_quorate: bool,
     group_view: Vec<NodeId>,
-    saw_fail: BTreeSet<(NodeId, u64)>,
+    /// Failures of daemon incarnations this node's lineage saw, with the stream entry that told.
+    saw_fail: BTreeMap<(NodeId, u64), u64>,
+    /// The last stream entry this daemon processed (entries are numbered in commit order).
+    last_entry: u64,
     daemon_inc_counter: u64,
     reboot_pending: bool,
 }
@@ -264,6 +269,8 @@ struct World {
     journals_replayed: u64,
     messages: u64,
     agreement: BTreeMap<(u64, u64), (u64, NodeId)>,
+    /// The sender of the STATE being delivered, for the S7 checker's memory inheritance.
+    state_from: Option<NodeId>,
 }
 
 pub fn run(cfg: SimConfig) -> Outcome {
@@ -332,6 +339,7 @@ impl World {
             journals_replayed: 0,
             messages: 0,
             agreement: BTreeMap::new(),
+            state_from: None,
         };
         for id in 1..=w.cfg.nodes {
             w.nodes.insert(
@@ -349,7 +357,8 @@ impl World {
                     deliver_pending: false,
                     vs_quorate: false,
                     group_view: Vec::new(),
-                    saw_fail: BTreeSet::new(),
+                    saw_fail: BTreeMap::new(),
+                    last_entry: 0,
                     daemon_inc_counter: 0,
                     reboot_pending: false,
                 },
@@ -438,16 +447,19 @@ impl World {
             );
             new_ids.push(id);
         }
-        // Messages in flight in the old components.
+        // Messages in flight in the old components. Each sender's messages stay in order: once
+        // one is carried past the change, all its later ones are too.
         for (_, comp) in old {
+            let mut carried: BTreeSet<NodeId> = BTreeSet::new();
             for (sender, payload) in comp.inflight {
                 let sender_daemon_up = self.nodes[&sender].daemon.as_ref().is_some_and(|d| d.joined);
                 match new_of.get(&sender).copied() {
                     Some(c) if sender_daemon_up => {
-                        if self.rng.chance(0.5) {
+                        if !carried.contains(&sender) && self.rng.chance(0.5) {
                             let targets: Vec<NodeId> = comp.members.iter().copied().filter(|n| new_of.get(n) == Some(&c)).collect();
                             self.commit_to(&targets, sender, payload);
                         } else if let Some(nc) = self.comps.get_mut(&c) {
+                            carried.insert(sender);
                             nc.inflight.push_back((sender, payload));
                         }
                     }
@@ -617,6 +629,12 @@ impl World {
                     self.feed(node, Input::Fenced { nodeid: target, at });
                 }
             }
+            Ev::Uevent { node, event, kinc } => {
+                if self.nodes[&node].kinc == kinc && self.nodes[&node].daemon.is_some() {
+                    self.log(format!("n{node} uevent {} {:?}", event.table, event.kind));
+                    self.feed(node, Input::Kernel(event));
+                }
+            }
             Ev::Reboot(n) => self.reboot(n),
             Ev::DaemonStart(n) => self.daemon_start(n),
             Ev::FaultTick => {
@@ -641,6 +659,7 @@ impl World {
         let node = self.nodes.get_mut(&n).expect("node");
         node.deliver_pending = false;
         let Some(entry) = node.queue.pop_front() else { return };
+        self.state_from = None;
         if node.daemon.is_none() {
             node.queue.clear();
             return;
@@ -674,7 +693,7 @@ impl World {
                 }
                 let node = self.nodes.get_mut(&n).expect("node");
                 if node.daemon.as_ref().is_some_and(|d| d.core.is_synced()) {
-                    node.saw_fail.extend(dinc);
+                    node.saw_fail.extend(dinc.into_iter().map(|k| (k, id)));
                 }
                 self.log(format!("n{n} confchg members={members:?} joined={joined:?} left={left:?} quorate={quorate}"));
                 self.feed_tracked(n, id, Input::ConfChg {
@@ -692,6 +711,9 @@ impl World {
                                 j.known_by.insert(n);
                             }
                         }
+                    }
+                    if matches!(&msg, wire::Message::State { recipient, .. } if *recipient == n) {
+                        self.state_from = Some(sender);
                     }
                     let name = match &msg {
                         wire::Message::State { recipient, .. } => format!("STATE for n{recipient}"),
@@ -712,18 +734,25 @@ impl World {
     /// Feed a stream entry and check agreement: two nodes in the same replicated state that
     /// process the same entry must end in the same replicated state (S6).
     fn feed_tracked(&mut self, n: NodeId, entry: u64, input: Input) {
-        let pre = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.replicated_digest());
+        self.nodes.get_mut(&n).expect("node").last_entry = entry;
+        let pre = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.settled_digest());
         self.feed(n, input);
-        let post = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.replicated_digest());
-        if let (Some(pre), Some(post)) = (pre, post) {
-            match self.agreement.get(&(entry, pre)) {
+        let post = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.settled_digest());
+        if let (Some(_), Some(post)) = (pre, post) {
+            match self.agreement.get(&(entry, 0)) {
                 Some((other, who)) if *other != post => {
                     let who = *who;
-                    self.violate(Rule::S6, format!("nodes {who} and {n} were in the same state, processed stream entry {entry} and disagree"));
+                    for x in [who, n] {
+                        if let Some(d) = self.nodes[&x].daemon.as_ref() {
+                            let rep = format!("{:?}", d.core.replicated());
+                            self.log(format!("STATE n{x}: {rep}"));
+                        }
+                    }
+                    self.violate(Rule::S6, format!("n{who} and n{n} processed stream entry {entry} and hold different states"));
                 }
                 Some(_) => {}
                 None => {
-                    self.agreement.insert((entry, pre), (post, n));
+                    self.agreement.insert((entry, 0), (post, n));
                 }
             }
         }
@@ -733,16 +762,15 @@ impl World {
         let was_synced = self.nodes[&n].daemon.as_ref().is_some_and(|d| d.core.is_synced());
         self.feed_inner(n, input);
         let digest = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.replicated_digest());
-        if let (false, Some(digest)) = (was_synced, digest) {
-            // A node that adopts the group's state inherits the group's memory of failures.
+        if let (false, Some(_)) = (was_synced, digest) {
+            // A node that adopts the group's state inherits its sender's memory of failures
+            // (a group it formed itself remembers none).
             let inherited = self
-                .nodes
-                .values()
-                .filter(|x| x.id != n && x.daemon.as_ref().and_then(|d| d.core.replicated_digest()).is_some())
-                .find(|x| x.comp == self.nodes[&n].comp)
+                .state_from
+                .take()
+                .and_then(|from| self.nodes.get(&from))
                 .map(|x| x.saw_fail.clone())
                 .unwrap_or_default();
-            let _ = digest;
             self.nodes.get_mut(&n).expect("node").saw_fail = inherited;
         }
     }
@@ -791,6 +819,10 @@ impl World {
             Output::LeaveGroup { .. } => None,
             Output::Mcast { group: _, payload } => {
                 self.messages += 1;
+                if std::env::var("GFS_SIM_DEBUG").is_ok() {
+                    let what = wire::decode(&payload).map(|(_, m)| m.name()).unwrap_or("?");
+                    self.log(format!("n{n} mcast {what}"));
+                }
                 if let Some(c) = self.nodes[&n].comp {
                     if let Some(comp) = self.comps.get_mut(&c) {
                         comp.inflight.push_back((n, payload));
@@ -826,19 +858,17 @@ impl World {
 
     // ----- the kernel model ----------------------------------------------------------------
 
+    /// Uevents reach the daemon as separate events, in order, never in the middle of a write.
     fn uevent(&mut self, n: NodeId, table: &Table, kind: KernelEventKind) {
-        if self.nodes[&n].daemon.is_none() {
-            return; // nobody listens; the kernel carries on (a real one would wait)
-        }
-        self.log(format!("n{n} uevent {table} {kind:?}"));
-        self.feed(n, Input::Kernel(KernelEvent { table: table.clone(), kind }));
+        let kinc = self.nodes[&n].kinc;
+        self.schedule(0, Ev::Uevent { node: n, event: KernelEvent { table: table.clone(), kind }, kinc });
     }
 
     fn kernel_write(&mut self, n: NodeId, table: &Table, file: SysfsFile, value: i64) -> Result<(), i32> {
         let key = table.to_string();
         let kinc = self.nodes[&n].kinc;
         let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(&key)) else {
-            return Err(ENOENT);
+            return Err(ENODEV);
         };
         match file {
             SysfsFile::Block => {
@@ -940,21 +970,22 @@ impl World {
         }
         // S5: no mount completes while another node's first-mounter replay runs, and a first
         // mounter finds nobody else's kernel in the filesystem.
-        let others: Vec<(NodeId, KState)> = self
+        let others: Vec<(NodeId, KState, MountMode)> = self
             .nodes
             .values()
             .filter(|x| x.id != n)
-            .filter_map(|x| x.mounts.get(key).map(|m| (x.id, m.state.clone())))
-            .filter(|(_, s)| *s != KState::WaitJid)
+            .filter_map(|x| x.mounts.get(key).map(|m| (x.id, m.state.clone(), m.mode)))
+            .filter(|(_, s, _)| *s != KState::WaitJid)
             .collect();
-        if let Some((o, _)) = others.iter().find(|(_, s)| *s == KState::FirstReplay) {
+        // A spectator's "first" mount only checks journals: it is no replay.
+        if let Some((o, _, _)) = others.iter().find(|(_, s, m)| *s == KState::FirstReplay && *m != MountMode::Spectator) {
             self.violate(Rule::S5, format!("n{n} wrote jid for {key} while n{o} runs first-mounter replay"));
             return;
         }
         // A spectator cannot set `first` and never replays: it only checks the journals.
         let first = first && !spectator;
         if first {
-            if let Some((o, s)) = others.iter().find(|(_, s)| *s != KState::Withdrawn) {
+            if let Some((o, s, _)) = others.iter().find(|(_, s, _)| *s != KState::Withdrawn) {
                 self.violate(Rule::S5, format!("n{n} mounts {key} first while n{o}'s kernel holds it ({s:?})"));
                 return;
             }
@@ -1426,7 +1457,9 @@ impl World {
         }
         if !node.mounts.is_empty() {
             // SPEC §3: never start with gfs2 mounts the group no longer tracks.
-            self.log(format!("n{n} gfs_controld refuses to start: gfs2 filesystems are mounted"));
+            // It removes its node from the cluster so that the node is fenced and rebooted.
+            self.log(format!("n{n} gfs_controld refuses to start: gfs2 filesystems are mounted; leaving the cluster"));
+            self.kill_corosync(n);
             return;
         }
         node.daemon_inc_counter += 1;
@@ -1528,7 +1561,11 @@ impl World {
     /// Dirty journals, no read-write member mounted to replay them, and read-only or spectator
     /// members holding the filesystem.
     fn stalled(&self, key: &str) -> bool {
-        let dirty = self.journals.iter().any(|((k, _), j)| k == key && j.dirty);
+        // What an operator sees in `gfs_control ls`, or what the disk holds.
+        let said_dirty = self.nodes.values().filter_map(|x| x.daemon.as_ref()).any(|d| {
+            d.core.is_synced() && d.core.replicated().fs.get(key).is_some_and(|fs| !fs.dirty.is_empty())
+        });
+        let dirty = said_dirty || self.journals.iter().any(|((k, _), j)| k == key && j.dirty);
         let mounts: Vec<&KMount> = self.nodes.values().filter_map(|x| x.mounts.get(key)).collect();
         let rw_online = mounts.iter().any(|m| m.mode == MountMode::Rw && m.state == KState::Online);
         let ro_active = mounts.iter().any(|m| m.mode != MountMode::Rw && !matches!(m.state, KState::WaitJid | KState::Withdrawn));
@@ -1550,7 +1587,8 @@ impl World {
                     continue;
                 }
                 let Some(xd) = self.nodes[x].daemon.as_ref() else { continue };
-                if node.saw_fail.contains(&(*x, xd.inc)) && xd.core.is_synced() {
+                let seen = node.saw_fail.get(&(*x, xd.inc)).is_some_and(|e| *e <= node.last_entry);
+                if seen && xd.core.is_synced() {
                     found = Some(format!("n{} readmitted n{x} with the state it had before n{} saw it fail", node.id, node.id));
                 }
             }
@@ -1598,6 +1636,23 @@ impl World {
             }
         }
         if !problems.is_empty() {
+            // What each daemon says it waits for: the first thing to read in a liveness failure.
+            let views: Vec<String> = self
+                .nodes
+                .values()
+                .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
+                .flat_map(|(id, d)| {
+                    let status = d.core.status();
+                    let fence = status.fence_waits.iter().map(|f| f.nodeid).collect::<Vec<_>>();
+                    d.core
+                        .filesystems()
+                        .into_iter()
+                        .map(move |f| format!("n{id} {}: {} (fence waits {fence:?})", f.table, f.state))
+                })
+                .collect();
+            for v in views {
+                self.log(format!("STATE {v}"));
+            }
             self.violate(Rule::L1, problems.join("; "));
         }
     }
