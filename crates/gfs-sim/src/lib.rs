@@ -10,7 +10,7 @@ mod rng;
 mod world;
 
 pub use rng::Rng;
-pub use world::{run, Outcome, Rule, SimConfig, Violation};
+pub use world::{run, KernelView, Outcome, ReplayRecord, Rule, Scenario, SimConfig, Violation, WriteRecord};
 
 pub mod demo;
 

@@ -25,6 +25,10 @@ pub struct SimConfig {
     pub fault_ms: u64,
     pub settle_ms: u64,
     pub faults: bool,
+    /// Random mounts, unmounts and remounts (off for scripted scenarios).
+    pub workload: bool,
+    /// The daemons' journal-id limit (the core's `max_journals`).
+    pub max_journals: u32,
     pub sabotage: Sabotage,
     pub trace: bool,
 }
@@ -38,6 +42,8 @@ impl SimConfig {
             fault_ms: 40_000,
             settle_ms: 90_000,
             faults: true,
+            workload: true,
+            max_journals: gfs_core::MAX_JOURNALS,
             sabotage: Sabotage::default(),
             trace: false,
         }
@@ -271,6 +277,33 @@ struct World {
     agreement: BTreeMap<(u64, u64), (u64, NodeId)>,
     /// The sender of the STATE being delivered, for the S7 checker's memory inheritance.
     state_from: Option<NodeId>,
+    /// Every sysfs write, for scenario assertions.
+    writes: Vec<WriteRecord>,
+    replays: Vec<ReplayRecord>,
+    fail_next_replay: BTreeSet<NodeId>,
+    fence_failures_left: u32,
+    manual_fencing: bool,
+}
+
+/// One sysfs write a daemon made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteRecord {
+    pub time: Time,
+    pub node: NodeId,
+    pub table: String,
+    pub file: SysfsFile,
+    pub value: i64,
+    pub result: Result<(), i32>,
+}
+
+/// One journal replay a kernel ran for a `recover` write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayRecord {
+    pub node: NodeId,
+    pub table: String,
+    pub jid: u32,
+    pub started: Time,
+    pub done: Option<bool>,
 }
 
 pub fn run(cfg: SimConfig) -> Outcome {
@@ -307,8 +340,15 @@ impl World {
             p.withdraw = 0.0;
             p.recover_fail = 0.0;
             p.fence_fail = 0.0;
+            p.fence_ack = 0.0;
             p
         };
+        let mut profile = profile;
+        if !cfg.workload {
+            profile.mount = 0.0;
+            profile.unmount = 0.0;
+            profile.remount = 0.0;
+        }
         let tables = (1..=cfg.filesystems)
             .map(|i| Table::parse(&format!("{CLUSTER}:fs{i}")).expect("valid table"))
             .collect();
@@ -340,6 +380,11 @@ impl World {
             messages: 0,
             agreement: BTreeMap::new(),
             state_from: None,
+            writes: Vec::new(),
+            replays: Vec::new(),
+            fail_next_replay: BTreeSet::new(),
+            fence_failures_left: 0,
+            manual_fencing: false,
         };
         for id in 1..=w.cfg.nodes {
             w.nodes.insert(
@@ -370,10 +415,14 @@ impl World {
             let d = w.rng.range(0, 300);
             w.schedule(d, Ev::DaemonStart(id));
         }
-        w.schedule(100, Ev::FaultTick);
-        w.schedule(50, Ev::WorkTick);
-        let end = w.cfg.fault_ms;
-        w.schedule(end, Ev::EndFaults);
+        if w.cfg.faults {
+            w.schedule(100, Ev::FaultTick);
+        }
+        if w.cfg.workload {
+            w.schedule(50, Ev::WorkTick);
+            let end = w.cfg.fault_ms;
+            w.schedule(end, Ev::EndFaults);
+        }
         w
     }
 
@@ -404,6 +453,13 @@ impl World {
 
     fn run(&mut self) {
         let end = Time(self.cfg.fault_ms + self.cfg.settle_ms);
+        self.run_until(end);
+        if self.violation.is_none() {
+            self.check_liveness();
+        }
+    }
+
+    fn run_until(&mut self, end: Time) {
         while let Some((&(t, s), _)) = self.events.iter().next() {
             if t > end || self.violation.is_some() {
                 break;
@@ -414,7 +470,7 @@ impl World {
             self.handle(ev);
         }
         if self.violation.is_none() {
-            self.check_liveness();
+            self.now = self.now.max(end);
         }
     }
 
@@ -833,6 +889,14 @@ impl World {
             }
             Output::Write { table, file, value } => {
                 let result = self.kernel_write(n, &table, file, value);
+                self.writes.push(WriteRecord {
+                    time: self.now,
+                    node: n,
+                    table: table.to_string(),
+                    file,
+                    value,
+                    result,
+                });
                 self.log(format!("n{n} write {table} {}={value} -> {result:?}", file.name()));
                 Some(Input::WriteDone { table, file, value, result })
             }
@@ -928,6 +992,13 @@ impl World {
                     return Err(EBUSY);
                 }
                 m.replays.insert(jid);
+                self.replays.push(ReplayRecord {
+                    node: n,
+                    table: key.clone(),
+                    jid,
+                    started: self.now,
+                    done: None,
+                });
                 self.replay_start(n, &key, jid, false);
                 let d = self.rng.range(self.profile.replay_ms.0, self.profile.replay_ms.1);
                 self.schedule(d, Ev::ReplayDone { node: n, table: key, jid, kinc });
@@ -1109,7 +1180,11 @@ impl World {
         let holder_locked = j.holder.is_some_and(|(h, _)| {
             h != n && self.nodes[&h].mounts.get(key).is_some_and(|hm| hm.state == KState::Withdrawn && !hm.withdraw_acked)
         });
-        let done = !holder_locked && !self.rng.chance(self.profile.recover_fail);
+        let forced_failure = self.fail_next_replay.remove(&n);
+        let done = !holder_locked && !forced_failure && !self.rng.chance(self.profile.recover_fail);
+        if let Some(r) = self.replays.iter_mut().rev().find(|r| r.node == n && r.table == key && r.jid == jid && r.done.is_none()) {
+            r.done = Some(done);
+        }
         if done {
             self.replay_finish(n, key, jid);
         } else {
@@ -1404,7 +1479,7 @@ impl World {
             self.nodes.get_mut(&n).expect("node").reboot_pending = true;
             let d = self.rng.range(3000, 8000);
             self.schedule(d, Ev::Reboot(n));
-        } else if !self.fence_ops.contains_key(&n) {
+        } else if !self.fence_ops.contains_key(&n) && !self.manual_fencing {
             // Pacemaker fences a node that left the membership uncleanly.
             self.fence_ops.insert(n, FenceOp { requested_at: self.now });
             let d = self.rng.range(self.profile.fence_delay.0, self.profile.fence_delay.1);
@@ -1467,7 +1542,7 @@ impl World {
         let mut cfg = NodeConfig::new(n, CLUSTER);
         cfg.cluster_nodes = (1..=self.cfg.nodes).collect();
         cfg.sabotage = self.cfg.sabotage;
-        cfg.max_journals = gfs_core::MAX_JOURNALS;
+        cfg.max_journals = self.cfg.max_journals;
         let inc = (n as u64) << 32 | node.daemon_inc_counter;
         node.daemon = Some(Daemon {
             core: Node::new(cfg, self.now),
@@ -1494,10 +1569,14 @@ impl World {
             self.feed(requester, Input::FenceFailed { nodeid: target, reason: "no quorum".into() });
             return;
         }
-        if self.fence_ops.contains_key(&target) {
+        if self.fence_ops.contains_key(&target) || self.manual_fencing {
             return;
         }
-        if self.faults_on && self.rng.chance(self.profile.fence_fail) {
+        let forced = self.fence_failures_left > 0;
+        if forced {
+            self.fence_failures_left -= 1;
+        }
+        if forced || (self.faults_on && self.rng.chance(self.profile.fence_fail)) {
             self.log(format!("fencer: fencing n{target} failed"));
             self.feed(requester, Input::FenceFailed { nodeid: target, reason: "fence agent failed".into() });
             return;
@@ -1656,4 +1735,176 @@ impl World {
             self.violate(Rule::L1, problems.join("; "));
         }
     }
+}
+
+/// A scripted cluster for named scenario tests: no random faults or workload; the test mounts,
+/// crashes, partitions and asserts. Delays (delivery, replay, fencing) still come from the seed,
+/// and every safety checker runs after every step as in the sweeps.
+pub struct Scenario {
+    w: World,
+}
+
+impl Scenario {
+    /// `nodes` daemons that have formed their group, and `filesystems` tables `sim:fs1`...
+    pub fn new(nodes: u32, filesystems: u32, seed: u64) -> Scenario {
+        let mut cfg = SimConfig::new(seed, nodes, filesystems);
+        cfg.faults = false;
+        cfg.workload = false;
+        cfg.trace = true;
+        Scenario::with_config(cfg)
+    }
+
+    pub fn with_config(cfg: SimConfig) -> Scenario {
+        let mut w = World::new(cfg);
+        w.faults_on = false;
+        w.profile.fence_delay = (50, 200);
+        w.profile.replay_ms = (100, 300);
+        let mut s = Scenario { w };
+        s.run_for(2000);
+        s
+    }
+
+    pub fn table(&self, fs: u32) -> String {
+        self.w.tables[fs as usize - 1].to_string()
+    }
+
+    pub fn now(&self) -> Time {
+        self.w.now
+    }
+
+    pub fn run_for(&mut self, ms: u64) {
+        let end = self.w.now.after(ms);
+        self.w.run_until(end);
+    }
+
+    pub fn mount(&mut self, node: NodeId, fs: u32, mode: MountMode) {
+        let t = self.w.tables[fs as usize - 1].clone();
+        self.w.mount(node, &t, mode);
+    }
+
+    pub fn umount(&mut self, node: NodeId, fs: u32) {
+        let key = self.table(fs);
+        if let Some(m) = self.w.nodes.get_mut(&node).and_then(|x| x.mounts.get_mut(&key)) {
+            m.unmount_requested = true;
+        }
+        self.w.maybe_finish_unmount(node, &key);
+    }
+
+    pub fn remount(&mut self, node: NodeId, fs: u32, mode: MountMode) {
+        let t = self.w.tables[fs as usize - 1].clone();
+        if let Some(m) = self.w.nodes.get_mut(&node).and_then(|x| x.mounts.get_mut(&t.to_string())) {
+            m.mode = mode;
+        }
+        self.w.uevent(node, &t, KernelEventKind::Online { ro: mode == MountMode::Ro, spectator: false });
+    }
+
+    pub fn withdraw(&mut self, node: NodeId, fs: u32) {
+        let key = self.table(fs);
+        self.w.withdraw(node, &key);
+    }
+
+    /// Power loss: corosync, daemon and kernel die; the node reboots later.
+    pub fn crash(&mut self, node: NodeId) {
+        self.w.failures_injected += 1;
+        self.w.log(format!("SCENARIO crash n{node}"));
+        self.w.crash(node, false);
+    }
+
+    /// Only gfs_controld dies; corosync and the kernel mounts live on.
+    pub fn daemon_crash(&mut self, node: NodeId) {
+        self.w.failures_injected += 1;
+        self.w.log(format!("SCENARIO daemon crash n{node}"));
+        self.w.daemon_crash(node);
+    }
+
+    /// corosync dies (and the daemon with it); the kernel mounts live on until fenced.
+    pub fn corosync_crash(&mut self, node: NodeId) {
+        self.w.failures_injected += 1;
+        self.w.log(format!("SCENARIO corosync crash n{node}"));
+        self.w.kill_corosync(node);
+    }
+
+    pub fn partition(&mut self, sides: &[&[NodeId]]) {
+        self.w.failures_injected += 1;
+        self.w.log(format!("SCENARIO partition {sides:?}"));
+        let sides = sides.iter().map(|s| s.iter().copied().collect()).collect();
+        self.w.reform(sides);
+    }
+
+    pub fn heal(&mut self) {
+        self.w.reboot(0);
+    }
+
+    pub fn fail_next_replay(&mut self, node: NodeId) {
+        self.w.fail_next_replay.insert(node);
+    }
+
+    pub fn fail_next_fences(&mut self, count: u32) {
+        self.w.fence_failures_left = count;
+    }
+
+    /// The fencing backend never fences: only `fence_ack` gets a failed node's journal replayed.
+    pub fn manual_fencing(&mut self, on: bool) {
+        self.w.manual_fencing = on;
+    }
+
+    pub fn fence_ack(&mut self, by: NodeId, target: NodeId) {
+        self.w.last_acked.insert(target, self.w.now);
+        let req = self.w.step;
+        self.w.feed(by, Input::FenceAck { request: req, nodeid: target });
+    }
+
+    pub fn writes(&self) -> &[WriteRecord] {
+        &self.w.writes
+    }
+
+    pub fn replays(&self) -> &[ReplayRecord] {
+        &self.w.replays
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.w.messages
+    }
+
+    pub fn violation(&self) -> Option<&Violation> {
+        self.w.violation.as_ref()
+    }
+
+    pub fn trace(&self) -> &[String] {
+        &self.w.trace
+    }
+
+    pub fn node(&self, node: NodeId) -> Option<&Node> {
+        self.w.nodes.get(&node).and_then(|x| x.daemon.as_ref()).map(|d| &d.core)
+    }
+
+    /// What the kernel model on `node` holds for filesystem `fs`.
+    pub fn kernel(&self, node: NodeId, fs: u32) -> Option<KernelView> {
+        let key = self.table(fs);
+        self.w.nodes.get(&node).and_then(|x| x.mounts.get(&key)).map(|m| KernelView {
+            jid: m.jid,
+            first: m.first && m.first_written,
+            online: m.state == KState::Online,
+            withdrawn: m.state == KState::Withdrawn,
+            blocked: m.blocked,
+            withdraw_acked: m.withdraw_acked,
+        })
+    }
+
+    /// Run the liveness check (L1) now.
+    pub fn check_liveness(&mut self) -> Option<&Violation> {
+        self.w.check_liveness();
+        self.w.violation.as_ref()
+    }
+}
+
+/// The kernel side of one mount, for assertions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelView {
+    pub jid: Option<i64>,
+    pub first: bool,
+    pub online: bool,
+    pub withdrawn: bool,
+    pub blocked: bool,
+    pub withdraw_acked: bool,
 }
