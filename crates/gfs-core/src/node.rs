@@ -1175,6 +1175,8 @@ impl Node {
             l.phase == Phase::Announced
                 && self.rep.fs.get(t).and_then(|fs| fs.mounters.get(&me)).is_some_and(|m| matches!(m.state, MState::First | MState::Admitted | MState::Mounted))
         });
+        let replay_pending = self.rep.fs.values().any(|fs| fs.dirty.values().any(|d| d.replayer == Some(me)));
+        let jid_pending = jid_pending || replay_pending;
         if jid_pending && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms) {
             needs.extend(self.rep.must_fence.iter().copied());
         }
@@ -1368,6 +1370,10 @@ impl Node {
             .collect();
         let read_only = l.mode != MountMode::Rw;
         let quorum_ok = self.quorum_ok() && self.membership_settled();
+        // Every node that left uncleanly must be dead first, not only the journal's owner: a
+        // failed member's kernel is not blocked and could see the journal's blocks (S1, S3).
+        let others_fenced = self.rep.must_fence.iter().all(|n| self.fenced(*n));
+        let replay_fenced = |d: &crate::state::Dirty| others_fenced && d.fence.iter().all(|n| self.fenced(*n));
         let ready: Vec<(Jid, NodeId)> = fs
             .dirty
             .iter()
@@ -1375,8 +1381,7 @@ impl Node {
                 d.replayer == Some(me)
                     && !l.recovering.contains(jid)
                     && !l.reported.contains_key(jid)
-                    && (read_only
-                        || (!l.retry_at.contains_key(jid) && quorum_ok && d.fence.iter().all(|n| self.fenced(*n))))
+                    && (read_only || (!l.retry_at.contains_key(jid) && quorum_ok && replay_fenced(d)))
             })
             .map(|(jid, d)| (*jid, d.owner))
             .collect();

@@ -733,10 +733,11 @@ impl World {
                 quorate,
             } => {
                 node.vs_quorate = quorate;
+                // S7 is about members that held state when they were seen to fail.
                 let dinc: Vec<(NodeId, u64)> = left
                     .iter()
                     .filter(|(_, r)| r.is_failure())
-                    .map(|(x, _)| (*x, self.nodes[x].daemon.as_ref().map_or(u64::MAX, |d| d.inc)))
+                    .filter_map(|(x, _)| self.nodes[x].daemon.as_ref().filter(|d| d.core.is_synced()).map(|d| (*x, d.inc)))
                     .collect();
                 // The daemons that processed this change know its failed members' journals need replay.
                 for (x, _) in left.iter().filter(|(_, r)| r.is_failure()) {
@@ -1139,13 +1140,16 @@ impl World {
             return;
         }
         if !at_mount {
-            // Everyone who knows of the failure must be blocked while the journal is replayed.
-            for o in j.known_by.iter().filter(|o| **o != n) {
-                let blocked = self.nodes[o].mounts.get(key).is_none_or(|m| m.blocked || matches!(m.state, KState::WaitJid | KState::Withdrawn));
-                if !blocked {
-                    self.violate(Rule::S3, format!("n{n} replays {key} jid {jid} while n{o}, which saw the failure, is not blocked"));
-                    return;
-                }
+            // Every other live kernel holding the filesystem must be blocked while a journal is
+            // replayed, or it could be granted the dead node's blocks before they are repaired.
+            let unblocked = self.nodes.values().find(|x| {
+                x.id != n
+                    && x.mounts.get(key).is_some_and(|m| !m.blocked && matches!(m.state, KState::Online | KState::OwnReplay | KState::FirstReplay))
+            });
+            if let Some(o) = unblocked {
+                let o = o.id;
+                self.violate(Rule::S3, format!("n{n} replays {key} jid {jid} while n{o}'s kernel holds it unblocked"));
+                return;
             }
         }
         self.journals.entry((key.to_owned(), jid)).or_default().replaying.insert(n);
