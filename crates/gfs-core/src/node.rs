@@ -476,7 +476,7 @@ impl Node {
     }
 
     fn on_deliver(&mut self, sender: NodeId, payload: &[u8]) {
-        let (header, msg) = match wire::decode(payload) {
+        let (header, msg) = match wire::decode_up_to(payload, self.cfg.proto_max) {
             Ok(x) => x,
             Err(e) => {
                 self.log_node(Level::Warn, sender, format!("dropped a malformed message: {e}"));

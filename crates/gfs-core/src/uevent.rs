@@ -201,6 +201,7 @@ pub fn format_uevent(event: &KernelEvent) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::TableError;
 
     fn ev(kind: KernelEventKind) -> KernelEvent {
         KernelEvent {

@@ -181,6 +181,11 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
 }
 
 pub fn decode(buf: &[u8]) -> Result<(Header, Message), WireError> {
+    decode_up_to(buf, PROTOCOL_MAX)
+}
+
+/// Decode accepting wire versions up to `max` (a daemon configured to speak a newer version).
+pub fn decode_up_to(buf: &[u8], max: u16) -> Result<(Header, Message), WireError> {
     if buf.len() > MAX_MESSAGE_LEN {
         return Err(WireError::TooLarge(buf.len()));
     }
@@ -190,7 +195,7 @@ pub fn decode(buf: &[u8]) -> Result<(Header, Message), WireError> {
         return Err(WireError::BadMagic(magic));
     }
     let version = r.u16()?;
-    if !(PROTOCOL_MIN..=PROTOCOL_MAX).contains(&version) {
+    if !(PROTOCOL_MIN..=max).contains(&version) {
         return Err(WireError::UnsupportedVersion(version));
     }
     let ty = r.u16()?;
