@@ -189,6 +189,8 @@ pub struct Node {
     mounts_delivered: BTreeMap<String, u64>,
     /// Replaying buffered history after adopting a snapshot: the group already acted on it.
     replaying: bool,
+    /// Filesystems the current input may have changed (`None`: all of them).
+    touched: Option<BTreeSet<String>>,
     /// Count of daemon-group messages this node sent (benchmarks).
     pub sent_messages: u64,
 }
@@ -218,6 +220,7 @@ impl Node {
             mounts_sent: BTreeMap::new(),
             mounts_delivered: BTreeMap::new(),
             replaying: false,
+            touched: None,
             sent_messages: 0,
         };
         node.outputs.push_back(Output::JoinGroup {
@@ -274,6 +277,12 @@ impl Node {
 
     pub fn handle(&mut self, now: Time, input: Input) {
         self.now = now.max(self.now);
+        self.touched = match &input {
+            Input::Kernel(ev) => Some(BTreeSet::from([ev.table.to_string()])),
+            Input::WriteDone { table, .. } => Some(BTreeSet::from([table.to_string()])),
+            Input::Deliver { .. } => Some(BTreeSet::new()),
+            _ => None,
+        };
         match input {
             Input::ConfChg {
                 group,
@@ -615,6 +624,7 @@ impl Node {
 
     fn after_sync(&mut self) {
         self.synced_at = self.now;
+        self.touched = None;
         if self.rep.version < self.cfg.proto_min {
             self.log(
                 Level::Error,
@@ -661,6 +671,17 @@ impl Node {
     /// Apply one delivered message to the replicated state (synced nodes only).
     fn apply(&mut self, sender: NodeId, msg: Message) {
         let me = self.cfg.nodeid;
+        // A message about one filesystem can only change what is decided for that one.
+        let scope = match &msg {
+            Message::Mount { table, .. }
+            | Message::Mounted { table }
+            | Message::FirstDone { table }
+            | Message::Unmount { table }
+            | Message::Withdraw { table }
+            | Message::Remount { table, .. }
+            | Message::Recovered { table, .. } => Some(table.clone()),
+            _ => None,
+        };
         match msg {
             Message::Hello {
                 proto_min,
@@ -817,7 +838,18 @@ impl Node {
                 self.timeline_note(nodeid, format!("node {nodeid} fence-acked by operator"));
             }
         }
-        self.settle_all();
+        match scope {
+            Some(table) => {
+                self.settle(&table);
+                if let Some(t) = self.touched.as_mut() {
+                    t.insert(table);
+                }
+            }
+            None => {
+                self.settle_all();
+                self.touched = None;
+            }
+        }
     }
 
     fn stale_merge(&mut self, other: NodeId, their_side: Vec<NodeId>) {
@@ -898,17 +930,21 @@ impl Node {
     /// Re-run admission and replayer choice everywhere (deterministic: same on every member).
     fn settle_all(&mut self) {
         let tables: Vec<String> = self.rep.fs.keys().cloned().collect();
-        let skip_barrier = self.cfg.sabotage.skip_barrier;
         for table in tables {
-            for (node, first) in self.rep.admit(&table) {
-                let what = if first { "chosen as first mounter" } else { "may mount" };
-                self.log_full(Level::Info, Some(&table), Some(node), None, what.into());
-            }
-            for (jid, node) in self.rep.assign_replayers(&table, skip_barrier) {
-                let owner = self.rep.fs[&table].dirty[&jid].owner;
-                self.log_full(Level::Info, Some(&table), Some(node), Some(jid), format!("assigned to replay the journal of node {owner}"));
-                self.timeline_note(owner, format!("replay of jid {jid} ({table}) assigned to node {node}"));
-            }
+            self.settle(&table);
+        }
+    }
+
+    fn settle(&mut self, table: &str) {
+        let skip_barrier = self.cfg.sabotage.skip_barrier;
+        for (node, first) in self.rep.admit(table) {
+            let what = if first { "chosen as first mounter" } else { "may mount" };
+            self.log_full(Level::Info, Some(table), Some(node), None, what.into());
+        }
+        for (jid, node) in self.rep.assign_replayers(table, skip_barrier) {
+            let owner = self.rep.fs[table].dirty[&jid].owner;
+            self.log_full(Level::Info, Some(table), Some(node), Some(jid), format!("assigned to replay the journal of node {owner}"));
+            self.timeline_note(owner, format!("replay of jid {jid} ({table}) assigned to node {node}"));
         }
     }
 
@@ -1210,7 +1246,10 @@ impl Node {
             return;
         }
         let me = self.cfg.nodeid;
-        let tables: Vec<String> = self.local.keys().cloned().collect();
+        let tables: Vec<String> = match self.touched.take() {
+            Some(t) => t.into_iter().filter(|t| self.local.contains_key(t)).collect(),
+            None => self.local.keys().cloned().collect(),
+        };
         for table in &tables {
             self.drive_mount(table);
             self.drive_block(table);

@@ -12,6 +12,7 @@ mod world;
 pub use rng::Rng;
 pub use world::{run, KernelView, Outcome, ReplayRecord, Rule, Scenario, SimConfig, Violation, WriteRecord};
 
+pub mod cost;
 pub mod demo;
 
 /// The configuration a sweep uses for `seed`: node and filesystem counts drawn from the seed

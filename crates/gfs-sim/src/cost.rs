@@ -1,0 +1,130 @@
+//! What one node failure costs: daemon-group messages and causal message rounds until every
+//! member is unblocked, measured on an instant in-memory cluster (no delays, no faults).
+//!
+//! Rounds are causal depth: a message sent while handling a delivery of depth d has depth d+1;
+//! configuration changes, fencing results and kernel answers carry the depth of what caused them.
+
+use std::collections::VecDeque;
+
+use gfs_core::{
+    Input, KernelEvent, KernelEventKind, LeaveReason, Node, NodeConfig, NodeId, Output, SysfsFile,
+    Table, Time, DAEMON_GROUP,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecoveryCost {
+    pub nodes: u32,
+    pub filesystems: u32,
+    /// Daemon-group messages multicast from the failure until every member is unblocked.
+    pub messages: u64,
+    /// Causal message rounds in that interval.
+    pub rounds: u32,
+    /// Core inputs handled over the whole run (mounts included).
+    pub inputs: u64,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    now: Time,
+    inputs: u64,
+    messages: u64,
+    max_depth: u32,
+    blocked: Vec<usize>,
+}
+
+impl Cluster {
+    fn run(&mut self, start: Vec<(usize, Input, u32)>) {
+        let mut queue: VecDeque<(usize, Input, u32)> = start.into();
+        while let Some((i, input, depth)) = queue.pop_front() {
+            if i >= self.nodes.len() {
+                continue;
+            }
+            self.now = self.now.after(1);
+            self.inputs += 1;
+            self.nodes[i].handle(self.now, input);
+            let me = self.nodes[i].nodeid();
+            while let Some(out) = self.nodes[i].poll_output() {
+                match out {
+                    Output::Mcast { group, payload } => {
+                        self.messages += 1;
+                        self.max_depth = self.max_depth.max(depth + 1);
+                        for j in 0..self.nodes.len() {
+                            queue.push_back((j, Input::Deliver { group: group.clone(), sender: me, payload: payload.clone() }, depth + 1));
+                        }
+                    }
+                    Output::Write { table, file, value } => {
+                        if file == SysfsFile::Block {
+                            if value == 1 {
+                                self.blocked[i] += 1;
+                            } else {
+                                self.blocked[i] -= 1;
+                            }
+                        }
+                        queue.push_back((i, Input::WriteDone { table: table.clone(), file, value, result: Ok(()) }, depth));
+                        // The kernel answers at once: mounts complete, replays succeed.
+                        let kind = match file {
+                            SysfsFile::Jid => Some(KernelEventKind::Online { ro: false, spectator: false }),
+                            SysfsFile::Recover => Some(KernelEventKind::Recovery { jid: value as u32, done: true }),
+                            _ => None,
+                        };
+                        if let Some(kind) = kind {
+                            if file == SysfsFile::Jid {
+                                // A first mounter reports FIRSTMOUNT=Done before going online.
+                                queue.push_back((i, Input::Kernel(KernelEvent { table: table.clone(), kind: KernelEventKind::FirstMountDone }), depth));
+                            }
+                            queue.push_back((i, Input::Kernel(KernelEvent { table, kind }), depth));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Mount `filesystems` on all `nodes`, crash the last node, fence it, and measure the recovery.
+pub fn recovery_cost(nodes: u32, filesystems: u32) -> RecoveryCost {
+    let ids: Vec<NodeId> = (1..=nodes).collect();
+    let mut c = Cluster {
+        nodes: ids
+            .iter()
+            .map(|id| {
+                let mut cfg = NodeConfig::new(*id, "bench");
+                cfg.cluster_nodes = ids.clone();
+                Node::new(cfg, Time::ZERO)
+            })
+            .collect(),
+        now: Time::ZERO,
+        inputs: 0,
+        messages: 0,
+        max_depth: 0,
+        blocked: vec![0; nodes as usize],
+    };
+    let all = |input: &dyn Fn(usize) -> Input| -> Vec<(usize, Input, u32)> { (0..nodes as usize).map(|i| (i, input(i), 0)).collect() };
+    let mut start = all(&|_| Input::Quorum { quorate: true });
+    start.extend(all(&|_| Input::ConfChg { group: DAEMON_GROUP.into(), members: ids.clone(), joined: ids.clone(), left: vec![] }));
+    c.run(start);
+    for f in 1..=filesystems {
+        let table = Table::parse(&format!("bench:fs{f}")).expect("table");
+        c.run(all(&|_| Input::Kernel(KernelEvent { table: table.clone(), kind: KernelEventKind::Add { ro: false, spectator: false, jid_preset: None } })));
+    }
+    // The last node fails; the survivors see it leave and learn it was fenced.
+    let dead = nodes as usize - 1;
+    c.nodes.truncate(dead);
+    let survivors: Vec<NodeId> = ids[..dead].to_vec();
+    let before = c.messages;
+    c.max_depth = 0;
+    let mut fail: Vec<(usize, Input, u32)> = (0..dead)
+        .map(|i| (i, Input::ConfChg { group: DAEMON_GROUP.into(), members: survivors.clone(), joined: vec![], left: vec![(nodes, LeaveReason::NodeDown)] }, 0))
+        .collect();
+    fail.extend((0..dead).map(|i| (i, Input::Fenced { nodeid: nodes, at: Time(u64::MAX / 2) }, 0)));
+    c.run(fail);
+    assert!(c.blocked.iter().take(dead).all(|b| *b == 0), "every survivor is unblocked again");
+    RecoveryCost {
+        nodes,
+        filesystems,
+        messages: c.messages - before,
+        rounds: c.max_depth,
+        inputs: c.inputs,
+    }
+}
