@@ -1,9 +1,17 @@
 # The two commands of the README: `make demo` and `make check`.
 CARGO ?= cargo
 
-.PHONY: demo check
+.PHONY: demo check sim bench
 demo:
 	$(CARGO) run --release -q -p gfs-sim --bin gfs_sim -- --demo
 
+# Every test of the workspace: unit, property, scenario, seed sweep, sabotage, integration.
 check:
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace
+
+# A longer seeded sweep than the tests run.
+sim:
+	$(CARGO) run --release -q -p gfs-sim --bin gfs_sim -- --seeds 20000
+
+bench:
+	$(CARGO) bench -p gfs-sim
