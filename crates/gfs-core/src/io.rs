@@ -55,10 +55,17 @@ pub enum Input {
 /// Everything a node asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Output {
-    JoinGroup { group: String },
-    LeaveGroup { group: String },
+    JoinGroup {
+        group: String,
+    },
+    LeaveGroup {
+        group: String,
+    },
     /// Multicast in agreed order. The driver must keep the order of sends, retrying on TRY_AGAIN.
-    Mcast { group: String, payload: Vec<u8> },
+    Mcast {
+        group: String,
+        payload: Vec<u8>,
+    },
     /// Write `value` (decimal ASCII) to `<root>/<table>/lock_module/<file>`; answer with `Input::WriteDone`.
     Write {
         table: Table,
@@ -67,11 +74,20 @@ pub enum Output {
     },
     /// Ask the fencing backend to fence `nodeid`, which failed at `failed_at`; the backend answers
     /// with `Input::Fenced` (a fence time at or after `failed_at` counts) or `Input::FenceFailed`.
-    Fence { nodeid: NodeId, failed_at: crate::Time },
+    Fence {
+        nodeid: NodeId,
+        failed_at: crate::Time,
+    },
     /// Ask corosync to remove a node from the cluster (stale merge, dead daemon on a live node).
-    KillNode { nodeid: NodeId, reason: String },
+    KillNode {
+        nodeid: NodeId,
+        reason: String,
+    },
     /// Answer to `Input::FenceAck`.
-    Reply { request: u64, result: Result<String, String> },
+    Reply {
+        request: u64,
+        result: Result<String, String>,
+    },
     /// A log record with the structured fields the driver turns into a tracing event.
     Log(LogRecord),
 }

@@ -239,12 +239,19 @@ impl Node {
 
     /// The earliest moment this node wants `Input::Timeout`.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let retries = self.local.values().flat_map(|l| l.retry_at.values().copied());
+        let retries = self
+            .local
+            .values()
+            .flat_map(|l| l.retry_at.values().copied());
         let fences = self.fence.values().filter_map(|f| f.retry_at);
         let startup = (!self.rep.must_fence.is_empty() && self.is_synced())
             .then(|| self.synced_at.after(self.cfg.startup_fence_delay_ms))
             .filter(|t| *t > self.now);
-        retries.chain(fences).chain(self.quorum_hold_until).chain(startup).min()
+        retries
+            .chain(fences)
+            .chain(self.quorum_hold_until)
+            .chain(startup)
+            .min()
     }
 
     pub fn is_synced(&self) -> bool {
@@ -307,7 +314,11 @@ impl Node {
             }
             Input::Quorum { quorate } => {
                 if quorate != self.quorate {
-                    self.log(Level::Info, None, format!("quorum {}", if quorate { "regained" } else { "lost" }));
+                    self.log(
+                        Level::Info,
+                        None,
+                        format!("quorum {}", if quorate { "regained" } else { "lost" }),
+                    );
                     if quorate {
                         self.quorum_hold_until = Some(self.now.after(self.cfg.merge_wait_ms));
                     }
@@ -329,7 +340,11 @@ impl Node {
                     f.retry_at = Some(retry);
                     f.last_error = Some(reason.clone());
                 }
-                self.log_node(Level::Warn, nodeid, format!("fencing failed: {reason}; retrying"));
+                self.log_node(
+                    Level::Warn,
+                    nodeid,
+                    format!("fencing failed: {reason}; retrying"),
+                );
             }
             Input::FenceAck { request, nodeid } => self.on_fence_ack_request(request, nodeid),
             Input::Timeout => {
@@ -352,7 +367,12 @@ impl Node {
 
     // ----- daemon group -------------------------------------------------------------------
 
-    fn on_confchg(&mut self, members: Vec<NodeId>, joined: Vec<NodeId>, left: Vec<(NodeId, LeaveReason)>) {
+    fn on_confchg(
+        &mut self,
+        members: Vec<NodeId>,
+        joined: Vec<NodeId>,
+        left: Vec<(NodeId, LeaveReason)>,
+    ) {
         let me = self.cfg.nodeid;
         if left.iter().any(|(n, _)| *n == me) {
             return; // our own leave: the daemon is exiting
@@ -414,7 +434,10 @@ impl Node {
             rec.requested = false;
             rec.retry_at = None;
         }
-        if reason == LeaveReason::ProcDown && !self.replaying && self.lowest_active() == Some(self.cfg.nodeid) {
+        if reason == LeaveReason::ProcDown
+            && !self.replaying
+            && self.lowest_active() == Some(self.cfg.nodeid)
+        {
             // The daemon died but the node and its mounts live on: have corosync remove it so
             // it gets fenced, as the historical daemon did.
             self.outputs.push_back(Output::KillNode {
@@ -488,7 +511,11 @@ impl Node {
         let (header, msg) = match wire::decode_up_to(payload, self.cfg.proto_max) {
             Ok(x) => x,
             Err(e) => {
-                self.log_node(Level::Warn, sender, format!("dropped a malformed message: {e}"));
+                self.log_node(
+                    Level::Warn,
+                    sender,
+                    format!("dropped a malformed message: {e}"),
+                );
                 return;
             }
         };
@@ -496,7 +523,10 @@ impl Node {
             self.log_node(
                 Level::Warn,
                 sender,
-                format!("dropped a message claiming to come from node {}", header.sender),
+                format!(
+                    "dropped a message claiming to come from node {}",
+                    header.sender
+                ),
             );
             return;
         }
@@ -509,7 +539,8 @@ impl Node {
         } = &msg
         {
             if *config == self.config_members {
-                self.hellos.insert(sender, (*synced, *proto_min, *proto_max));
+                self.hellos
+                    .insert(sender, (*synced, *proto_min, *proto_max));
             }
         }
         match &mut self.sync {
@@ -535,7 +566,11 @@ impl Node {
                             self.adopt(snapshot, replay, sender);
                             return;
                         }
-                        None => self.log_node(Level::Error, sender, format!("a STATE answers a HELLO ({a}) we never saw delivered")),
+                        None => self.log_node(
+                            Level::Error,
+                            sender,
+                            format!("a STATE answers a HELLO ({a}) we never saw delivered"),
+                        ),
                     },
                     other => {
                         if !hello_pos.is_empty() {
@@ -554,7 +589,10 @@ impl Node {
         if !matches!(&self.sync, Sync::Unsynced { hello_pos, .. } if !hello_pos.is_empty()) {
             return;
         }
-        let all_said_hello = self.config_members.iter().all(|n| self.hellos.contains_key(n));
+        let all_said_hello = self
+            .config_members
+            .iter()
+            .all(|n| self.hellos.contains_key(n));
         if !all_said_hello || self.hellos.values().any(|(synced, _, _)| *synced) {
             return;
         }
@@ -738,7 +776,11 @@ impl Node {
                 }
             }
             _ if !self.rep.active_member(sender) => {
-                self.log_node(Level::Debug, sender, format!("ignored {} from a member without state", msg.name()));
+                self.log_node(
+                    Level::Debug,
+                    sender,
+                    format!("ignored {} from a member without state", msg.name()),
+                );
             }
             Message::Mount { table, mode } => {
                 if sender == me {
@@ -753,7 +795,11 @@ impl Node {
                 }
                 let max = self.cfg.max_journals;
                 let dup = self.cfg.sabotage.duplicate_jid;
-                match self.rep.add_mounter(&table, sender, mode, max, dup).cloned() {
+                match self
+                    .rep
+                    .add_mounter(&table, sender, mode, max, dup)
+                    .cloned()
+                {
                     Some(m) if m.state == MState::Rejected => self.log_full(
                         Level::Error,
                         Some(&table),
@@ -768,11 +814,22 @@ impl Node {
                         m.jid,
                         format!("mounting {}", mode.as_str()),
                     ),
-                    None => self.log_full(Level::Warn, Some(&table), Some(sender), None, "duplicate mount ignored".into()),
+                    None => self.log_full(
+                        Level::Warn,
+                        Some(&table),
+                        Some(sender),
+                        None,
+                        "duplicate mount ignored".into(),
+                    ),
                 }
             }
             Message::Mounted { table } => {
-                if let Some(m) = self.rep.fs.get_mut(&table).and_then(|fs| fs.mounters.get_mut(&sender)) {
+                if let Some(m) = self
+                    .rep
+                    .fs
+                    .get_mut(&table)
+                    .and_then(|fs| fs.mounters.get_mut(&sender))
+                {
                     if m.state == MState::Admitted {
                         m.state = MState::Mounted;
                     }
@@ -789,7 +846,13 @@ impl Node {
                         if let Some(m) = fs.mounters.get_mut(&sender) {
                             m.state = MState::Admitted;
                         }
-                        self.log_full(Level::Info, Some(&table), Some(sender), None, "first mounter replayed every journal".into());
+                        self.log_full(
+                            Level::Info,
+                            Some(&table),
+                            Some(sender),
+                            None,
+                            "first mounter replayed every journal".into(),
+                        );
                     }
                 }
             }
@@ -801,13 +864,24 @@ impl Node {
                 if self.rep.withdraw(&table, sender) {
                     let epoch = self.rep.epoch;
                     self.timeline_start(epoch, sender, &BTreeSet::from([table.clone()]));
-                    self.log_full(Level::Warn, Some(&table), Some(sender), None, "member withdrew: its journal needs replay".into());
+                    self.log_full(
+                        Level::Warn,
+                        Some(&table),
+                        Some(sender),
+                        None,
+                        "member withdrew: its journal needs replay".into(),
+                    );
                 }
             }
             Message::Remount { table, mode } => {
                 // A journal stays with its replayer: a replay it already started reports as
                 // usual, and it hands back the ones it has not started (S2).
-                if let Some(m) = self.rep.fs.get_mut(&table).and_then(|fs| fs.mounters.get_mut(&sender)) {
+                if let Some(m) = self
+                    .rep
+                    .fs
+                    .get_mut(&table)
+                    .and_then(|fs| fs.mounters.get_mut(&sender))
+                {
                     if m.mode != MountMode::Spectator && mode != MountMode::Spectator {
                         m.mode = mode;
                     }
@@ -834,7 +908,11 @@ impl Node {
                     last_error: None,
                 });
                 rec.fenced_at = Some(now);
-                self.log_node(Level::Warn, nodeid, format!("fencing acknowledged by an operator on node {sender}"));
+                self.log_node(
+                    Level::Warn,
+                    nodeid,
+                    format!("fencing acknowledged by an operator on node {sender}"),
+                );
                 self.timeline_note(nodeid, format!("node {nodeid} fence-acked by operator"));
             }
         }
@@ -868,7 +946,12 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         // The bigger side keeps its state; on a tie, the side holding the lowest nodeid.
-        let key = |side: &[NodeId]| (std::cmp::Reverse(side.len()), side.iter().min().copied().unwrap_or(u32::MAX));
+        let key = |side: &[NodeId]| {
+            (
+                std::cmp::Reverse(side.len()),
+                side.iter().min().copied().unwrap_or(u32::MAX),
+            )
+        };
         if key(&my_side) <= key(&their_side) {
             if let Some(m) = self.rep.members.get_mut(&other) {
                 m.stale = true;
@@ -907,7 +990,13 @@ impl Node {
             return;
         };
         if d.replayer != Some(sender) {
-            self.log_full(Level::Debug, Some(table), Some(sender), Some(jid), "ignored a replay result from a node not assigned".into());
+            self.log_full(
+                Level::Debug,
+                Some(table),
+                Some(sender),
+                Some(jid),
+                "ignored a replay result from a node not assigned".into(),
+            );
             return;
         }
         let owner = d.owner;
@@ -916,14 +1005,32 @@ impl Node {
             if fs.dirty.is_empty() {
                 fs.stopped.clear();
             }
-            self.log_full(Level::Info, Some(table), Some(sender), Some(jid), format!("journal of node {owner} replayed"));
-            self.timeline_note(owner, format!("replay of jid {jid} ({table}) done by node {sender}"));
+            self.log_full(
+                Level::Info,
+                Some(table),
+                Some(sender),
+                Some(jid),
+                format!("journal of node {owner} replayed"),
+            );
+            self.timeline_note(
+                owner,
+                format!("replay of jid {jid} ({table}) done by node {sender}"),
+            );
         } else {
             d.attempts += 1;
             d.last_failed_by = Some(sender);
             d.replayer = None;
-            self.log_full(Level::Warn, Some(table), Some(sender), Some(jid), "journal replay failed: handing it on".into());
-            self.timeline_note(owner, format!("replay of jid {jid} ({table}) failed on node {sender}"));
+            self.log_full(
+                Level::Warn,
+                Some(table),
+                Some(sender),
+                Some(jid),
+                "journal replay failed: handing it on".into(),
+            );
+            self.timeline_note(
+                owner,
+                format!("replay of jid {jid} ({table}) failed on node {sender}"),
+            );
         }
     }
 
@@ -938,13 +1045,26 @@ impl Node {
     fn settle(&mut self, table: &str) {
         let skip_barrier = self.cfg.sabotage.skip_barrier;
         for (node, first) in self.rep.admit(table) {
-            let what = if first { "chosen as first mounter" } else { "may mount" };
+            let what = if first {
+                "chosen as first mounter"
+            } else {
+                "may mount"
+            };
             self.log_full(Level::Info, Some(table), Some(node), None, what.into());
         }
         for (jid, node) in self.rep.assign_replayers(table, skip_barrier) {
             let owner = self.rep.fs[table].dirty[&jid].owner;
-            self.log_full(Level::Info, Some(table), Some(node), Some(jid), format!("assigned to replay the journal of node {owner}"));
-            self.timeline_note(owner, format!("replay of jid {jid} ({table}) assigned to node {node}"));
+            self.log_full(
+                Level::Info,
+                Some(table),
+                Some(node),
+                Some(jid),
+                format!("assigned to replay the journal of node {owner}"),
+            );
+            self.timeline_note(
+                owner,
+                format!("replay of jid {jid} ({table}) assigned to node {node}"),
+            );
         }
     }
 
@@ -953,7 +1073,11 @@ impl Node {
     fn on_kernel(&mut self, ev: KernelEvent) {
         let key = ev.table.to_string();
         if self.is_stale() {
-            self.log(Level::Warn, Some(&key), format!("ignoring {:?}: this daemon lost a partition merge", ev.kind));
+            self.log(
+                Level::Warn,
+                Some(&key),
+                format!("ignoring {:?}: this daemon lost a partition merge", ev.kind),
+            );
             return;
         }
         match ev.kind {
@@ -963,7 +1087,11 @@ impl Node {
                 jid_preset,
             } => {
                 if self.local.contains_key(&key) {
-                    self.log(Level::Warn, Some(&key), "duplicate add uevent ignored".into());
+                    self.log(
+                        Level::Warn,
+                        Some(&key),
+                        "duplicate add uevent ignored".into(),
+                    );
                     return;
                 }
                 let mode = MountMode::from_flags(ro, spectator);
@@ -984,7 +1112,11 @@ impl Node {
                 if jid_preset.is_some() {
                     l.phase = Phase::KernelManaged;
                     self.local.insert(key.clone(), l);
-                    self.log(Level::Info, Some(&key), "the kernel coordinates recovery itself: leaving it alone".into());
+                    self.log(
+                        Level::Info,
+                        Some(&key),
+                        "the kernel coordinates recovery itself: leaving it alone".into(),
+                    );
                     return;
                 }
                 if ev.table.cluster() != self.cfg.cluster_name {
@@ -1002,7 +1134,11 @@ impl Node {
                 if self.is_synced() {
                     self.announce_mount(&key);
                 } else {
-                    self.log(Level::Info, Some(&key), "mount waits until this daemon has the group state".into());
+                    self.log(
+                        Level::Info,
+                        Some(&key),
+                        "mount waits until this daemon has the group state".into(),
+                    );
                 }
             }
             KernelEventKind::Online { ro, spectator } => {
@@ -1047,7 +1183,11 @@ impl Node {
                 if !done {
                     l.retry_at.insert(jid, retry);
                 }
-                self.send(Message::Recovered { table: key, jid, done });
+                self.send(Message::Recovered {
+                    table: key,
+                    jid,
+                    done,
+                });
             }
             KernelEventKind::Offline => {
                 let Some(l) = self.local.get_mut(&key) else {
@@ -1058,7 +1198,11 @@ impl Node {
                     l.recovering.clear();
                     let group = l.table.mount_group();
                     self.outputs.push_back(Output::LeaveGroup { group });
-                    self.log(Level::Warn, Some(&key), "filesystem withdrew: others will replay its journal".into());
+                    self.log(
+                        Level::Warn,
+                        Some(&key),
+                        "filesystem withdrew: others will replay its journal".into(),
+                    );
                     self.send(Message::Withdraw { table: key });
                 }
             }
@@ -1066,14 +1210,23 @@ impl Node {
                 let Some(l) = self.local.remove(&key) else {
                     return;
                 };
-                match l.phase {
-                    Phase::Announced | Phase::JidWritten | Phase::Online | Phase::Refused => {
-                        if l.phase != Phase::Refused || self.rep.fs.get(&key).is_some_and(|fs| fs.mounters.contains_key(&self.cfg.nodeid)) {
-                            self.outputs.push_back(Output::LeaveGroup { group: l.table.mount_group() });
-                            self.send(Message::Unmount { table: key.clone() });
-                        }
-                    }
-                    _ => {}
+                // The group must hear of it if it heard of the mount (a mount refused for the
+                // wrong cluster never reached it).
+                let in_group = self
+                    .rep
+                    .fs
+                    .get(&key)
+                    .is_some_and(|fs| fs.mounters.contains_key(&self.cfg.nodeid));
+                let announced = match l.phase {
+                    Phase::Announced | Phase::JidWritten | Phase::Online => true,
+                    Phase::Refused => in_group,
+                    _ => false,
+                };
+                if announced {
+                    self.outputs.push_back(Output::LeaveGroup {
+                        group: l.table.mount_group(),
+                    });
+                    self.send(Message::Unmount { table: key.clone() });
                 }
                 self.log(Level::Info, Some(&key), "unmounted".into());
             }
@@ -1081,7 +1234,11 @@ impl Node {
     }
 
     fn journal_attempts(&self, table: &str, jid: Jid) -> u32 {
-        self.rep.fs.get(table).and_then(|fs| fs.dirty.get(&jid)).map_or(0, |d| d.attempts)
+        self.rep
+            .fs
+            .get(table)
+            .and_then(|fs| fs.dirty.get(&jid))
+            .map_or(0, |d| d.attempts)
     }
 
     fn announce_mount(&mut self, table: &str) {
@@ -1109,7 +1266,13 @@ impl Node {
         });
     }
 
-    fn on_write_done(&mut self, table: Table, file: SysfsFile, value: i64, result: Result<(), i32>) {
+    fn on_write_done(
+        &mut self,
+        table: Table,
+        file: SysfsFile,
+        value: i64,
+        result: Result<(), i32>,
+    ) {
         let key = table.to_string();
         let Err(errno) = result else {
             if file == SysfsFile::Block && value == 1 {
@@ -1119,7 +1282,15 @@ impl Node {
             }
             return;
         };
-        self.log(Level::Error, Some(&key), format!("the kernel refused {}={} (errno {errno})", file.name(), value));
+        self.log(
+            Level::Error,
+            Some(&key),
+            format!(
+                "the kernel refused {}={} (errno {errno})",
+                file.name(),
+                value
+            ),
+        );
         match file {
             SysfsFile::Block if value == 1 => {
                 if let Some(l) = self.local.get_mut(&key) {
@@ -1188,7 +1359,9 @@ impl Node {
             Err(format!("node {nodeid} is a member of the daemon group: refusing to acknowledge it as fenced"))
         } else {
             self.send(Message::FenceAck { nodeid });
-            Ok(format!("fence acknowledgement for node {nodeid} sent to the group"))
+            Ok(format!(
+                "fence acknowledgement for node {nodeid} sent to the group"
+            ))
         };
         self.outputs.push_back(Output::Reply { request, result });
     }
@@ -1209,9 +1382,20 @@ impl Node {
         // period for nodes that may just be slow to start their daemon.
         let jid_pending = self.local.iter().any(|(t, l)| {
             l.phase == Phase::Announced
-                && self.rep.fs.get(t).and_then(|fs| fs.mounters.get(&me)).is_some_and(|m| matches!(m.state, MState::First | MState::Admitted | MState::Mounted))
+                && self
+                    .rep
+                    .fs
+                    .get(t)
+                    .and_then(|fs| fs.mounters.get(&me))
+                    .is_some_and(|m| {
+                        matches!(m.state, MState::First | MState::Admitted | MState::Mounted)
+                    })
         });
-        let replay_pending = self.rep.fs.values().any(|fs| fs.dirty.values().any(|d| d.replayer == Some(me)));
+        let replay_pending = self
+            .rep
+            .fs
+            .values()
+            .any(|fs| fs.dirty.values().any(|d| d.replayer == Some(me)));
         let jid_pending = jid_pending || replay_pending;
         if jid_pending && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms) {
             needs.extend(self.rep.must_fence.iter().copied());
@@ -1247,7 +1431,10 @@ impl Node {
         }
         let me = self.cfg.nodeid;
         let tables: Vec<String> = match self.touched.take() {
-            Some(t) => t.into_iter().filter(|t| self.local.contains_key(t)).collect(),
+            Some(t) => t
+                .into_iter()
+                .filter(|t| self.local.contains_key(t))
+                .collect(),
             None => self.local.keys().cloned().collect(),
         };
         for table in &tables {
@@ -1293,7 +1480,10 @@ impl Node {
                 if !f.done() && !f.requested && f.retry_at.is_none() {
                     f.requested = true;
                     let failed_at = f.failed_at;
-                    self.outputs.push_back(Output::Fence { nodeid: n, failed_at });
+                    self.outputs.push_back(Output::Fence {
+                        nodeid: n,
+                        failed_at,
+                    });
                     self.log_node(Level::Info, n, "fencing requested".into());
                 }
             }
@@ -1315,7 +1505,10 @@ impl Node {
             return;
         };
         let (t, mode) = (l.table.clone(), l.mode);
-        let state = if self.cfg.sabotage.skip_first_wait && m.state == MState::Waiting && fs.first.is_some() {
+        let state = if self.cfg.sabotage.skip_first_wait
+            && m.state == MState::Waiting
+            && fs.first.is_some()
+        {
             MState::Admitted
         } else {
             m.state
@@ -1325,21 +1518,45 @@ impl Node {
             MState::Waiting => {}
             MState::Rejected => {
                 self.write(&t, SysfsFile::Jid, -(EUSERS as i64));
-                self.local.get_mut(table).unwrap_or_else(|| unreachable!("checked above")).phase = Phase::Refused;
+                self.local
+                    .get_mut(table)
+                    .unwrap_or_else(|| unreachable!("checked above"))
+                    .phase = Phase::Refused;
             }
             MState::First => {
                 // First-mounter replay touches every journal: it needs what a replay needs (S1).
-                let dirty_fenced = fs.dirty.values().all(|d| d.fence.iter().all(|n| self.fenced(*n)));
-                let startup_fenced = self.rep.must_fence.iter().chain(fs.fence_before_first.iter()).all(|n| self.fenced(*n));
-                if !(self.quorum_ok() && self.membership_settled() && dirty_fenced && startup_fenced) {
+                let dirty_fenced = fs
+                    .dirty
+                    .values()
+                    .all(|d| d.fence.iter().all(|n| self.fenced(*n)));
+                let startup_fenced = self
+                    .rep
+                    .must_fence
+                    .iter()
+                    .chain(fs.fence_before_first.iter())
+                    .all(|n| self.fenced(*n));
+                if !(self.quorum_ok()
+                    && self.membership_settled()
+                    && dirty_fenced
+                    && startup_fenced)
+                {
                     return;
                 }
                 if mode != MountMode::Spectator {
                     self.write(&t, SysfsFile::First, 1);
                 }
                 self.write(&t, SysfsFile::Jid, jid.map_or(0, i64::from));
-                self.log_full(Level::Info, Some(table), None, jid, "mounting as first mounter".into());
-                self.local.get_mut(table).unwrap_or_else(|| unreachable!("checked above")).phase = Phase::JidWritten;
+                self.log_full(
+                    Level::Info,
+                    Some(table),
+                    None,
+                    jid,
+                    "mounting as first mounter".into(),
+                );
+                self.local
+                    .get_mut(table)
+                    .unwrap_or_else(|| unreachable!("checked above"))
+                    .phase = Phase::JidWritten;
             }
             MState::Admitted | MState::Mounted => {
                 // A node that left uncleanly may have mounted behind the group's back (S4, S1).
@@ -1350,7 +1567,10 @@ impl Node {
                     self.write(&t, SysfsFile::First, 0);
                 }
                 self.write(&t, SysfsFile::Jid, jid.map_or(0, i64::from));
-                self.local.get_mut(table).unwrap_or_else(|| unreachable!("checked above")).phase = Phase::JidWritten;
+                self.local
+                    .get_mut(table)
+                    .unwrap_or_else(|| unreachable!("checked above"))
+                    .phase = Phase::JidWritten;
             }
         }
     }
@@ -1369,7 +1589,10 @@ impl Node {
         let Some(l) = self.local.get_mut(table) else {
             return;
         };
-        if matches!(l.phase, Phase::Withdrawn | Phase::Refused | Phase::KernelManaged | Phase::Pending) {
+        if matches!(
+            l.phase,
+            Phase::Withdrawn | Phase::Refused | Phase::KernelManaged | Phase::Pending
+        ) {
             return;
         }
         let t = l.table.clone();
@@ -1378,13 +1601,25 @@ impl Node {
             l.block_confirmed = false;
             self.write(&t, SysfsFile::Block, 1);
             let epoch = self.rep.epoch;
-            self.log_full(Level::Info, Some(table), None, None, format!("blocked for recovery (change {epoch})"));
+            self.log_full(
+                Level::Info,
+                Some(table),
+                None,
+                None,
+                format!("blocked for recovery (change {epoch})"),
+            );
             self.timeline_fs_note(table, "blocked".into());
         } else if l.block_requested && (clean || (early && replayers_chosen)) {
             l.block_requested = false;
             l.block_confirmed = false;
             self.write(&t, SysfsFile::Block, 0);
-            self.log_full(Level::Info, Some(table), None, None, "every failed journal replayed: unblocked".into());
+            self.log_full(
+                Level::Info,
+                Some(table),
+                None,
+                None,
+                "every failed journal replayed: unblocked".into(),
+            );
             self.timeline_fs_note(table, "unblocked".into());
         }
     }
@@ -1404,7 +1639,11 @@ impl Node {
         let settled: Vec<Jid> = l
             .reported
             .iter()
-            .filter(|(j, a)| fs.dirty.get(j).is_none_or(|d| d.replayer != Some(me) || d.attempts != **a))
+            .filter(|(j, a)| {
+                fs.dirty
+                    .get(j)
+                    .is_none_or(|d| d.replayer != Some(me) || d.attempts != **a)
+            })
             .map(|(j, _)| *j)
             .collect();
         let read_only = l.mode != MountMode::Rw;
@@ -1412,7 +1651,8 @@ impl Node {
         // Every node that left uncleanly must be dead first, not only the journal's owner: a
         // failed member's kernel is not blocked and could see the journal's blocks (S1, S3).
         let others_fenced = self.rep.must_fence.iter().all(|n| self.fenced(*n));
-        let replay_fenced = |d: &crate::state::Dirty| others_fenced && d.fence.iter().all(|n| self.fenced(*n));
+        let replay_fenced =
+            |d: &crate::state::Dirty| others_fenced && d.fence.iter().all(|n| self.fenced(*n));
         let ready: Vec<(Jid, NodeId)> = fs
             .dirty
             .iter()
@@ -1420,7 +1660,8 @@ impl Node {
                 d.replayer == Some(me)
                     && !l.recovering.contains(jid)
                     && !l.reported.contains_key(jid)
-                    && (read_only || (!l.retry_at.contains_key(jid) && quorum_ok && replay_fenced(d)))
+                    && (read_only
+                        || (!l.retry_at.contains_key(jid) && quorum_ok && replay_fenced(d)))
             })
             .map(|(jid, d)| (*jid, d.owner))
             .collect();
@@ -1450,8 +1691,17 @@ impl Node {
                 l.recovering.insert(jid);
             }
             self.write(&t, SysfsFile::Recover, i64::from(jid));
-            self.log_full(Level::Info, Some(table), Some(owner), Some(jid), "replaying the journal of a failed member".into());
-            self.timeline_note(owner, format!("replay of jid {jid} ({table}) started on node {me}"));
+            self.log_full(
+                Level::Info,
+                Some(table),
+                Some(owner),
+                Some(jid),
+                "replaying the journal of a failed member".into(),
+            );
+            self.timeline_note(
+                owner,
+                format!("replay of jid {jid} ({table}) started on node {me}"),
+            );
         }
     }
 
@@ -1467,7 +1717,9 @@ impl Node {
         // over our journal, so the kernel may release its locks.
         let ready = match self.rep.fs.get(table) {
             None => true,
-            Some(fs) => !fs.mounters.contains_key(&me) && (fs.barrier_complete() || fs.first.is_some()),
+            Some(fs) => {
+                !fs.mounters.contains_key(&me) && (fs.barrier_complete() || fs.first.is_some())
+            }
         };
         if ready {
             let t = l.table.clone();
@@ -1475,7 +1727,11 @@ impl Node {
                 l.withdraw_acked = true;
             }
             self.write(&t, SysfsFile::Withdraw, 1);
-            self.log(Level::Info, Some(table), "withdraw acknowledged by the group".into());
+            self.log(
+                Level::Info,
+                Some(table),
+                "withdraw acknowledged by the group".into(),
+            );
         }
     }
 
@@ -1489,7 +1745,14 @@ impl Node {
         self.log_full(level, None, Some(nodeid), None, message);
     }
 
-    fn log_full(&mut self, level: Level, fs: Option<&str>, nodeid: Option<NodeId>, jid: Option<Jid>, message: String) {
+    fn log_full(
+        &mut self,
+        level: Level,
+        fs: Option<&str>,
+        nodeid: Option<NodeId>,
+        jid: Option<Jid>,
+        message: String,
+    ) {
         self.outputs.push_back(Output::Log(LogRecord {
             level,
             fs: fs.map(str::to_owned),
@@ -1536,7 +1799,12 @@ impl Node {
 
     fn timeline_note(&mut self, _about: NodeId, what: String) {
         let now = self.now.millis();
-        if let Some(t) = self.timelines.iter_mut().rev().find(|t| t.finished_ms.is_none()) {
+        if let Some(t) = self
+            .timelines
+            .iter_mut()
+            .rev()
+            .find(|t| t.finished_ms.is_none())
+        {
             t.events.push(TimelineEntry { at_ms: now, what });
         }
         self.timeline_maybe_finish();
@@ -1547,11 +1815,19 @@ impl Node {
     }
 
     fn timeline_maybe_finish(&mut self) {
-        let all_clean = self.rep.fs.values().all(|fs| fs.dirty.is_empty() && fs.first.is_none());
+        let all_clean = self
+            .rep
+            .fs
+            .values()
+            .all(|fs| fs.dirty.is_empty() && fs.first.is_none());
         let all_unblocked = self.local.values().all(|l| !l.block_requested);
         if all_clean && all_unblocked {
             let now = self.now.millis();
-            for t in self.timelines.iter_mut().filter(|t| t.finished_ms.is_none()) {
+            for t in self
+                .timelines
+                .iter_mut()
+                .filter(|t| t.finished_ms.is_none())
+            {
                 t.finished_ms = Some(now);
                 t.events.push(TimelineEntry {
                     at_ms: now,
@@ -1567,12 +1843,22 @@ impl Node {
         StatusView {
             nodeid: self.cfg.nodeid,
             cluster_name: self.cfg.cluster_name.clone(),
-            protocol_version: if self.is_synced() { self.rep.version } else { 0 },
+            protocol_version: if self.is_synced() {
+                self.rep.version
+            } else {
+                0
+            },
             protocol_max: self.cfg.proto_max,
             synced: self.is_synced(),
             quorate: self.quorate,
             members: self.config_members.clone(),
-            stale_members: self.rep.members.iter().filter(|(_, m)| m.stale).map(|(id, _)| *id).collect(),
+            stale_members: self
+                .rep
+                .members
+                .iter()
+                .filter(|(_, m)| m.stale)
+                .map(|(id, _)| *id)
+                .collect(),
             fence_waits: self
                 .fence_needs()
                 .into_iter()
@@ -1628,7 +1914,10 @@ impl Node {
                     .unwrap_or_default();
                 FsView {
                     table: table.clone(),
-                    name: table.split_once(':').map_or(table.as_str(), |(_, f)| f).to_owned(),
+                    name: table
+                        .split_once(':')
+                        .map_or(table.as_str(), |(_, f)| f)
+                        .to_owned(),
                     kernel_managed: l.is_some_and(|l| l.phase == Phase::KernelManaged),
                     state: self.fs_state_line(table),
                     local: l.map(|l| LocalMountView {
@@ -1683,10 +1972,17 @@ impl Node {
             return "unknown".into();
         };
         if let Some(f) = fs.first {
-            return if f == me { "first mounter: replaying every journal".into() } else { format!("waiting for first mounter {f}") };
+            return if f == me {
+                "first mounter: replaying every journal".into()
+            } else {
+                format!("waiting for first mounter {f}")
+            };
         }
         if let Some((jid, d)) = fs.dirty.iter().next() {
-            return format!("recovering jid {jid}: waiting for {}", self.journal_wait(fs, d));
+            return format!(
+                "recovering jid {jid}: waiting for {}",
+                self.journal_wait(fs, d)
+            );
         }
         match fs.mounters.get(&me).map(|m| m.state) {
             Some(MState::Waiting) => "mounting: waiting for recovery to finish".into(),

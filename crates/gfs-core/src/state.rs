@@ -99,7 +99,10 @@ pub struct Dirty {
 impl Mounter {
     /// Its kernel may hold locks, so it must block on failures and counts in barriers.
     pub fn kernel_active(&self) -> bool {
-        matches!(self.state, MState::First | MState::Admitted | MState::Mounted)
+        matches!(
+            self.state,
+            MState::First | MState::Admitted | MState::Mounted
+        )
     }
 }
 
@@ -296,7 +299,14 @@ impl Replicated {
         true
     }
 
-    pub fn add_mounter(&mut self, table: &str, node: NodeId, mode: MountMode, max_journals: u32, sabotage_duplicate_jid: bool) -> Option<&Mounter> {
+    pub fn add_mounter(
+        &mut self,
+        table: &str,
+        node: NodeId,
+        mode: MountMode,
+        max_journals: u32,
+        sabotage_duplicate_jid: bool,
+    ) -> Option<&Mounter> {
         let fs = self.fs.entry(table.to_owned()).or_default();
         if fs.mounters.contains_key(&node) {
             return None;
@@ -305,7 +315,13 @@ impl Replicated {
             MountMode::Spectator => (None, MState::Waiting),
             _ => {
                 let jid = if sabotage_duplicate_jid {
-                    Some(fs.mounters.values().filter_map(|m| m.jid).min().unwrap_or(0))
+                    Some(
+                        fs.mounters
+                            .values()
+                            .filter_map(|m| m.jid)
+                            .min()
+                            .unwrap_or(0),
+                    )
                 } else {
                     fs.lowest_free_jid(max_journals)
                 };
@@ -361,7 +377,11 @@ impl Replicated {
 
     /// After the barrier, give each unassigned dirty journal to one eligible member, spreading
     /// journals over members and moving away from a member that just failed to replay it.
-    pub fn assign_replayers(&mut self, table: &str, sabotage_skip_barrier: bool) -> Vec<(Jid, NodeId)> {
+    pub fn assign_replayers(
+        &mut self,
+        table: &str,
+        sabotage_skip_barrier: bool,
+    ) -> Vec<(Jid, NodeId)> {
         let members = &self.members;
         let Some(fs) = self.fs.get_mut(table) else {
             return Vec::new();
@@ -386,7 +406,12 @@ impl Replicated {
             return Vec::new();
         }
         let mut assigned = Vec::new();
-        for (i, (jid, d)) in fs.dirty.iter_mut().filter(|(_, d)| d.replayer.is_none()).enumerate() {
+        for (i, (jid, d)) in fs
+            .dirty
+            .iter_mut()
+            .filter(|(_, d)| d.replayer.is_none())
+            .enumerate()
+        {
             let mut pick = eligible[(i + d.attempts as usize) % eligible.len()];
             if eligible.len() > 1 && Some(pick) == d.last_failed_by {
                 pick = eligible[(i + d.attempts as usize + 1) % eligible.len()];
@@ -399,11 +424,9 @@ impl Replicated {
 
     /// Drop a filesystem nobody holds any more (its journals are all clean).
     pub fn forget_if_empty(&mut self, table: &str) {
-        if self
-            .fs
-            .get(table)
-            .is_some_and(|fs| fs.mounters.is_empty() && fs.dirty.is_empty() && fs.fence_before_first.is_empty())
-        {
+        if self.fs.get(table).is_some_and(|fs| {
+            fs.mounters.is_empty() && fs.dirty.is_empty() && fs.fence_before_first.is_empty()
+        }) {
             self.fs.remove(table);
         }
     }

@@ -54,7 +54,9 @@ fn flag(value: Option<&str>, key: &str) -> Result<bool, UeventError> {
     match value {
         None | Some("0") => Ok(false),
         Some("1") => Ok(true),
-        Some(other) => Err(UeventError::Malformed(format!("{key}={other} is not 0 or 1"))),
+        Some(other) => Err(UeventError::Malformed(format!(
+            "{key}={other} is not 0 or 1"
+        ))),
     }
 }
 
@@ -91,7 +93,8 @@ pub fn parse_uevent(buf: &[u8]) -> Result<KernelEvent, UeventError> {
         Some(_) => return Err(UeventError::NotGfs2Dlm),
         None => return Err(UeventError::Malformed("no LOCKPROTO".into())),
     }
-    let table_text = get("LOCKTABLE").ok_or_else(|| UeventError::Malformed("no LOCKTABLE".into()))?;
+    let table_text =
+        get("LOCKTABLE").ok_or_else(|| UeventError::Malformed("no LOCKTABLE".into()))?;
     let table = Table::parse(table_text)
         .map_err(|e| UeventError::Malformed(format!("LOCKTABLE={table_text}: {e}")))?;
     if &devpath[DEVPATH_PREFIX.len()..] != table_text {
@@ -128,8 +131,9 @@ pub fn parse_uevent(buf: &[u8]) -> Result<KernelEvent, UeventError> {
                 }
                 KernelEventKind::FirstMountDone
             } else {
-                let jid = parse_jid("JID")?
-                    .ok_or_else(|| UeventError::Malformed("change without JID or FIRSTMOUNT".into()))?;
+                let jid = parse_jid("JID")?.ok_or_else(|| {
+                    UeventError::Malformed("change without JID or FIRSTMOUNT".into())
+                })?;
                 let done = match get("RECOVERY") {
                     Some("Done") => true,
                     Some("Failed") => false,
@@ -160,7 +164,10 @@ pub fn format_uevent(event: &KernelEvent) -> Vec<u8> {
             spectator,
             jid_preset,
         } => {
-            let mut v = vec![format!("RDONLY={}", *ro as u8), format!("SPECTATOR={}", *spectator as u8)];
+            let mut v = vec![
+                format!("RDONLY={}", *ro as u8),
+                format!("SPECTATOR={}", *spectator as u8),
+            ];
             if let Some(j) = jid_preset {
                 v.push(format!("JOURNALID={j}"));
             }
@@ -168,7 +175,10 @@ pub fn format_uevent(event: &KernelEvent) -> Vec<u8> {
         }
         KernelEventKind::Online { ro, spectator } => (
             "online",
-            vec![format!("RDONLY={}", *ro as u8), format!("SPECTATOR={}", *spectator as u8)],
+            vec![
+                format!("RDONLY={}", *ro as u8),
+                format!("SPECTATOR={}", *spectator as u8),
+            ],
         ),
         KernelEventKind::FirstMountDone => ("change", vec!["FIRSTMOUNT=Done".into()]),
         KernelEventKind::Recovery { jid, done } => (
@@ -213,11 +223,25 @@ mod tests {
     #[test]
     fn round_trips_every_kind() {
         for kind in [
-            KernelEventKind::Add { ro: true, spectator: false, jid_preset: None },
-            KernelEventKind::Add { ro: false, spectator: false, jid_preset: Some(3) },
-            KernelEventKind::Online { ro: false, spectator: true },
+            KernelEventKind::Add {
+                ro: true,
+                spectator: false,
+                jid_preset: None,
+            },
+            KernelEventKind::Add {
+                ro: false,
+                spectator: false,
+                jid_preset: Some(3),
+            },
+            KernelEventKind::Online {
+                ro: false,
+                spectator: true,
+            },
             KernelEventKind::FirstMountDone,
-            KernelEventKind::Recovery { jid: 7, done: false },
+            KernelEventKind::Recovery {
+                jid: 7,
+                done: false,
+            },
             KernelEventKind::Recovery { jid: 0, done: true },
             KernelEventKind::Offline,
             KernelEventKind::Remove,
@@ -238,11 +262,20 @@ mod tests {
     #[test]
     fn rejects_malformed_values() {
         let bad_jid = b"change@/fs/gfs2/a:b\0ACTION=change\0DEVPATH=/fs/gfs2/a:b\0SUBSYSTEM=gfs2\0LOCKTABLE=a:b\0LOCKPROTO=lock_dlm\0JID=-1\0RECOVERY=Done\0";
-        assert!(matches!(parse_uevent(bad_jid), Err(UeventError::Malformed(_))));
+        assert!(matches!(
+            parse_uevent(bad_jid),
+            Err(UeventError::Malformed(_))
+        ));
         let bad_status = b"change@/fs/gfs2/a:b\0ACTION=change\0DEVPATH=/fs/gfs2/a:b\0SUBSYSTEM=gfs2\0LOCKTABLE=a:b\0LOCKPROTO=lock_dlm\0JID=1\0RECOVERY=Maybe\0";
-        assert!(matches!(parse_uevent(bad_status), Err(UeventError::Malformed(_))));
+        assert!(matches!(
+            parse_uevent(bad_status),
+            Err(UeventError::Malformed(_))
+        ));
         let mismatch = b"remove@/fs/gfs2/a:c\0ACTION=remove\0DEVPATH=/fs/gfs2/a:c\0SUBSYSTEM=gfs2\0LOCKTABLE=a:b\0LOCKPROTO=lock_dlm\0";
-        assert!(matches!(parse_uevent(mismatch), Err(UeventError::Malformed(_))));
+        assert!(matches!(
+            parse_uevent(mismatch),
+            Err(UeventError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -251,6 +284,9 @@ mod tests {
         assert_eq!(Table::parse("cf"), Err(TableError::NoColon));
         assert_eq!(Table::parse(":f"), Err(TableError::EmptyPart));
         assert_eq!(Table::parse("c:f/x"), Err(TableError::BadCharacter));
-        assert_eq!(Table::parse(&format!("c:{}", "x".repeat(70))), Err(TableError::TooLong));
+        assert_eq!(
+            Table::parse(&format!("c:{}", "x".repeat(70))),
+            Err(TableError::TooLong)
+        );
     }
 }

@@ -73,16 +73,38 @@ pub enum Message {
         attempt: u32,
         snapshot: Replicated,
     },
-    Mount { table: String, mode: MountMode },
-    Mounted { table: String },
-    FirstDone { table: String },
-    Unmount { table: String },
-    Withdraw { table: String },
-    Remount { table: String, mode: MountMode },
+    Mount {
+        table: String,
+        mode: MountMode,
+    },
+    Mounted {
+        table: String,
+    },
+    FirstDone {
+        table: String,
+    },
+    Unmount {
+        table: String,
+    },
+    Withdraw {
+        table: String,
+    },
+    Remount {
+        table: String,
+        mode: MountMode,
+    },
     /// The sender has blocked every filesystem it holds that is affected by failures up to `epoch`.
-    Stopped { epoch: u64 },
-    Recovered { table: String, jid: Jid, done: bool },
-    FenceAck { nodeid: NodeId },
+    Stopped {
+        epoch: u64,
+    },
+    Recovered {
+        table: String,
+        jid: Jid,
+        done: bool,
+    },
+    FenceAck {
+        nodeid: NodeId,
+    },
 }
 
 impl Message {

@@ -12,7 +12,11 @@ fn table() -> impl Strategy<Value = String> {
 }
 
 fn mode() -> impl Strategy<Value = MountMode> {
-    prop_oneof![Just(MountMode::Rw), Just(MountMode::Ro), Just(MountMode::Spectator)]
+    prop_oneof![
+        Just(MountMode::Rw),
+        Just(MountMode::Ro),
+        Just(MountMode::Spectator)
+    ]
 }
 
 fn nodes() -> impl Strategy<Value = BTreeSet<u32>> {
@@ -28,18 +32,27 @@ fn opt_node() -> impl Strategy<Value = Option<u32>> {
 }
 
 fn fs_state() -> impl Strategy<Value = FsState> {
-    let mounter = (proptest::option::of(jid()), mode(), 0u8..5).prop_map(|(jid, mode, st)| Mounter {
-        jid,
-        mode,
-        state: [MState::Waiting, MState::First, MState::Admitted, MState::Mounted, MState::Rejected][st as usize],
-    });
-    let dirty = (1u32..400, nodes(), opt_node(), 0u32..10, opt_node()).prop_map(|(owner, fence, replayer, attempts, last)| Dirty {
-        owner,
-        fence,
-        replayer,
-        attempts,
-        last_failed_by: last,
-    });
+    let mounter =
+        (proptest::option::of(jid()), mode(), 0u8..5).prop_map(|(jid, mode, st)| Mounter {
+            jid,
+            mode,
+            state: [
+                MState::Waiting,
+                MState::First,
+                MState::Admitted,
+                MState::Mounted,
+                MState::Rejected,
+            ][st as usize],
+        });
+    let dirty = (1u32..400, nodes(), opt_node(), 0u32..10, opt_node()).prop_map(
+        |(owner, fence, replayer, attempts, last)| Dirty {
+            owner,
+            fence,
+            replayer,
+            attempts,
+            last_failed_by: last,
+        },
+    );
     (
         proptest::collection::btree_map(1u32..400, mounter, 0..6),
         opt_node(),
@@ -48,23 +61,27 @@ fn fs_state() -> impl Strategy<Value = FsState> {
         nodes(),
         nodes(),
     )
-        .prop_map(|(mounters, first, dirty, dirty_epoch, stopped, fence_before_first)| FsState {
-            mounters,
-            first,
-            dirty,
-            dirty_epoch,
-            stopped,
-            fence_before_first,
-        })
+        .prop_map(
+            |(mounters, first, dirty, dirty_epoch, stopped, fence_before_first)| FsState {
+                mounters,
+                first,
+                dirty,
+                dirty_epoch,
+                stopped,
+                fence_before_first,
+            },
+        )
 }
 
 fn replicated() -> impl Strategy<Value = Replicated> {
-    let member = (any::<u16>(), any::<u16>(), any::<bool>(), any::<bool>()).prop_map(|(a, b, synced, stale)| Member {
-        proto_min: a,
-        proto_max: b,
-        synced,
-        stale,
-    });
+    let member = (any::<u16>(), any::<u16>(), any::<bool>(), any::<bool>()).prop_map(
+        |(a, b, synced, stale)| Member {
+            proto_min: a,
+            proto_max: b,
+            synced,
+            stale,
+        },
+    );
     (
         any::<u16>(),
         any::<u64>(),
@@ -85,15 +102,29 @@ fn message() -> impl Strategy<Value = Message> {
     let v: Vec<BTreeSet<u32>> = Vec::new();
     let _ = v;
     prop_oneof![
-        (any::<u16>(), any::<u16>(), any::<u32>(), any::<bool>(), nodes(), nodes()).prop_map(|(a, b, attempt, synced, side, config)| Message::Hello {
-            proto_min: a,
-            proto_max: b,
-            attempt,
-            synced,
-            side: side.into_iter().collect(),
-            config: config.into_iter().collect(),
+        (
+            any::<u16>(),
+            any::<u16>(),
+            any::<u32>(),
+            any::<bool>(),
+            nodes(),
+            nodes()
+        )
+            .prop_map(|(a, b, attempt, synced, side, config)| Message::Hello {
+                proto_min: a,
+                proto_max: b,
+                attempt,
+                synced,
+                side: side.into_iter().collect(),
+                config: config.into_iter().collect(),
+            }),
+        (1u32..400, any::<u32>(), replicated()).prop_map(|(recipient, attempt, snapshot)| {
+            Message::State {
+                recipient,
+                attempt,
+                snapshot,
+            }
         }),
-        (1u32..400, any::<u32>(), replicated()).prop_map(|(recipient, attempt, snapshot)| Message::State { recipient, attempt, snapshot }),
         (table(), mode()).prop_map(|(table, mode)| Message::Mount { table, mode }),
         table().prop_map(|table| Message::Mounted { table }),
         table().prop_map(|table| Message::FirstDone { table }),
@@ -101,13 +132,21 @@ fn message() -> impl Strategy<Value = Message> {
         table().prop_map(|table| Message::Withdraw { table }),
         (table(), mode()).prop_map(|(table, mode)| Message::Remount { table, mode }),
         any::<u64>().prop_map(|epoch| Message::Stopped { epoch }),
-        (table(), jid(), any::<bool>()).prop_map(|(table, jid, done)| Message::Recovered { table, jid, done }),
+        (table(), jid(), any::<bool>()).prop_map(|(table, jid, done)| Message::Recovered {
+            table,
+            jid,
+            done
+        }),
         (1u32..400).prop_map(|nodeid| Message::FenceAck { nodeid }),
     ]
 }
 
 fn header() -> impl Strategy<Value = Header> {
-    (1u32..400, any::<u64>()).prop_map(|(sender, change)| Header { version: 1, sender, change })
+    (1u32..400, any::<u64>()).prop_map(|(sender, change)| Header {
+        version: 1,
+        sender,
+        change,
+    })
 }
 
 proptest! {
@@ -153,7 +192,11 @@ proptest! {
 
 #[test]
 fn typed_errors_name_what_is_wrong() {
-    let h = Header { version: 1, sender: 1, change: 0 };
+    let h = Header {
+        version: 1,
+        sender: 1,
+        change: 0,
+    };
     let good = encode(&h, &Message::Stopped { epoch: 3 });
     assert_eq!(decode(&good[..HEADER_LEN - 1]), Err(WireError::Truncated));
     let mut bad_magic = good.clone();
@@ -167,11 +210,19 @@ fn typed_errors_name_what_is_wrong() {
     assert_eq!(decode(&unknown), Err(WireError::UnknownType(99)));
     let mut trailing = good.clone();
     trailing.push(0);
-    assert!(matches!(decode(&trailing), Err(WireError::LengthMismatch { .. })));
+    assert!(matches!(
+        decode(&trailing),
+        Err(WireError::LengthMismatch { .. })
+    ));
     let huge = vec![0u8; gfs_core::wire::MAX_MESSAGE_LEN + 1];
     assert!(matches!(decode(&huge), Err(WireError::TooLarge(_))));
     // A lock table that is not one is rejected, not trusted.
-    let bad_table = encode(&h, &Message::Unmount { table: "no-colon".into() });
+    let bad_table = encode(
+        &h,
+        &Message::Unmount {
+            table: "no-colon".into(),
+        },
+    );
     assert_eq!(decode(&bad_table), Err(WireError::BadValue("lock table")));
     let _ = BTreeMap::<u8, u8>::new();
 }

@@ -12,7 +12,10 @@ use gfs_sim::cost::recovery_cost;
 
 fn figures() {
     println!("one node failure, 16 members:");
-    println!("{:>12} {:>10} {:>8} {:>14} {:>14}", "filesystems", "messages", "rounds", "N+F target", "historical");
+    println!(
+        "{:>12} {:>10} {:>8} {:>14} {:>14}",
+        "filesystems", "messages", "rounds", "N+F target", "historical"
+    );
     for f in [1u32, 16, 256] {
         let c = recovery_cost(16, f);
         println!(
@@ -38,9 +41,10 @@ fn figures() {
 }
 
 fn bench(c: &mut Criterion) {
-    c.bench_function("recovery 16 nodes x 16 filesystems (mount, fail, recover)", |b| {
-        b.iter(|| recovery_cost(16, 16))
-    });
+    c.bench_function(
+        "recovery 16 nodes x 16 filesystems (mount, fail, recover)",
+        |b| b.iter(|| recovery_cost(16, 16)),
+    );
     c.bench_function("simulated seed (3-7 nodes, faults)", |b| {
         let mut seed = 0;
         b.iter(|| {

@@ -49,7 +49,15 @@ impl Cluster {
                         self.messages += 1;
                         self.max_depth = self.max_depth.max(depth + 1);
                         for j in 0..self.nodes.len() {
-                            queue.push_back((j, Input::Deliver { group: group.clone(), sender: me, payload: payload.clone() }, depth + 1));
+                            queue.push_back((
+                                j,
+                                Input::Deliver {
+                                    group: group.clone(),
+                                    sender: me,
+                                    payload: payload.clone(),
+                                },
+                                depth + 1,
+                            ));
                         }
                     }
                     Output::Write { table, file, value } => {
@@ -60,17 +68,39 @@ impl Cluster {
                                 self.blocked[i] -= 1;
                             }
                         }
-                        queue.push_back((i, Input::WriteDone { table: table.clone(), file, value, result: Ok(()) }, depth));
+                        queue.push_back((
+                            i,
+                            Input::WriteDone {
+                                table: table.clone(),
+                                file,
+                                value,
+                                result: Ok(()),
+                            },
+                            depth,
+                        ));
                         // The kernel answers at once: mounts complete, replays succeed.
                         let kind = match file {
-                            SysfsFile::Jid => Some(KernelEventKind::Online { ro: false, spectator: false }),
-                            SysfsFile::Recover => Some(KernelEventKind::Recovery { jid: value as u32, done: true }),
+                            SysfsFile::Jid => Some(KernelEventKind::Online {
+                                ro: false,
+                                spectator: false,
+                            }),
+                            SysfsFile::Recover => Some(KernelEventKind::Recovery {
+                                jid: value as u32,
+                                done: true,
+                            }),
                             _ => None,
                         };
                         if let Some(kind) = kind {
                             if file == SysfsFile::Jid {
                                 // A first mounter reports FIRSTMOUNT=Done before going online.
-                                queue.push_back((i, Input::Kernel(KernelEvent { table: table.clone(), kind: KernelEventKind::FirstMountDone }), depth));
+                                queue.push_back((
+                                    i,
+                                    Input::Kernel(KernelEvent {
+                                        table: table.clone(),
+                                        kind: KernelEventKind::FirstMountDone,
+                                    }),
+                                    depth,
+                                ));
                             }
                             queue.push_back((i, Input::Kernel(KernelEvent { table, kind }), depth));
                         }
@@ -100,13 +130,29 @@ pub fn recovery_cost(nodes: u32, filesystems: u32) -> RecoveryCost {
         max_depth: 0,
         blocked: vec![0; nodes as usize],
     };
-    let all = |input: &dyn Fn(usize) -> Input| -> Vec<(usize, Input, u32)> { (0..nodes as usize).map(|i| (i, input(i), 0)).collect() };
+    let all = |input: &dyn Fn(usize) -> Input| -> Vec<(usize, Input, u32)> {
+        (0..nodes as usize).map(|i| (i, input(i), 0)).collect()
+    };
     let mut start = all(&|_| Input::Quorum { quorate: true });
-    start.extend(all(&|_| Input::ConfChg { group: DAEMON_GROUP.into(), members: ids.clone(), joined: ids.clone(), left: vec![] }));
+    start.extend(all(&|_| Input::ConfChg {
+        group: DAEMON_GROUP.into(),
+        members: ids.clone(),
+        joined: ids.clone(),
+        left: vec![],
+    }));
     c.run(start);
     for f in 1..=filesystems {
         let table = Table::parse(&format!("bench:fs{f}")).expect("table");
-        c.run(all(&|_| Input::Kernel(KernelEvent { table: table.clone(), kind: KernelEventKind::Add { ro: false, spectator: false, jid_preset: None } })));
+        c.run(all(&|_| {
+            Input::Kernel(KernelEvent {
+                table: table.clone(),
+                kind: KernelEventKind::Add {
+                    ro: false,
+                    spectator: false,
+                    jid_preset: None,
+                },
+            })
+        }));
     }
     // The last node fails; the survivors see it leave and learn it was fenced.
     let dead = nodes as usize - 1;
@@ -115,11 +161,34 @@ pub fn recovery_cost(nodes: u32, filesystems: u32) -> RecoveryCost {
     let before = c.messages;
     c.max_depth = 0;
     let mut fail: Vec<(usize, Input, u32)> = (0..dead)
-        .map(|i| (i, Input::ConfChg { group: DAEMON_GROUP.into(), members: survivors.clone(), joined: vec![], left: vec![(nodes, LeaveReason::NodeDown)] }, 0))
+        .map(|i| {
+            (
+                i,
+                Input::ConfChg {
+                    group: DAEMON_GROUP.into(),
+                    members: survivors.clone(),
+                    joined: vec![],
+                    left: vec![(nodes, LeaveReason::NodeDown)],
+                },
+                0,
+            )
+        })
         .collect();
-    fail.extend((0..dead).map(|i| (i, Input::Fenced { nodeid: nodes, at: Time(u64::MAX / 2) }, 0)));
+    fail.extend((0..dead).map(|i| {
+        (
+            i,
+            Input::Fenced {
+                nodeid: nodes,
+                at: Time(u64::MAX / 2),
+            },
+            0,
+        )
+    }));
     c.run(fail);
-    assert!(c.blocked.iter().take(dead).all(|b| *b == 0), "every survivor is unblocked again");
+    assert!(
+        c.blocked.iter().take(dead).all(|b| *b == 0),
+        "every survivor is unblocked again"
+    );
     RecoveryCost {
         nodes,
         filesystems,

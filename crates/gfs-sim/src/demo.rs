@@ -11,7 +11,10 @@ pub fn run_demo() -> String {
     let mut out = String::new();
     let mut s = Scenario::new(3, 1, 42);
     let table = s.table(1);
-    let _ = writeln!(out, "gfs_controld demo (simulated cluster: 3 nodes, corosync CPG model, GFS2 kernel model)");
+    let _ = writeln!(
+        out,
+        "gfs_controld demo (simulated cluster: 3 nodes, corosync CPG model, GFS2 kernel model)"
+    );
     let _ = writeln!(out, "filesystem {table}: mounting on nodes 1, 2 and 3");
     for n in 1..=3 {
         s.mount(n, 1, MountMode::Rw);
@@ -19,7 +22,11 @@ pub fn run_demo() -> String {
     s.run_for(5_000);
     for n in 1..=3 {
         let k = s.kernel(n, 1).expect("mounted");
-        let first = if k.first { " (first mounter: replayed every journal)" } else { "" };
+        let first = if k.first {
+            " (first mounter: replayed every journal)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "  node {n}: jid {}{first}", k.jid.unwrap_or(-1));
     }
     let crash_at = s.now();
@@ -28,10 +35,19 @@ pub fn run_demo() -> String {
     s.crash(3);
     s.run_for(30_000);
     // The survivors' own timeline, as `gfs_control status` shows it.
-    if let Some(t) = s.node(1).and_then(|n| n.status().recoveries.last().cloned()) {
+    if let Some(t) = s
+        .node(1)
+        .and_then(|n| n.status().recoveries.last().cloned())
+    {
         for e in &t.events {
             let at = e.at_ms.saturating_sub(crash_at.millis());
-            let _ = writeln!(out, "{:>7}.{:03}s  [node 1 view] {}", at / 1000, at % 1000, e.what);
+            let _ = writeln!(
+                out,
+                "{:>7}.{:03}s  [node 1 view] {}",
+                at / 1000,
+                at % 1000,
+                e.what
+            );
         }
     }
     let _ = writeln!(out, "\nwhat each kernel was told after the failure:");
@@ -43,7 +59,15 @@ pub fn run_demo() -> String {
             (SysfsFile::Recover, _) => "replay this journal",
             _ => "",
         };
-        let _ = writeln!(out, "{:>7}.{:03}s  node {} {}={} {meaning}", at / 1000, at % 1000, w.node, w.file.name(), w.value);
+        let _ = writeln!(
+            out,
+            "{:>7}.{:03}s  node {} {}={} {meaning}",
+            at / 1000,
+            at % 1000,
+            w.node,
+            w.file.name(),
+            w.value
+        );
     }
     for line in s.trace() {
         if line.contains("fencer: n3 fenced") {

@@ -10,7 +10,9 @@ mod rng;
 mod world;
 
 pub use rng::Rng;
-pub use world::{run, KernelView, Outcome, ReplayRecord, Rule, Scenario, SimConfig, Violation, WriteRecord};
+pub use world::{
+    run, KernelView, Outcome, ReplayRecord, Rule, Scenario, SimConfig, Violation, WriteRecord,
+};
 
 pub mod cost;
 pub mod demo;

@@ -121,7 +121,13 @@ struct Profile {
 
 impl Profile {
     fn draw(rng: &mut Rng) -> Profile {
-        let mut p = |hi: f64| if rng.chance(0.25) { 0.0 } else { hi * (rng.range(1, 100) as f64 / 100.0) };
+        let mut p = |hi: f64| {
+            if rng.chance(0.25) {
+                0.0
+            } else {
+                hi * (rng.range(1, 100) as f64 / 100.0)
+            }
+        };
         Profile {
             crash: p(0.02),
             daemon_crash: p(0.008),
@@ -146,11 +152,29 @@ enum Ev {
     Deliver(NodeId),
     Commit(u64),
     NodeTimer(NodeId),
-    KernelMountStep { node: NodeId, table: String, kinc: u64 },
-    ReplayDone { node: NodeId, table: String, jid: u32, kinc: u64 },
+    KernelMountStep {
+        node: NodeId,
+        table: String,
+        kinc: u64,
+    },
+    ReplayDone {
+        node: NodeId,
+        table: String,
+        jid: u32,
+        kinc: u64,
+    },
     FenceDone(NodeId),
-    FenceNotify { node: NodeId, target: NodeId, at: Time, dinc: u64 },
-    Uevent { node: NodeId, event: KernelEvent, kinc: u64 },
+    FenceNotify {
+        node: NodeId,
+        target: NodeId,
+        at: Time,
+        dinc: u64,
+    },
+    Uevent {
+        node: NodeId,
+        event: KernelEvent,
+        kinc: u64,
+    },
     Reboot(NodeId),
     DaemonStart(NodeId),
     FaultTick,
@@ -168,7 +192,11 @@ enum Entry {
         left: Vec<(NodeId, LeaveReason)>,
         quorate: bool,
     },
-    Msg { id: u64, sender: NodeId, payload: Vec<u8> },
+    Msg {
+        id: u64,
+        sender: NodeId,
+        payload: Vec<u8>,
+    },
     Quorum(bool),
 }
 
@@ -237,6 +265,20 @@ struct JTruth {
     replaying: BTreeSet<NodeId>,
     /// Daemons that processed the failure of its writer (they must stay blocked: S3).
     known_by: BTreeSet<NodeId>,
+}
+
+impl JTruth {
+    /// The live kernel holding the journal still uses it: a withdrawn kernel whose journal the
+    /// group already replayed does not.
+    fn in_use_by(&self, node: NodeId) -> bool {
+        self.holder.is_some_and(|(h, _)| h == node) && (!self.holder_withdrawn || self.dirty)
+    }
+
+    fn user(&self) -> Option<NodeId> {
+        self.holder
+            .filter(|_| !self.holder_withdrawn || self.dirty)
+            .map(|(h, _)| h)
+    }
 }
 
 struct Comp {
@@ -324,7 +366,9 @@ pub fn run(cfg: SimConfig) -> Outcome {
 }
 
 fn fnv(h: u64, s: &str) -> u64 {
-    s.bytes().fold(h ^ 0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(h ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 impl World {
@@ -508,11 +552,19 @@ impl World {
         for (_, comp) in old {
             let mut carried: BTreeSet<NodeId> = BTreeSet::new();
             for (sender, payload) in comp.inflight {
-                let sender_daemon_up = self.nodes[&sender].daemon.as_ref().is_some_and(|d| d.joined);
+                let sender_daemon_up = self.nodes[&sender]
+                    .daemon
+                    .as_ref()
+                    .is_some_and(|d| d.joined);
                 match new_of.get(&sender).copied() {
                     Some(c) if sender_daemon_up => {
                         if !carried.contains(&sender) && self.rng.chance(0.5) {
-                            let targets: Vec<NodeId> = comp.members.iter().copied().filter(|n| new_of.get(n) == Some(&c)).collect();
+                            let targets: Vec<NodeId> = comp
+                                .members
+                                .iter()
+                                .copied()
+                                .filter(|n| new_of.get(n) == Some(&c))
+                                .collect();
                             self.commit_to(&targets, sender, payload);
                         } else if let Some(nc) = self.comps.get_mut(&c) {
                             carried.insert(sender);
@@ -522,7 +574,12 @@ impl World {
                     _ => {
                         // The sender is gone: all survivors get it, or none do.
                         if self.rng.chance(0.5) {
-                            let targets: Vec<NodeId> = comp.members.iter().copied().filter(|n| new_of.contains_key(n) && *n != sender).collect();
+                            let targets: Vec<NodeId> = comp
+                                .members
+                                .iter()
+                                .copied()
+                                .filter(|n| new_of.contains_key(n) && *n != sender)
+                                .collect();
                             self.commit_to(&targets, sender, payload);
                         }
                     }
@@ -552,7 +609,10 @@ impl World {
         let quorate = self.quorate(&self.comps[&comp].members);
         let mut by_view: BTreeMap<Vec<NodeId>, Vec<NodeId>> = BTreeMap::new();
         for n in &members {
-            by_view.entry(self.nodes[n].group_view.clone()).or_default().push(*n);
+            by_view
+                .entry(self.nodes[n].group_view.clone())
+                .or_default()
+                .push(*n);
         }
         for (view, receivers) in by_view {
             // Quorum may change without the group changing (a node without a daemon left).
@@ -568,13 +628,19 @@ impl World {
                 }
                 continue;
             }
-            let joined: Vec<NodeId> = members.iter().copied().filter(|n| !view.contains(n)).collect();
+            let joined: Vec<NodeId> = members
+                .iter()
+                .copied()
+                .filter(|n| !view.contains(n))
+                .collect();
             let left: Vec<(NodeId, LeaveReason)> = view
                 .iter()
                 .copied()
                 .filter(|n| !members.contains(n))
                 .map(|n| {
-                    let reason = if Some(n) == procdown || self.nodes[&n].corosync && self.nodes[&n].comp == Some(comp) {
+                    let reason = if Some(n) == procdown
+                        || self.nodes[&n].corosync && self.nodes[&n].comp == Some(comp)
+                    {
                         LeaveReason::ProcDown
                     } else {
                         LeaveReason::NodeDown
@@ -654,7 +720,9 @@ impl World {
         match ev {
             Ev::Deliver(n) => self.deliver(n),
             Ev::Commit(comp) => {
-                let Some(c) = self.comps.get_mut(&comp) else { return };
+                let Some(c) = self.comps.get_mut(&comp) else {
+                    return;
+                };
                 c.commit_pending = false;
                 let batch: Vec<(NodeId, Vec<u8>)> = c.inflight.drain(..).collect();
                 let members: Vec<NodeId> = c.members.iter().copied().collect();
@@ -678,10 +746,24 @@ impl World {
                 }
             }
             Ev::KernelMountStep { node, table, kinc } => self.kernel_mount_step(node, &table, kinc),
-            Ev::ReplayDone { node, table, jid, kinc } => self.replay_done(node, &table, jid, kinc),
+            Ev::ReplayDone {
+                node,
+                table,
+                jid,
+                kinc,
+            } => self.replay_done(node, &table, jid, kinc),
             Ev::FenceDone(target) => self.fence_done(target),
-            Ev::FenceNotify { node, target, at, dinc } => {
-                if self.nodes[&node].daemon.as_ref().is_some_and(|d| d.inc == dinc) {
+            Ev::FenceNotify {
+                node,
+                target,
+                at,
+                dinc,
+            } => {
+                if self.nodes[&node]
+                    .daemon
+                    .as_ref()
+                    .is_some_and(|d| d.inc == dinc)
+                {
                     self.feed(node, Input::Fenced { nodeid: target, at });
                 }
             }
@@ -714,7 +796,9 @@ impl World {
     fn deliver(&mut self, n: NodeId) {
         let node = self.nodes.get_mut(&n).expect("node");
         node.deliver_pending = false;
-        let Some(entry) = node.queue.pop_front() else { return };
+        let Some(entry) = node.queue.pop_front() else {
+            return;
+        };
         self.state_from = None;
         if node.daemon.is_none() {
             node.queue.clear();
@@ -737,12 +821,18 @@ impl World {
                 let dinc: Vec<(NodeId, u64)> = left
                     .iter()
                     .filter(|(_, r)| r.is_failure())
-                    .filter_map(|(x, _)| self.nodes[x].daemon.as_ref().filter(|d| d.core.is_synced()).map(|d| (*x, d.inc)))
+                    .filter_map(|(x, _)| {
+                        self.nodes[x]
+                            .daemon
+                            .as_ref()
+                            .filter(|d| d.core.is_synced())
+                            .map(|d| (*x, d.inc))
+                    })
                     .collect();
                 // The daemons that processed this change know its failed members' journals need replay.
                 for (x, _) in left.iter().filter(|(_, r)| r.is_failure()) {
                     for j in self.journals.values_mut() {
-                        let live_holder = j.holder.is_some_and(|(h, _)| h == *x) && !(j.holder_withdrawn && !j.dirty);
+                        let live_holder = j.in_use_by(*x);
                         if live_holder || j.dirty_owner.is_some_and(|(h, _)| h == *x) {
                             j.known_by.insert(n);
                         }
@@ -753,14 +843,22 @@ impl World {
                     node.saw_fail.extend(dinc.into_iter().map(|k| (k, id)));
                 }
                 self.log(format!("n{n} confchg members={members:?} joined={joined:?} left={left:?} quorate={quorate}"));
-                self.feed_tracked(n, id, Input::ConfChg {
-                    group: DAEMON_GROUP.into(),
-                    members,
-                    joined,
-                    left,
-                });
+                self.feed_tracked(
+                    n,
+                    id,
+                    Input::ConfChg {
+                        group: DAEMON_GROUP.into(),
+                        members,
+                        joined,
+                        left,
+                    },
+                );
             }
-            Entry::Msg { id, sender, payload } => {
+            Entry::Msg {
+                id,
+                sender,
+                payload,
+            } => {
                 if let Ok((_, msg)) = wire::decode(&payload) {
                     if let wire::Message::Withdraw { table } = &msg {
                         for ((t, _), j) in self.journals.iter_mut() {
@@ -778,11 +876,15 @@ impl World {
                     };
                     self.log(format!("n{n} <- n{sender} {name}"));
                 }
-                self.feed_tracked(n, id, Input::Deliver {
-                    group: DAEMON_GROUP.into(),
-                    sender,
-                    payload,
-                });
+                self.feed_tracked(
+                    n,
+                    id,
+                    Input::Deliver {
+                        group: DAEMON_GROUP.into(),
+                        sender,
+                        payload,
+                    },
+                );
             }
         }
         self.kick_delivery(n);
@@ -792,9 +894,15 @@ impl World {
     /// process the same entry must end in the same replicated state (S6).
     fn feed_tracked(&mut self, n: NodeId, entry: u64, input: Input) {
         self.nodes.get_mut(&n).expect("node").last_entry = entry;
-        let pre = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.settled_digest());
+        let pre = self.nodes[&n]
+            .daemon
+            .as_ref()
+            .and_then(|d| d.core.settled_digest());
         self.feed(n, input);
-        let post = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.settled_digest());
+        let post = self.nodes[&n]
+            .daemon
+            .as_ref()
+            .and_then(|d| d.core.settled_digest());
         if let (Some(_), Some(post)) = (pre, post) {
             match self.agreement.get(&(entry, 0)) {
                 Some((other, who)) if *other != post => {
@@ -816,9 +924,15 @@ impl World {
     }
 
     fn feed(&mut self, n: NodeId, input: Input) {
-        let was_synced = self.nodes[&n].daemon.as_ref().is_some_and(|d| d.core.is_synced());
+        let was_synced = self.nodes[&n]
+            .daemon
+            .as_ref()
+            .is_some_and(|d| d.core.is_synced());
         self.feed_inner(n, input);
-        let digest = self.nodes[&n].daemon.as_ref().and_then(|d| d.core.replicated_digest());
+        let digest = self.nodes[&n]
+            .daemon
+            .as_ref()
+            .and_then(|d| d.core.replicated_digest());
         if let (false, Some(_)) = (was_synced, digest) {
             // A node that adopts the group's state inherits its sender's memory of failures
             // (a group it formed itself remembers none).
@@ -836,9 +950,16 @@ impl World {
         let mut inputs = VecDeque::from([input]);
         while let Some(input) = inputs.pop_front() {
             let now = self.now;
-            let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else { return };
+            let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else {
+                return;
+            };
             d.core.handle(now, input);
-            while let Some(out) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()).and_then(|d| d.core.poll_output()) {
+            while let Some(out) = self
+                .nodes
+                .get_mut(&n)
+                .and_then(|x| x.daemon.as_mut())
+                .and_then(|d| d.core.poll_output())
+            {
                 if let Some(result) = self.execute(n, out) {
                     inputs.push_back(result);
                 }
@@ -849,7 +970,9 @@ impl World {
 
     fn arm_timer(&mut self, n: NodeId) {
         let now = self.now;
-        let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else { return };
+        let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else {
+            return;
+        };
         if let Some(t) = d.core.poll_timeout() {
             if d.timer.is_none_or(|cur| t < cur) {
                 d.timer = Some(t);
@@ -898,8 +1021,16 @@ impl World {
                     value,
                     result,
                 });
-                self.log(format!("n{n} write {table} {}={value} -> {result:?}", file.name()));
-                Some(Input::WriteDone { table, file, value, result })
+                self.log(format!(
+                    "n{n} write {table} {}={value} -> {result:?}",
+                    file.name()
+                ));
+                Some(Input::WriteDone {
+                    table,
+                    file,
+                    value,
+                    result,
+                })
             }
             Output::Fence { nodeid, failed_at } => {
                 self.fence_request(n, nodeid, failed_at);
@@ -926,10 +1057,26 @@ impl World {
     /// Uevents reach the daemon as separate events, in order, never in the middle of a write.
     fn uevent(&mut self, n: NodeId, table: &Table, kind: KernelEventKind) {
         let kinc = self.nodes[&n].kinc;
-        self.schedule(0, Ev::Uevent { node: n, event: KernelEvent { table: table.clone(), kind }, kinc });
+        self.schedule(
+            0,
+            Ev::Uevent {
+                node: n,
+                event: KernelEvent {
+                    table: table.clone(),
+                    kind,
+                },
+                kinc,
+            },
+        );
     }
 
-    fn kernel_write(&mut self, n: NodeId, table: &Table, file: SysfsFile, value: i64) -> Result<(), i32> {
+    fn kernel_write(
+        &mut self,
+        n: NodeId,
+        table: &Table,
+        file: SysfsFile,
+        value: i64,
+    ) -> Result<(), i32> {
         let key = table.to_string();
         let kinc = self.nodes[&n].kinc;
         let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(&key)) else {
@@ -966,7 +1113,11 @@ impl World {
                 }
                 m.jid = Some(value);
                 if value < 0 {
-                    self.mount_failed(n, &key, format!("daemon refused the mount with errno {}", -value));
+                    self.mount_failed(
+                        n,
+                        &key,
+                        format!("daemon refused the mount with errno {}", -value),
+                    );
                     return Ok(());
                 }
                 if m.mode != MountMode::Spectator && value as u32 >= self.journals_per_fs {
@@ -1001,8 +1152,18 @@ impl World {
                     done: None,
                 });
                 self.replay_start(n, &key, jid, false);
-                let d = self.rng.range(self.profile.replay_ms.0, self.profile.replay_ms.1);
-                self.schedule(d, Ev::ReplayDone { node: n, table: key, jid, kinc });
+                let d = self
+                    .rng
+                    .range(self.profile.replay_ms.0, self.profile.replay_ms.1);
+                self.schedule(
+                    d,
+                    Ev::ReplayDone {
+                        node: n,
+                        table: key,
+                        jid,
+                        kinc,
+                    },
+                );
                 Ok(())
             }
             SysfsFile::Withdraw => {
@@ -1020,14 +1181,25 @@ impl World {
         }
     }
 
-    fn mount_proceeds(&mut self, n: NodeId, key: &str, jid: u32, first: bool, spectator: bool, kinc: u64) {
+    fn mount_proceeds(
+        &mut self,
+        n: NodeId,
+        key: &str,
+        jid: u32,
+        first: bool,
+        spectator: bool,
+        kinc: u64,
+    ) {
         // S4: no two live mounters hold the same journal.
         if !spectator {
             let j = self.journals.entry((key.to_owned(), jid)).or_default();
             // A withdrawn kernel whose journal the group already replayed no longer uses it.
-            if let Some((h, _)) = j.holder.filter(|_| !(j.holder_withdrawn && !j.dirty)) {
+            if let Some(h) = j.user() {
                 if h != n {
-                    self.violate(Rule::S4, format!("n{n} mounts {key} with jid {jid}, held by n{h}'s live kernel"));
+                    self.violate(
+                        Rule::S4,
+                        format!("n{n} mounts {key} with jid {jid}, held by n{h}'s live kernel"),
+                    );
                     return;
                 }
             }
@@ -1050,15 +1222,24 @@ impl World {
             .filter(|(_, s, _)| *s != KState::WaitJid)
             .collect();
         // A spectator's "first" mount only checks journals: it is no replay.
-        if let Some((o, _, _)) = others.iter().find(|(_, s, m)| *s == KState::FirstReplay && *m != MountMode::Spectator) {
-            self.violate(Rule::S5, format!("n{n} wrote jid for {key} while n{o} runs first-mounter replay"));
+        if let Some((o, _, _)) = others
+            .iter()
+            .find(|(_, s, m)| *s == KState::FirstReplay && *m != MountMode::Spectator)
+        {
+            self.violate(
+                Rule::S5,
+                format!("n{n} wrote jid for {key} while n{o} runs first-mounter replay"),
+            );
             return;
         }
         // A spectator cannot set `first` and never replays: it only checks the journals.
         let first = first && !spectator;
         if first {
             if let Some((o, s, _)) = others.iter().find(|(_, s, _)| *s != KState::Withdrawn) {
-                self.violate(Rule::S5, format!("n{n} mounts {key} first while n{o}'s kernel holds it ({s:?})"));
+                self.violate(
+                    Rule::S5,
+                    format!("n{n} mounts {key} first while n{o}'s kernel holds it ({s:?})"),
+                );
                 return;
             }
             for j in 0..self.journals_per_fs {
@@ -1070,16 +1251,31 @@ impl World {
         let alone = others.is_empty();
         let node = self.nodes.get_mut(&n).expect("node");
         let m = node.mounts.get_mut(key).expect("mount");
-        m.state = if first || (spectator && alone) { KState::FirstReplay } else { KState::OwnReplay };
-        let d = self.rng.range(self.profile.replay_ms.0, self.profile.replay_ms.1);
-        self.schedule(d, Ev::KernelMountStep { node: n, table: key.to_owned(), kinc });
+        m.state = if first || (spectator && alone) {
+            KState::FirstReplay
+        } else {
+            KState::OwnReplay
+        };
+        let d = self
+            .rng
+            .range(self.profile.replay_ms.0, self.profile.replay_ms.1);
+        self.schedule(
+            d,
+            Ev::KernelMountStep {
+                node: n,
+                table: key.to_owned(),
+                kinc,
+            },
+        );
     }
 
     fn kernel_mount_step(&mut self, n: NodeId, key: &str, kinc: u64) {
         if self.nodes[&n].kinc != kinc {
             return;
         }
-        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) else { return };
+        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) else {
+            return;
+        };
         let table = m.table.clone();
         let (ro, spectator) = (m.mode != MountMode::Rw, m.mode == MountMode::Spectator);
         match m.state {
@@ -1099,7 +1295,14 @@ impl World {
             KState::OwnReplay => {
                 m.state = KState::Online;
                 if let Some(j) = m.jid.filter(|_| !spectator) {
-                    self.uevent(n, &table, KernelEventKind::Recovery { jid: j as u32, done: true });
+                    self.uevent(
+                        n,
+                        &table,
+                        KernelEventKind::Recovery {
+                            jid: j as u32,
+                            done: true,
+                        },
+                    );
                 }
                 self.uevent(n, &table, KernelEventKind::Online { ro, spectator });
             }
@@ -1111,14 +1314,24 @@ impl World {
     /// S1, S2 and the barrier part of S3, checked when a replay of `jid` starts on `n`.
     fn replay_start(&mut self, n: NodeId, key: &str, jid: u32, at_mount: bool) {
         let vs_quorate = self.nodes[&n].vs_quorate;
-        let j = self.journals.entry((key.to_owned(), jid)).or_default().clone();
+        let j = self
+            .journals
+            .entry((key.to_owned(), jid))
+            .or_default()
+            .clone();
         if let Some(o) = j.replaying.iter().find(|o| **o != n) {
-            self.violate(Rule::S2, format!("n{n} replays {key} jid {jid} while n{o} replays it"));
+            self.violate(
+                Rule::S2,
+                format!("n{n} replays {key} jid {jid} while n{o} replays it"),
+            );
             return;
         }
         if let Some((h, _)) = j.holder {
             if h != n && !j.holder_withdrawn {
-                self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} while n{h}'s kernel still runs with it"));
+                self.violate(
+                    Rule::S1,
+                    format!("n{n} replays {key} jid {jid} while n{h}'s kernel still runs with it"),
+                );
                 return;
             }
         }
@@ -1128,7 +1341,10 @@ impl World {
                 let died = o.kernel_dead_at.filter(|_| o.kinc == owner_kinc);
                 let safe = o.kinc > owner_kinc
                     || (o.kernel_killed_by_fence && o.kinc == owner_kinc)
-                    || died.is_some_and(|t| self.last_fenced.get(&owner).is_some_and(|f| *f >= t) || self.last_acked.get(&owner).is_some_and(|a| *a >= t));
+                    || died.is_some_and(|t| {
+                        self.last_fenced.get(&owner).is_some_and(|f| *f >= t)
+                            || self.last_acked.get(&owner).is_some_and(|a| *a >= t)
+                    });
                 if !safe {
                     self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} of n{owner}, which was not fenced after it failed"));
                     return;
@@ -1136,7 +1352,10 @@ impl World {
             }
         }
         if !at_mount && !vs_quorate && self.cfg.nodes > 1 {
-            self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} in an inquorate partition"));
+            self.violate(
+                Rule::S1,
+                format!("n{n} replays {key} jid {jid} in an inquorate partition"),
+            );
             return;
         }
         if !at_mount {
@@ -1144,15 +1363,28 @@ impl World {
             // replayed, or it could be granted the dead node's blocks before they are repaired.
             let unblocked = self.nodes.values().find(|x| {
                 x.id != n
-                    && x.mounts.get(key).is_some_and(|m| !m.blocked && matches!(m.state, KState::Online | KState::OwnReplay | KState::FirstReplay))
+                    && x.mounts.get(key).is_some_and(|m| {
+                        !m.blocked
+                            && matches!(
+                                m.state,
+                                KState::Online | KState::OwnReplay | KState::FirstReplay
+                            )
+                    })
             });
             if let Some(o) = unblocked {
                 let o = o.id;
-                self.violate(Rule::S3, format!("n{n} replays {key} jid {jid} while n{o}'s kernel holds it unblocked"));
+                self.violate(
+                    Rule::S3,
+                    format!("n{n} replays {key} jid {jid} while n{o}'s kernel holds it unblocked"),
+                );
                 return;
             }
         }
-        self.journals.entry((key.to_owned(), jid)).or_default().replaying.insert(n);
+        self.journals
+            .entry((key.to_owned(), jid))
+            .or_default()
+            .replaying
+            .insert(n);
     }
 
     fn replay_finish(&mut self, n: NodeId, key: &str, jid: u32) {
@@ -1174,25 +1406,44 @@ impl World {
         if self.nodes[&n].kinc != kinc {
             return;
         }
-        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) else { return };
+        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) else {
+            return;
+        };
         if !m.replays.remove(&jid) {
             return;
         }
         let table = m.table.clone();
-        let j = self.journals.entry((key.to_owned(), jid)).or_default().clone();
+        let j = self
+            .journals
+            .entry((key.to_owned(), jid))
+            .or_default()
+            .clone();
         // The journal lock is still held by a withdrawn node until it acknowledges (GAVEUP).
         let holder_locked = j.holder.is_some_and(|(h, _)| {
-            h != n && self.nodes[&h].mounts.get(key).is_some_and(|hm| hm.state == KState::Withdrawn && !hm.withdraw_acked)
+            h != n
+                && self.nodes[&h]
+                    .mounts
+                    .get(key)
+                    .is_some_and(|hm| hm.state == KState::Withdrawn && !hm.withdraw_acked)
         });
         let forced_failure = self.fail_next_replay.remove(&n);
         let done = !holder_locked && !forced_failure && !self.rng.chance(self.profile.recover_fail);
-        if let Some(r) = self.replays.iter_mut().rev().find(|r| r.node == n && r.table == key && r.jid == jid && r.done.is_none()) {
+        if let Some(r) = self
+            .replays
+            .iter_mut()
+            .rev()
+            .find(|r| r.node == n && r.table == key && r.jid == jid && r.done.is_none())
+        {
             r.done = Some(done);
         }
         if done {
             self.replay_finish(n, key, jid);
         } else {
-            self.journals.entry((key.to_owned(), jid)).or_default().replaying.remove(&n);
+            self.journals
+                .entry((key.to_owned(), jid))
+                .or_default()
+                .replaying
+                .remove(&n);
         }
         self.uevent(n, &table, KernelEventKind::Recovery { jid, done });
         self.maybe_finish_unmount(n, key);
@@ -1206,18 +1457,35 @@ impl World {
             .map(|((_, jid), _)| *jid)
             .collect();
         if let Some(jid) = bad.first() {
-            self.violate(Rule::S3, format!("n{n} unblocked {key} while jid {jid} of a failed member is not replayed"));
+            self.violate(
+                Rule::S3,
+                format!("n{n} unblocked {key} while jid {jid} of a failed member is not replayed"),
+            );
         }
     }
 
     fn maybe_finish_unmount(&mut self, n: NodeId, key: &str) {
-        let Some(m) = self.nodes[&n].mounts.get(key) else { return };
-        if !m.unmount_requested || !m.replays.is_empty() || matches!(m.state, KState::FirstReplay | KState::OwnReplay) {
+        let Some(m) = self.nodes[&n].mounts.get(key) else {
+            return;
+        };
+        if !m.unmount_requested
+            || !m.replays.is_empty()
+            || matches!(m.state, KState::FirstReplay | KState::OwnReplay)
+        {
             return;
         }
-        let m = self.nodes.get_mut(&n).expect("node").mounts.remove(key).expect("mount");
+        let m = self
+            .nodes
+            .get_mut(&n)
+            .expect("node")
+            .mounts
+            .remove(key)
+            .expect("mount");
         if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
-            let j = self.journals.entry((key.to_owned(), jid as u32)).or_default();
+            let j = self
+                .journals
+                .entry((key.to_owned(), jid as u32))
+                .or_default();
             if j.holder.is_some_and(|(h, _)| h == n) {
                 j.holder = None;
                 // A clean unmount flushes the journal; a withdrawn one stays dirty for others.
@@ -1234,7 +1502,11 @@ impl World {
     // ----- faults and workload ---------------------------------------------------------------
 
     fn up_nodes(&self) -> Vec<NodeId> {
-        self.nodes.values().filter(|x| x.corosync).map(|x| x.id).collect()
+        self.nodes
+            .values()
+            .filter(|x| x.corosync)
+            .map(|x| x.id)
+            .collect()
     }
 
     fn inject_fault(&mut self) {
@@ -1248,7 +1520,11 @@ impl World {
             }
         }
         if self.rng.chance(p.daemon_crash) {
-            let with_daemon: Vec<NodeId> = up.iter().copied().filter(|n| self.nodes[n].daemon.is_some()).collect();
+            let with_daemon: Vec<NodeId> = up
+                .iter()
+                .copied()
+                .filter(|n| self.nodes[n].daemon.is_some())
+                .collect();
             if let Some(n) = self.rng.pick(&with_daemon) {
                 self.failures_injected += 1;
                 self.log(format!("FAULT daemon crash n{n}"));
@@ -1277,7 +1553,12 @@ impl World {
             let online: Vec<(NodeId, String)> = self
                 .nodes
                 .values()
-                .flat_map(|x| x.mounts.iter().filter(|(_, m)| m.state == KState::Online).map(move |(t, _)| (x.id, t.clone())))
+                .flat_map(|x| {
+                    x.mounts
+                        .iter()
+                        .filter(|(_, m)| m.state == KState::Online)
+                        .map(move |(t, _)| (x.id, t.clone()))
+                })
                 .collect();
             if !online.is_empty() {
                 let i = self.rng.range(0, online.len() as u64 - 1) as usize;
@@ -1289,13 +1570,33 @@ impl World {
         }
         if self.rng.chance(p.fence_ack) {
             // An operator acknowledges a node that is really down (corosync and kernel dead).
-            let dead: Vec<NodeId> = self.nodes.values().filter(|x| !x.corosync && x.kernel_dead_at.is_some()).map(|x| x.id).collect();
-            let acker: Vec<NodeId> = up.iter().copied().filter(|n| self.nodes[n].daemon.as_ref().is_some_and(|d| d.core.is_synced())).collect();
+            let dead: Vec<NodeId> = self
+                .nodes
+                .values()
+                .filter(|x| !x.corosync && x.kernel_dead_at.is_some())
+                .map(|x| x.id)
+                .collect();
+            let acker: Vec<NodeId> = up
+                .iter()
+                .copied()
+                .filter(|n| {
+                    self.nodes[n]
+                        .daemon
+                        .as_ref()
+                        .is_some_and(|d| d.core.is_synced())
+                })
+                .collect();
             if let (Some(t), Some(a)) = (self.rng.pick(&dead), self.rng.pick(&acker)) {
                 self.last_acked.insert(t, self.now);
                 self.log(format!("OPERATOR fence-ack n{t} on n{a}"));
                 let req = self.step;
-                self.feed(a, Input::FenceAck { request: req, nodeid: t });
+                self.feed(
+                    a,
+                    Input::FenceAck {
+                        request: req,
+                        nodeid: t,
+                    },
+                );
             }
         }
     }
@@ -1311,7 +1612,10 @@ impl World {
             }
             for t in &tables {
                 let key = t.to_string();
-                let state = self.nodes[&n].mounts.get(&key).map(|m| (m.state.clone(), m.mode, m.replays.is_empty()));
+                let state = self.nodes[&n]
+                    .mounts
+                    .get(&key)
+                    .map(|m| (m.state.clone(), m.mode, m.replays.is_empty()));
                 match state {
                     None if self.rng.chance(p.mount / tables.len() as f64) => {
                         let mode = if self.rng.chance(p.spectator_share) {
@@ -1323,16 +1627,44 @@ impl World {
                         };
                         self.mount(n, t, mode);
                     }
-                    Some((KState::Online, _, _)) | Some((KState::Withdrawn, _, _)) if self.faults_on && self.rng.chance(p.unmount / tables.len() as f64) => {
+                    Some((KState::Online, _, _)) | Some((KState::Withdrawn, _, _))
+                        if self.faults_on && self.rng.chance(p.unmount / tables.len() as f64) =>
+                    {
                         self.log(format!("WORK umount {key} on n{n}"));
-                        self.nodes.get_mut(&n).expect("node").mounts.get_mut(&key).expect("mount").unmount_requested = true;
+                        self.nodes
+                            .get_mut(&n)
+                            .expect("node")
+                            .mounts
+                            .get_mut(&key)
+                            .expect("mount")
+                            .unmount_requested = true;
                         self.maybe_finish_unmount(n, &key);
                     }
-                    Some((KState::Online, mode, true)) if mode != MountMode::Spectator && self.rng.chance(p.remount / tables.len() as f64) => {
-                        let new = if mode == MountMode::Rw { MountMode::Ro } else { MountMode::Rw };
+                    Some((KState::Online, mode, true))
+                        if mode != MountMode::Spectator
+                            && self.rng.chance(p.remount / tables.len() as f64) =>
+                    {
+                        let new = if mode == MountMode::Rw {
+                            MountMode::Ro
+                        } else {
+                            MountMode::Rw
+                        };
                         self.log(format!("WORK remount {key} {} on n{n}", new.as_str()));
-                        self.nodes.get_mut(&n).expect("node").mounts.get_mut(&key).expect("mount").mode = new;
-                        self.uevent(n, t, KernelEventKind::Online { ro: new == MountMode::Ro, spectator: false });
+                        self.nodes
+                            .get_mut(&n)
+                            .expect("node")
+                            .mounts
+                            .get_mut(&key)
+                            .expect("mount")
+                            .mode = new;
+                        self.uevent(
+                            n,
+                            t,
+                            KernelEventKind::Online {
+                                ro: new == MountMode::Ro,
+                                spectator: false,
+                            },
+                        );
                     }
                     _ => {}
                 }
@@ -1357,26 +1689,39 @@ impl World {
                 unmount_requested: false,
             },
         );
-        self.uevent(n, t, KernelEventKind::Add {
-            ro: mode != MountMode::Rw,
-            spectator: mode == MountMode::Spectator,
-            jid_preset: None,
-        });
+        self.uevent(
+            n,
+            t,
+            KernelEventKind::Add {
+                ro: mode != MountMode::Rw,
+                spectator: mode == MountMode::Spectator,
+                jid_preset: None,
+            },
+        );
     }
 
     fn withdraw(&mut self, n: NodeId, key: &str) {
         let node = self.nodes.get_mut(&n).expect("node");
-        let Some(m) = node.mounts.get_mut(key) else { return };
+        let Some(m) = node.mounts.get_mut(key) else {
+            return;
+        };
         m.state = KState::Withdrawn;
         let aborted: Vec<u32> = std::mem::take(&mut m.replays).into_iter().collect();
         let table = m.table.clone();
         let jid = m.jid;
         let spectator = m.mode == MountMode::Spectator;
         for j in aborted {
-            self.journals.entry((key.to_owned(), j)).or_default().replaying.remove(&n);
+            self.journals
+                .entry((key.to_owned(), j))
+                .or_default()
+                .replaying
+                .remove(&n);
         }
         if let Some(jid) = jid.filter(|j| *j >= 0 && !spectator) {
-            let j = self.journals.entry((key.to_owned(), jid as u32)).or_default();
+            let j = self
+                .journals
+                .entry((key.to_owned(), jid as u32))
+                .or_default();
             j.holder_withdrawn = true;
             j.dirty = true;
             j.dirty_withdrawn = true;
@@ -1397,11 +1742,19 @@ impl World {
         let mounts = std::mem::take(&mut node.mounts);
         for (key, m) in mounts {
             for j in &m.replays {
-                self.journals.entry((key.clone(), *j)).or_default().replaying.remove(&n);
+                self.journals
+                    .entry((key.clone(), *j))
+                    .or_default()
+                    .replaying
+                    .remove(&n);
             }
             if matches!(m.state, KState::FirstReplay) {
                 for j in 0..self.journals_per_fs {
-                    self.journals.entry((key.clone(), j)).or_default().replaying.remove(&n);
+                    self.journals
+                        .entry((key.clone(), j))
+                        .or_default()
+                        .replaying
+                        .remove(&n);
                 }
             }
             if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
@@ -1441,13 +1794,18 @@ impl World {
         }
         if !self.nodes[&n].reboot_pending {
             self.nodes.get_mut(&n).expect("node").reboot_pending = true;
-            let d = if by_fence { self.rng.range(2000, 6000) } else { self.rng.range(8000, 20000) };
+            let d = if by_fence {
+                self.rng.range(2000, 6000)
+            } else {
+                self.rng.range(8000, 20000)
+            };
             self.schedule(d, Ev::Reboot(n));
         }
     }
 
     fn leave_component(&mut self, n: NodeId) {
-        let mut sides: Vec<BTreeSet<NodeId>> = self.comps.values().map(|c| c.members.clone()).collect();
+        let mut sides: Vec<BTreeSet<NodeId>> =
+            self.comps.values().map(|c| c.members.clone()).collect();
         for s in sides.iter_mut() {
             s.remove(&n);
         }
@@ -1485,8 +1843,15 @@ impl World {
             self.schedule(d, Ev::Reboot(n));
         } else if !self.fence_ops.contains_key(&n) && !self.manual_fencing {
             // Pacemaker fences a node that left the membership uncleanly.
-            self.fence_ops.insert(n, FenceOp { requested_at: self.now });
-            let d = self.rng.range(self.profile.fence_delay.0, self.profile.fence_delay.1);
+            self.fence_ops.insert(
+                n,
+                FenceOp {
+                    requested_at: self.now,
+                },
+            );
+            let d = self
+                .rng
+                .range(self.profile.fence_delay.0, self.profile.fence_delay.1);
             self.schedule(d, Ev::FenceDone(n));
         }
     }
@@ -1516,8 +1881,13 @@ impl World {
         node.corosync = true;
         self.log(format!("n{n} boots"));
         // It joins whichever component the largest number of nodes are in (links are up).
-        let target = self.comps.iter().max_by_key(|(_, c)| c.members.len()).map(|(id, _)| *id);
-        let mut sides: Vec<BTreeSet<NodeId>> = self.comps.values().map(|c| c.members.clone()).collect();
+        let target = self
+            .comps
+            .iter()
+            .max_by_key(|(_, c)| c.members.len())
+            .map(|(id, _)| *id);
+        let mut sides: Vec<BTreeSet<NodeId>> =
+            self.comps.values().map(|c| c.members.clone()).collect();
         match target.and_then(|t| self.comps.keys().position(|k| *k == t)) {
             Some(i) => {
                 sides[i].insert(n);
@@ -1554,7 +1924,10 @@ impl World {
             joined: false,
             timer: None,
         });
-        let q = node.comp.map(|c| self.quorate(&self.comps[&c].members)).unwrap_or(false);
+        let q = node
+            .comp
+            .map(|c| self.quorate(&self.comps[&c].members))
+            .unwrap_or(false);
         self.log(format!("n{n} gfs_controld starts"));
         self.feed(n, Input::Quorum { quorate: q });
     }
@@ -1562,15 +1935,39 @@ impl World {
     // ----- fencing oracle --------------------------------------------------------------------
 
     fn fence_request(&mut self, requester: NodeId, target: NodeId, failed_at: Time) {
-        let comp_quorate = self.nodes[&requester].comp.map(|c| self.quorate(&self.comps[&c].members)).unwrap_or(false);
-        if let Some(t) = self.last_fenced.get(&target).copied().filter(|t| *t >= failed_at) {
+        let comp_quorate = self.nodes[&requester]
+            .comp
+            .map(|c| self.quorate(&self.comps[&c].members))
+            .unwrap_or(false);
+        if let Some(t) = self
+            .last_fenced
+            .get(&target)
+            .copied()
+            .filter(|t| *t >= failed_at)
+        {
             let dinc = self.nodes[&requester].daemon.as_ref().map_or(0, |d| d.inc);
-            self.schedule(1, Ev::FenceNotify { node: requester, target, at: t, dinc });
+            self.schedule(
+                1,
+                Ev::FenceNotify {
+                    node: requester,
+                    target,
+                    at: t,
+                    dinc,
+                },
+            );
             return;
         }
         if !comp_quorate {
-            self.log(format!("fencer: n{requester} is inquorate, refusing to fence n{target}"));
-            self.feed(requester, Input::FenceFailed { nodeid: target, reason: "no quorum".into() });
+            self.log(format!(
+                "fencer: n{requester} is inquorate, refusing to fence n{target}"
+            ));
+            self.feed(
+                requester,
+                Input::FenceFailed {
+                    nodeid: target,
+                    reason: "no quorum".into(),
+                },
+            );
             return;
         }
         if self.fence_ops.contains_key(&target) || self.manual_fencing {
@@ -1582,24 +1979,54 @@ impl World {
         }
         if forced || (self.faults_on && self.rng.chance(self.profile.fence_fail)) {
             self.log(format!("fencer: fencing n{target} failed"));
-            self.feed(requester, Input::FenceFailed { nodeid: target, reason: "fence agent failed".into() });
+            self.feed(
+                requester,
+                Input::FenceFailed {
+                    nodeid: target,
+                    reason: "fence agent failed".into(),
+                },
+            );
             return;
         }
-        self.fence_ops.insert(target, FenceOp { requested_at: self.now });
-        let d = self.rng.range(self.profile.fence_delay.0, self.profile.fence_delay.1);
+        self.fence_ops.insert(
+            target,
+            FenceOp {
+                requested_at: self.now,
+            },
+        );
+        let d = self
+            .rng
+            .range(self.profile.fence_delay.0, self.profile.fence_delay.1);
         self.schedule(d, Ev::FenceDone(target));
     }
 
     fn fence_done(&mut self, target: NodeId) {
-        let Some(op) = self.fence_ops.remove(&target) else { return };
-        self.log(format!("fencer: n{target} fenced (requested at {})", op.requested_at));
+        let Some(op) = self.fence_ops.remove(&target) else {
+            return;
+        };
+        self.log(format!(
+            "fencer: n{target} fenced (requested at {})",
+            op.requested_at
+        ));
         self.crash(target, true);
         self.last_fenced.insert(target, self.now);
         let at = self.now;
-        let listeners: Vec<(NodeId, u64)> = self.nodes.values().filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d.inc))).collect();
+        let listeners: Vec<(NodeId, u64)> = self
+            .nodes
+            .values()
+            .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d.inc)))
+            .collect();
         for (n, dinc) in listeners {
             let d = self.rng.range(0, 300);
-            self.schedule(d, Ev::FenceNotify { node: n, target, at, dinc });
+            self.schedule(
+                d,
+                Ev::FenceNotify {
+                    node: n,
+                    target,
+                    at,
+                    dinc,
+                },
+            );
         }
     }
 
@@ -1607,11 +2034,21 @@ impl World {
         self.faults_on = false;
         self.log("faults stop: healing, restarting, fencing always works".into());
         self.reboot(0);
-        let down: Vec<NodeId> = self.nodes.values().filter(|x| !x.corosync && !x.reboot_pending).map(|x| x.id).collect();
+        let down: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|x| !x.corosync && !x.reboot_pending)
+            .map(|x| x.id)
+            .collect();
         for n in down {
             self.schedule(10, Ev::Reboot(n));
         }
-        let no_daemon: Vec<NodeId> = self.nodes.values().filter(|x| x.corosync && x.daemon.is_none()).map(|x| x.id).collect();
+        let no_daemon: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|x| x.corosync && x.daemon.is_none())
+            .map(|x| x.id)
+            .collect();
         for n in no_daemon {
             self.schedule(10, Ev::DaemonStart(n));
         }
@@ -1623,19 +2060,34 @@ impl World {
     /// replay them (SPEC §5): the documented way out is to unmount them, so that a read-write
     /// mounter becomes first mounter and replays every journal.
     fn operator_rescue(&mut self) {
-        for key in self.tables.iter().map(|t| t.to_string()).collect::<Vec<_>>() {
+        for key in self
+            .tables
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+        {
             if !self.stalled(&key) {
                 continue;
             }
             let holders: Vec<NodeId> = self
                 .nodes
                 .values()
-                .filter(|x| x.mounts.get(&key).is_some_and(|m| m.mode != MountMode::Rw && m.state != KState::WaitJid))
+                .filter(|x| {
+                    x.mounts
+                        .get(&key)
+                        .is_some_and(|m| m.mode != MountMode::Rw && m.state != KState::WaitJid)
+                })
                 .map(|x| x.id)
                 .collect();
             for n in holders {
                 self.log(format!("OPERATOR umount {key} on n{n}: only read-only members hold it and journals need replay"));
-                self.nodes.get_mut(&n).expect("node").mounts.get_mut(&key).expect("mount").unmount_requested = true;
+                self.nodes
+                    .get_mut(&n)
+                    .expect("node")
+                    .mounts
+                    .get_mut(&key)
+                    .expect("mount")
+                    .unmount_requested = true;
                 self.maybe_finish_unmount(n, &key);
             }
         }
@@ -1645,13 +2097,30 @@ impl World {
     /// members holding the filesystem.
     fn stalled(&self, key: &str) -> bool {
         // What an operator sees in `gfs_control ls`, or what the disk holds.
-        let said_dirty = self.nodes.values().filter_map(|x| x.daemon.as_ref()).any(|d| {
-            d.core.is_synced() && d.core.replicated().fs.get(key).is_some_and(|fs| !fs.dirty.is_empty())
-        });
+        let said_dirty = self
+            .nodes
+            .values()
+            .filter_map(|x| x.daemon.as_ref())
+            .any(|d| {
+                d.core.is_synced()
+                    && d.core
+                        .replicated()
+                        .fs
+                        .get(key)
+                        .is_some_and(|fs| !fs.dirty.is_empty())
+            });
         let dirty = said_dirty || self.journals.iter().any(|((k, _), j)| k == key && j.dirty);
-        let mounts: Vec<&KMount> = self.nodes.values().filter_map(|x| x.mounts.get(key)).collect();
-        let rw_online = mounts.iter().any(|m| m.mode == MountMode::Rw && m.state == KState::Online);
-        let ro_active = mounts.iter().any(|m| m.mode != MountMode::Rw && !matches!(m.state, KState::WaitJid | KState::Withdrawn));
+        let mounts: Vec<&KMount> = self
+            .nodes
+            .values()
+            .filter_map(|x| x.mounts.get(key))
+            .collect();
+        let rw_online = mounts
+            .iter()
+            .any(|m| m.mode == MountMode::Rw && m.state == KState::Online);
+        let ro_active = mounts.iter().any(|m| {
+            m.mode != MountMode::Rw && !matches!(m.state, KState::WaitJid | KState::Withdrawn)
+        });
         dirty && !rw_online && ro_active
     }
 
@@ -1661,7 +2130,9 @@ impl World {
     fn check_agreement_views(&mut self) {
         let mut found = None;
         for node in self.nodes.values() {
-            let Some(d) = node.daemon.as_ref() else { continue };
+            let Some(d) = node.daemon.as_ref() else {
+                continue;
+            };
             if !d.core.is_synced() {
                 continue;
             }
@@ -1669,10 +2140,18 @@ impl World {
                 if !m.synced || m.stale || *x == node.id {
                     continue;
                 }
-                let Some(xd) = self.nodes[x].daemon.as_ref() else { continue };
-                let seen = node.saw_fail.get(&(*x, xd.inc)).is_some_and(|e| *e <= node.last_entry);
+                let Some(xd) = self.nodes[x].daemon.as_ref() else {
+                    continue;
+                };
+                let seen = node
+                    .saw_fail
+                    .get(&(*x, xd.inc))
+                    .is_some_and(|e| *e <= node.last_entry);
                 if seen && xd.core.is_synced() {
-                    found = Some(format!("n{} readmitted n{x} with the state it had before n{} saw it fail", node.id, node.id));
+                    found = Some(format!(
+                        "n{} readmitted n{x} with the state it had before n{} saw it fail",
+                        node.id, node.id
+                    ));
                 }
             }
         }
@@ -1682,7 +2161,10 @@ impl World {
     }
 
     fn stalled_without_rw(&self) -> u64 {
-        self.tables.iter().filter(|t| self.stalled(&t.to_string())).count() as u64
+        self.tables
+            .iter()
+            .filter(|t| self.stalled(&t.to_string()))
+            .count() as u64
     }
 
     fn check_liveness(&mut self) {
@@ -1694,7 +2176,10 @@ impl World {
                 continue;
             }
             if node.daemon.as_ref().is_none_or(|d| !d.core.is_synced()) {
-                problems.push(format!("n{}'s daemon is not running with the group state", node.id));
+                problems.push(format!(
+                    "n{}'s daemon is not running with the group state",
+                    node.id
+                ));
             }
             for (key, m) in &node.mounts {
                 if stalled.contains(key) {
@@ -1706,14 +2191,25 @@ impl World {
                 // Read-only and spectator mounts wait for a read-write first mounter by design.
                 let waits_for_rw = m.mode != MountMode::Rw
                     && m.state == KState::WaitJid
-                    && !self.nodes.values().any(|x| x.mounts.get(key).is_some_and(|o| o.mode == MountMode::Rw && o.state == KState::Online));
+                    && !self.nodes.values().any(|x| {
+                        x.mounts
+                            .get(key)
+                            .is_some_and(|o| o.mode == MountMode::Rw && o.state == KState::Online)
+                    });
                 if !matches!(m.state, KState::Online | KState::Withdrawn) && !waits_for_rw {
-                    problems.push(format!("n{}'s mount of {key} never completed ({:?})", node.id, m.state));
+                    problems.push(format!(
+                        "n{}'s mount of {key} never completed ({:?})",
+                        node.id, m.state
+                    ));
                 }
             }
         }
         for ((key, jid), j) in &self.journals {
-            let rw_online = self.nodes.values().any(|x| x.mounts.get(key).is_some_and(|m| m.state == KState::Online && m.mode == MountMode::Rw));
+            let rw_online = self.nodes.values().any(|x| {
+                x.mounts
+                    .get(key)
+                    .is_some_and(|m| m.state == KState::Online && m.mode == MountMode::Rw)
+            });
             if j.dirty && rw_online && !stalled.contains(key) {
                 problems.push(format!("{key} jid {jid} still needs replay"));
             }
@@ -1726,11 +2222,14 @@ impl World {
                 .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
                 .flat_map(|(id, d)| {
                     let status = d.core.status();
-                    let fence = status.fence_waits.iter().map(|f| f.nodeid).collect::<Vec<_>>();
-                    d.core
-                        .filesystems()
-                        .into_iter()
-                        .map(move |f| format!("n{id} {}: {} (fence waits {fence:?})", f.table, f.state))
+                    let fence = status
+                        .fence_waits
+                        .iter()
+                        .map(|f| f.nodeid)
+                        .collect::<Vec<_>>();
+                    d.core.filesystems().into_iter().map(move |f| {
+                        format!("n{id} {}: {} (fence waits {fence:?})", f.table, f.state)
+                    })
                 })
                 .collect();
             for v in views {
@@ -1788,7 +2287,12 @@ impl Scenario {
 
     pub fn umount(&mut self, node: NodeId, fs: u32) {
         let key = self.table(fs);
-        if let Some(m) = self.w.nodes.get_mut(&node).and_then(|x| x.mounts.get_mut(&key)) {
+        if let Some(m) = self
+            .w
+            .nodes
+            .get_mut(&node)
+            .and_then(|x| x.mounts.get_mut(&key))
+        {
             m.unmount_requested = true;
         }
         self.w.maybe_finish_unmount(node, &key);
@@ -1796,10 +2300,22 @@ impl Scenario {
 
     pub fn remount(&mut self, node: NodeId, fs: u32, mode: MountMode) {
         let t = self.w.tables[fs as usize - 1].clone();
-        if let Some(m) = self.w.nodes.get_mut(&node).and_then(|x| x.mounts.get_mut(&t.to_string())) {
+        if let Some(m) = self
+            .w
+            .nodes
+            .get_mut(&node)
+            .and_then(|x| x.mounts.get_mut(&t.to_string()))
+        {
             m.mode = mode;
         }
-        self.w.uevent(node, &t, KernelEventKind::Online { ro: mode == MountMode::Ro, spectator: false });
+        self.w.uevent(
+            node,
+            &t,
+            KernelEventKind::Online {
+                ro: mode == MountMode::Ro,
+                spectator: false,
+            },
+        );
     }
 
     pub fn withdraw(&mut self, node: NodeId, fs: u32) {
@@ -1855,7 +2371,13 @@ impl Scenario {
     pub fn fence_ack(&mut self, by: NodeId, target: NodeId) {
         self.w.last_acked.insert(target, self.w.now);
         let req = self.w.step;
-        self.w.feed(by, Input::FenceAck { request: req, nodeid: target });
+        self.w.feed(
+            by,
+            Input::FenceAck {
+                request: req,
+                nodeid: target,
+            },
+        );
     }
 
     pub fn writes(&self) -> &[WriteRecord] {
@@ -1879,20 +2401,28 @@ impl Scenario {
     }
 
     pub fn node(&self, node: NodeId) -> Option<&Node> {
-        self.w.nodes.get(&node).and_then(|x| x.daemon.as_ref()).map(|d| &d.core)
+        self.w
+            .nodes
+            .get(&node)
+            .and_then(|x| x.daemon.as_ref())
+            .map(|d| &d.core)
     }
 
     /// What the kernel model on `node` holds for filesystem `fs`.
     pub fn kernel(&self, node: NodeId, fs: u32) -> Option<KernelView> {
         let key = self.table(fs);
-        self.w.nodes.get(&node).and_then(|x| x.mounts.get(&key)).map(|m| KernelView {
-            jid: m.jid,
-            first: m.first && m.first_written,
-            online: m.state == KState::Online,
-            withdrawn: m.state == KState::Withdrawn,
-            blocked: m.blocked,
-            withdraw_acked: m.withdraw_acked,
-        })
+        self.w
+            .nodes
+            .get(&node)
+            .and_then(|x| x.mounts.get(&key))
+            .map(|m| KernelView {
+                jid: m.jid,
+                first: m.first && m.first_written,
+                online: m.state == KState::Online,
+                withdrawn: m.state == KState::Withdrawn,
+                blocked: m.blocked,
+                withdraw_acked: m.withdraw_acked,
+            })
     }
 
     /// Run the liveness check (L1) now.

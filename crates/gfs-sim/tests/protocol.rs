@@ -20,7 +20,10 @@ impl Bus {
     fn new(configs: Vec<NodeConfig>) -> Bus {
         let ids: Vec<u32> = configs.iter().map(|c| c.nodeid).collect();
         let mut bus = Bus {
-            nodes: configs.into_iter().map(|c| Node::new(c, Time::ZERO)).collect(),
+            nodes: configs
+                .into_iter()
+                .map(|c| Node::new(c, Time::ZERO))
+                .collect(),
             now: Time::ZERO,
             logs: Vec::new(),
             writes: Vec::new(),
@@ -63,13 +66,28 @@ impl Bus {
                     match out {
                         Output::Mcast { group, payload } => {
                             for j in 0..self.nodes.len() {
-                                next.push((j, Input::Deliver { group: group.clone(), sender: id, payload: payload.clone() }));
+                                next.push((
+                                    j,
+                                    Input::Deliver {
+                                        group: group.clone(),
+                                        sender: id,
+                                        payload: payload.clone(),
+                                    },
+                                ));
                             }
                         }
                         Output::Log(r) => self.logs.push((id, r.level, r.message)),
                         Output::Write { table, file, value } => {
                             self.writes.push((id, file, value));
-                            next.push((i, Input::WriteDone { table, file, value, result: Ok(()) }));
+                            next.push((
+                                i,
+                                Input::WriteDone {
+                                    table,
+                                    file,
+                                    value,
+                                    result: Ok(()),
+                                },
+                            ));
                         }
                         Output::Reply { result, .. } => self.replies.push(result),
                         _ => {}
@@ -92,7 +110,11 @@ fn cfg(id: u32) -> NodeConfig {
 fn add(table: &str) -> Input {
     Input::Kernel(KernelEvent {
         table: Table::parse(table).unwrap(),
-        kind: KernelEventKind::Add { ro: false, spectator: false, jid_preset: None },
+        kind: KernelEventKind::Add {
+            ro: false,
+            spectator: false,
+            jid_preset: None,
+        },
     })
 }
 
@@ -109,20 +131,55 @@ fn three_nodes_form_one_group_and_agree() {
 fn malformed_and_forged_messages_are_logged_and_change_nothing() {
     let mut bus = Bus::new(vec![cfg(1), cfg(2)]);
     let before = bus.digests();
-    for junk in [vec![], vec![0xff; 7], vec![0u8; 64], b"GFSC garbage".to_vec()] {
-        bus.input(0, Input::Deliver { group: DAEMON_GROUP.into(), sender: 2, payload: junk });
+    for junk in [
+        vec![],
+        vec![0xff; 7],
+        vec![0u8; 64],
+        b"GFSC garbage".to_vec(),
+    ] {
+        bus.input(
+            0,
+            Input::Deliver {
+                group: DAEMON_GROUP.into(),
+                sender: 2,
+                payload: junk,
+            },
+        );
     }
     // A well-formed message whose header claims another sender.
-    let forged = wire::encode(&Header { version: 1, sender: 1, change: 0 }, &Message::Stopped { epoch: 9 });
-    bus.input(0, Input::Deliver { group: DAEMON_GROUP.into(), sender: 2, payload: forged });
+    let forged = wire::encode(
+        &Header {
+            version: 1,
+            sender: 1,
+            change: 0,
+        },
+        &Message::Stopped { epoch: 9 },
+    );
+    bus.input(
+        0,
+        Input::Deliver {
+            group: DAEMON_GROUP.into(),
+            sender: 2,
+            payload: forged,
+        },
+    );
     assert_eq!(bus.digests(), before);
-    let warnings = bus.logs.iter().filter(|(_, l, m)| *l == Level::Warn && m.contains("dropped")).count();
+    let warnings = bus
+        .logs
+        .iter()
+        .filter(|(_, l, m)| *l == Level::Warn && m.contains("dropped"))
+        .count();
     assert_eq!(warnings, 5);
 }
 
 #[test]
 fn malformed_uevents_are_rejected_by_the_parser() {
-    for raw in [&b""[..], b"\0\0\0", b"add@/fs/gfs2/a:b\0ACTION=add\0", b"\xff\xfe"] {
+    for raw in [
+        &b""[..],
+        b"\0\0\0",
+        b"add@/fs/gfs2/a:b\0ACTION=add\0",
+        b"\xff\xfe",
+    ] {
         assert!(parse_uevent(raw).is_err());
     }
 }
@@ -132,7 +189,10 @@ fn a_filesystem_of_another_cluster_is_refused_with_ebadr() {
     let mut bus = Bus::new(vec![cfg(1)]);
     bus.input(0, add("beta:fs1"));
     assert_eq!(bus.writes, vec![(1, SysfsFile::Jid, -53)]);
-    assert!(bus.logs.iter().any(|(_, l, m)| *l == Level::Error && m.contains("belongs to cluster")));
+    assert!(bus
+        .logs
+        .iter()
+        .any(|(_, l, m)| *l == Level::Error && m.contains("belongs to cluster")));
 }
 
 #[test]
@@ -142,7 +202,11 @@ fn a_kernel_that_coordinates_recovery_itself_is_left_alone() {
         0,
         Input::Kernel(KernelEvent {
             table: Table::parse("alpha:fs1").unwrap(),
-            kind: KernelEventKind::Add { ro: false, spectator: false, jid_preset: Some(2) },
+            kind: KernelEventKind::Add {
+                ro: false,
+                spectator: false,
+                jid_preset: Some(2),
+            },
         }),
     );
     assert!(bus.writes.is_empty());
@@ -156,18 +220,39 @@ fn a_kernel_that_coordinates_recovery_itself_is_left_alone() {
 fn a_lone_node_mounts_first_and_can_shut_down_only_when_unmounted() {
     let mut bus = Bus::new(vec![cfg(1)]);
     bus.input(0, add("alpha:fs1"));
-    assert_eq!(bus.writes, vec![(1, SysfsFile::First, 1), (1, SysfsFile::Jid, 0)]);
+    assert_eq!(
+        bus.writes,
+        vec![(1, SysfsFile::First, 1), (1, SysfsFile::Jid, 0)]
+    );
     assert!(!bus.nodes[0].can_shutdown());
     let t = Table::parse("alpha:fs1").unwrap();
-    bus.input(0, Input::Kernel(KernelEvent { table: t.clone(), kind: KernelEventKind::Remove }));
+    bus.input(
+        0,
+        Input::Kernel(KernelEvent {
+            table: t.clone(),
+            kind: KernelEventKind::Remove,
+        }),
+    );
     assert!(bus.nodes[0].can_shutdown());
 }
 
 #[test]
 fn fence_ack_is_refused_for_members_and_accepted_for_others() {
     let mut bus = Bus::new(vec![cfg(1), cfg(2)]);
-    bus.input(0, Input::FenceAck { request: 1, nodeid: 2 });
-    bus.input(0, Input::FenceAck { request: 2, nodeid: 7 });
+    bus.input(
+        0,
+        Input::FenceAck {
+            request: 1,
+            nodeid: 2,
+        },
+    );
+    bus.input(
+        0,
+        Input::FenceAck {
+            request: 2,
+            nodeid: 7,
+        },
+    );
     assert!(bus.replies[0].as_ref().is_err_and(|e| e.contains("member")));
     assert!(bus.replies[1].is_ok());
 }
@@ -177,13 +262,25 @@ fn a_newer_daemon_talks_the_older_version_and_upgrades_when_it_leaves() {
     let mut new = cfg(1);
     new.proto_max = 2;
     let mut bus = Bus::new(vec![new, cfg(2)]);
-    assert_eq!(bus.nodes[0].status().protocol_version, 1, "mixed cluster runs version 1");
+    assert_eq!(
+        bus.nodes[0].status().protocol_version,
+        1,
+        "mixed cluster runs version 1"
+    );
     assert_eq!(bus.nodes[1].status().protocol_version, 1);
     // Messages of the running version are stamped with it.
     bus.input(0, add("alpha:fs1"));
     // The old daemon leaves cleanly: the group renegotiates to the newest common version.
     bus.nodes.truncate(1);
-    bus.input(0, Input::ConfChg { group: DAEMON_GROUP.into(), members: vec![1], joined: vec![], left: vec![(2, gfs_core::LeaveReason::Leave)] });
+    bus.input(
+        0,
+        Input::ConfChg {
+            group: DAEMON_GROUP.into(),
+            members: vec![1],
+            joined: vec![],
+            left: vec![(2, gfs_core::LeaveReason::Leave)],
+        },
+    );
     assert_eq!(bus.nodes[0].status().protocol_version, 2);
 }
 
@@ -195,6 +292,12 @@ fn a_daemon_that_cannot_speak_the_groups_version_stays_out() {
     picky.proto_min = 2;
     picky.proto_max = 2;
     let bus = Bus::new(vec![old, picky]);
-    assert!(bus.nodes[1].is_stale(), "a daemon needing version 2 must not join a version 1 group");
-    assert!(bus.logs.iter().any(|(id, l, m)| *id == 2 && *l == Level::Error && m.contains("needs at least 2")));
+    assert!(
+        bus.nodes[1].is_stale(),
+        "a daemon needing version 2 must not join a version 1 group"
+    );
+    assert!(bus
+        .logs
+        .iter()
+        .any(|(id, l, m)| *id == 2 && *l == Level::Error && m.contains("needs at least 2")));
 }

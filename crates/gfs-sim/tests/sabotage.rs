@@ -22,32 +22,68 @@ fn expect(sabotage: Sabotage, rule: Rule) {
 
 #[test]
 fn replaying_without_waiting_for_fencing_breaks_s1() {
-    expect(Sabotage { skip_fencing: true, ..Default::default() }, Rule::S1);
+    expect(
+        Sabotage {
+            skip_fencing: true,
+            ..Default::default()
+        },
+        Rule::S1,
+    );
 }
 
 #[test]
 fn unblocking_before_the_replay_finished_breaks_s3() {
-    expect(Sabotage { early_unblock: true, ..Default::default() }, Rule::S3);
+    expect(
+        Sabotage {
+            early_unblock: true,
+            ..Default::default()
+        },
+        Rule::S3,
+    );
 }
 
 #[test]
 fn replaying_before_every_member_blocked_breaks_s3() {
-    expect(Sabotage { skip_barrier: true, ..Default::default() }, Rule::S3);
+    expect(
+        Sabotage {
+            skip_barrier: true,
+            ..Default::default()
+        },
+        Rule::S3,
+    );
 }
 
 #[test]
 fn handing_out_a_duplicate_jid_breaks_s4() {
-    expect(Sabotage { duplicate_jid: true, ..Default::default() }, Rule::S4);
+    expect(
+        Sabotage {
+            duplicate_jid: true,
+            ..Default::default()
+        },
+        Rule::S4,
+    );
 }
 
 #[test]
 fn mounting_during_first_mounter_replay_breaks_s5() {
-    expect(Sabotage { skip_first_wait: true, ..Default::default() }, Rule::S5);
+    expect(
+        Sabotage {
+            skip_first_wait: true,
+            ..Default::default()
+        },
+        Rule::S5,
+    );
 }
 
 #[test]
 fn readmitting_a_stale_partition_breaks_s7() {
-    expect(Sabotage { accept_stale_merge: true, ..Default::default() }, Rule::S7);
+    expect(
+        Sabotage {
+            accept_stale_merge: true,
+            ..Default::default()
+        },
+        Rule::S7,
+    );
 }
 
 #[test]

@@ -18,7 +18,9 @@ fn mounted(nodes: u32, filesystems: u32) -> Scenario {
     s.run_for(5_000);
     for fs in 1..=filesystems {
         for n in 1..=nodes {
-            let k = s.kernel(n, fs).unwrap_or_else(|| panic!("n{n} lost fs{fs}"));
+            let k = s
+                .kernel(n, fs)
+                .unwrap_or_else(|| panic!("n{n} lost fs{fs}"));
             assert!(k.online, "n{n} fs{fs} not online: {k:?}\n{}", tail(&s));
         }
     }
@@ -30,9 +32,12 @@ fn tail(s: &Scenario) -> String {
     t[t.len().saturating_sub(80)..].join("\n")
 }
 
-fn writes<'a>(s: &'a Scenario, node: NodeId, fs: u32, file: SysfsFile) -> Vec<&'a WriteRecord> {
+fn writes(s: &Scenario, node: NodeId, fs: u32, file: SysfsFile) -> Vec<&WriteRecord> {
     let table = s.table(fs);
-    s.writes().iter().filter(|w| w.node == node && w.table == table && w.file == file).collect()
+    s.writes()
+        .iter()
+        .filter(|w| w.node == node && w.table == table && w.file == file)
+        .collect()
 }
 
 fn values(s: &Scenario, node: NodeId, fs: u32, file: SysfsFile) -> Vec<i64> {
@@ -40,13 +45,19 @@ fn values(s: &Scenario, node: NodeId, fs: u32, file: SysfsFile) -> Vec<i64> {
 }
 
 fn jid(s: &Scenario, node: NodeId, fs: u32) -> i64 {
-    s.kernel(node, fs).and_then(|k| k.jid).unwrap_or_else(|| panic!("n{node} has no jid on fs{fs}"))
+    s.kernel(node, fs)
+        .and_then(|k| k.jid)
+        .unwrap_or_else(|| panic!("n{node} has no jid on fs{fs}"))
 }
 
 /// Replays (node, jid) that ran for `recover` writes on a filesystem.
 fn replays(s: &Scenario, fs: u32) -> Vec<(NodeId, u32, Option<bool>)> {
     let table = s.table(fs);
-    s.replays().iter().filter(|r| r.table == table).map(|r| (r.node, r.jid, r.done)).collect()
+    s.replays()
+        .iter()
+        .filter(|r| r.table == table)
+        .map(|r| (r.node, r.jid, r.done))
+        .collect()
 }
 
 /// Run long enough for crashed nodes to reboot and rejoin, then demand liveness (L1).
@@ -61,7 +72,11 @@ fn assert_unblocked(s: &Scenario, nodes: &[NodeId], fs: u32) {
     for n in nodes {
         let k = s.kernel(*n, fs).expect("mounted");
         assert!(!k.blocked, "n{n} still blocked on fs{fs}");
-        assert_eq!(values(s, *n, fs, SysfsFile::Block).last(), Some(&0), "n{n} never unblocked fs{fs}");
+        assert_eq!(
+            values(s, *n, fs, SysfsFile::Block).last(),
+            Some(&0),
+            "n{n} never unblocked fs{fs}"
+        );
     }
 }
 
@@ -86,7 +101,10 @@ fn first_mount_gives_distinct_jids_and_one_first_mounter() {
         let f = writes(&s, n, 1, SysfsFile::First)[0];
         let j = writes(&s, n, 1, SysfsFile::Jid)[0];
         assert!(f.time <= j.time);
-        assert!(j.time > first_jid, "n{n} wrote jid while the first mounter was replaying");
+        assert!(
+            j.time > first_jid,
+            "n{n} wrote jid while the first mounter was replaying"
+        );
     }
     assert!(s.replays().is_empty(), "no recover writes on a first mount");
 }
@@ -98,7 +116,11 @@ fn node_crash_blocks_fences_replays_once_and_unblocks() {
     s.crash(3);
     settle(&mut s, 10_000);
     for n in [1, 2] {
-        assert_eq!(values(&s, n, 1, SysfsFile::Block), vec![1, 0], "n{n} block writes");
+        assert_eq!(
+            values(&s, n, 1, SysfsFile::Block),
+            vec![1, 0],
+            "n{n} block writes"
+        );
     }
     // Exactly one replay of the dead node's journal, by the lowest eligible member.
     assert_eq!(replays(&s, 1), vec![(1, dead_jid as u32, Some(true))]);
@@ -127,15 +149,41 @@ fn replayer_dies_mid_replay_and_another_replays_both_journals() {
         }
     }
     let replayer = replayer.expect("a replay started");
-    assert_ne!(replayer, 3, "the test kills the replayer, which must not be node 3");
+    assert_ne!(
+        replayer, 3,
+        "the test kills the replayer, which must not be node 3"
+    );
     s.crash(replayer);
     settle(&mut s, 20_000);
     let survivors: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != replayer).collect();
-    let finished: Vec<(NodeId, u32)> = replays(&s, 1).into_iter().filter(|r| r.2 == Some(true)).map(|r| (r.0, r.1)).collect();
-    assert!(finished.iter().any(|(n, j)| *j == j4 && survivors.contains(n)), "journal of node 4 replayed by a survivor: {finished:?}");
-    assert_eq!(finished.iter().filter(|(n, _)| !survivors.contains(n)).count(), 0, "the dead replayer finished nothing");
-    assert!(finished.iter().all(|(_, j)| *j != j3), "node 3's journal is live and never replayed");
-    assert_eq!(finished.len(), 2, "both dead nodes' journals replayed once each: {finished:?}");
+    let finished: Vec<(NodeId, u32)> = replays(&s, 1)
+        .into_iter()
+        .filter(|r| r.2 == Some(true))
+        .map(|r| (r.0, r.1))
+        .collect();
+    assert!(
+        finished
+            .iter()
+            .any(|(n, j)| *j == j4 && survivors.contains(n)),
+        "journal of node 4 replayed by a survivor: {finished:?}"
+    );
+    assert_eq!(
+        finished
+            .iter()
+            .filter(|(n, _)| !survivors.contains(n))
+            .count(),
+        0,
+        "the dead replayer finished nothing"
+    );
+    assert!(
+        finished.iter().all(|(_, j)| *j != j3),
+        "node 3's journal is live and never replayed"
+    );
+    assert_eq!(
+        finished.len(),
+        2,
+        "both dead nodes' journals replayed once each: {finished:?}"
+    );
     assert_unblocked(&s, &survivors, 1);
 }
 
@@ -147,7 +195,12 @@ fn daemon_crash_is_a_failure_of_that_nodes_mounts() {
     settle(&mut s, 15_000);
     // The survivors had corosync remove node 3 so it got fenced; only then was its journal
     // (still being written by its live kernel until then) replayed.
-    assert!(s.trace().iter().any(|l| l.contains("asks corosync to kill n3")), "node 3 kicked");
+    assert!(
+        s.trace()
+            .iter()
+            .any(|l| l.contains("asks corosync to kill n3")),
+        "node 3 kicked"
+    );
     assert_eq!(replays(&s, 1), vec![(1, j3, Some(true))]);
     assert_unblocked(&s, &[1, 2], 1);
 }
@@ -169,7 +222,10 @@ fn clean_unmount_needs_no_block_and_no_replay() {
     settle(&mut s, 5_000);
     assert!(s.kernel(3, 1).is_none());
     for n in [1, 2] {
-        assert!(values(&s, n, 1, SysfsFile::Block).is_empty(), "n{n} blocked on a clean unmount");
+        assert!(
+            values(&s, n, 1, SysfsFile::Block).is_empty(),
+            "n{n} blocked on a clean unmount"
+        );
     }
     assert!(s.replays().is_empty());
     // The journal is free again for the next mounter.
@@ -185,7 +241,10 @@ fn failed_replay_is_retried_by_another_member() {
     s.fail_next_replay(1);
     s.crash(3);
     settle(&mut s, 15_000);
-    assert_eq!(replays(&s, 1), vec![(1, j3, Some(false)), (2, j3, Some(true))]);
+    assert_eq!(
+        replays(&s, 1),
+        vec![(1, j3, Some(false)), (2, j3, Some(true))]
+    );
     assert_unblocked(&s, &[1, 2], 1);
 }
 
@@ -199,7 +258,10 @@ fn failed_replay_with_one_eligible_member_is_retried_after_a_pause() {
     let r = replays(&s, 1);
     assert_eq!(r, vec![(1, j2, Some(false)), (1, j2, Some(true))]);
     let starts: Vec<_> = s.replays().iter().map(|r| r.started).collect();
-    assert!(starts[1].since(starts[0]) >= 1000, "retry waits recover_retry_ms");
+    assert!(
+        starts[1].since(starts[0]) >= 1000,
+        "retry waits recover_retry_ms"
+    );
 }
 
 #[test]
@@ -209,7 +271,11 @@ fn several_nodes_failing_at_once_are_recovered_together() {
     s.crash(4);
     s.crash(5);
     settle(&mut s, 15_000);
-    let mut done: Vec<u32> = replays(&s, 1).into_iter().filter(|r| r.2 == Some(true)).map(|r| r.1).collect();
+    let mut done: Vec<u32> = replays(&s, 1)
+        .into_iter()
+        .filter(|r| r.2 == Some(true))
+        .map(|r| r.1)
+        .collect();
     done.sort();
     assert_eq!(done, {
         let mut v = vec![j4, j5];
@@ -217,10 +283,15 @@ fn several_nodes_failing_at_once_are_recovered_together() {
         v
     });
     // Journals are spread over members rather than queued on one.
-    let replayers: std::collections::BTreeSet<NodeId> = replays(&s, 1).into_iter().map(|r| r.0).collect();
+    let replayers: std::collections::BTreeSet<NodeId> =
+        replays(&s, 1).into_iter().map(|r| r.0).collect();
     assert_eq!(replayers.len(), 2, "two journals, two replayers");
     for n in 1..=3 {
-        assert_eq!(values(&s, n, 1, SysfsFile::Block), vec![1, 0], "one block/unblock cycle on n{n}");
+        assert_eq!(
+            values(&s, n, 1, SysfsFile::Block),
+            vec![1, 0],
+            "one block/unblock cycle on n{n}"
+        );
     }
 }
 
@@ -242,9 +313,20 @@ fn first_mounter_dying_mid_replay_hands_first_mount_to_the_next() {
     // Node 2 became first mounter only after node 1 was fenced (S1, S5).
     assert_eq!(values(&s, 2, 1, SysfsFile::First), vec![1]);
     assert!(s.kernel(2, 1).is_some_and(|k| k.online));
-    let fenced = s.trace().iter().position(|l| l.contains("fencer: n1 fenced")).expect("n1 fenced");
-    let first = s.trace().iter().position(|l| l.contains("n2 write sim:fs1 first=1")).expect("n2 first");
-    assert!(fenced < first, "node 2 mounted first before node 1 was fenced");
+    let fenced = s
+        .trace()
+        .iter()
+        .position(|l| l.contains("fencer: n1 fenced"))
+        .expect("n1 fenced");
+    let first = s
+        .trace()
+        .iter()
+        .position(|l| l.contains("n2 write sim:fs1 first=1"))
+        .expect("n2 first");
+    assert!(
+        fenced < first,
+        "node 2 mounted first before node 1 was fenced"
+    );
 }
 
 #[test]
@@ -279,9 +361,17 @@ fn mount_during_recovery_waits_until_journals_are_replayed() {
     s.run_for(5);
     s.mount(4, 1, RW);
     settle(&mut s, 15_000);
-    let replay_done = s.replays().iter().map(|r| r.started).max().expect("a replay");
+    let replay_done = s
+        .replays()
+        .iter()
+        .map(|r| r.started)
+        .max()
+        .expect("a replay");
     let jid4 = writes(&s, 4, 1, SysfsFile::Jid)[0];
-    assert!(jid4.time > replay_done, "node 4 wrote its jid while recovery was running");
+    assert!(
+        jid4.time > replay_done,
+        "node 4 wrote its jid while recovery was running"
+    );
     assert!(s.kernel(4, 1).is_some_and(|k| k.online));
     // Node 3's dirty journal was not handed to node 4.
     assert_ne!(jid4.value, replays(&s, 1)[0].1 as i64);
@@ -294,7 +384,9 @@ fn unmount_during_recovery_hands_the_journal_on() {
     s.run_for(5);
     s.umount(1, 1); // node 1 would have been the replayer
     settle(&mut s, 15_000);
-    assert!(replays(&s, 1).iter().any(|r| r.2 == Some(true) && r.0 != 1 || r.0 == 1 && r.2 == Some(true)));
+    assert!(replays(&s, 1)
+        .iter()
+        .any(|r| r.2 == Some(true) && r.0 != 1 || r.0 == 1 && r.2 == Some(true)));
     assert_unblocked(&s, &[2, 3], 1);
 }
 
@@ -309,7 +401,11 @@ fn no_replay_without_quorum_until_it_returns() {
     assert!(s.kernel(1, 1).is_some_and(|k| k.blocked));
     // The dead nodes reboot (8-20 s), quorum returns, node 1 replays both journals.
     settle(&mut s, 40_000);
-    let done: Vec<u32> = replays(&s, 1).into_iter().filter(|r| r.2 == Some(true)).map(|r| r.1).collect();
+    let done: Vec<u32> = replays(&s, 1)
+        .into_iter()
+        .filter(|r| r.2 == Some(true))
+        .map(|r| r.1)
+        .collect();
     assert_eq!(done.len(), 2);
     assert_unblocked(&s, &[1], 1);
 }
@@ -320,10 +416,22 @@ fn failing_fencing_is_retried_and_nothing_is_replayed_before_it_succeeds() {
     s.fail_next_fences(2);
     s.crash(3);
     settle(&mut s, 30_000);
-    let failed = s.trace().iter().filter(|l| l.contains("fencing failed")).count();
+    let failed = s
+        .trace()
+        .iter()
+        .filter(|l| l.contains("fencing failed"))
+        .count();
     assert!(failed >= 2, "two fencing failures seen");
-    let fenced = s.trace().iter().position(|l| l.contains("fencer: n3 fenced")).expect("fenced at last");
-    let recover = s.trace().iter().position(|l| l.contains("recover=")).expect("replayed");
+    let fenced = s
+        .trace()
+        .iter()
+        .position(|l| l.contains("fencer: n3 fenced"))
+        .expect("fenced at last");
+    let recover = s
+        .trace()
+        .iter()
+        .position(|l| l.contains("recover="))
+        .expect("replayed");
     assert!(fenced < recover);
 }
 
@@ -335,12 +443,18 @@ fn manual_fencing_waits_for_fence_ack() {
     // Long enough for everything but fencing, shorter than node 3's reboot (a node that rejoins
     // with no state proves its old kernel gone, which also releases the wait).
     s.run_for(6_000);
-    assert!(s.replays().is_empty(), "replayed without fencing or acknowledgement");
+    assert!(
+        s.replays().is_empty(),
+        "replayed without fencing or acknowledgement"
+    );
     let waits = s.node(1).expect("n1").status().fence_waits;
     assert_eq!(waits.iter().map(|w| w.nodeid).collect::<Vec<_>>(), vec![3]);
     // An operator confirms node 3 is down; acknowledging a live member is refused.
     s.fence_ack(2, 1);
-    assert!(s.trace().iter().any(|l| l.contains("refusing to acknowledge")));
+    assert!(s
+        .trace()
+        .iter()
+        .any(|l| l.contains("refusing to acknowledge")));
     s.fence_ack(2, 3);
     settle(&mut s, 5_000);
     assert_eq!(replays(&s, 1).len(), 1);
@@ -362,8 +476,14 @@ fn minority_partition_replays_nothing_and_the_stale_side_is_not_readmitted() {
     // nodes 4 and 5 are removed from the cluster instead of being readmitted (S7).
     s.heal();
     s.run_for(2_000);
-    assert!(s.trace().iter().any(|l| l.contains("asks corosync to kill n4")));
-    assert!(s.trace().iter().any(|l| l.contains("asks corosync to kill n5")));
+    assert!(s
+        .trace()
+        .iter()
+        .any(|l| l.contains("asks corosync to kill n4")));
+    assert!(s
+        .trace()
+        .iter()
+        .any(|l| l.contains("asks corosync to kill n5")));
     for n in [4, 5] {
         assert!(s.node(n).is_none(), "stale node n{n} still runs");
     }
@@ -374,7 +494,10 @@ fn minority_partition_replays_nothing_and_the_stale_side_is_not_readmitted() {
     s.fence_ack(1, 5);
     s.manual_fencing(false);
     settle(&mut s, 30_000);
-    assert_eq!(replays(&s, 1).iter().filter(|r| r.2 == Some(true)).count(), 2);
+    assert_eq!(
+        replays(&s, 1).iter().filter(|r| r.2 == Some(true)).count(),
+        2
+    );
     assert_unblocked(&s, &[1, 2, 3], 1);
 }
 
@@ -384,13 +507,24 @@ fn two_filesystems_failures_hitting_both() {
     s.crash(4);
     settle(&mut s, 15_000);
     for fs in 1..=2 {
-        assert_eq!(replays(&s, fs).iter().filter(|r| r.2 == Some(true)).count(), 1, "fs{fs}");
+        assert_eq!(
+            replays(&s, fs).iter().filter(|r| r.2 == Some(true)).count(),
+            1,
+            "fs{fs}"
+        );
         assert_unblocked(&s, &[1, 2, 3], fs);
     }
     // One STOPPED per survivor covers both filesystems: with 3 survivors and 2 filesystems
     // recovery costs 3 + 2 messages, not 3·2 + 2.
-    let stopped = s.trace().iter().filter(|l| l.contains("<- n1 Stopped")).count();
-    assert_eq!(stopped, 3, "one STOPPED from node 1, delivered to 3 members");
+    let stopped = s
+        .trace()
+        .iter()
+        .filter(|l| l.contains("<- n1 Stopped"))
+        .count();
+    assert_eq!(
+        stopped, 3,
+        "one STOPPED from node 1, delivered to 3 members"
+    );
 }
 
 #[test]
@@ -406,8 +540,13 @@ fn withdraw_is_replayed_by_others_and_acknowledged() {
     for n in [1, 3] {
         assert!(writes(&s, n, 1, SysfsFile::Block)[0].time <= ack);
     }
-    assert!(replays(&s, 1).iter().any(|r| r.1 == j2 && r.2 == Some(true)));
-    assert!(!s.trace().iter().any(|l| l.contains("fencer:")), "a withdraw needs no fencing");
+    assert!(replays(&s, 1)
+        .iter()
+        .any(|r| r.1 == j2 && r.2 == Some(true)));
+    assert!(
+        !s.trace().iter().any(|l| l.contains("fencer:")),
+        "a withdraw needs no fencing"
+    );
     assert_unblocked(&s, &[1, 3], 1);
 }
 
@@ -426,7 +565,10 @@ fn read_only_and_spectator_members_never_replay() {
     s.crash(4);
     settle(&mut s, 15_000);
     // Node 1 is the lowest node id but read-only; node 3 is a spectator: node 2 replays.
-    assert_eq!(replays(&s, 1).into_iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        replays(&s, 1).into_iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![2]
+    );
 }
 
 #[test]
@@ -436,7 +578,10 @@ fn remount_read_only_hands_back_journals() {
     s.run_for(1_000);
     s.crash(3);
     settle(&mut s, 15_000);
-    assert_eq!(replays(&s, 1).into_iter().map(|r| r.0).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        replays(&s, 1).into_iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![2]
+    );
     // And back to read-write: node 1 is eligible again.
     s.remount(1, 1, RW);
     s.run_for(1_000);
@@ -457,9 +602,16 @@ fn a_mount_that_finds_no_free_journal_fails_with_a_clear_error() {
         s.mount(n, 1, RW);
     }
     s.run_for(5_000);
-    assert_eq!(values(&s, 3, 1, SysfsFile::Jid), vec![-87], "EUSERS written to jid");
+    assert_eq!(
+        values(&s, 3, 1, SysfsFile::Jid),
+        vec![-87],
+        "EUSERS written to jid"
+    );
     assert!(s.kernel(3, 1).is_none(), "the mount failed");
-    assert!(s.trace().iter().any(|l| l.contains("no free journal among 2: mount refused")));
+    assert!(s
+        .trace()
+        .iter()
+        .any(|l| l.contains("no free journal among 2: mount refused")));
     assert!(s.violation().is_none());
 }
 

@@ -50,7 +50,10 @@ fn the_sweep_covers_3_to_7_nodes_and_1_to_4_filesystems() {
         filesystems.insert(cfg.filesystems);
     }
     assert_eq!(nodes.into_iter().collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
-    assert_eq!(filesystems.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        filesystems.into_iter().collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
 }
 
 #[test]
@@ -58,7 +61,10 @@ fn a_seed_replays_identically() {
     for seed in [3, 77, 1234] {
         let a = run(sweep_config(seed, None, None));
         let b = run(sweep_config(seed, None, None));
-        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} is not deterministic");
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "seed {seed} is not deterministic"
+        );
         assert_eq!(a.steps, b.steps);
         assert_ne!(a.trace_hash, 0);
     }
@@ -72,6 +78,12 @@ fn seeds_inject_faults_and_recover_journals() {
         failures += out.failures_injected;
         replayed += out.journals_replayed;
     }
-    assert!(failures > 100, "only {failures} failures injected in 50 seeds");
-    assert!(replayed > 100, "only {replayed} journals replayed in 50 seeds");
+    assert!(
+        failures > 100,
+        "only {failures} failures injected in 50 seeds"
+    );
+    assert!(
+        replayed > 100,
+        "only {replayed} journals replayed in 50 seeds"
+    );
 }

@@ -56,7 +56,9 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if a.nodes.is_some_and(|n| !(1..=32).contains(&n)) || a.filesystems.is_some_and(|f| !(1..=64).contains(&f)) {
+    if a.nodes.is_some_and(|n| !(1..=32).contains(&n))
+        || a.filesystems.is_some_and(|f| !(1..=64).contains(&f))
+    {
         return Err("--nodes must be 1..=32 and --filesystems 1..=64".into());
     }
     Ok(a)
@@ -107,9 +109,15 @@ fn main() -> ExitCode {
                 "gfs_sim: seed {seed} ({} nodes, {} filesystems) broke {} at {} (step {}): {}",
                 cfg.nodes, cfg.filesystems, v.rule, v.time, v.step, v.detail
             );
-            eprintln!("replay with: gfs_sim --seed {seed} --trace{}{}",
-                args.nodes.map(|n| format!(" --nodes {n}")).unwrap_or_default(),
-                args.filesystems.map(|f| format!(" --filesystems {f}")).unwrap_or_default());
+            eprintln!(
+                "replay with: gfs_sim --seed {seed} --trace{}{}",
+                args.nodes
+                    .map(|n| format!(" --nodes {n}"))
+                    .unwrap_or_default(),
+                args.filesystems
+                    .map(|f| format!(" --filesystems {f}"))
+                    .unwrap_or_default()
+            );
             return ExitCode::from(1);
         }
     }
