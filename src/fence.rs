@@ -457,6 +457,7 @@ impl Stonith {
         let name = name.map_or(std::ptr::null(), |n| n.as_ptr());
         // SAFETY: the prototype matches; `name` is NUL-terminated or null (allowed when the
         // nodeid is given) and outlives the call.
+        #[allow(clippy::useless_conversion)] // time_t is i32 on some 32-bit targets
         i64::from(unsafe { (self.time)(nodeid, name, false) })
     }
 

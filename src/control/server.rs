@@ -219,9 +219,9 @@ async fn handle_connection(
 ) -> io::Result<()> {
     let (read_half, mut write_half) = stream.into_split();
     let reply = match check_peer(&write_half) {
-        Err(refusal) => refusal,
+        Err(refusal) => Reply::Error(refusal),
         Ok(()) => match read_request(read_half, options.read_timeout).await {
-            Err(refusal) => refusal,
+            Err(refusal) => Reply::Error(refusal),
             Ok(request) => forward(request, &requests, options.reply_timeout).await,
         },
     };
@@ -234,13 +234,13 @@ async fn handle_connection(
     write_half.shutdown().await
 }
 
-fn check_peer(stream: &tokio::net::unix::OwnedWriteHalf) -> Result<(), Reply> {
+/// `Err` carries the refusal sent to the client.
+fn check_peer(stream: &tokio::net::unix::OwnedWriteHalf) -> Result<(), String> {
     let daemon_euid = nix::unistd::geteuid().as_raw();
-    let credentials = stream.as_ref().peer_cred().map_err(|e| {
-        Reply::Error(format!(
-            "cannot read the peer credentials of the connection: {e}"
-        ))
-    })?;
+    let credentials = stream
+        .as_ref()
+        .peer_cred()
+        .map_err(|e| format!("cannot read the peer credentials of the connection: {e}"))?;
     if peer_allowed(credentials.uid(), daemon_euid) {
         Ok(())
     } else {
@@ -249,31 +249,27 @@ fn check_peer(stream: &tokio::net::unix::OwnedWriteHalf) -> Result<(), Reply> {
             pid = credentials.pid(),
             "control connection refused"
         );
-        Err(Reply::Error(
-            "permission denied: gfs_control must run as root".to_owned(),
-        ))
+        Err("permission denied: gfs_control must run as root".to_owned())
     }
 }
 
-/// Reads one line of at most [`MAX_REQUEST_BYTES`] and parses it.
+/// Reads one line of at most [`MAX_REQUEST_BYTES`] and parses it; `Err` carries the refusal.
 async fn read_request(
     read_half: tokio::net::unix::OwnedReadHalf,
     read_timeout: Duration,
-) -> Result<Request, Reply> {
+) -> Result<Request, String> {
     // One byte past the limit tells "too long" apart from "exactly at the limit".
     let mut reader = BufReader::new(read_half.take(MAX_REQUEST_BYTES as u64 + 1));
     let mut line = Vec::new();
     match tokio::time::timeout(read_timeout, reader.read_until(b'\n', &mut line)).await {
-        Err(_) => return Err(Reply::Error("timed out waiting for the request".to_owned())),
-        Ok(Err(e)) => return Err(Reply::Error(format!("cannot read the request: {e}"))),
+        Err(_) => return Err("timed out waiting for the request".to_owned()),
+        Ok(Err(e)) => return Err(format!("cannot read the request: {e}")),
         Ok(Ok(_)) => {}
     }
     if line.len() > MAX_REQUEST_BYTES {
-        return Err(Reply::Error(format!(
-            "request is longer than {MAX_REQUEST_BYTES} bytes"
-        )));
+        return Err(format!("request is longer than {MAX_REQUEST_BYTES} bytes"));
     }
-    decode_request(&line).map_err(|e| Reply::Error(e.to_string()))
+    decode_request(&line).map_err(|e| e.to_string())
 }
 
 async fn forward(
