@@ -1,0 +1,412 @@
+//! The control socket end to end: `serve` on a temporary socket with a fake daemon loop that
+//! answers from canned views, and clients speaking the protocol (the library client and raw
+//! bytes).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gfs_controld::control::client;
+use gfs_controld::control::proto::{self, Reply, Request, VersionInfo, MAX_REQUEST_BYTES};
+use gfs_controld::control::server::{self, ControlError, ControlRequest};
+use gfs_core::view::{
+    FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
+    TimelineEntry,
+};
+use gfs_core::MountMode;
+use tokio::sync::mpsc;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gfs-controld-test-{tag}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn canned_status() -> StatusView {
+    StatusView {
+        nodeid: 1,
+        cluster_name: "alpha".to_owned(),
+        protocol_version: 1,
+        protocol_max: 1,
+        synced: true,
+        quorate: true,
+        members: vec![1, 2],
+        stale_members: vec![],
+        fence_waits: vec![FenceWaitView {
+            nodeid: 3,
+            failed_at_ms: 1_000,
+            waiting_ms: 12_300,
+            requested: true,
+            last_error: None,
+        }],
+        filesystems: 1,
+        recoveries: vec![RecoveryTimeline {
+            change: 4,
+            failed: vec![3],
+            filesystems: vec!["fs1".to_owned()],
+            started_ms: 1_000,
+            finished_ms: None,
+            events: vec![TimelineEntry {
+                at_ms: 1_000,
+                what: "node 3 failed".to_owned(),
+            }],
+        }],
+    }
+}
+
+fn canned_filesystems() -> Vec<FsView> {
+    vec![FsView {
+        table: "alpha:fs1".to_owned(),
+        name: "fs1".to_owned(),
+        kernel_managed: false,
+        state: "waiting for fencing of node 3".to_owned(),
+        local: Some(LocalMountView {
+            jid: Some(0),
+            mode: MountMode::Rw,
+            blocked: true,
+            kernel_state: "online".to_owned(),
+        }),
+        members: vec![
+            MemberView {
+                nodeid: 1,
+                jid: Some(0),
+                mode: MountMode::Rw,
+                state: "mounted".to_owned(),
+            },
+            MemberView {
+                nodeid: 2,
+                jid: None,
+                mode: MountMode::Spectator,
+                state: "mounted".to_owned(),
+            },
+        ],
+        dirty_journals: vec![JournalView {
+            jid: 1,
+            owner: 3,
+            replayer: None,
+            attempts: 0,
+            waiting_for: "fencing of node 3".to_owned(),
+        }],
+        first_mounter: Some(1),
+    }]
+}
+
+/// What the daemon loop would answer, decided here from canned views.
+fn answer(request: &Request) -> Reply {
+    match request {
+        Request::Status {} => Reply::Status(canned_status()),
+        Request::Ls { fs: None } => Reply::Filesystems(canned_filesystems()),
+        Request::Ls { fs: Some(name) } => Reply::Filesystems(
+            canned_filesystems()
+                .into_iter()
+                .filter(|fs| &fs.name == name || &fs.table == name)
+                .collect(),
+        ),
+        Request::Dump {} => Reply::Dump(vec![
+            "1700000000.001 gfs_controld started".to_owned(),
+            "1700000000.002 gfs_controld::daemon nodeid=3 node failed".to_owned(),
+        ]),
+        Request::FenceAck { nodeid: 3 } => {
+            Reply::Message("node 3 acknowledged as fenced".to_owned())
+        }
+        Request::FenceAck { nodeid } => {
+            Reply::Error(format!("node {nodeid} is not waiting for fencing"))
+        }
+        Request::Version {} => Reply::Version(VersionInfo::current()),
+    }
+}
+
+/// A control server on a temporary socket, answered by a fake daemon loop on its own thread.
+struct FakeDaemon {
+    dir: PathBuf,
+    socket: PathBuf,
+    /// Requests that reached the daemon loop.
+    handled: Arc<AtomicUsize>,
+}
+
+impl FakeDaemon {
+    fn start(tag: &str) -> FakeDaemon {
+        let dir = scratch_dir(tag);
+        let socket = dir.join("run").join("gfs_controld.sock");
+        let listener = server::bind(&socket).unwrap();
+        let handled = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&handled);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let (tx, mut rx) = mpsc::channel::<ControlRequest>(16);
+                tokio::spawn(async move {
+                    while let Some(ControlRequest { request, reply }) = rx.recv().await {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = reply.send(answer(&request));
+                    }
+                });
+                // A short read timeout keeps the silent-client test quick.
+                let options = server::ServeOptions {
+                    read_timeout: Duration::from_secs(1),
+                    ..server::ServeOptions::default()
+                };
+                let _ = server::serve_with(listener, tx, options).await;
+            });
+        });
+        FakeDaemon {
+            dir,
+            socket,
+            handled,
+        }
+    }
+
+    fn ask(&self, request: &Request) -> Reply {
+        client::request(&self.socket, request, TIMEOUT).unwrap()
+    }
+
+    /// Sends raw bytes as the request and returns the reply line.
+    fn raw(&self, bytes: &[u8]) -> String {
+        let mut stream = UnixStream::connect(&self.socket).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        // The server may stop reading (and close) before an oversized request is fully sent.
+        let _ = stream.write_all(bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        line
+    }
+}
+
+impl Drop for FakeDaemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn error_of(line: &str) -> String {
+    let value: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(value["version"], 1, "{line}");
+    assert!(value.get("ok").is_none(), "{line}");
+    value["error"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn status_round_trip() {
+    let daemon = FakeDaemon::start("status");
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
+}
+
+#[test]
+fn ls_round_trip_all_and_one() {
+    let daemon = FakeDaemon::start("ls");
+    assert_eq!(
+        daemon.ask(&Request::Ls { fs: None }),
+        Reply::Filesystems(canned_filesystems())
+    );
+    assert_eq!(
+        daemon.ask(&Request::Ls {
+            fs: Some("alpha:fs1".to_owned())
+        }),
+        Reply::Filesystems(canned_filesystems())
+    );
+    assert_eq!(
+        daemon.ask(&Request::Ls {
+            fs: Some("other".to_owned())
+        }),
+        Reply::Filesystems(vec![])
+    );
+}
+
+#[test]
+fn fence_ack_round_trip_accepted_and_refused() {
+    let daemon = FakeDaemon::start("fence-ack");
+    assert_eq!(
+        daemon.ask(&Request::FenceAck { nodeid: 3 }),
+        Reply::Message("node 3 acknowledged as fenced".to_owned())
+    );
+    assert_eq!(
+        daemon.ask(&Request::FenceAck { nodeid: 9 }),
+        Reply::Error("node 9 is not waiting for fencing".to_owned())
+    );
+}
+
+#[test]
+fn dump_and_version_round_trip() {
+    let daemon = FakeDaemon::start("dump");
+    assert_eq!(daemon.ask(&Request::Dump {}), answer(&Request::Dump {}));
+    assert_eq!(
+        daemon.ask(&Request::Version {}),
+        Reply::Version(VersionInfo::current())
+    );
+}
+
+#[test]
+fn the_wire_form_is_one_json_line() {
+    let daemon = FakeDaemon::start("wire");
+    let line = daemon.raw(b"{\"version\":1,\"request\":{\"fence_ack\":{\"nodeid\":3}}}\n");
+    assert_eq!(
+        line,
+        "{\"version\":1,\"ok\":\"node 3 acknowledged as fenced\"}\n"
+    );
+    // The newline is optional when the client half-closes.
+    let line = daemon.raw(b"{\"version\":1,\"request\":{\"status\":{}}}");
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(value["ok"]["cluster_name"], "alpha");
+}
+
+#[test]
+fn malformed_requests_get_an_error_and_never_reach_the_daemon() {
+    let daemon = FakeDaemon::start("malformed");
+    for bad in [
+        &b"hello\n"[..],
+        b"{\"version\":1}\n",
+        b"{\"version\":1,\"request\":{\"reboot\":{}}}\n",
+        b"{\"version\":1,\"request\":{\"fence_ack\":{\"nodeid\":\"x\"}}}\n",
+        b"{\"version\":\"1\",\"request\":{\"status\":{}}}\n",
+        b"\xff\xfe\n",
+        b"\n",
+    ] {
+        let line = daemon.raw(bad);
+        let error = error_of(&line);
+        assert!(error.contains("malformed"), "{error}");
+    }
+    assert_eq!(daemon.handled.load(Ordering::SeqCst), 0);
+    assert!(matches!(daemon.ask(&Request::Status {}), Reply::Status(_)));
+}
+
+#[test]
+fn wrong_protocol_version_is_refused() {
+    let daemon = FakeDaemon::start("version");
+    let line = daemon.raw(b"{\"version\":2,\"request\":{\"status\":{}}}\n");
+    let error = error_of(&line);
+    assert!(
+        error.contains("unsupported control protocol version 2"),
+        "{error}"
+    );
+    assert_eq!(daemon.handled.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn oversized_request_is_refused_and_the_server_goes_on() {
+    let daemon = FakeDaemon::start("oversized");
+    let mut request = b"{\"version\":1,\"request\":{\"ls\":{\"fs\":\"".to_vec();
+    request.extend(std::iter::repeat_n(b'a', MAX_REQUEST_BYTES + 10));
+    request.extend(b"\"}}}\n");
+    let line = daemon.raw(&request);
+    let error = error_of(&line);
+    assert!(error.contains("longer than 65536 bytes"), "{error}");
+    // Exactly at the limit is still accepted (as far as size goes).
+    let mut at_limit = b"{\"version\":1,\"request\":{\"status\":{}}}".to_vec();
+    at_limit.resize(MAX_REQUEST_BYTES - 1, b' ');
+    at_limit.push(b'\n');
+    assert!(daemon.raw(&at_limit).contains("\"ok\""));
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
+}
+
+#[test]
+fn a_silent_client_does_not_stall_others() {
+    let daemon = FakeDaemon::start("slow");
+    let idle = UnixStream::connect(&daemon.socket).unwrap();
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
+    // The idle client is eventually told off rather than held forever.
+    idle.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reply = String::new();
+    (&idle).read_to_string(&mut reply).unwrap();
+    assert!(error_of(reply.trim_end()).contains("timed out"), "{reply}");
+}
+
+#[test]
+fn bind_creates_a_private_socket_and_replaces_a_stale_one() {
+    let dir = scratch_dir("bind");
+    let socket = dir.join("sub").join("ctl.sock");
+    let first = server::bind(&socket).unwrap();
+    let dir_mode = std::fs::metadata(socket.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700);
+    let metadata = std::fs::metadata(&socket).unwrap();
+    assert!(metadata.file_type().is_socket());
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+
+    // A live listener is not stolen.
+    assert!(matches!(
+        server::bind(&socket),
+        Err(ControlError::AlreadyRunning { .. })
+    ));
+    // Once its owner is gone, the leftover socket file is replaced.
+    drop(first);
+    let _second = server::bind(&socket).unwrap();
+
+    // A regular file in the way is not deleted.
+    let file = dir.join("not-a-socket");
+    std::fs::write(&file, b"keep me").unwrap();
+    assert!(matches!(
+        server::bind(&file),
+        Err(ControlError::NotASocket { .. })
+    ));
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_daemon_is_reported_as_not_running() {
+    let dir = scratch_dir("missing");
+    let result = client::request(&dir.join("none.sock"), &Request::Status {}, TIMEOUT);
+    assert!(matches!(
+        result,
+        Err(client::ClientError::NotRunning { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_server_stops_when_the_daemon_loop_is_gone() {
+    let dir = scratch_dir("stop");
+    let listener = server::bind(&dir.join("ctl.sock")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (tx, rx) = mpsc::channel::<ControlRequest>(1);
+        drop(rx);
+        let served = tokio::time::timeout(TIMEOUT, server::serve(listener, tx)).await;
+        assert!(matches!(served, Ok(Ok(()))));
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn encoded_requests_match_what_the_server_decodes() {
+    let line = proto::encode_request(&Request::Ls {
+        fs: Some("fs1".to_owned()),
+    });
+    assert_eq!(
+        proto::decode_request(line.as_bytes()).unwrap(),
+        Request::Ls {
+            fs: Some("fs1".to_owned())
+        }
+    );
+}
