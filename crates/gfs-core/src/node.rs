@@ -599,10 +599,7 @@ impl Node {
         let ranges: BTreeMap<NodeId, (u16, u16)> = self
             .config_members
             .iter()
-            .map(|n| {
-                let (_, min, max) = self.hellos[n];
-                (*n, (min, max))
-            })
+            .filter_map(|n| self.hellos.get(n).map(|(_, min, max)| (*n, (*min, *max))))
             .collect();
         let must_fence: BTreeSet<NodeId> = self
             .cfg
@@ -1017,7 +1014,7 @@ impl Node {
                 format!("replay of jid {jid} ({table}) done by node {sender}"),
             );
         } else {
-            d.attempts += 1;
+            d.attempts = d.attempts.saturating_add(1);
             d.last_failed_by = Some(sender);
             d.replayer = None;
             self.log_full(
