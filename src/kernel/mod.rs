@@ -1,1 +1,43 @@
-//! (in progress)
+//! The kernel side of the daemon (SPEC §2): the GFS2 `lock_module/` sysfs files it writes, and
+//! the gfs2 kobject uevents it listens to on `NETLINK_KOBJECT_UEVENT`.
+//!
+//! Thin IO adapters only: every protocol decision is made in [`gfs_core`]; parsing of uevents is
+//! [`gfs_core::parse_uevent`]'s job.
+
+mod netlink;
+mod sysfs;
+
+pub use netlink::{send_uevent, UeventListener};
+pub use sysfs::{ExistingTable, SysfsWriter};
+
+/// A failure of the kernel adapters themselves (not of a single uevent, not of a sysfs write:
+/// [`SysfsWriter::write`] reports the raw errno so the caller can tell EBUSY from ENODEV).
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// Creating, configuring, binding or reading the netlink socket failed.
+    #[error("NETLINK_KOBJECT_UEVENT socket: cannot {op}: {source}")]
+    Socket {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The socket's receive queue overflowed (ENOBUFS): the kernel dropped uevents we will never
+    /// see. Not fatal: the socket keeps working, but the daemon's view may now be stale.
+    #[error(
+        "uevent receive queue overflowed (ENOBUFS): kernel uevents were lost; \
+         filesystem state may be stale"
+    )]
+    Overflow,
+    /// A uevent could not be sent whole.
+    #[error("uevent of {len} bytes was sent short ({sent} bytes)")]
+    ShortSend { len: usize, sent: usize },
+}
+
+impl KernelError {
+    fn socket(op: &'static str, errno: nix::errno::Errno) -> KernelError {
+        KernelError::Socket {
+            op,
+            source: std::io::Error::from(errno),
+        }
+    }
+}

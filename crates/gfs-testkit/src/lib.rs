@@ -1,1 +1,18 @@
 //! Test tools for gfs_controld (not packaged).
+//!
+//! * [`proto`]: the JSON request/reply lines spoken between `gfs_kernel_sim` clients and its
+//!   server (one request line, one reply line per connection), and the `status --json` shape.
+//! * [`uevent`]: sending kernel-format uevents on `NETLINK_KOBJECT_UEVENT` group 1.
+//! * [`client`]: a blocking client for the simulator's unix socket.
+
+pub mod client;
+pub mod proto;
+pub mod uevent;
+
+/// Wall-clock milliseconds since the Unix epoch (the timeline's clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
