@@ -318,7 +318,8 @@ struct World {
     messages: u64,
     agreement: BTreeMap<(u64, u64), (u64, NodeId)>,
     /// The sender of the STATE being delivered, for the S7 checker's memory inheritance.
-    state_from: Option<NodeId>,
+    /// (sender, stream entry id of the STATE message).
+    state_from: Option<(NodeId, u64)>,
     /// Every sysfs write, for scenario assertions.
     writes: Vec<WriteRecord>,
     replays: Vec<ReplayRecord>,
@@ -868,7 +869,7 @@ impl World {
                         }
                     }
                     if matches!(&msg, wire::Message::State { recipient, .. } if *recipient == n) {
-                        self.state_from = Some(sender);
+                        self.state_from = Some((sender, id));
                     }
                     let name = match &msg {
                         wire::Message::State { recipient, .. } => format!("STATE for n{recipient}"),
@@ -935,12 +936,20 @@ impl World {
             .and_then(|d| d.core.replicated_digest());
         if let (false, Some(_)) = (was_synced, digest) {
             // A node that adopts the group's state inherits its sender's memory of failures
-            // (a group it formed itself remembers none).
+            // as of the STATE's place in the stream: the sender may have run ahead (even into
+            // another partition) by the time the recipient processes it. A group it formed
+            // itself remembers none.
             let inherited = self
                 .state_from
                 .take()
-                .and_then(|from| self.nodes.get(&from))
-                .map(|x| x.saw_fail.clone())
+                .and_then(|(from, at)| self.nodes.get(&from).map(|x| (x, at)))
+                .map(|(x, at)| {
+                    x.saw_fail
+                        .iter()
+                        .filter(|(_, seen)| **seen < at)
+                        .map(|(k, seen)| (*k, *seen))
+                        .collect()
+                })
                 .unwrap_or_default();
             self.nodes.get_mut(&n).expect("node").saw_fail = inherited;
         }
