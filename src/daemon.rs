@@ -1,1 +1,645 @@
-//! (in progress)
+//! The daemon loop: one task that owns the protocol core and carries out its outputs.
+//!
+//! Every source of events (CPG, quorum, uevents, fencing results, control requests, signals,
+//! the core's own deadline) is a channel or a cancel-safe future polled by one `select!`, so
+//! the core sees one totally ordered stream of inputs. Outputs are executed in the order the
+//! core produced them; a sysfs write's result is fed back before anything else happens
+//! (the drive rule in `gfs_core::io`).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::File;
+use std::io::Write as _;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use gfs_core::{Input, Level, LogRecord, Node, NodeConfig, Output, Time};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Settings;
+use crate::control::proto::{Reply, Request, VersionInfo};
+use crate::control::server::{self, ControlRequest};
+use crate::corosync::{self, CorosyncError, CpgEvent, CpgGroups, QuorumTracker};
+use crate::fence::{FenceEvent, FenceMode, FenceOptions, Fencer};
+use crate::kernel::{KernelError, SysfsWriter, UeventListener};
+use crate::logging::DebugRing;
+
+/// How often startup retries reaching corosync.
+const COROSYNC_RETRY: Duration = Duration::from_secs(2);
+/// How long a clean shutdown waits for corosync to confirm that we left our groups.
+const LEAVE_WAIT: Duration = Duration::from_secs(3);
+/// How often pending fencing is checked against `fence_warn`.
+const FENCE_WARN_CHECK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "refusing to start: gfs2 filesystems are mounted ({0}); their journals are unknown to \
+         the cluster without a running gfs_controld. Unmount them (or reboot the node), or set \
+         allow_existing_mounts=1 if you know they are safe"
+    )]
+    ExistingMounts(String),
+    #[error("cluster name {found:?} from corosync is not usable: {reason}")]
+    ClusterName { found: String, reason: String },
+    #[error(transparent)]
+    Corosync(#[from] CorosyncError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Control(#[from] server::ControlError),
+    #[error(transparent)]
+    Fence(#[from] crate::fence::FenceError),
+    #[error("cannot install a signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("pid file {path}: {reason}")]
+    PidFile { path: PathBuf, reason: String },
+    #[error("lost the CPG group {group}: {reason}")]
+    GroupLost { group: String, reason: String },
+    #[error("the control socket server stopped: {0}")]
+    ControlStopped(String),
+}
+
+/// Converts between wall-clock time (fencing backends, logs) and the core's millisecond clock,
+/// which starts at 0 when the daemon starts and never goes backwards.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    start: Instant,
+    start_wall: SystemTime,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            start_wall: SystemTime::now(),
+        }
+    }
+
+    fn now(&self) -> Time {
+        Time(self.start.elapsed().as_millis() as u64)
+    }
+
+    fn instant(&self, t: Time) -> Instant {
+        self.start + Duration::from_millis(t.millis())
+    }
+
+    fn wall(&self, t: Time) -> SystemTime {
+        self.start_wall + Duration::from_millis(t.millis())
+    }
+
+    /// A wall-clock time on the core's clock. Times before the daemon started map to 0, which
+    /// is never "after a failure" the core saw, so an old fence cannot satisfy a new failure.
+    fn core_time(&self, at: SystemTime) -> Time {
+        Time(
+            at.duration_since(self.start_wall)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        )
+    }
+}
+
+/// Refuses to run beside another gfs_controld: the pid file is locked for the daemon's life.
+pub struct PidFile {
+    _file: File,
+    path: PathBuf,
+}
+
+impl PidFile {
+    pub fn acquire(path: &Path) -> Result<PidFile, DaemonError> {
+        let err = |reason: String| DaemonError::PidFile {
+            path: path.to_owned(),
+            reason,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| err(e.to_string()))?;
+        // SAFETY: flock on an fd we own; no memory is involved.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            return Err(err(format!(
+                "another gfs_controld is running (pid {})",
+                holder.trim()
+            )));
+        }
+        file.set_len(0).map_err(|e| err(e.to_string()))?;
+        writeln!(file, "{}", std::process::id()).map_err(|e| err(e.to_string()))?;
+        Ok(PidFile {
+            _file: file,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Detaches from the terminal for init systems that expect it (pacemaker's stock `controld`
+/// agent runs the daemon and waits for it to return). Must run before any thread exists.
+/// stderr stays open so that logs still reach whoever started us.
+pub fn daemonize() -> std::io::Result<()> {
+    nix::unistd::daemon(false, true).map_err(std::io::Error::from)?;
+    let null = File::open("/dev/null")?;
+    // SAFETY: dup2 onto stdin/stdout; both fds are valid.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+    }
+    Ok(())
+}
+
+/// Startup checks that need no corosync: a filesystem mounted before the daemon starts
+/// has members' journals nobody tracks (SPEC §3).
+pub fn check_existing_mounts(settings: &Settings) -> Result<(), DaemonError> {
+    let existing: Vec<String> = SysfsWriter::new(&settings.sysfs_root)
+        .existing_tables()
+        .into_iter()
+        .filter(|t| t.proto.as_deref() == Some("lock_dlm"))
+        .map(|t| t.name)
+        .collect();
+    if existing.is_empty() {
+        return Ok(());
+    }
+    let list = existing.join(", ");
+    if settings.allow_existing_mounts {
+        tracing::warn!(
+            tables = %list,
+            "gfs2 filesystems were mounted before gfs_controld started; allow_existing_mounts=1, \
+             so they are left alone and not protected by this daemon"
+        );
+        Ok(())
+    } else {
+        Err(DaemonError::ExistingMounts(list))
+    }
+}
+
+/// Everything the loop owns.
+struct Daemon {
+    settings: Settings,
+    clock: Clock,
+    node: Node,
+    cpg: CpgGroups,
+    quorum: QuorumTracker,
+    sysfs: SysfsWriter,
+    fencer: Option<Fencer>,
+    node_names: BTreeMap<u32, String>,
+    ring: DebugRing,
+    /// Inputs produced while executing outputs, fed after the current drain.
+    pending: VecDeque<Input>,
+    /// Operator fence-acks waiting for the core's answer.
+    acks: HashMap<u64, oneshot::Sender<Reply>>,
+    next_request: u64,
+    last_quorate: Option<bool>,
+    /// Fence waits already reported loudly, with when, so the warning repeats at `fence_warn`.
+    fence_warned: HashMap<u32, Instant>,
+    stopping: bool,
+}
+
+/// Runs the daemon until a clean shutdown (Ok) or a fatal error.
+pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError> {
+    // Listen for uevents before anything can mount, so no `add` is missed.
+    let mut uevents = UeventListener::bind()?;
+
+    let cluster_name =
+        corosync::connect_with_retry("cmap", COROSYNC_RETRY, corosync::cmap::cluster_name).await;
+    gfs_core::Table::parse(&format!("{cluster_name}:probe")).map_err(|e| {
+        DaemonError::ClusterName {
+            found: cluster_name.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    let node_names: BTreeMap<u32, String> = corosync::cmap::nodes()?
+        .into_iter()
+        .map(|(id, name)| (id, name.unwrap_or_else(|| format!("node{id}"))))
+        .collect();
+    let (quorum, mut quorum_events) =
+        corosync::connect_with_retry("quorum", COROSYNC_RETRY, QuorumTracker::new).await;
+    let (cpg, mut cpg_events) = CpgGroups::new();
+    let nodeid = cpg.local_nodeid()?;
+
+    let (fence_tx, mut fence_events) = mpsc::unbounded_channel();
+    let fencer = if settings.enable_fencing {
+        let mode = FenceMode::from_setting(&settings.fencing)?;
+        let options = FenceOptions {
+            retry: settings.fence_retry,
+            timeout: settings.fence_timeout,
+            power_off: settings.fence_power_off,
+        };
+        tracing::info!(mode = %mode, "fencing backend ready");
+        Some(Fencer::new(mode, options, fence_tx)?)
+    } else {
+        tracing::warn!(
+            "enable_fencing=0: failed nodes are treated as fenced at once; a node that is not \
+             really dead can corrupt the filesystem"
+        );
+        None
+    };
+
+    let listener = server::bind(&settings.socket_path)?;
+    let (control_tx, mut control_rx) = mpsc::channel::<ControlRequest>(64);
+    let mut control_server = tokio::spawn(server::serve(listener, control_tx));
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+
+    let clock = Clock::new();
+    let mut cfg = NodeConfig::new(nodeid, &cluster_name);
+    cfg.cluster_nodes = node_names.keys().copied().collect();
+    cfg.max_journals = settings.max_journals;
+    cfg.recover_retry_ms = settings.recover_retry.as_millis() as u64;
+    cfg.fence_retry_ms = settings.fence_retry.as_millis() as u64;
+    cfg.require_quorum = settings.enable_quorum;
+    cfg.startup_fence_delay_ms = settings.startup_fence_delay.as_millis() as u64;
+    cfg.merge_wait_ms = settings.merge_wait.as_millis() as u64;
+    cfg.timeline_keep = settings.timeline_keep;
+    tracing::info!(
+        nodeid,
+        cluster = %cluster_name,
+        nodes = ?cfg.cluster_nodes,
+        sysfs_root = %settings.sysfs_root.display(),
+        "gfs_controld starting"
+    );
+    let node = Node::new(cfg, clock.now());
+
+    let mut d = Daemon {
+        sysfs: SysfsWriter::new(&settings.sysfs_root),
+        settings,
+        clock,
+        node,
+        cpg,
+        quorum,
+        fencer,
+        node_names,
+        ring,
+        pending: VecDeque::new(),
+        acks: HashMap::new(),
+        next_request: 1,
+        last_quorate: None,
+        fence_warned: HashMap::new(),
+        stopping: false,
+    };
+    d.sync_quorum()?;
+    d.drive()?;
+    crate::systemd::notify("READY=1\nSTATUS=running");
+    tracing::info!("gfs_controld ready");
+
+    let mut fence_check = tokio::time::interval(FENCE_WARN_CHECK);
+    fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let deadline = d.node.poll_timeout().map(|t| d.clock.instant(t));
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        // Biased: membership and messages first, so the core's view of the group is as fresh
+        // as possible when kernel events and operator requests are judged.
+        tokio::select! {
+            biased;
+            _ = sigterm.recv() => { if d.shutdown_requested("SIGTERM") { break; } }
+            _ = sigint.recv() => { if d.shutdown_requested("SIGINT") { break; } }
+            event = cpg_events.recv() => match event {
+                Some(event) => d.cpg_event(event)?,
+                None => return Err(DaemonError::GroupLost { group: "all".into(), reason: "CPG event channel closed".into() }),
+            },
+            quorate = quorum_events.recv() => match quorate {
+                Some(quorate) => d.quorum_changed(quorate)?,
+                None => return Err(DaemonError::Corosync(CorosyncError::Call { call: "quorum", reason: "quorum tracking stopped".into() })),
+            },
+            event = uevents.next() => match event {
+                Ok(Ok(event)) => d.feed(Input::Kernel(event))?,
+                Ok(Err(gfs_core::UeventError::NotGfs2Dlm)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "dropped a gfs2 uevent"),
+                Err(KernelError::Overflow) => tracing::error!(
+                    "the uevent socket overflowed: kernel events were lost; mounts or recoveries \
+                     in progress may stall (check `gfs_control ls`)"
+                ),
+                Err(e) => return Err(e.into()),
+            },
+            Some(event) = fence_events.recv() => d.fence_event(event)?,
+            Some(request) = control_rx.recv() => d.control(request)?,
+            result = &mut control_server => {
+                let reason = match result {
+                    Ok(Ok(())) => "returned".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(DaemonError::ControlStopped(reason));
+            }
+            _ = fence_check.tick() => d.warn_slow_fencing(),
+            _ = timer => d.feed(Input::Timeout)?,
+        }
+    }
+
+    crate::systemd::notify("STOPPING=1");
+    d.leave_all(&mut cpg_events).await;
+    control_server.abort();
+    let _ = std::fs::remove_file(&d.settings.socket_path);
+    tracing::info!("gfs_controld stopped");
+    Ok(())
+}
+
+impl Daemon {
+    /// Feeds one input and carries out everything it leads to.
+    fn feed(&mut self, input: Input) -> Result<(), DaemonError> {
+        self.node.handle(self.clock.now(), input);
+        self.drive()
+    }
+
+    /// Executes outputs in order until the core and the local follow-up inputs are quiet.
+    fn drive(&mut self) -> Result<(), DaemonError> {
+        loop {
+            while let Some(output) = self.node.poll_output() {
+                self.execute(output)?;
+            }
+            match self.pending.pop_front() {
+                Some(input) => self.node.handle(self.clock.now(), input),
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn execute(&mut self, output: Output) -> Result<(), DaemonError> {
+        match output {
+            Output::JoinGroup { group } => {
+                tracing::debug!(group = %group, "joining CPG group");
+                self.cpg.join(&group)?;
+            }
+            Output::LeaveGroup { group } => {
+                tracing::debug!(group = %group, "leaving CPG group");
+                if let Err(e) = self.cpg.leave(&group) {
+                    tracing::warn!(group = %group, error = %e, "leaving the CPG group failed");
+                }
+            }
+            Output::Mcast { group, payload } => self.cpg.mcast(&group, payload)?,
+            Output::Write { table, file, value } => {
+                let result = self.sysfs.write(&table, file, value);
+                match result {
+                    Ok(()) => {
+                        tracing::debug!(fs = %table.fs(), file = file.name(), value, "sysfs write")
+                    }
+                    Err(errno) => tracing::warn!(
+                        fs = %table.fs(),
+                        file = file.name(),
+                        value,
+                        error = %std::io::Error::from_raw_os_error(errno),
+                        "the kernel refused a sysfs write"
+                    ),
+                }
+                // Fed back at once: the core must know the result before anything else.
+                self.node.handle(
+                    self.clock.now(),
+                    Input::WriteDone {
+                        table,
+                        file,
+                        value,
+                        result,
+                    },
+                );
+            }
+            Output::Fence { nodeid, failed_at } => match &mut self.fencer {
+                Some(fencer) => {
+                    let name = self.node_names.get(&nodeid).cloned();
+                    fencer.request(nodeid, name, self.clock.wall(failed_at));
+                }
+                None => {
+                    tracing::warn!(nodeid, "enable_fencing=0: treating node {nodeid} as fenced");
+                    self.pending.push_back(Input::Fenced {
+                        nodeid,
+                        at: failed_at,
+                    });
+                }
+            },
+            Output::KillNode { nodeid, reason } => {
+                tracing::error!(nodeid, reason = %reason, "asking corosync to remove node {nodeid} from the cluster");
+                if let Err(e) = corosync::cfg::kill_node(nodeid, &reason) {
+                    tracing::error!(nodeid, error = %e, "corosync could not kill the node");
+                }
+            }
+            Output::Reply { request, result } => {
+                if let Some(reply) = self.acks.remove(&request) {
+                    let _ = reply.send(match result {
+                        Ok(text) => Reply::Message(text),
+                        Err(text) => Reply::Error(text),
+                    });
+                }
+            }
+            Output::Log(record) => log_record(&record),
+        }
+        Ok(())
+    }
+
+    /// Quorum is read synchronously at every membership change and fed first, so the core
+    /// never judges a membership newer than its quorum view.
+    fn sync_quorum(&mut self) -> Result<(), DaemonError> {
+        let quorate = self.quorum.quorate()?;
+        self.quorum_changed(quorate)
+    }
+
+    fn quorum_changed(&mut self, quorate: bool) -> Result<(), DaemonError> {
+        if self.last_quorate == Some(quorate) {
+            return Ok(());
+        }
+        tracing::info!(
+            quorate,
+            "quorum {}",
+            if quorate { "gained" } else { "lost" }
+        );
+        self.last_quorate = Some(quorate);
+        self.feed(Input::Quorum { quorate })
+    }
+
+    fn cpg_event(&mut self, event: CpgEvent) -> Result<(), DaemonError> {
+        if let CpgEvent::Lost { group, reason } = event {
+            return Err(DaemonError::GroupLost { group, reason });
+        }
+        if let CpgEvent::ConfChg {
+            group,
+            members,
+            joined,
+            left,
+        } = &event
+        {
+            tracing::info!(group = %group, members = ?members, joined = ?joined, left = ?left, "CPG membership change");
+            self.sync_quorum()?;
+        }
+        match event.into_input() {
+            Some(input) => self.feed(input),
+            None => Ok(()),
+        }
+    }
+
+    fn fence_event(&mut self, event: FenceEvent) -> Result<(), DaemonError> {
+        match event {
+            FenceEvent::Fenced { nodeid, at } => {
+                tracing::info!(nodeid, "node {nodeid} is fenced");
+                self.fence_warned.remove(&nodeid);
+                let at = self.clock.core_time(at);
+                self.feed(Input::Fenced { nodeid, at })
+            }
+            FenceEvent::Failed { nodeid, reason } => {
+                tracing::warn!(nodeid, reason = %reason, "fencing node {nodeid} failed");
+                self.feed(Input::FenceFailed { nodeid, reason })
+            }
+        }
+    }
+
+    fn warn_slow_fencing(&mut self) {
+        let limit = self.settings.fence_warn;
+        let now = Instant::now();
+        let waits = self.node.status().fence_waits;
+        self.fence_warned
+            .retain(|nodeid, _| waits.iter().any(|w| w.nodeid == *nodeid));
+        for wait in waits {
+            if Duration::from_millis(wait.waiting_ms) < limit {
+                continue;
+            }
+            let due = self
+                .fence_warned
+                .get(&wait.nodeid)
+                .is_none_or(|last| now.duration_since(*last) >= limit);
+            if due {
+                self.fence_warned.insert(wait.nodeid, now);
+                tracing::error!(
+                    nodeid = wait.nodeid,
+                    waiting_s = wait.waiting_ms / 1000,
+                    last_error = wait.last_error.as_deref().unwrap_or("none"),
+                    "journal recovery is still waiting for node {} to be fenced; filesystems stay \
+                     blocked. If the node is certainly down, run `gfs_control fence-ack {}`",
+                    wait.nodeid,
+                    wait.nodeid
+                );
+            }
+        }
+    }
+
+    fn control(&mut self, request: ControlRequest) -> Result<(), DaemonError> {
+        let ControlRequest { request, reply } = request;
+        let answer = match request {
+            Request::Status {} => Reply::Status(self.node.status()),
+            Request::Ls { fs } => {
+                let mut filesystems = self.node.filesystems();
+                if let Some(wanted) = fs {
+                    filesystems.retain(|f| f.name == wanted || f.table == wanted);
+                    if filesystems.is_empty() {
+                        let _ = reply.send(Reply::Error(format!("no filesystem {wanted:?}")));
+                        return Ok(());
+                    }
+                }
+                Reply::Filesystems(filesystems)
+            }
+            Request::Dump {} => Reply::Dump(self.ring.lines()),
+            Request::Version {} => Reply::Version(VersionInfo::current()),
+            Request::FenceAck { nodeid } => {
+                tracing::warn!(nodeid, "operator fence-ack for node {nodeid}");
+                let request = self.next_request;
+                self.next_request += 1;
+                self.acks.insert(request, reply);
+                return self.feed(Input::FenceAck { request, nodeid });
+            }
+        };
+        let _ = reply.send(answer);
+        Ok(())
+    }
+
+    /// SIGTERM/SIGINT: leaving while a filesystem is mounted would leave its journal to be
+    /// replayed by others while this node can still write, so the daemon refuses.
+    fn shutdown_requested(&mut self, signal: &str) -> bool {
+        if self.node.can_shutdown() {
+            tracing::info!(signal, "no gfs2 filesystem is mounted: shutting down");
+            self.stopping = true;
+            return true;
+        }
+        let mounted: Vec<String> = self
+            .node
+            .filesystems()
+            .into_iter()
+            .filter(|f| f.local.is_some())
+            .map(|f| f.name)
+            .collect();
+        tracing::error!(
+            signal,
+            mounted = ?mounted,
+            "refusing to exit: gfs2 filesystems are mounted here; unmount them first"
+        );
+        false
+    }
+
+    /// Leaves every group cleanly (CPG LEAVE, not PROCDOWN) and waits briefly for corosync to
+    /// confirm, so the others see a clean departure.
+    async fn leave_all(&mut self, events: &mut mpsc::UnboundedReceiver<CpgEvent>) {
+        let mut groups = self.cpg.joined();
+        for group in &groups {
+            if let Err(e) = self.cpg.leave(group) {
+                tracing::warn!(group = %group, error = %e, "leaving the CPG group failed");
+            }
+        }
+        let me = self.node.nodeid();
+        let deadline = tokio::time::Instant::now() + LEAVE_WAIT;
+        while !groups.is_empty() {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(CpgEvent::ConfChg { group, left, .. }))
+                    if left.iter().any(|(n, _)| *n == me) =>
+                {
+                    groups.retain(|g| *g != group);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Turns a core log record into a tracing event with structured fields.
+fn log_record(record: &LogRecord) {
+    // Absent fields are left out of the event rather than shown as placeholders.
+    let fs = record.fs.as_deref();
+    let nodeid = record.nodeid;
+    let jid = record.jid;
+    let change = record.change;
+    let message = &record.message;
+    match record.level {
+        Level::Error => tracing::error!(target: "gfs_core", fs, nodeid, jid, change, "{message}"),
+        Level::Warn => tracing::warn!(target: "gfs_core", fs, nodeid, jid, change, "{message}"),
+        Level::Info => tracing::info!(target: "gfs_core", fs, nodeid, jid, change, "{message}"),
+        Level::Debug => tracing::debug!(target: "gfs_core", fs, nodeid, jid, change, "{message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_maps_old_fences_to_zero() {
+        let clock = Clock::new();
+        let before = clock.start_wall - Duration::from_secs(60);
+        assert_eq!(clock.core_time(before), Time(0));
+        let later = clock.wall(Time(1500));
+        assert_eq!(clock.core_time(later), Time(1500));
+    }
+
+    #[test]
+    fn a_second_pid_file_lock_is_refused() {
+        let dir = std::env::temp_dir().join(format!("gfs-pid-{}", std::process::id()));
+        let path = dir.join("gfs_controld.pid");
+        let first = PidFile::acquire(&path).unwrap();
+        let second = PidFile::acquire(&path);
+        assert!(matches!(second, Err(DaemonError::PidFile { .. })));
+        drop(first);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
