@@ -218,7 +218,7 @@ fn level_rank(level: &str) -> usize {
 #[derive(Debug)]
 pub enum Startup {
     /// Run the daemon with these settings.
-    Run(Settings),
+    Run(Box<Settings>),
     /// Exit with this status: `--dump_config`, `--completions`, or a configuration error
     /// (already reported on the error stream).
     Exit(u8),
@@ -247,7 +247,7 @@ pub fn startup(args: &DaemonArgs, out: &mut dyn Write, err: &mut dyn Write) -> S
     if args.dump_config {
         return Startup::Exit(emit(out, err, settings.dump().as_bytes()));
     }
-    Startup::Run(settings)
+    Startup::Run(Box::new(settings))
 }
 
 /// Writes the output; a closed pipe (`gfs_controld --dump_config | head`) is not an error.

@@ -246,9 +246,9 @@ pub static KEYS: &[Key] = &[
     Key {
         name: "fence_warn",
         value_name: "DURATION",
-        help: "Log a warning when recovery has waited this long for fencing",
+        help: "Log a warning when recovery has waited this long for fencing, and again as often",
         apply: |s, v| {
-            s.fence_warn = parse_duration_in(v, Duration::ZERO)?;
+            s.fence_warn = parse_duration_in(v, Duration::from_secs(1))?;
             Ok(())
         },
         show: |s| format_duration(s.fence_warn),
