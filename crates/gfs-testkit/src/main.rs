@@ -863,10 +863,8 @@ fn on_write(sim: &Shared, name: &str, file: &str, text: &str) {
             }
             _ => s.violation(name, format!("block={value} is not 0 or 1 (EINVAL)")),
         },
-        "withdraw" => {
-            if value != 1 && value != 0 {
-                s.violation(name, format!("withdraw={value} is not 0 or 1 (EINVAL)"));
-            }
+        "withdraw" if value != 1 && value != 0 => {
+            s.violation(name, format!("withdraw={value} is not 0 or 1 (EINVAL)"));
         }
         _ => {}
     }
