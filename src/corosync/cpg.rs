@@ -199,8 +199,12 @@ impl Entry {
     }
 }
 
-/// One CPG handle per joined group (libcpg allows one group per handle; see the module
-/// documentation).
+/// One CPG handle per joined group: libcpg allows one group per handle, and a handle of its
+/// own gives each group its own send queue, flow control and failure report (see the
+/// documentation of this module's source, `src/corosync/cpg.rs`).
+///
+/// Dropping `CpgGroups` closes the handles of the groups not being left: the other members
+/// see us leave with reason `PROCDOWN`, as if the daemon had died.
 pub struct CpgGroups {
     runtime: Option<tokio::runtime::Handle>,
     events: UnboundedSender<CpgEvent>,
@@ -305,10 +309,12 @@ impl CpgGroups {
             backoff: RETRY_MIN,
             done: done.clone(),
         };
+        // The newest previous membership first: it waits for any older one itself.
         let predecessor = self
-            .leaving
+            .groups
             .remove(group)
-            .or_else(|| self.groups.remove(group).map(|e| e.task));
+            .map(|e| e.task)
+            .or_else(|| self.leaving.remove(group));
         let task = runtime.spawn(task.run(predecessor));
         tracing::info!(group, nodeid = our_nodeid, "joining CPG group");
         self.groups.insert(
@@ -344,12 +350,20 @@ impl CpgGroups {
     /// Queues a message; order of sends per group is kept; `CS_ERR_TRY_AGAIN` is retried
     /// (short backoff) without blocking the caller.
     pub fn mcast(&mut self, group: &str, payload: Vec<u8>) -> Result<(), CorosyncError> {
+        let gone = || CorosyncError::Call {
+            call: "cpg_mcast_joined",
+            reason: format!(
+                "the CPG handle of group {group:?} is gone (reported as CpgEvent::Lost)"
+            ),
+        };
         match self.groups.get(group) {
-            Some(entry) if entry.active() => entry
-                .cmd
-                .send(Cmd::Mcast(payload))
-                .map_err(|_| CorosyncError::NotJoined(group.to_string())),
-            _ => Err(CorosyncError::NotJoined(group.to_string())),
+            Some(entry) if entry.active() => {
+                entry.cmd.send(Cmd::Mcast(payload)).map_err(|_| gone())
+            }
+            // A membership that ended without our leave: its handle died, or corosync
+            // removed us.
+            Some(_) => Err(gone()),
+            None => Err(CorosyncError::NotJoined(group.to_string())),
         }
     }
 

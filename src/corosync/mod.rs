@@ -7,7 +7,7 @@
 //! holds a global mutex over its own handle table. Calling back into the crate from there
 //! (initialize, finalize, dropping an owning handle) would deadlock, so a callback here only
 //! copies its arguments into a channel. The channel of a handle is found through a small
-//! registry in this module ([`registry`]): a list of (handle clone, sender) pairs, compared
+//! registry in this module (`registry`): a list of (handle clone, sender) pairs, compared
 //! with the crate's `PartialEq for Handle`, which compares the library's u64 handle (that u64
 //! itself is private in rust-corosync 3.2, and the context given to `initialize` is the
 //! address of a temporary, so neither can be used as the key directly).
@@ -18,7 +18,7 @@
 //! # Driving the fds
 //!
 //! Each handle's fd belongs to the library: it is wrapped in [`tokio::io::unix::AsyncFd`]
-//! through [`LibFd`], which does not close it. When the fd is readable, `dispatch(All)` runs,
+//! through `LibFd`, which does not close it. When the fd is readable, `dispatch(All)` runs,
 //! and readiness is cleared unless the fd is still readable after callbacks were delivered
 //! (tokio is edge-triggered; libqb reads one notification byte per event, so a readable fd
 //! after a productive dispatch means more events are queued). The `AsyncFd` is always
