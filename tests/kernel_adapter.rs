@@ -550,6 +550,24 @@ fn simulator_end_to_end() {
             )
             .await;
             assert_eq!(read("recover_status"), "308\n");
+
+            // Back-to-back writes of different jids are each seen (concurrent replays), and
+            // the same jid written twice while replaying is a violation, replayed once.
+            for j in [3, 5, 6, 6] {
+                w.write(&t, SysfsFile::Recover, j).unwrap();
+            }
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                match next_event(&mut l).await {
+                    Ok(KernelEvent {
+                        kind: KernelEventKind::Recovery { jid, done: true },
+                        ..
+                    }) => got.push(jid),
+                    other => panic!("expected a recovery, got {other:?}"),
+                }
+            }
+            got.sort();
+            assert_eq!(got, vec![3, 5, 6]);
             w.write(&t, SysfsFile::Block, 0).unwrap();
 
             // A second jid write: the real kernel answers EBUSY; the simulator records it.
@@ -560,7 +578,7 @@ fn simulator_end_to_end() {
             let deadline = Instant::now() + WAIT;
             let status = loop {
                 let s = sim.status();
-                if s["violations"].as_array().unwrap().len() >= 2 {
+                if s["violations"].as_array().unwrap().len() >= 3 {
                     break s;
                 }
                 assert!(
@@ -575,7 +593,12 @@ fn simulator_end_to_end() {
             assert_eq!(ts["first"], 1);
             assert_eq!(ts["mounted"], true);
             assert_eq!(ts["blocked"], false);
-            assert_eq!(ts["replays_done"], serde_json::json!([1]));
+            let mut done = ts["replays_done"].as_array().unwrap().clone();
+            done.sort_by_key(|v| v.as_u64());
+            assert_eq!(
+                done,
+                serde_json::json!([1, 3, 5, 6]).as_array().unwrap().clone()
+            );
             assert_eq!(ts["replays_failed"], serde_json::json!([2]));
             assert_eq!(ts["replaying"], serde_json::json!([]));
             let violations: Vec<String> = status["violations"]
@@ -592,6 +615,13 @@ fn simulator_end_to_end() {
                 violations.iter().any(|v| v.contains("own journal")),
                 "{violations:?}"
             );
+            assert!(
+                violations
+                    .iter()
+                    .any(|v| v == "recover=6 already replaying (EBUSY)"),
+                "{violations:?}"
+            );
+            assert_eq!(violations.len(), 3, "{violations:?}");
             let timeline: Vec<String> = status["timeline"]
                 .as_array()
                 .unwrap()

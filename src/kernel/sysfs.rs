@@ -2,6 +2,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use gfs_core::{SysfsFile, Table};
@@ -39,23 +40,31 @@ impl SysfsWriter {
 
     /// Writes `value` as decimal ASCII followed by `\n` with a single `write(2)`.
     ///
-    /// The file is opened `O_WRONLY|O_TRUNC` without `O_CREAT`: sysfs ignores `O_TRUNC`, and the
-    /// simulator's regular files need it so a shorter value does not leave a tail behind. A
-    /// missing directory or file means the filesystem is gone and is reported as `ENODEV`;
-    /// every other errno is returned as the kernel gave it (EBUSY, EINVAL, ESHUTDOWN, ...).
+    /// The file is opened `O_WRONLY|O_TRUNC|O_NONBLOCK` without `O_CREAT`. sysfs ignores
+    /// `O_TRUNC` and `O_NONBLOCK` (a `jid` write still blocks in the kernel as it should); the
+    /// simulator's regular files need `O_TRUNC` so a shorter value leaves no tail, and its
+    /// `recover` FIFO needs `O_NONBLOCK` so a dead simulator gives ENXIO instead of a hang.
+    /// A missing directory or file (ENOENT, ENOTDIR) or a FIFO nobody serves (ENXIO) means the
+    /// filesystem is gone and is reported as `ENODEV`; every other errno is returned as the
+    /// kernel gave it (EBUSY, EINVAL, ESHUTDOWN, ...).
     /// `EINTR` is retried. A short write (sysfs never does one) is reported as `EIO`.
     ///
     /// Note: on a real kernel a `jid`/`first` write may block until the lock module is mounted.
     pub fn write(&self, table: &Table, file: SysfsFile, value: i64) -> Result<(), i32> {
         let path = self.lock_module(&table.to_string()).join(file.name());
         let mut f = loop {
-            match OpenOptions::new().write(true).truncate(true).open(&path) {
+            match OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+            {
                 Ok(f) => break f,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
                     return Err(match errno {
-                        libc::ENOENT | libc::ENOTDIR => libc::ENODEV,
+                        libc::ENOENT | libc::ENOTDIR | libc::ENXIO => libc::ENODEV,
                         other => other,
                     });
                 }
@@ -150,6 +159,20 @@ mod tests {
         assert!(!tmp.0.join("alpha:fs1/lock_module/block").exists());
         let gone = SysfsWriter::new(tmp.0.join("nope"));
         assert_eq!(gone.existing_tables(), vec![]);
+    }
+
+    #[test]
+    fn unserved_fifo_is_enodev_not_a_hang() {
+        let tmp = TempDir::new("fifo");
+        let lm = tmp.0.join("alpha:fs1/lock_module");
+        std::fs::create_dir_all(&lm).unwrap();
+        nix::unistd::mkfifo(
+            &lm.join("recover"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let w = SysfsWriter::new(&tmp.0);
+        assert_eq!(w.write(&table(), SysfsFile::Recover, 1), Err(libc::ENODEV));
     }
 
     #[test]

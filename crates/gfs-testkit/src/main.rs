@@ -37,7 +37,11 @@
 //! * `status [--json]`: tables, violations, timeline (`gfs_testkit::proto::Status`).
 //!
 //! Sysfs writes are seen with inotify IN_CLOSE_WRITE (one per open/write/close, so the same
-//! value written twice is seen twice) and read back from the file. Regular files cannot refuse a
+//! value written twice is seen twice) and read back from the file. `recover` is a FIFO that the
+//! simulator keeps open: every value written to it is read exactly once, in order, even when
+//! writes come faster than the simulator reacts (write each value with a trailing newline, as
+//! the daemon and `echo` do; open it O_NONBLOCK to get ENXIO instead of hanging if the
+//! simulator is gone). Regular files cannot refuse a
 //! write, so every write the real kernel would refuse (with its errno), or that breaks safety, is
 //! recorded as a violation and otherwise ignored: `first` after `jid` (EBUSY), `first` on a
 //! spectator (EINVAL), `jid` twice (EBUSY), `jid` > 0 on a spectator (EINVAL: the mount fails),
@@ -46,8 +50,8 @@
 //! `recover` replays run concurrently for different jids, then `recover_done`/`recover_status`
 //! (309 Done, 308 Failed) are written and `change JID=<n> RECOVERY=Done|Failed` is sent.
 //! `block` is recorded; `block=0` while a replay of this node runs is noted in the timeline.
-//! Limitation: two writes of one file closer together than the simulator can read the file
-//! are both seen, but both may read the later value (an empty read, caught between the next
+//! Limitation (regular files: block, first, jid, withdraw): two writes of one file closer
+//! together than the simulator can read it are both seen, but both may read the later value (an empty read, caught between the next
 //! writer's `O_TRUNC` open and its write, is retried for up to 100 ms).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -253,6 +257,9 @@ struct TableSim {
     generation: u64,
     dir: PathBuf,
     wd: Option<WatchDescriptor>,
+    /// `lock_module/recover` (a FIFO) and the bytes read from it not yet consumed.
+    recover_fifo: std::fs::File,
+    recover_buf: Vec<u8>,
     ro: bool,
     spectator: bool,
     first: i64,
@@ -537,19 +544,28 @@ const LOCK_MODULE_FILES: &[(&str, &str)] = &[
     ("block", "0\n"),
     ("first", "1\n"),
     ("jid", ""),
-    ("recover", ""),
     ("recover_done", ""),
     ("recover_status", ""),
     ("first_done", "0\n"),
     ("withdraw", "0\n"),
 ];
 
-fn create_table_dir(lm: &Path) -> std::io::Result<()> {
+/// Creates the `lock_module/` files. `recover` is a FIFO held open (read+write, nonblocking) by
+/// the simulator: every write lands in it whole and in order, so back-to-back writes of
+/// different jids are never merged (a regular file would keep only the last). Returns the FIFO.
+fn create_table_dir(lm: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(lm)?;
     for (name, content) in LOCK_MODULE_FILES {
         std::fs::write(lm.join(name), content)?;
     }
-    Ok(())
+    let fifo = lm.join("recover");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
 }
 
 async fn mount(
@@ -574,12 +590,16 @@ async fn mount(
             return Response::err(libc::EBUSY, format!("{name} is already mounted"));
         }
         let lm = s.root.join(&name).join("lock_module");
-        if let Err(e) = create_table_dir(&lm) {
-            return Response::err(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                format!("create {}: {e}", lm.display()),
-            );
-        }
+        let recover_fifo = match create_table_dir(&lm) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(lm.parent().unwrap_or(&lm));
+                return Response::err(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    format!("create {}: {e}", lm.display()),
+                );
+            }
+        };
         let wd = match ino.add_watch(&lm, AddWatchFlags::IN_CLOSE_WRITE) {
             Ok(wd) => wd,
             Err(e) => {
@@ -597,6 +617,8 @@ async fn mount(
                 generation,
                 dir: lm,
                 wd: Some(wd),
+                recover_fifo,
+                recover_buf: Vec::new(),
                 ro,
                 spectator,
                 first: 1,
@@ -753,26 +775,55 @@ async fn watch_files(sim: Shared, inotify: Arc<AsyncFd<InotifyFd>>) {
             let Some(file) = ev.name.and_then(|n| n.into_string().ok()) else {
                 continue;
             };
-            let (name, path) = {
-                let s = lock(&sim);
-                let Some(name) = s.by_wd.get(&ev.wd).cloned() else {
-                    continue;
-                };
-                let Some(t) = s.tables.get(&name) else {
-                    continue;
-                };
-                (name, t.dir.join(&file))
-            };
             if !matches!(
                 file.as_str(),
                 "block" | "first" | "jid" | "recover" | "withdraw"
             ) {
                 continue;
             }
+            let (name, path, recovers) = {
+                let mut s = lock(&sim);
+                let Some(name) = s.by_wd.get(&ev.wd).cloned() else {
+                    continue;
+                };
+                let Some(t) = s.tables.get_mut(&name) else {
+                    continue;
+                };
+                let recovers = (file == "recover").then(|| drain_recover(t));
+                (name, t.dir.join(&file), recovers)
+            };
+            if let Some(values) = recovers {
+                // Several writes may have landed before this close was seen: one value each.
+                for v in values {
+                    on_write(&sim, &name, &file, v.trim());
+                }
+                continue;
+            }
             let text = read_settled(&path).await;
             on_write(&sim, &name, &file, text.trim());
         }
     }
+}
+
+/// Everything written to the `recover` FIFO so far, one value per line; a last value without a
+/// newline counts too (its writer closed the file).
+fn drain_recover(t: &mut TableSim) -> Vec<String> {
+    use std::io::Read;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match t.recover_fifo.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => t.recover_buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break, // WouldBlock: drained
+        }
+    }
+    let text = String::from_utf8_lossy(&t.recover_buf).into_owned();
+    t.recover_buf.clear();
+    text.split('\n')
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Reads a file just closed by a writer. An empty read means the next writer's `O_TRUNC` open
