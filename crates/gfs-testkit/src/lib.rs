@@ -6,6 +6,7 @@
 //! * [`client`]: a blocking client for the simulator's unix socket.
 
 pub mod client;
+pub mod cluster;
 pub mod proto;
 pub mod uevent;
 
