@@ -22,7 +22,8 @@ pub enum KernelError {
         source: std::io::Error,
     },
     /// The socket's receive queue overflowed (ENOBUFS): the kernel dropped uevents we will never
-    /// see. Not fatal: the socket keeps working, but the daemon's view may now be stale.
+    /// see. Not fatal: the socket keeps working, but the daemon's view may now be stale. Keep
+    /// reading: the kernel drops every new uevent for this socket until its queue is drained.
     #[error(
         "uevent receive queue overflowed (ENOBUFS): kernel uevents were lost; \
          filesystem state may be stale"
