@@ -34,3 +34,42 @@ sim:
 
 bench:
 	$(CARGO) bench -p gfs-sim
+
+# `make install`: the files the deb and rpm ship, from an earlier `cargo build --release`
+# (packaging/install.sh is the packages' copy of this list; tests/packaging.rs keeps them equal).
+PREFIX ?= /usr
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+ENVFILE ?= $(SYSCONFDIR)/default/gfs_controld
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+OCFDIR ?= $(PREFIX)/lib/ocf/resource.d/gfs-controld
+RELEASEDIR ?= $(or $(CARGO_TARGET_DIR),target)/release
+
+install:
+	@test -x $(RELEASEDIR)/gfs_controld -a -x $(RELEASEDIR)/gfs_control || \
+		{ echo "run '$(CARGO) build --release' first (RELEASEDIR=$(RELEASEDIR))" >&2; exit 1; }
+	install -D -m 0755 $(RELEASEDIR)/gfs_controld $(DESTDIR)$(SBINDIR)/gfs_controld
+	install -D -m 0755 $(RELEASEDIR)/gfs_control $(DESTDIR)$(SBINDIR)/gfs_control
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/sbin/gfs_controld|$(SBINDIR)/gfs_controld|' packaging/systemd/gfs_controld.service \
+		> $(DESTDIR)$(UNITDIR)/gfs_controld.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/gfs_controld.service
+	install -D -m 0644 man/gfs_controld.8 $(DESTDIR)$(MANDIR)/man8/gfs_controld.8
+	install -D -m 0644 man/gfs_control.8 $(DESTDIR)$(MANDIR)/man8/gfs_control.8
+	install -D -m 0644 man/gfs_controld.conf.5 $(DESTDIR)$(MANDIR)/man5/gfs_controld.conf.5
+	install -D -m 0644 packaging/gfs_controld.conf $(DESTDIR)$(SYSCONFDIR)/gfs_controld.conf
+	install -D -m 0644 packaging/default/gfs_controld $(DESTDIR)$(ENVFILE)
+	install -D -m 0755 packaging/ocf/gfs_controld $(DESTDIR)$(OCFDIR)/gfs_controld
+	install -d -m 0755 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	set -e; for bin in gfs_control gfs_controld; do \
+		if [ $$bin = gfs_control ]; then gen="completions"; else gen="--completions"; fi; \
+		$(RELEASEDIR)/$$bin $$gen bash > $(DESTDIR)$(BASHCOMPDIR)/$$bin; \
+		$(RELEASEDIR)/$$bin $$gen zsh > $(DESTDIR)$(ZSHCOMPDIR)/_$$bin; \
+		$(RELEASEDIR)/$$bin $$gen fish > $(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
+		chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/$$bin $(DESTDIR)$(ZSHCOMPDIR)/_$$bin \
+			$(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
+	done
