@@ -1,0 +1,694 @@
+//! `cargo bench --bench cluster`: figures from a real 3-node corosync cluster on this machine
+//! (network namespaces, corosync, `gfs_kernel_sim` and `gfs_controld` on each node; see
+//! `gfs_testkit::cluster`). Prints, does not assert:
+//!
+//! 1. raw CPG delivery latency: ping/pong between node 1 and node 2 in a CPG group of its own
+//!    (`gfs:bench`), from two threads of this process that entered the nodes' network
+//!    namespaces (libqb's IPC sockets are abstract unix sockets, per network namespace). Both
+//!    threads share the monotonic clock, so one-way latency is measured directly as well;
+//! 2. the daemons' coordination overhead for one node failure, with 1 and with 32 filesystems
+//!    mounted on all three nodes: node 3 is killed, and from the kernel simulators' timelines
+//!    (wall clock) and the daemons' recovery timelines (daemon clock) the time from the first
+//!    `block=1` on a survivor to the last `block=0` is split into waiting for fencing (the
+//!    daemons' failure -> fenced), the replay on the critical path (the simulator's replay of
+//!    the filesystem unblocked last) and the rest: coordination.
+//!
+//! Needs root, corosync and the workspace binaries; builds them (`cargo build --release
+//! --workspace --bins`) unless `GFS_BIN_DIR` names a directory holding them. Without root it
+//! prints why and exits 0, unless `CI` is set (then it fails).
+//!
+//! Knobs (environment): `GFS_BENCH_REPEAT` (default 3 runs of each failure measurement),
+//! `GFS_BENCH_PINGS` (default 1000 round trips per cluster), `GFS_BENCH_REPLAY_MS` (default
+//! 200), `GFS_BENCH_FS` (default `1,32`), `GFS_BENCH_DUMP=1` (print the raw timelines).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsFd;
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use gfs_controld::corosync::{CpgEvent, CpgGroups};
+use gfs_core::view::StatusView;
+use gfs_testkit::cluster::{bin_dir, missing_prerequisite, Cluster, ClusterOptions, TOKEN_MS};
+use gfs_testkit::now_ms;
+use gfs_testkit::proto::Status as KernelStatus;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+const GROUP: &str = "gfs:bench";
+const VICTIM: u32 = 3;
+const SURVIVORS: [u32; 2] = [1, 2];
+const WARMUP_PINGS: usize = 50;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench` (and a filter, if any); nothing to choose here.
+    let ci = std::env::var_os("CI").is_some();
+    let skip = |why: String| {
+        if ci {
+            eprintln!("bench cluster: cannot run under CI: {why}");
+            ExitCode::FAILURE
+        } else {
+            println!("bench cluster: skipped: {why} (needs root and corosync; set CI to make this fatal)");
+            ExitCode::SUCCESS
+        }
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip("not root (network namespaces need it)".into());
+    }
+    if std::env::var_os("GFS_BIN_DIR").is_none() {
+        if let Err(e) = build_binaries() {
+            eprintln!("bench cluster: {e:#}");
+        }
+    }
+    if let Some(why) = missing_prerequisite() {
+        return skip(why);
+    }
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench cluster: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo build --release --workspace --bins`, so that the daemon, the control tool and the
+/// kernel simulator the cluster runs are the current ones (cargo does not hold its build lock
+/// while a bench runs).
+fn build_binaries() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("bench cluster: cargo build --release --workspace --bins");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--workspace", "--bins", "-q"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!(
+            "cargo build --release --workspace --bins failed ({status}); using the binaries in {}",
+            bin_dir().display()
+        );
+    }
+    Ok(())
+}
+
+fn bench() -> Result<()> {
+    let repeat: usize = env_or("GFS_BENCH_REPEAT", 3).max(1);
+    let pings: usize = env_or("GFS_BENCH_PINGS", 1000).max(1);
+    let replay_ms: u64 = env_or("GFS_BENCH_REPLAY_MS", 200);
+    let fs_counts: Vec<usize> = std::env::var("GFS_BENCH_FS")
+        .unwrap_or_else(|_| "1,32".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .collect();
+    println!(
+        "bench cluster: 3 corosync nodes in network namespaces (knet, token {TOKEN_MS} ms), \
+         replay {replay_ms} ms, {repeat} run(s) per measurement, binaries from {}",
+        bin_dir().display()
+    );
+
+    let mut rtts: Vec<u64> = Vec::new();
+    let mut one_way: Vec<u64> = Vec::new();
+    let mut results: BTreeMap<usize, Vec<FailureRun>> = BTreeMap::new();
+    for run in 1..=repeat {
+        for (i, &nfs) in fs_counts.iter().enumerate() {
+            let started = Instant::now();
+            let opts = ClusterOptions {
+                nodes: 3,
+                cluster_name: "gfsbench".into(),
+                replay_ms,
+                ..ClusterOptions::default()
+            };
+            let mut c = Cluster::start(opts).context("bringing up the cluster")?;
+            let up = started.elapsed();
+            if i == 0 {
+                let ping = cpg_ping(&c, 1, 2, pings)
+                    .with_context(|| format!("CPG ping/pong (run {run})"))?;
+                println!(
+                    "run {run}: cluster up in {:.1}s; cpg ping/pong: {}",
+                    up.as_secs_f64(),
+                    ping.summary()
+                );
+                rtts.extend(&ping.rtt_us);
+                one_way.extend(&ping.one_way_us);
+            }
+            let r = failure_run(&mut c, nfs).with_context(|| {
+                format!("failure of node {VICTIM} with {nfs} filesystem(s), run {run}")
+            })?;
+            println!("run {run}: F={nfs:<3} {}", r.line());
+            results.entry(nfs).or_default().push(r);
+            drop(c);
+        }
+    }
+
+    println!();
+    println!("summary (3 nodes, corosync token {TOKEN_MS} ms, replay {replay_ms} ms; medians of {repeat} run(s))");
+    if !rtts.is_empty() {
+        let runs = rtts.len() / pings.max(1);
+        println!(
+            "cpg round trip ({runs}x{pings} pings, node1<->node2): {}",
+            Stats::of(&rtts).us()
+        );
+        let halves: Vec<u64> = rtts.iter().map(|r| r / 2).collect();
+        println!(
+            "cpg one-way as rtt/2:                          {}",
+            Stats::of(&halves).us()
+        );
+        println!(
+            "cpg one-way measured (send->deliver, both ways): {}",
+            Stats::of(&one_way).us()
+        );
+    }
+    for (nfs, runs) in &results {
+        let m = |f: fn(&FailureRun) -> i64| median_i64(runs.iter().map(f).collect());
+        println!(
+            "failure of 1 node, 3 nodes, F={nfs}: detect->unblock {}ms = fencing {}ms + replay {}ms + coordination {}ms \
+             (before replay {}ms, after replay {}ms; block spread {}ms; kill->block=1 {}ms; daemon recovery {}ms)",
+            m(|r| r.total),
+            m(|r| r.fencing),
+            m(|r| r.replay),
+            m(|r| r.coordination()),
+            m(|r| r.before_replay - r.fencing),
+            m(|r| r.after_replay),
+            m(|r| r.block_spread),
+            m(|r| r.detect),
+            m(|r| r.daemon_recovery),
+        );
+    }
+    println!("cpg messages per recovery: not reported (the daemon exposes no message counters)");
+    Ok(())
+}
+
+// ----- CPG ping/pong ---------------------------------------------------------------------------
+
+const PING: u8 = 1;
+const PONG: u8 = 2;
+const DONE: u8 = 3;
+
+fn encode(kind: u8, seq: u32, sent_ns: u64) -> Vec<u8> {
+    let mut p = Vec::with_capacity(13);
+    p.push(kind);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&sent_ns.to_be_bytes());
+    p
+}
+
+fn decode(p: &[u8]) -> Option<(u8, u32, u64)> {
+    if p.len() != 13 {
+        return None;
+    }
+    let seq = u32::from_be_bytes(p[1..5].try_into().ok()?);
+    let sent = u64::from_be_bytes(p[5..13].try_into().ok()?);
+    Some((p[0], seq, sent))
+}
+
+struct Ping {
+    rtt_us: Vec<u64>,
+    /// Send -> delivery on the other node, pings and pongs (same monotonic clock).
+    one_way_us: Vec<u64>,
+}
+
+impl Ping {
+    fn summary(&self) -> String {
+        format!(
+            "rtt {}; one-way {}",
+            Stats::of(&self.rtt_us).us(),
+            Stats::of(&self.one_way_us).us()
+        )
+    }
+}
+
+/// Runs `body` on a new thread inside network namespace `ns`, on a current-thread runtime.
+fn in_netns<T, F, Fut>(ns: String, body: F) -> std::thread::JoinHandle<Result<T>>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    std::thread::spawn(move || {
+        let path = format!("/run/netns/{ns}");
+        let file = File::open(&path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns {path}"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(120), body())
+                .await
+                .map_err(|_| anyhow!("did not finish within 120 s"))?
+        })
+    })
+}
+
+async fn next_event(events: &mut UnboundedReceiver<CpgEvent>, what: &str) -> Result<CpgEvent> {
+    match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+        Ok(Some(CpgEvent::Lost { group, reason })) => {
+            bail!("lost {group} ({reason}) waiting for {what}")
+        }
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => bail!("CPG event channel closed waiting for {what}"),
+        Err(_) => bail!("no CPG event within 10 s waiting for {what}"),
+    }
+}
+
+/// Joins the bench group and waits until `peer` is a member too.
+async fn join_with(peer: u32) -> Result<(CpgGroups, UnboundedReceiver<CpgEvent>)> {
+    let (mut cpg, mut events) = CpgGroups::new();
+    cpg.join(GROUP)?;
+    loop {
+        if let CpgEvent::ConfChg { group, members, .. } =
+            next_event(&mut events, "the peer's join").await?
+        {
+            if group == GROUP && members.contains(&peer) {
+                return Ok((cpg, events));
+            }
+        }
+    }
+}
+
+fn ns_since(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64
+}
+
+fn cpg_ping(c: &Cluster, pinger: u32, ponger: u32, pings: usize) -> Result<Ping> {
+    let base = Instant::now();
+    let pong_side = in_netns(c.netns(ponger), move || async move {
+        let (mut cpg, mut events) = join_with(pinger).await?;
+        let mut one_way = Vec::new();
+        loop {
+            let CpgEvent::Deliver {
+                sender, payload, ..
+            } = next_event(&mut events, "a ping").await?
+            else {
+                continue;
+            };
+            if sender != pinger {
+                continue;
+            }
+            let at = ns_since(base);
+            match decode(&payload) {
+                Some((PING, seq, sent)) => {
+                    one_way.push(at.saturating_sub(sent) / 1000);
+                    cpg.mcast(GROUP, encode(PONG, seq, ns_since(base)))?;
+                }
+                Some((DONE, ..)) => break,
+                _ => {}
+            }
+        }
+        cpg.leave(GROUP)?;
+        Ok(one_way)
+    });
+    let ping_side = in_netns(c.netns(pinger), move || async move {
+        let (mut cpg, mut events) = join_with(ponger).await?;
+        let mut rtt = Vec::with_capacity(pings);
+        let mut one_way = Vec::with_capacity(pings);
+        for i in 0..WARMUP_PINGS + pings {
+            let seq = i as u32;
+            let sent = ns_since(base);
+            cpg.mcast(GROUP, encode(PING, seq, sent))?;
+            loop {
+                let CpgEvent::Deliver {
+                    sender, payload, ..
+                } = next_event(&mut events, "a pong").await?
+                else {
+                    continue;
+                };
+                if sender != ponger {
+                    continue;
+                }
+                if let Some((PONG, s, pong_sent)) = decode(&payload) {
+                    if s == seq {
+                        let at = ns_since(base);
+                        if i >= WARMUP_PINGS {
+                            rtt.push(at.saturating_sub(sent) / 1000);
+                            one_way.push(at.saturating_sub(pong_sent) / 1000);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        cpg.mcast(GROUP, encode(DONE, 0, 0))?;
+        // Let the last message go out before the handle closes.
+        cpg.leave(GROUP)?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok((rtt, one_way))
+    });
+    let pinged = ping_side
+        .join()
+        .map_err(|_| anyhow!("pinger thread panicked"))?;
+    let ponged = pong_side
+        .join()
+        .map_err(|_| anyhow!("ponger thread panicked"))?;
+    let (rtt_us, mut one_way_us) = pinged.context("node 1 (ping)")?;
+    let pong_one_way = ponged.context("node 2 (pong)")?;
+    // Warm-up pings are in the ponger's list too: drop as many.
+    one_way_us.extend(pong_one_way.into_iter().skip(WARMUP_PINGS));
+    Ok(Ping { rtt_us, one_way_us })
+}
+
+// ----- node failure ------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+struct FailureRun {
+    /// Kill -> first `block=1` on a survivor (corosync's failure detection).
+    detect: i64,
+    /// First `block=1` -> last `block=0` (survivors, every filesystem).
+    total: i64,
+    /// Failure -> fenced, as the daemon of the node that ran the critical replay saw it.
+    fencing: i64,
+    /// The replay of the filesystem unblocked last.
+    replay: i64,
+    /// First `block=1` -> start of that replay.
+    before_replay: i64,
+    /// End of that replay -> last `block=0`.
+    after_replay: i64,
+    /// First -> last `block=1`.
+    block_spread: i64,
+    /// The daemons' recovery timeline, start -> finish (the longest of the survivors).
+    daemon_recovery: i64,
+    replays: usize,
+}
+
+impl FailureRun {
+    fn coordination(&self) -> i64 {
+        self.total - self.fencing - self.replay
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "detect->unblock {}ms = fencing {}ms + replay {}ms + coordination {}ms \
+             (before replay {}ms, after {}ms); kill->block=1 {}ms, {} replays, daemon recovery {}ms",
+            self.total,
+            self.fencing,
+            self.replay,
+            self.coordination(),
+            self.before_replay - self.fencing,
+            self.after_replay,
+            self.detect,
+            self.replays,
+            self.daemon_recovery
+        )
+    }
+}
+
+/// A replay in the kernel timelines: (table, jid, node).
+type ReplayKey = (String, u32, u32);
+
+fn kernel_status(c: &Cluster, id: u32) -> Result<KernelStatus> {
+    Ok(serde_json::from_str(&c.kernel(id, &["status", "--json"])?)?)
+}
+
+fn daemon_status(c: &Cluster, id: u32) -> Result<StatusView> {
+    Ok(serde_json::from_value(c.status(id)?)?)
+}
+
+/// Mounts every filesystem on `id`, concurrently.
+fn mount_all(c: &Cluster, ids: &[u32], names: &[String]) -> Result<()> {
+    let mut children = Vec::new();
+    for &id in ids {
+        for name in names {
+            children.push((id, name, c.mount_async(id, name)?));
+        }
+    }
+    for (id, name, child) in children {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "mount {name} on node {id}: {}{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                c.diagnostics()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn poll(
+    what: &str,
+    c: &Cluster,
+    timeout: Duration,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done().unwrap_or(false) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                c.diagnostics()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn failure_run(c: &mut Cluster, nfs: usize) -> Result<FailureRun> {
+    let names: Vec<String> = (0..nfs).map(|i| format!("b{i:02}")).collect();
+    let tables: Vec<String> = names.iter().map(|n| c.table(n)).collect();
+    // The first mounter alone, then the others (all filesystems at once on each node).
+    mount_all(c, &[1], &names)?;
+    mount_all(c, &[2, 3], &names)?;
+    poll("every mount settled", c, Duration::from_secs(60), || {
+        for id in 1..=3 {
+            let k = kernel_status(c, id)?;
+            let settled = tables.iter().all(|t| {
+                k.tables.iter().any(|s| {
+                    &s.table == t && s.mounted && !s.blocked && s.jid.is_some_and(|j| j >= 0)
+                })
+            });
+            if !settled
+                || !daemon_status(c, id)?
+                    .recoveries
+                    .iter()
+                    .all(|r| r.finished_ms.is_some())
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let victim = kernel_status(c, VICTIM)?;
+    let dead_jid: BTreeMap<String, u32> = victim
+        .tables
+        .iter()
+        .filter_map(|t| Some((t.table.clone(), u32::try_from(t.jid?).ok()?)))
+        .collect();
+
+    let killed = now_ms();
+    c.crash_node(VICTIM);
+    // Corosync needs about two token timeouts to notice: no point polling (and loading the
+    // machine) before.
+    std::thread::sleep(Duration::from_millis(u64::from(TOKEN_MS)));
+    poll(
+        "recovery on every filesystem",
+        c,
+        Duration::from_secs(90),
+        || {
+            for id in SURVIVORS {
+                let k = kernel_status(c, id)?;
+                for t in &tables {
+                    let Some(s) = k.tables.iter().find(|s| &s.table == t) else {
+                        return Ok(false);
+                    };
+                    if s.blocked {
+                        return Ok(false);
+                    }
+                }
+                let d = daemon_status(c, id)?;
+                let finished = d
+                    .recoveries
+                    .iter()
+                    .any(|r| r.failed.contains(&VICTIM) && r.finished_ms.is_some());
+                if !finished {
+                    return Ok(false);
+                }
+            }
+            // Every dead journal replayed by some survivor.
+            let mut replayed: Vec<(String, u32)> = Vec::new();
+            for id in SURVIVORS {
+                for s in kernel_status(c, id)?.tables {
+                    for j in s.replays_done {
+                        replayed.push((s.table.clone(), j));
+                    }
+                }
+            }
+            Ok(dead_jid
+                .iter()
+                .all(|(t, j)| replayed.iter().any(|(rt, rj)| rt == t && rj == j)))
+        },
+    )?;
+
+    // Kernel timelines (wall clock), survivors only, after the kill.
+    let mut timeline: Vec<(u64, u32, String, String)> = Vec::new();
+    for id in SURVIVORS {
+        for e in kernel_status(c, id)?.timeline {
+            if e.t_ms >= killed {
+                timeline.push((e.t_ms, id, e.table, e.what));
+            }
+        }
+    }
+    timeline.sort();
+    let dump = std::env::var_os("GFS_BENCH_DUMP").is_some();
+    if dump {
+        println!("--- kernel timelines after the kill (ms after kill, node, table, what)");
+        for (t, id, table, what) in &timeline {
+            println!("  +{:>5} n{id} {table} {what}", t - killed);
+        }
+    }
+    let blocks: Vec<u64> = timeline
+        .iter()
+        .filter(|e| e.3 == "write block=1")
+        .map(|e| e.0)
+        .collect();
+    let first_block = *blocks
+        .iter()
+        .min()
+        .ok_or_else(|| anyhow!("no block=1 on a survivor"))?;
+    let last_block = *blocks.iter().max().unwrap_or(&first_block);
+    let (last_unblock, last_table) = timeline
+        .iter()
+        .filter(|e| e.3 == "write block=0")
+        .map(|e| (e.0, e.2.clone()))
+        .max()
+        .ok_or_else(|| anyhow!("no block=0 on a survivor"))?;
+    // Successful replays of dead journals: (table, jid, node) -> (start, end).
+    let mut replay: BTreeMap<ReplayKey, (Option<u64>, Option<u64>)> = BTreeMap::new();
+    for (t, id, table, what) in &timeline {
+        if let Some(rest) = what.strip_prefix("replay start jid=") {
+            if let Ok(j) = rest.trim().parse::<u32>() {
+                replay.entry((table.clone(), j, *id)).or_default().0 = Some(*t);
+            }
+        } else if let Some(rest) = what.strip_prefix("replay end jid=") {
+            if let Some(j) = rest
+                .strip_suffix(" Done")
+                .and_then(|j| j.parse::<u32>().ok())
+            {
+                replay.entry((table.clone(), j, *id)).or_default().1 = Some(*t);
+            }
+        }
+    }
+    let replays: Vec<(String, u32, u64, u64)> = replay
+        .into_iter()
+        .filter(|((t, j, _), _)| dead_jid.get(t) == Some(j))
+        .filter_map(|((t, _, id), (s, e))| Some((t, id, s?, e?)))
+        .collect();
+    // The critical path runs through the replay of the filesystem unblocked last.
+    let (replayer, crit_start, crit_end) = replays
+        .iter()
+        .find(|(t, ..)| *t == last_table)
+        .or_else(|| replays.iter().max_by_key(|r| r.3))
+        .map(|(_, id, s, e)| (*id, *s, *e))
+        .ok_or_else(|| anyhow!("no replay of a dead journal in the survivors' timelines"))?;
+
+    // The daemons' timelines (daemon clock: differences only).
+    let mut fencing = 0i64;
+    let mut daemon_recovery = 0i64;
+    let failed_text = format!("node {VICTIM} failed");
+    let fenced_text = format!("node {VICTIM} fenced");
+    for id in SURVIVORS {
+        let d = daemon_status(c, id)?;
+        let r = d
+            .recoveries
+            .iter()
+            .rev()
+            .find(|r| r.failed.contains(&VICTIM))
+            .ok_or_else(|| anyhow!("node {id}'s daemon recorded no recovery"))?;
+        if dump {
+            println!("--- node {id} daemon recovery timeline (ms after its start)");
+            for e in &r.events {
+                println!("  +{:>5} {}", e.at_ms - r.started_ms, e.what);
+            }
+        }
+        let at = |text: &str| {
+            r.events
+                .iter()
+                .find(|e| e.what.starts_with(text))
+                .map(|e| e.at_ms as i64)
+        };
+        let failed = at(&failed_text).unwrap_or(r.started_ms as i64);
+        let fenced = at(&fenced_text)
+            .ok_or_else(|| anyhow!("node {id}'s daemon recorded no fencing of node {VICTIM}"))?;
+        // Waiting for fencing on the critical path: as the replayer's daemon saw it (the other
+        // survivor may learn of the fencing a little later, through the daemon group).
+        if id == replayer {
+            fencing = fenced - failed;
+        }
+        if let Some(f) = r.finished_ms {
+            daemon_recovery = daemon_recovery.max(f as i64 - r.started_ms as i64);
+        }
+    }
+
+    Ok(FailureRun {
+        detect: first_block as i64 - killed as i64,
+        total: last_unblock as i64 - first_block as i64,
+        fencing,
+        replay: crit_end as i64 - crit_start as i64,
+        before_replay: crit_start as i64 - first_block as i64,
+        after_replay: last_unblock as i64 - crit_end as i64,
+        block_spread: last_block as i64 - first_block as i64,
+        daemon_recovery,
+        replays: replays.len(),
+    })
+}
+
+// ----- statistics --------------------------------------------------------------------------------
+
+struct Stats {
+    min: u64,
+    median: u64,
+    p99: u64,
+    max: u64,
+}
+
+impl Stats {
+    fn of(samples: &[u64]) -> Stats {
+        let mut s = samples.to_vec();
+        s.sort_unstable();
+        if s.is_empty() {
+            return Stats {
+                min: 0,
+                median: 0,
+                p99: 0,
+                max: 0,
+            };
+        }
+        let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
+        Stats {
+            min: s[0],
+            median: at(0.5),
+            p99: at(0.99),
+            max: s[s.len() - 1],
+        }
+    }
+
+    fn us(&self) -> String {
+        format!(
+            "min {}us  median {}us  p99 {}us  max {}us",
+            self.min, self.median, self.p99, self.max
+        )
+    }
+}
+
+fn median_i64(mut v: Vec<i64>) -> i64 {
+    v.sort_unstable();
+    if v.is_empty() {
+        0
+    } else {
+        v[v.len() / 2]
+    }
+}
