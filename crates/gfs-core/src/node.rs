@@ -735,6 +735,11 @@ impl Node {
                     self.rep.renegotiate();
                     return;
                 }
+                if !synced && member.synced_by.is_some() {
+                    // Sent before the STATE from the other side of a merge reached it: it now
+                    // holds that side's state and is judged with it.
+                    return;
+                }
                 if !synced {
                     // A daemon with no state holds no gfs2 mounts (it refuses to start with
                     // them): whatever kernel wrote that node's journals is gone, which is what
@@ -765,11 +770,28 @@ impl Node {
             }
             Message::State { recipient, .. } => {
                 // The first STATE addressed to a member syncs it: it can apply a STATE answering
-                // any of its HELLOs.
+                // any of its HELLOs. A STATE from outside our side (the other side of a merge
+                // not yet resolved, or a stale member) puts the recipient on the sender's side.
+                let sender_stale = self.rep.members.get(&sender).is_some_and(|m| m.stale);
+                // A sender that has left since was one of ours (a merge's other side is never
+                // removed from the state before it is judged).
+                let ours =
+                    self.rep.active_member(sender) || !self.rep.members.contains_key(&sender);
+                let mut kill = false;
                 if let Some(m) = self.rep.members.get_mut(&recipient) {
-                    if !m.stale {
+                    if m.synced || m.stale || m.synced_by.is_some() {
+                        // Already judged: only its first STATE counts.
+                    } else if ours {
                         m.synced = true;
+                    } else if sender_stale {
+                        m.stale = true;
+                        kill = true;
+                    } else {
+                        m.synced_by = Some(sender);
                     }
+                }
+                if kill {
+                    self.remove_stale(recipient, "adopted the state of a stale member");
                 }
             }
             _ if !self.rep.active_member(sender) => {
@@ -927,8 +949,22 @@ impl Node {
         }
     }
 
-    fn stale_merge(&mut self, other: NodeId, their_side: Vec<NodeId>) {
+    fn stale_merge(&mut self, other: NodeId, mut their_side: Vec<NodeId>) {
         let me = self.cfg.nodeid;
+        // Daemons the other side synced during the merge count with it, as they do in its view.
+        let adopted: Vec<NodeId> = self
+            .rep
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.synced_by
+                    .is_some_and(|by| by == other || their_side.contains(&by))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        their_side.extend(adopted.iter().copied());
+        their_side.sort_unstable();
+        their_side.dedup();
         if self.cfg.sabotage.accept_stale_merge {
             if let Some(m) = self.rep.members.get_mut(&other) {
                 m.synced = true;
@@ -950,19 +986,17 @@ impl Node {
             )
         };
         if key(&my_side) <= key(&their_side) {
-            if let Some(m) = self.rep.members.get_mut(&other) {
-                m.stale = true;
-            }
             self.log_node(
                 Level::Error,
                 other,
                 format!("node came back from a partition with stale state (its side {their_side:?}, ours {my_side:?}): removing it"),
             );
-            if self.lowest_active() == Some(me) && !self.replaying {
-                self.outputs.push_back(Output::KillNode {
-                    nodeid: other,
-                    reason: "rejoined after a partition with stale state".into(),
-                });
+            self.remove_stale(other, "rejoined after a partition with stale state");
+            for node in adopted {
+                self.remove_stale(
+                    node,
+                    "took its state from the losing side of a partition merge",
+                );
             }
         } else {
             self.log(
@@ -975,6 +1009,25 @@ impl Node {
             self.outputs.push_back(Output::KillNode {
                 nodeid: me,
                 reason: "lost a partition merge: its state is stale".into(),
+            });
+        }
+    }
+
+    /// Marks `node` stale (ignored from now on) and has the lowest active member ask corosync
+    /// to remove it.
+    fn remove_stale(&mut self, node: NodeId, reason: &str) {
+        let me = self.cfg.nodeid;
+        let newly = match self.rep.members.get_mut(&node) {
+            Some(m) if !m.stale => {
+                m.stale = true;
+                true
+            }
+            _ => false,
+        };
+        if newly && self.lowest_active() == Some(me) && !self.replaying {
+            self.outputs.push_back(Output::KillNode {
+                nodeid: node,
+                reason: reason.into(),
             });
         }
     }

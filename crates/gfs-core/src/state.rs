@@ -33,6 +33,9 @@ pub struct Member {
     pub synced: bool,
     /// Came back from a partition with state of its own; ignored until corosync removes it (S7).
     pub stale: bool,
+    /// A daemon that got its state from a member of the other side of an unresolved merge: it
+    /// belongs to that side, and shares its fate when the merge is resolved.
+    pub synced_by: Option<NodeId>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -153,6 +156,7 @@ impl Replicated {
                     proto_max: *max,
                     synced: true,
                     stale: false,
+                    synced_by: None,
                 },
             );
         }

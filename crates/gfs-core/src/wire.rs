@@ -288,6 +288,7 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
         w.u16(m.proto_max);
         w.bool(m.synced);
         w.bool(m.stale);
+        w.opt_u32(m.synced_by);
     }
     w.nodes(s.must_fence.iter().copied());
     w.u32(s.fs.len() as u32);
@@ -333,6 +334,7 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
             proto_max: r.u16()?,
             synced: r.bool()?,
             stale: r.bool()?,
+            synced_by: r.opt_u32()?,
         };
         members.insert(id, m);
     }

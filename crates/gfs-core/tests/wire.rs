@@ -74,14 +74,20 @@ fn fs_state() -> impl Strategy<Value = FsState> {
 }
 
 fn replicated() -> impl Strategy<Value = Replicated> {
-    let member = (any::<u16>(), any::<u16>(), any::<bool>(), any::<bool>()).prop_map(
-        |(a, b, synced, stale)| Member {
+    let member = (
+        any::<u16>(),
+        any::<u16>(),
+        any::<bool>(),
+        any::<bool>(),
+        proptest::option::of(1u32..400),
+    )
+        .prop_map(|(a, b, synced, stale, synced_by)| Member {
             proto_min: a,
             proto_max: b,
             synced,
             stale,
-        },
-    );
+            synced_by,
+        });
     (
         any::<u16>(),
         any::<u64>(),

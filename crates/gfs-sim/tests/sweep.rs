@@ -87,3 +87,14 @@ fn seeds_inject_faults_and_recover_journals() {
         "only {replayed} journals replayed in 50 seeds"
     );
 }
+
+/// Seeds that once broke a rule, kept so the fix stays fixed:
+/// - 3741: a daemon restarted mid-partition inherited its STATE sender's later memory (checker);
+/// - 52631: a fresh daemon synced by the other side during a merge was counted on ours (S6);
+/// - 2737: a STATE from a member that left before its delivery (the fix's first version).
+#[test]
+fn regression_seeds() {
+    for seed in [3741, 52631, 2737] {
+        sweep(seed..seed + 1);
+    }
+}
