@@ -423,6 +423,45 @@ fn s8_two_filesystems_recover_together() {
     no_violations(&c, &[1, 3]);
 }
 
+#[test]
+fn s9_sigterm_is_refused_while_mounted_and_clean_after_unmount() {
+    let Some((_guard, mut c)) = cluster("s9", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2, 3], "fs1");
+    c.signal_daemon(3, libc::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        c.daemon_alive(3),
+        "the daemon exited with a filesystem mounted"
+    );
+    let log = std::fs::read_to_string(c.node_dir(3).join("gfs_controld.log")).unwrap();
+    assert!(log.contains("refusing to exit"), "{log}");
+    c.umount(3, "fs1").unwrap();
+    c.wait_for("node 3 gone from the group", SETTLE, |c| {
+        c.ls(1)
+            .map(|ls| ls[0]["members"].as_array().map(|m| m.len()) == Some(2))
+            .unwrap_or(false)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    c.signal_daemon(3, libc::SIGTERM).unwrap();
+    c.wait_for("the daemon to exit", SETTLE, |c| c.daemon_exit(3).is_some())
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(c.daemon_exit(3).unwrap().success());
+    // A clean leave: the others neither block nor fence.
+    c.wait_for("node 3 gone from the daemon group", SETTLE, |c| {
+        c.status(1)
+            .map(|s| s["members"].as_array().map(|m| m.len()) == Some(2))
+            .unwrap_or(false)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(c.fence_log().is_empty(), "a clean exit needs no fencing");
+    for id in [1, 2] {
+        assert!(!blocked(&c, id, "fs1"));
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

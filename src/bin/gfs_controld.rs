@@ -4,37 +4,28 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{CommandFactory, Parser};
-use gfs_controld::cli::DaemonArgs;
+use clap::Parser;
+use gfs_controld::cli::{self, DaemonArgs, Startup};
 use gfs_controld::config::Settings;
 use gfs_controld::{daemon, logging};
 
 fn main() -> ExitCode {
-    match run(DaemonArgs::parse()) {
+    let args = DaemonArgs::parse();
+    let settings = match cli::startup(&args, &mut std::io::stdout(), &mut std::io::stderr()) {
+        Startup::Run(settings) => *settings,
+        Startup::Exit(code) => return ExitCode::from(code),
+    };
+    match run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // stderr is the log under systemd and pacemaker alike.
             eprintln!("gfs_controld: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    if let Some(shell) = args.completions {
-        clap_complete::generate(
-            shell,
-            &mut DaemonArgs::command(),
-            "gfs_controld",
-            &mut std::io::stdout(),
-        );
-        return Ok(());
-    }
-    let settings = Settings::load(&args)?;
-    if args.dump_config {
-        print!("{}", settings.dump());
-        return Ok(());
-    }
+fn run(settings: Settings) -> anyhow::Result<()> {
     let ring = logging::init(&settings.log_level, settings.debug_ring_lines)?;
     daemon::check_existing_mounts(&settings)?;
     if !settings.foreground {

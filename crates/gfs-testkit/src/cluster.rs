@@ -530,6 +530,31 @@ impl Cluster {
         let _ = fs::write(self.node_dir(id).join("pids"), live);
     }
 
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to node `id`'s daemon.
+    pub fn signal_daemon(&mut self, id: u32, signal: i32) -> Result<()> {
+        let child = self
+            .nodes
+            .get_mut(&id)
+            .and_then(|n| n.daemon.as_mut())
+            .ok_or_else(|| anyhow!("node {id} has no daemon"))?;
+        if !matches!(child.try_wait(), Ok(None)) {
+            bail!("node {id}'s daemon is not running");
+        }
+        // SAFETY: kill(2) on a child we started and have not reaped, so the PID is still ours.
+        if unsafe { libc::kill(child.id() as i32, signal) } != 0 {
+            bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The daemon's exit status once it has exited.
+    pub fn daemon_exit(&mut self, id: u32) -> Option<std::process::ExitStatus> {
+        self.nodes
+            .get_mut(&id)
+            .and_then(|n| n.daemon.as_mut())
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Is this node's corosync still running (not fenced, not killed by the cluster)?
     pub fn corosync_alive(&mut self, id: u32) -> bool {
         self.nodes
