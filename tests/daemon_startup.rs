@@ -1,7 +1,7 @@
 //! The daemon binary's startup checks that come before corosync: a gfs2 filesystem mounted
 //! before the daemon starts is refused (SPEC §3), bad settings stop it with a clear message.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn scratch(tag: &str) -> PathBuf {
@@ -11,7 +11,7 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-fn daemon(dir: &PathBuf, extra: &[&str]) -> std::process::Output {
+fn daemon(dir: &Path, extra: &[&str]) -> std::process::Output {
     let conf = dir.join("gfs_controld.conf");
     if !conf.exists() {
         std::fs::write(&conf, "").unwrap();
