@@ -409,8 +409,10 @@ impl Node {
         for (n, reason) in left {
             self.member_left(*n, *reason);
         }
+        self.rep.confchgs += 1;
+        let now = self.rep.confchgs;
         for n in joined {
-            self.rep.members.entry(*n).or_default();
+            self.rep.members.entry(*n).or_default().joined_at = now;
         }
         if !joined.is_empty() {
             self.send_hello(0);
@@ -642,8 +644,12 @@ impl Node {
         }
         self.replaying = false;
         // The STATE's own delivery marks us synced everywhere.
+        let now = self.rep.confchgs;
         if let Some(m) = self.rep.members.get_mut(&self.cfg.nodeid) {
-            m.synced = true;
+            if !m.synced {
+                m.synced = true;
+                m.synced_at = now;
+            }
         }
         self.log(
             Level::Info,
@@ -735,6 +741,10 @@ impl Node {
                     self.rep.renegotiate();
                     return;
                 }
+                if member.stale {
+                    // Judged already; corosync is removing it.
+                    return;
+                }
                 if !synced && member.synced_by.is_some() {
                     // Sent before the STATE from the other side of a merge reached it: it now
                     // holds that side's state and is judged with it.
@@ -778,11 +788,13 @@ impl Node {
                 let ours =
                     self.rep.active_member(sender) || !self.rep.members.contains_key(&sender);
                 let mut kill = false;
+                let now = self.rep.confchgs;
                 if let Some(m) = self.rep.members.get_mut(&recipient) {
                     if m.synced || m.stale || m.synced_by.is_some() {
                         // Already judged: only its first STATE counts.
                     } else if ours {
                         m.synced = true;
+                        m.synced_at = now;
                     } else if sender_stale {
                         m.stale = true;
                         kill = true;
@@ -949,9 +961,12 @@ impl Node {
         }
     }
 
-    fn stale_merge(&mut self, other: NodeId, mut their_side: Vec<NodeId>) {
+    fn stale_merge(&mut self, other: NodeId, their_side: Vec<NodeId>) {
         let me = self.cfg.nodeid;
-        // Daemons the other side synced during the merge count with it, as they do in its view.
+        // Sides are judged as they stood when the merge began (the configuration change that
+        // brought `other` in), in every member's view alike: a daemon synced since then counts
+        // for neither side and shares the fate of the side that synced it.
+        let merged_at = self.rep.members.get(&other).map_or(0, |m| m.joined_at);
         let adopted: Vec<NodeId> = self
             .rep
             .members
@@ -962,9 +977,6 @@ impl Node {
             })
             .map(|(id, _)| *id)
             .collect();
-        their_side.extend(adopted.iter().copied());
-        their_side.sort_unstable();
-        their_side.dedup();
         if self.cfg.sabotage.accept_stale_merge {
             if let Some(m) = self.rep.members.get_mut(&other) {
                 m.synced = true;
@@ -975,7 +987,7 @@ impl Node {
             .rep
             .members
             .iter()
-            .filter(|(_, m)| m.synced && !m.stale)
+            .filter(|(_, m)| m.synced && !m.stale && m.synced_at < merged_at)
             .map(|(id, _)| *id)
             .collect();
         // The bigger side keeps its state; on a tie, the side holding the lowest nodeid.

@@ -14,6 +14,9 @@ pub struct Replicated {
     pub version: u16,
     /// Counts failures that dirtied journals; barrier messages name it.
     pub epoch: u64,
+    /// Daemon-group configuration changes applied to this state: orders joins and syncs, so that
+    /// a merge is judged on the sides as they stood when it began.
+    pub confchgs: u64,
     pub members: BTreeMap<NodeId, Member>,
     /// Nodes that may hold a mount the group does not know of: cluster nodes absent when the
     /// group formed (startup fencing, as dlm_controld does) and members that left uncleanly (a
@@ -36,6 +39,9 @@ pub struct Member {
     /// A daemon that got its state from a member of the other side of an unresolved merge: it
     /// belongs to that side, and shares its fate when the merge is resolved.
     pub synced_by: Option<NodeId>,
+    /// `confchgs` when it joined the group, and when it became synced.
+    pub joined_at: u64,
+    pub synced_at: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -157,6 +163,8 @@ impl Replicated {
                     synced: true,
                     stale: false,
                     synced_by: None,
+                    joined_at: 0,
+                    synced_at: 0,
                 },
             );
         }

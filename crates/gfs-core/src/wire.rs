@@ -281,6 +281,7 @@ pub fn decode_up_to(buf: &[u8], max: u16) -> Result<(Header, Message), WireError
 fn write_replicated(w: &mut Writer, s: &Replicated) {
     w.u16(s.version);
     w.u64(s.epoch);
+    w.u64(s.confchgs);
     w.u32(s.members.len() as u32);
     for (id, m) in &s.members {
         w.u32(*id);
@@ -289,6 +290,8 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
         w.bool(m.synced);
         w.bool(m.stale);
         w.opt_u32(m.synced_by);
+        w.u64(m.joined_at);
+        w.u64(m.synced_at);
     }
     w.nodes(s.must_fence.iter().copied());
     w.u32(s.fs.len() as u32);
@@ -326,6 +329,7 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
 fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
     let version = r.u16()?;
     let epoch = r.u64()?;
+    let confchgs = r.u64()?;
     let mut members = BTreeMap::new();
     for _ in 0..r.count()? {
         let id = r.u32()?;
@@ -335,6 +339,8 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
             synced: r.bool()?,
             stale: r.bool()?,
             synced_by: r.opt_u32()?,
+            joined_at: r.u64()?,
+            synced_at: r.u64()?,
         };
         members.insert(id, m);
     }
@@ -388,6 +394,7 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
     Ok(Replicated {
         version,
         epoch,
+        confchgs,
         members,
         must_fence,
         fs,

@@ -80,28 +80,36 @@ fn replicated() -> impl Strategy<Value = Replicated> {
         any::<bool>(),
         any::<bool>(),
         proptest::option::of(1u32..400),
+        (any::<u64>(), any::<u64>()),
     )
-        .prop_map(|(a, b, synced, stale, synced_by)| Member {
-            proto_min: a,
-            proto_max: b,
-            synced,
-            stale,
-            synced_by,
-        });
+        .prop_map(
+            |(a, b, synced, stale, synced_by, (joined_at, synced_at))| Member {
+                proto_min: a,
+                proto_max: b,
+                synced,
+                stale,
+                synced_by,
+                joined_at,
+                synced_at,
+            },
+        );
     (
         any::<u16>(),
-        any::<u64>(),
+        (any::<u64>(), any::<u64>()),
         proptest::collection::btree_map(1u32..400, member, 0..6),
         nodes(),
         proptest::collection::btree_map(table(), fs_state(), 0..3),
     )
-        .prop_map(|(version, epoch, members, must_fence, fs)| Replicated {
-            version,
-            epoch,
-            members,
-            must_fence,
-            fs,
-        })
+        .prop_map(
+            |(version, (epoch, confchgs), members, must_fence, fs)| Replicated {
+                version,
+                epoch,
+                confchgs,
+                members,
+                must_fence,
+                fs,
+            },
+        )
 }
 
 fn message() -> impl Strategy<Value = Message> {
