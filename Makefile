@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make check`.
 CARGO ?= cargo
+SHELL := /bin/bash
 
 .PHONY: demo sim-demo check sim bench install
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
@@ -26,7 +27,10 @@ sim-demo:
 # The binaries first: the cluster tests run gfs_controld, gfs_control and gfs_kernel_sim.
 check:
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	mkdir -p target
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/check.log
+	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
+		END { printf "check: %d passed, %d failed\n", passed, failed }' target/check.log
 
 # A longer seeded sweep than the tests run.
 sim:
