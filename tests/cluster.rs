@@ -193,6 +193,11 @@ fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
         "exactly one replayer of jid {dead_jid}: {replayers:?}"
     );
     let fenced = c.fence_log();
+    assert_eq!(
+        fenced.iter().filter(|(_, n)| *n == 3).count(),
+        1,
+        "one member runs the fence agent and shares the result: {fenced:?}"
+    );
     let fence_time = fenced
         .iter()
         .find(|(_, n)| *n == 3)

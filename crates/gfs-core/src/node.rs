@@ -433,6 +433,7 @@ impl Node {
                 last_error: None,
             });
             rec.failed_at = self.now;
+            rec.fenced_at = None;
             rec.requested = false;
             rec.retry_at = None;
         }
@@ -927,24 +928,24 @@ impl Node {
             }
             Message::Recovered { table, jid, done } => self.on_recovered(&table, jid, done, sender),
             Message::FenceAck { nodeid } => {
-                if self.config_members.contains(&nodeid) {
-                    return;
+                if self.fenced_by_message(nodeid) {
+                    self.log_node(
+                        Level::Warn,
+                        nodeid,
+                        format!("fencing acknowledged by an operator on node {sender}"),
+                    );
+                    self.timeline_note(nodeid, format!("node {nodeid} fence-acked by operator"));
                 }
-                let now = self.now;
-                let rec = self.fence.entry(nodeid).or_insert(FenceRecord {
-                    failed_at: now,
-                    fenced_at: None,
-                    requested: false,
-                    retry_at: None,
-                    last_error: None,
-                });
-                rec.fenced_at = Some(now);
-                self.log_node(
-                    Level::Warn,
-                    nodeid,
-                    format!("fencing acknowledged by an operator on node {sender}"),
-                );
-                self.timeline_note(nodeid, format!("node {nodeid} fence-acked by operator"));
+            }
+            Message::Fenced { nodeid } => {
+                if sender != me && self.fenced_by_message(nodeid) {
+                    self.log_node(
+                        Level::Info,
+                        nodeid,
+                        format!("fenced (reported by node {sender})"),
+                    );
+                    self.timeline_note(nodeid, format!("node {nodeid} fenced (by node {sender})"));
+                }
             }
         }
         match scope {
@@ -1406,12 +1407,35 @@ impl Node {
         if f.fenced_at.is_none_or(|t| at > t) {
             f.fenced_at = Some(at);
         }
-        f.requested = false;
+        let asked = std::mem::replace(&mut f.requested, false);
         if f.done() {
             f.last_error = None;
             self.log_node(Level::Info, nodeid, "fenced".into());
             self.timeline_note(nodeid, format!("node {nodeid} fenced"));
+            // The others did not ask their backends: tell them.
+            if asked && self.is_synced() {
+                self.send(Message::Fenced { nodeid });
+            }
         }
+    }
+
+    /// A fence report delivered in the group's stream: it comes after the failure it answers,
+    /// so it counts for that failure. A current member is never taken as fenced.
+    fn fenced_by_message(&mut self, nodeid: NodeId) -> bool {
+        if self.config_members.contains(&nodeid) {
+            return false;
+        }
+        let now = self.now;
+        let rec = self.fence.entry(nodeid).or_insert(FenceRecord {
+            failed_at: now,
+            fenced_at: None,
+            requested: false,
+            retry_at: None,
+            last_error: None,
+        });
+        rec.fenced_at = Some(now);
+        rec.last_error = None;
+        true
     }
 
     fn on_fence_ack_request(&mut self, request: u64, nodeid: NodeId) {
@@ -1527,6 +1551,9 @@ impl Node {
         }
         if self.quorum_ok() {
             let needs = self.fence_needs();
+            // One member runs the fencing backend (as dlm_controld's lowest nodeid does) and
+            // shares the result; the others wait for its FENCED.
+            let fencer = self.lowest_active() == Some(self.cfg.nodeid);
             for n in needs {
                 if self.config_members.contains(&n) {
                     continue;
@@ -1539,7 +1566,7 @@ impl Node {
                     retry_at: None,
                     last_error: None,
                 });
-                if !f.done() && !f.requested && f.retry_at.is_none() {
+                if fencer && !f.done() && !f.requested && f.retry_at.is_none() {
                     f.requested = true;
                     let failed_at = f.failed_at;
                     self.outputs.push_back(Output::Fence {

@@ -105,6 +105,12 @@ pub enum Message {
     FenceAck {
         nodeid: NodeId,
     },
+    /// The member that requested fencing reports that its backend fenced `nodeid`: only one
+    /// member runs the fencing backend, and its result reaches the others in stream order, after
+    /// the failure it answers.
+    Fenced {
+        nodeid: NodeId,
+    },
 }
 
 impl Message {
@@ -121,6 +127,7 @@ impl Message {
             Message::Stopped { .. } => 9,
             Message::Recovered { .. } => 10,
             Message::FenceAck { .. } => 11,
+            Message::Fenced { .. } => 12,
         }
     }
 
@@ -137,6 +144,7 @@ impl Message {
             Message::Stopped { .. } => "STOPPED",
             Message::Recovered { .. } => "RECOVERED",
             Message::FenceAck { .. } => "FENCE_ACK",
+            Message::Fenced { .. } => "FENCED",
         }
     }
 }
@@ -189,7 +197,7 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             body.u32(*jid);
             body.bool(*done);
         }
-        Message::FenceAck { nodeid } => body.u32(*nodeid),
+        Message::FenceAck { nodeid } | Message::Fenced { nodeid } => body.u32(*nodeid),
     }
     let mut out = Writer::default();
     out.u32(MAGIC);
@@ -263,6 +271,7 @@ pub fn decode_up_to(buf: &[u8], max: u16) -> Result<(Header, Message), WireError
             done: r.bool()?,
         },
         11 => Message::FenceAck { nodeid: r.u32()? },
+        12 => Message::Fenced { nodeid: r.u32()? },
         other => return Err(WireError::UnknownType(other)),
     };
     if !r.0.is_empty() {

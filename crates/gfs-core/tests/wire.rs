@@ -152,6 +152,7 @@ fn message() -> impl Strategy<Value = Message> {
             done
         }),
         (1u32..400).prop_map(|nodeid| Message::FenceAck { nodeid }),
+        (1u32..400).prop_map(|nodeid| Message::Fenced { nodeid }),
     ]
 }
 
