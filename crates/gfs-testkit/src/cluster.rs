@@ -142,6 +142,12 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("gfs-cluster-{tag}"));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
+        reap_abandoned_clusters();
+        fs::create_dir_all(REGISTRY)?;
+        fs::write(
+            Path::new(REGISTRY).join(&tag),
+            std::process::id().to_string(),
+        )?;
         let mut cluster = Cluster {
             opts,
             tag,
@@ -623,6 +629,63 @@ impl Cluster {
     }
 }
 
+/// Clusters in use, one file per cluster tag holding its owner's PID, so that a run killed
+/// before its `Drop` (a timeout, SIGKILL) does not leave namespaces behind for good.
+const REGISTRY: &str = "/run/gfs-testkit";
+
+/// Deletes the namespaces of clusters whose owning process is gone.
+fn reap_abandoned_clusters() {
+    let Ok(entries) = fs::read_dir(REGISTRY) else {
+        return;
+    };
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for entry in entries.flatten() {
+        let tag = entry.file_name().to_string_lossy().into_owned();
+        let owner: Option<i32> = fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = owner.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
+        if alive {
+            continue;
+        }
+        // Its processes outlived it; each names the cluster's directory on its command line,
+        // which tells them apart from unrelated processes that reuse a PID.
+        let dir = std::env::temp_dir().join(format!("gfs-cluster-{tag}"));
+        let marker = dir.to_string_lossy().into_owned();
+        for node in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let pids = fs::read_to_string(node.path().join("pids")).unwrap_or_default();
+            for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&marker) {
+                    // SAFETY: kill(2) on a process verified above to belong to this cluster.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        for ns in namespaces
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+        {
+            let ours = ns.strip_prefix(tag.as_str()).is_some_and(|rest| {
+                rest == "w"
+                    || rest
+                        .strip_prefix('n')
+                        .is_some_and(|id| id.chars().all(|c| c.is_ascii_digit()))
+            });
+            if ours {
+                let _ = run(&format!("ip netns del {ns}"));
+            }
+        }
+        let _ = fs::remove_file(entry.path());
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for node in self.nodes.values_mut() {
@@ -638,6 +701,7 @@ impl Drop for Cluster {
             let _ = run(&format!("ip netns del {}", self.netns(id)));
         }
         let _ = run(&format!("ip netns del {}", self.bridge_ns()));
+        let _ = fs::remove_file(Path::new(REGISTRY).join(&self.tag));
         if std::env::var_os("GFS_KEEP_CLUSTER_DIR").is_none() && !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
