@@ -136,7 +136,7 @@ fn bench() -> Result<()> {
             let mut c = Cluster::start(opts).context("bringing up the cluster")?;
             let up = started.elapsed();
             if i == 0 {
-                let ping = cpg_ping(&c, 1, 2, pings)
+                let ping = cpg_ping_with_retries(&c, 1, 2, pings)
                     .with_context(|| format!("CPG ping/pong (run {run})"))?;
                 println!(
                     "run {run}: cluster up in {:.1}s; cpg ping/pong: {}",
@@ -287,6 +287,23 @@ async fn join_with(peer: u32) -> Result<(CpgGroups, UnboundedReceiver<CpgEvent>)
 
 fn ns_since(base: Instant) -> u64 {
     base.elapsed().as_nanos() as u64
+}
+
+/// Two CPG clients of one process in two network namespaces sometimes fail to connect or to
+/// see each other join (seen here, not understood; the daemon has one client per process).
+/// Setup failures are retried with fresh clients; the measurement itself is not.
+fn cpg_ping_with_retries(c: &Cluster, pinger: u32, ponger: u32, pings: usize) -> Result<Ping> {
+    let mut last = None;
+    for attempt in 1..=3 {
+        match cpg_ping(c, pinger, ponger, pings) {
+            Ok(ping) => return Ok(ping),
+            Err(e) => {
+                eprintln!("bench cluster: CPG ping/pong attempt {attempt} failed: {e:#}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
 }
 
 fn cpg_ping(c: &Cluster, pinger: u32, ponger: u32, pings: usize) -> Result<Ping> {

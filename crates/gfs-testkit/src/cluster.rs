@@ -686,17 +686,40 @@ fn reap_abandoned_clusters() {
     }
 }
 
+/// A corosync or client killed with SIGKILL leaves libqb's per-connection shared memory in
+/// /dev/shm (`qb-<server pid>-<client pid>-...`), a few MB each: remove what ours left.
+fn remove_ipc_leftovers(pids: &[u32]) {
+    let Ok(entries) = fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.split('-');
+        if parts.next() != Some("qb") {
+            continue;
+        }
+        let ends: Vec<u32> = parts.take(2).filter_map(|p| p.parse().ok()).collect();
+        if ends.iter().any(|p| pids.contains(p)) {
+            let path = entry.path();
+            let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        let mut pids = Vec::new();
         for node in self.nodes.values_mut() {
             for child in [&mut node.daemon, &mut node.kernel, &mut node.corosync]
                 .into_iter()
                 .flatten()
             {
+                pids.push(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
             }
         }
+        remove_ipc_leftovers(&pids);
         for id in 1..=self.opts.nodes {
             let _ = run(&format!("ip netns del {}", self.netns(id)));
         }
