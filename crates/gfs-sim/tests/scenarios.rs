@@ -135,6 +135,39 @@ fn node_crash_blocks_fences_replays_once_and_unblocks() {
 }
 
 #[test]
+fn one_member_fences_and_the_replayer_learns_it_from_fenced() {
+    // n1 is the lowest member, so it runs the fencing backend; mounted read-only, it cannot
+    // replay, so n2 replays and must wait for n1's FENCED.
+    let mut s = Scenario::new(3, 1, 7);
+    s.mount(2, 1, RW);
+    s.mount(3, 1, RW);
+    s.mount(1, 1, MountMode::Ro);
+    s.run_for(5_000);
+    let dead_jid = jid(&s, 3, 1) as u32;
+    s.crash(3);
+    settle(&mut s, 10_000);
+    let requests: Vec<&String> = s
+        .trace()
+        .iter()
+        .filter(|l| l.contains("fencing requested nodeid=3"))
+        .collect();
+    assert!(!requests.is_empty(), "{}", tail(&s));
+    assert!(
+        requests.iter().all(|l| l.contains(" n1 ")),
+        "only n1 asks its backend: {requests:?}"
+    );
+    assert!(
+        s.trace()
+            .iter()
+            .any(|l| l.contains(" n2 ") && l.contains("fenced (reported by node 1)")),
+        "{}",
+        tail(&s)
+    );
+    assert_eq!(replays(&s, 1), vec![(2, dead_jid, Some(true))]);
+    assert_unblocked(&s, &[1, 2], 1);
+}
+
+#[test]
 fn replayer_dies_mid_replay_and_another_replays_both_journals() {
     let mut s = mounted(4, 1);
     let (j3, j4) = (jid(&s, 3, 1) as u32, jid(&s, 4, 1) as u32);
