@@ -1452,6 +1452,32 @@ impl Node {
         self.outputs.push_back(Output::Reply { request, result });
     }
 
+    /// Nodes whose fencing some member's decision waits for, read from the replicated state
+    /// alone (what [`Self::fence_needs`] is on each member, for the member that fences).
+    fn group_fence_needs(&self) -> BTreeSet<NodeId> {
+        let mut needs = BTreeSet::new();
+        let mut mount_or_replay_pending = false;
+        for fs in self.rep.fs.values() {
+            if fs.first.is_some() {
+                needs.extend(fs.fence_before_first.iter().copied());
+            }
+            for d in fs.dirty.values() {
+                needs.extend(d.fence.iter().copied());
+                mount_or_replay_pending |= d.replayer.is_some();
+            }
+            mount_or_replay_pending |= fs
+                .mounters
+                .values()
+                .any(|m| matches!(m.state, MState::First | MState::Admitted));
+        }
+        if mount_or_replay_pending
+            && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms)
+        {
+            needs.extend(self.rep.must_fence.iter().copied());
+        }
+        needs
+    }
+
     /// Nodes whose fencing some decision here waits for.
     fn fence_needs(&self) -> BTreeSet<NodeId> {
         let me = self.cfg.nodeid;
@@ -1550,10 +1576,13 @@ impl Node {
             }
         }
         if self.quorum_ok() {
-            let needs = self.fence_needs();
             // One member runs the fencing backend (as dlm_controld's lowest nodeid does) and
-            // shares the result; the others wait for its FENCED.
+            // shares the result; the others wait for its FENCED. It fences for everyone.
             let fencer = self.lowest_active() == Some(self.cfg.nodeid);
+            let mut needs = self.fence_needs();
+            if fencer {
+                needs.extend(self.group_fence_needs());
+            }
             for n in needs {
                 if self.config_members.contains(&n) {
                     continue;

@@ -168,6 +168,30 @@ fn one_member_fences_and_the_replayer_learns_it_from_fenced() {
 }
 
 #[test]
+fn the_fencer_fences_for_a_mount_elsewhere() {
+    // n3 (no mounts) crashes: it may have mounted on its side of a partition, so it must be
+    // fenced before anyone writes a jid (after the startup grace period). n2 mounts; n1, which
+    // mounts nothing, is the member that fences, and must do it for n2 rather than leave n2
+    // waiting for n3 to come back.
+    let mut s = Scenario::new(3, 1, 7);
+    s.run_for(3_000);
+    s.crash(3);
+    s.run_for(500);
+    s.mount(2, 1, RW);
+    s.run_for(12_000);
+    assert!(
+        s.trace()
+            .iter()
+            .any(|l| l.contains(" n1 ") && l.contains("fencing requested nodeid=3")),
+        "{}",
+        tail(&s)
+    );
+    let k = s.kernel(2, 1).expect("mounting");
+    assert!(k.online, "n2 still waits: {k:?}\n{}", tail(&s));
+    settle(&mut s, 10_000);
+}
+
+#[test]
 fn replayer_dies_mid_replay_and_another_replays_both_journals() {
     let mut s = mounted(4, 1);
     let (j3, j4) = (jid(&s, 3, 1) as u32, jid(&s, 4, 1) as u32);
