@@ -203,7 +203,6 @@ struct Daemon {
     last_quorate: Option<bool>,
     /// Fence waits already reported loudly, with when, so the warning repeats at `fence_warn`.
     fence_warned: HashMap<u32, Instant>,
-    stopping: bool,
 }
 
 /// Runs the daemon until a clean shutdown (Ok) or a fatal error.
@@ -287,7 +286,6 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
         next_request: 1,
         last_quorate: None,
         fence_warned: HashMap::new(),
-        stopping: false,
     };
     d.sync_quorum()?;
     d.drive()?;
@@ -559,7 +557,6 @@ impl Daemon {
     fn shutdown_requested(&mut self, signal: &str) -> bool {
         if self.node.can_shutdown() {
             tracing::info!(signal, "no gfs2 filesystem is mounted: shutting down");
-            self.stopping = true;
             return true;
         }
         let mounted: Vec<String> = self

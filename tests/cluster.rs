@@ -53,6 +53,17 @@ fn timeline(t: &Value) -> Vec<(u64, String)> {
         .unwrap_or_default()
 }
 
+/// The kernel simulator's timeline on node `id`.
+fn events(c: &Cluster, id: u32) -> Vec<(u64, String)> {
+    timeline(&c.kernel_status(id).unwrap())
+}
+
+/// Waits up to [`SETTLE`] for `done`, failing the test with the nodes' logs otherwise.
+fn settle_until(c: &mut Cluster, what: &str, done: impl FnMut(&mut Cluster) -> bool) {
+    c.wait_for(what, SETTLE, done)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// The kernel simulator's table entry's field as a list of jids.
 fn jids(value: &Value) -> Vec<u64> {
     value
@@ -96,7 +107,7 @@ fn wait_recovered(c: &mut Cluster, survivors: &[u32], fs: &str, dead_jids: &[u64
     let fs_owned = fs.to_owned();
     let survivors_owned = survivors.to_vec();
     let dead = dead_jids.to_vec();
-    c.wait_for("recovery and unblock", SETTLE, move |c| {
+    settle_until(c, "recovery and unblock", move |c| {
         let replayed: Vec<u64> = survivors_owned
             .iter()
             .flat_map(|&id| {
@@ -107,8 +118,7 @@ fn wait_recovered(c: &mut Cluster, survivors: &[u32], fs: &str, dead_jids: &[u64
             .collect();
         dead.iter().all(|j| replayed.contains(j))
             && survivors_owned.iter().all(|&id| !blocked(c, id, &fs_owned))
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    });
 }
 
 /// How many survivors replayed `jid` successfully (the kernels' own record).
@@ -155,13 +165,13 @@ fn s1_three_nodes_mount_with_distinct_jids_and_one_first_mounter() {
     assert_eq!(firsts.len(), 1, "exactly one first mounter: {tables:?}");
     // The others got their jid only after the first mounter's FIRSTMOUNT=Done.
     let first = firsts[0];
-    let first_done = timeline(&c.kernel_status(first).unwrap())
+    let first_done = events(&c, first)
         .into_iter()
         .find(|(_, what)| what.contains("FIRSTMOUNT=Done"))
         .map(|(t, _)| t)
         .expect("first mounter sent FIRSTMOUNT=Done");
     for id in (1..=3).filter(|&id| id != first) {
-        let jid_write = timeline(&c.kernel_status(id).unwrap())
+        let jid_write = events(&c, id)
             .into_iter()
             .find(|(_, what)| what.starts_with("write jid="))
             .map(|(t, _)| t)
@@ -205,7 +215,7 @@ fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
         .expect("node 3 was fenced");
     assert!(fence_time >= crashed_at);
     let replayer = replayers[0];
-    let recover_write = timeline(&c.kernel_status(replayer).unwrap())
+    let recover_write = events(&c, replayer)
         .into_iter()
         .find(|(_, what)| what == &format!("write recover={dead_jid}"))
         .map(|(t, _)| t)
@@ -215,7 +225,7 @@ fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
         "replay at {recover_write} before fencing at {fence_time}"
     );
     for id in [1, 2] {
-        let blocks: Vec<String> = timeline(&c.kernel_status(id).unwrap())
+        let blocks: Vec<String> = events(&c, id)
             .into_iter()
             .map(|(_, w)| w)
             .filter(|w| w.starts_with("write block="))
@@ -243,7 +253,7 @@ fn s3_replayer_dies_mid_replay_and_another_replays_both() {
     let jid3 = jid_of(&c, 3, "fs1");
     c.crash_node(3);
     let mut replayer = 0;
-    c.wait_for("a replay of node 3's journal to start", SETTLE, |c| {
+    settle_until(&mut c, "a replay of node 3's journal to start", |c| {
         for id in [1, 2] {
             if c.kernel_table(id, "fs1")
                 .map(|t| jids(&t["replaying"]).contains(&jid3))
@@ -254,14 +264,13 @@ fn s3_replayer_dies_mid_replay_and_another_replays_both() {
             }
         }
         false
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    });
     let jid_r = jid_of(&c, replayer, "fs1");
     c.crash_node(replayer);
     let last = if replayer == 1 { 2 } else { 1 };
     wait_recovered(&mut c, &[last], "fs1", &[jid3, jid_r]);
     // Nobody unblocked early: the last member's only block=0 comes after both replays.
-    let events = timeline(&c.kernel_status(last).unwrap());
+    let events = events(&c, last);
     let done = |jid: u64| {
         events
             .iter()
@@ -312,15 +321,14 @@ fn s5_clean_unmount_needs_no_block_and_no_replay() {
     };
     mount_all(&c, &[1, 2, 3], "fs1");
     c.umount(3, "fs1").unwrap();
-    c.wait_for("node 3 gone from the group", SETTLE, |c| {
+    settle_until(&mut c, "node 3 gone from the group", |c| {
         c.ls(1)
             .map(|ls| ls[0]["members"].as_array().map(|m| m.len()) == Some(2))
             .unwrap_or(false)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    });
     std::thread::sleep(Duration::from_secs(1));
     for id in [1, 2] {
-        let events = timeline(&c.kernel_status(id).unwrap());
+        let events = events(&c, id);
         assert!(
             !events.iter().any(|(_, w)| w == "write block=1"),
             "node {id} blocked: {events:?}"
@@ -352,7 +360,7 @@ fn s6_failed_replay_is_retried_and_succeeds() {
     let failed: usize = [1, 2]
         .iter()
         .map(|&id| {
-            timeline(&c.kernel_status(id).unwrap())
+            events(&c, id)
                 .iter()
                 .filter(|(_, w)| w.contains("RECOVERY=Failed"))
                 .count()
@@ -377,23 +385,20 @@ fn s7_isolated_node_replays_nothing_and_is_not_readmitted_stale() {
     // Slow fencing, so that the link heals before node 3 is fenced: a stale merge.
     c.set_fence_delay(15_000).unwrap();
     c.set_link(3, false).unwrap();
-    c.wait_for("both sides to block", SETTLE, |c| {
+    settle_until(&mut c, "both sides to block", |c| {
         blocked(c, 1, "fs1") && blocked(c, 3, "fs1")
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    c.wait_for("node 3 to lose quorum", SETTLE, |c| {
+    });
+    settle_until(&mut c, "node 3 to lose quorum", |c| {
         c.status(3).map(|s| s["quorate"] == false).unwrap_or(false)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    });
     std::thread::sleep(Duration::from_secs(2));
     c.set_link(3, true).unwrap();
     // The merged node still holds its old state: the large side asks corosync to remove it.
-    c.wait_for(
+    settle_until(
+        &mut c,
         "the stale node to be removed from the cluster",
-        SETTLE,
         |c| !c.corosync_alive(3),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    );
     assert!(
         c.fence_log().is_empty(),
         "removed by corosync before the slow fence finished"
@@ -443,23 +448,20 @@ fn s9_sigterm_is_refused_while_mounted_and_clean_after_unmount() {
     let log = std::fs::read_to_string(c.node_dir(3).join("gfs_controld.log")).unwrap();
     assert!(log.contains("refusing to exit"), "{log}");
     c.umount(3, "fs1").unwrap();
-    c.wait_for("node 3 gone from the group", SETTLE, |c| {
+    settle_until(&mut c, "node 3 gone from the group", |c| {
         c.ls(1)
             .map(|ls| ls[0]["members"].as_array().map(|m| m.len()) == Some(2))
             .unwrap_or(false)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    });
     c.signal_daemon(3, libc::SIGTERM).unwrap();
-    c.wait_for("the daemon to exit", SETTLE, |c| c.daemon_exit(3).is_some())
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    settle_until(&mut c, "the daemon to exit", |c| c.daemon_exit(3).is_some());
     assert!(c.daemon_exit(3).unwrap().success());
     // A clean leave: the others neither block nor fence.
-    c.wait_for("node 3 gone from the daemon group", SETTLE, |c| {
+    settle_until(&mut c, "node 3 gone from the daemon group", |c| {
         c.status(1)
             .map(|s| s["members"].as_array().map(|m| m.len()) == Some(2))
             .unwrap_or(false)
-    })
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    });
     std::thread::sleep(Duration::from_secs(1));
     assert!(c.fence_log().is_empty(), "a clean exit needs no fencing");
     for id in [1, 2] {

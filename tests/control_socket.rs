@@ -8,126 +8,18 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gfs_controld::control::client;
 use gfs_controld::control::proto::{self, Reply, Request, VersionInfo, MAX_REQUEST_BYTES};
 use gfs_controld::control::server::{self, ControlError, ControlRequest};
-use gfs_core::view::{
-    FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
-    TimelineEntry,
-};
-use gfs_core::MountMode;
 use tokio::sync::mpsc;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn scratch_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gfs-controld-test-{tag}-{}-{}",
-        std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
 
-fn canned_status() -> StatusView {
-    StatusView {
-        nodeid: 1,
-        cluster_name: "alpha".to_owned(),
-        protocol_version: 1,
-        protocol_max: 1,
-        synced: true,
-        quorate: true,
-        members: vec![1, 2],
-        stale_members: vec![],
-        fence_waits: vec![FenceWaitView {
-            nodeid: 3,
-            failed_at_ms: 1_000,
-            waiting_ms: 12_300,
-            requested: true,
-            last_error: None,
-        }],
-        filesystems: 1,
-        recoveries: vec![RecoveryTimeline {
-            change: 4,
-            failed: vec![3],
-            filesystems: vec!["fs1".to_owned()],
-            started_ms: 1_000,
-            finished_ms: None,
-            events: vec![TimelineEntry {
-                at_ms: 1_000,
-                what: "node 3 failed".to_owned(),
-            }],
-        }],
-    }
-}
-
-fn canned_filesystems() -> Vec<FsView> {
-    vec![FsView {
-        table: "alpha:fs1".to_owned(),
-        name: "fs1".to_owned(),
-        kernel_managed: false,
-        state: "waiting for fencing of node 3".to_owned(),
-        local: Some(LocalMountView {
-            jid: Some(0),
-            mode: MountMode::Rw,
-            blocked: true,
-            kernel_state: "online".to_owned(),
-        }),
-        members: vec![
-            MemberView {
-                nodeid: 1,
-                jid: Some(0),
-                mode: MountMode::Rw,
-                state: "mounted".to_owned(),
-            },
-            MemberView {
-                nodeid: 2,
-                jid: None,
-                mode: MountMode::Spectator,
-                state: "mounted".to_owned(),
-            },
-        ],
-        dirty_journals: vec![JournalView {
-            jid: 1,
-            owner: 3,
-            replayer: None,
-            attempts: 0,
-            waiting_for: "fencing of node 3".to_owned(),
-        }],
-        first_mounter: Some(1),
-    }]
-}
-
-/// What the daemon loop would answer, decided here from canned views.
-fn answer(request: &Request) -> Reply {
-    match request {
-        Request::Status {} => Reply::Status(canned_status()),
-        Request::Ls { fs: None } => Reply::Filesystems(canned_filesystems()),
-        Request::Ls { fs: Some(name) } => Reply::Filesystems(
-            canned_filesystems()
-                .into_iter()
-                .filter(|fs| &fs.name == name || &fs.table == name)
-                .collect(),
-        ),
-        Request::Dump {} => Reply::Dump(vec![
-            "1700000000.001 gfs_controld started".to_owned(),
-            "1700000000.002 gfs_controld::daemon nodeid=3 node failed".to_owned(),
-        ]),
-        Request::FenceAck { nodeid: 3 } => {
-            Reply::Message("node 3 acknowledged as fenced".to_owned())
-        }
-        Request::FenceAck { nodeid } => {
-            Reply::Error(format!("node {nodeid} is not waiting for fencing"))
-        }
-        Request::Version {} => Reply::Version(VersionInfo::current()),
-    }
-}
+use common::{answer, canned_filesystems, canned_status, scratch_dir};
 
 /// A control server on a temporary socket, answered by a fake daemon loop on its own thread.
 struct FakeDaemon {

@@ -784,8 +784,8 @@ impl Node {
                 // any of its HELLOs. A STATE from outside our side (the other side of a merge
                 // not yet resolved, or a stale member) puts the recipient on the sender's side.
                 let sender_stale = self.rep.members.get(&sender).is_some_and(|m| m.stale);
-                // A sender that has left since was one of ours (a merge's other side is never
-                // removed from the state before it is judged).
+                // A sender no longer in the state left before this delivery; corosync delivers a
+                // member's messages before its leave, so in practice this is our own side's.
                 let ours =
                     self.rep.active_member(sender) || !self.rep.members.contains_key(&sender);
                 let mut kill = false;
@@ -964,6 +964,12 @@ impl Node {
 
     fn stale_merge(&mut self, other: NodeId, their_side: Vec<NodeId>) {
         let me = self.cfg.nodeid;
+        if self.cfg.sabotage.accept_stale_merge {
+            if let Some(m) = self.rep.members.get_mut(&other) {
+                m.synced = true;
+            }
+            return;
+        }
         // Sides are judged as they stood when the merge began (the configuration change that
         // brought `other` in), in every member's view alike: a daemon synced since then counts
         // for neither side and shares the fate of the side that synced it.
@@ -978,12 +984,6 @@ impl Node {
             })
             .map(|(id, _)| *id)
             .collect();
-        if self.cfg.sabotage.accept_stale_merge {
-            if let Some(m) = self.rep.members.get_mut(&other) {
-                m.synced = true;
-            }
-            return;
-        }
         let my_side: Vec<NodeId> = self
             .rep
             .members
@@ -1452,47 +1452,24 @@ impl Node {
         self.outputs.push_back(Output::Reply { request, result });
     }
 
-    /// Nodes whose fencing some member's decision waits for, read from the replicated state
-    /// alone (what [`Self::fence_needs`] is on each member, for the member that fences).
-    fn group_fence_needs(&self) -> BTreeSet<NodeId> {
-        let mut needs = BTreeSet::new();
-        let mut mount_or_replay_pending = false;
-        for fs in self.rep.fs.values() {
-            if fs.first.is_some() {
-                needs.extend(fs.fence_before_first.iter().copied());
-            }
-            for d in fs.dirty.values() {
-                needs.extend(d.fence.iter().copied());
-                mount_or_replay_pending |= d.replayer.is_some();
-            }
-            mount_or_replay_pending |= fs
-                .mounters
-                .values()
-                .any(|m| matches!(m.state, MState::First | MState::Admitted));
-        }
-        if mount_or_replay_pending
-            && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms)
-        {
-            needs.extend(self.rep.must_fence.iter().copied());
-        }
-        needs
-    }
-
-    /// Nodes whose fencing some decision here waits for.
+    /// Nodes whose fencing some decision waits for: this member's own decisions, or, on the
+    /// member that runs the fencing backend, every member's (read from the replicated state,
+    /// since the others' local mount progress is not known here).
     fn fence_needs(&self) -> BTreeSet<NodeId> {
         let me = self.cfg.nodeid;
+        let everyone = self.lowest_active() == Some(me);
         let mut needs = BTreeSet::new();
         for fs in self.rep.fs.values() {
-            if fs.first.is_some_and(|f| f == me) {
+            if fs.first.is_some_and(|f| everyone || f == me) {
                 needs.extend(fs.fence_before_first.iter().copied());
             }
             for d in fs.dirty.values() {
                 needs.extend(d.fence.iter().copied());
             }
         }
-        // Nodes that may hold unknown mounts matter once we have a jid to write, after a grace
-        // period for nodes that may just be slow to start their daemon.
-        let jid_pending = self.local.iter().any(|(t, l)| {
+        // Nodes that may hold unknown mounts matter once a jid is to be written or a journal
+        // replayed, after a grace period for nodes that may just be slow to start their daemon.
+        let own_jid_pending = self.local.iter().any(|(t, l)| {
             l.phase == Phase::Announced
                 && self
                     .rep
@@ -1503,13 +1480,20 @@ impl Node {
                         matches!(m.state, MState::First | MState::Admitted | MState::Mounted)
                     })
         });
-        let replay_pending = self
-            .rep
-            .fs
-            .values()
-            .any(|fs| fs.dirty.values().any(|d| d.replayer == Some(me)));
-        let jid_pending = jid_pending || replay_pending;
-        if jid_pending && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms) {
+        let any_jid_pending = everyone
+            && self.rep.fs.values().any(|fs| {
+                fs.mounters
+                    .values()
+                    .any(|m| matches!(m.state, MState::First | MState::Admitted))
+            });
+        let replay_pending = self.rep.fs.values().any(|fs| {
+            fs.dirty
+                .values()
+                .any(|d| d.replayer.is_some_and(|r| everyone || r == me))
+        });
+        if (own_jid_pending || any_jid_pending || replay_pending)
+            && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms)
+        {
             needs.extend(self.rep.must_fence.iter().copied());
         }
         needs
@@ -1579,10 +1563,7 @@ impl Node {
             // One member runs the fencing backend (as dlm_controld's lowest nodeid does) and
             // shares the result; the others wait for its FENCED. It fences for everyone.
             let fencer = self.lowest_active() == Some(self.cfg.nodeid);
-            let mut needs = self.fence_needs();
-            if fencer {
-                needs.extend(self.group_fence_needs());
-            }
+            let needs = self.fence_needs();
             for n in needs {
                 if self.config_members.contains(&n) {
                     continue;

@@ -1,0 +1,139 @@
+//! Pieces shared by the control-socket tests: scratch directories and a fake daemon loop's
+//! canned answers.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gfs_controld::control::proto::{Reply, Request, VersionInfo};
+use gfs_core::view::{
+    FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
+    TimelineEntry,
+};
+use gfs_core::MountMode;
+
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gfs-controld-test-{tag}-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn canned_status() -> StatusView {
+    StatusView {
+        nodeid: 1,
+        cluster_name: "alpha".to_owned(),
+        protocol_version: 1,
+        protocol_max: 1,
+        synced: true,
+        quorate: true,
+        members: vec![1, 2],
+        stale_members: vec![],
+        fence_waits: vec![FenceWaitView {
+            nodeid: 3,
+            failed_at_ms: 1_000,
+            waiting_ms: 12_300,
+            requested: true,
+            last_error: Some("fence agent timed out".to_owned()),
+        }],
+        filesystems: 1,
+        recoveries: vec![
+            RecoveryTimeline {
+                change: 2,
+                failed: vec![4],
+                filesystems: vec!["fs1".to_owned()],
+                started_ms: 500,
+                finished_ms: Some(2_000),
+                events: vec![
+                    TimelineEntry {
+                        at_ms: 500,
+                        what: "node 4 failed".to_owned(),
+                    },
+                    TimelineEntry {
+                        at_ms: 2_000,
+                        what: "jid 2 replayed by node 1".to_owned(),
+                    },
+                ],
+            },
+            RecoveryTimeline {
+                change: 4,
+                failed: vec![3],
+                filesystems: vec!["fs1".to_owned()],
+                started_ms: 10_000,
+                finished_ms: None,
+                events: vec![TimelineEntry {
+                    at_ms: 10_000,
+                    what: "node 3 failed".to_owned(),
+                }],
+            },
+        ],
+    }
+}
+
+pub fn canned_filesystems() -> Vec<FsView> {
+    vec![FsView {
+        table: "alpha:fs1".to_owned(),
+        name: "fs1".to_owned(),
+        kernel_managed: false,
+        state: "waiting for fencing of node 3".to_owned(),
+        local: Some(LocalMountView {
+            jid: Some(0),
+            mode: MountMode::Rw,
+            blocked: true,
+            kernel_state: "online".to_owned(),
+        }),
+        members: vec![
+            MemberView {
+                nodeid: 1,
+                jid: Some(0),
+                mode: MountMode::Rw,
+                state: "mounted".to_owned(),
+            },
+            MemberView {
+                nodeid: 12,
+                jid: None,
+                mode: MountMode::Spectator,
+                state: "mounting".to_owned(),
+            },
+        ],
+        dirty_journals: vec![JournalView {
+            jid: 1,
+            owner: 3,
+            replayer: None,
+            attempts: 0,
+            waiting_for: "fencing of node 3".to_owned(),
+        }],
+        first_mounter: Some(1),
+    }]
+}
+
+/// What the daemon loop would answer, decided here from canned views.
+pub fn answer(request: &Request) -> Reply {
+    match request {
+        Request::Status {} => Reply::Status(canned_status()),
+        Request::Ls { fs: None } => Reply::Filesystems(canned_filesystems()),
+        Request::Ls { fs: Some(name) } => Reply::Filesystems(
+            canned_filesystems()
+                .into_iter()
+                .filter(|fs| &fs.name == name || &fs.table == name)
+                .collect(),
+        ),
+        Request::Dump {} => Reply::Dump(vec![
+            "1700000000.001 gfs_controld started".to_owned(),
+            "1700000000.002 gfs_controld::daemon nodeid=3 node failed".to_owned(),
+        ]),
+        Request::FenceAck { nodeid: 3 } => {
+            Reply::Message("node 3 acknowledged as fenced".to_owned())
+        }
+        Request::FenceAck { nodeid } => {
+            Reply::Error(format!("node {nodeid} is not waiting for fencing"))
+        }
+        Request::Version {} => Reply::Version(VersionInfo::current()),
+    }
+}
