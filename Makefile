@@ -2,9 +2,18 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo sim-demo check sim bench install
+.PHONY: demo sim-demo check deps sim bench install
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
 	libqb-dev pkg-config iproute2 util-linux
+
+# corosync and the libraries the daemon links: installed with apt when missing (as root).
+deps:
+	@command -v corosync >/dev/null && command -v pkg-config >/dev/null && pkg-config --exists libcpg || \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(COROSYNC_PACKAGES) >/dev/null; \
+	else \
+		echo "corosync and its -dev libraries are missing: apt-get install $(COROSYNC_PACKAGES)" >&2; exit 1; \
+	fi
 
 # A real 3-node corosync cluster in network namespaces recovers from a node failure (needs root;
 # installs corosync if missing). Without root, the simulated cluster's timeline instead.
@@ -13,8 +22,7 @@ demo:
 		echo "make demo: a real cluster needs root (network namespaces); showing the simulated cluster instead"; \
 		$(CARGO) run --release -q -p gfs-sim --bin gfs_sim -- --demo; \
 	else \
-		command -v corosync >/dev/null && command -v pkg-config >/dev/null && pkg-config --exists libcpg || \
-			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(COROSYNC_PACKAGES) >/dev/null; }; \
+		$(MAKE) -s deps && \
 		$(CARGO) build --release -q --workspace --bins && \
 		GFS_BIN_DIR=$(CURDIR)/target/release ./target/release/gfs_cluster_demo; \
 	fi
@@ -25,7 +33,7 @@ sim-demo:
 
 # Every test of the workspace: unit, property, scenario, seed sweep, sabotage, integration.
 # The binaries first: the cluster tests run gfs_controld, gfs_control and gfs_kernel_sim.
-check:
+check: deps
 	$(CARGO) build --workspace --bins
 	mkdir -p target
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/check.log
