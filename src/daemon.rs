@@ -435,6 +435,17 @@ impl Daemon {
                 }
             }
             Output::Log(record) => log_record(&record),
+            // The dlm_controld adapter and off-loop reads land with the real-kernel work.
+            Output::Read { table, file } => self.pending.push_back(Input::ReadDone {
+                table,
+                file,
+                result: Err(libc::EOPNOTSUPP),
+            }),
+            Output::DlmRegister { table } => self.pending.push_back(Input::DlmRegistered {
+                table,
+                result: Ok(()),
+            }),
+            Output::DlmUnregister { .. } | Output::DlmNotify { .. } => {}
         }
         Ok(())
     }

@@ -529,7 +529,7 @@ fn simulator_end_to_end() {
                     KernelEventKind::Add {
                         ro: false,
                         spectator: false,
-                        jid_preset: None,
+                        kernel_managed: false,
                     },
                 ),
             )
@@ -701,7 +701,7 @@ fn simulator_end_to_end() {
                     KernelEventKind::Add {
                         ro: true,
                         spectator: false,
-                        jid_preset: None,
+                        kernel_managed: false,
                     },
                 ),
             )
@@ -723,7 +723,7 @@ fn simulator_end_to_end() {
                     KernelEventKind::Add {
                         ro: false,
                         spectator: false,
-                        jid_preset: None,
+                        kernel_managed: false,
                     },
                 ),
             )
@@ -758,7 +758,7 @@ fn simulator_end_to_end() {
                     KernelEventKind::Add {
                         ro: true,
                         spectator: true,
-                        jid_preset: None,
+                        kernel_managed: false,
                     },
                 ),
             )

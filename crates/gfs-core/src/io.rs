@@ -1,9 +1,15 @@
 //! The core's whole contract with the outside world: [`Input`] in, [`Output`] out.
 //!
 //! Drive rule (as str0m's): after every `Node::handle`, drain `Node::poll_output` until it returns
-//! `None`, execute each output in order, and feed results (`Input::WriteDone`) back before the
-//! next unrelated input. Then arm a timer for `Node::poll_timeout` and call
+//! `None` and execute each output in order. Then arm a timer for `Node::poll_timeout` and call
 //! `Node::handle(now, Input::Timeout)` when it fires.
+//!
+//! Sysfs writes and reads may block in the real kernel (`first`/`jid` until the DLM join is
+//! complete, `recover` until this node's own journal is ready), so a driver runs them off its
+//! event loop: in the order given per filesystem (one at a time), with filesystems independent of
+//! each other. Each result (`Input::WriteDone`, `Input::ReadDone`) is fed back when it comes, in
+//! the same per-filesystem order, interleaved with any other input. The core never assumes a
+//! result arrives before the next input.
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +48,22 @@ pub enum Input {
         /// (for `recover`: no such journal).
         result: Result<(), i32>,
     },
+    /// The result of an [`Output::Read`]: the file's decimal value, or `Err(errno)`.
+    ReadDone {
+        table: Table,
+        file: SysfsFile,
+        result: Result<i64, i32>,
+    },
+    /// dlm_controld's answer to [`Output::DlmRegister`]: `Err(EOPNOTSUPP)` when it runs without
+    /// `enable_fscontrol=1`, `Err(ENOTCONN)` when it is not running (or not reachable).
+    DlmRegistered {
+        table: Table,
+        result: Result<(), i32>,
+    },
+    /// The mount's read-only state as the kernel applied it (the `online` uevent of a remount
+    /// carries the state from *before* the remount, so the driver re-reads it from the
+    /// filesystem's sysfs `status` and reports every change here).
+    MountMode { table: Table, ro: bool },
     /// The fencing backend reports that `nodeid` was fenced at `at` (on the core's clock).
     Fenced { nodeid: NodeId, at: crate::Time },
     /// The fencing backend could not fence `nodeid`; the core asks again later.
@@ -71,6 +93,29 @@ pub enum Output {
         table: Table,
         file: SysfsFile,
         value: i64,
+    },
+    /// Read `<root>/<table>/lock_module/<file>` (after every earlier write and read of that
+    /// filesystem); answer with `Input::ReadDone`.
+    Read {
+        table: Table,
+        file: SysfsFile,
+    },
+    /// Register the filesystem's lockspace (the table's fs part) with dlm_controld, so that DLM
+    /// recovery of a failed node waits for [`Output::DlmNotify`]. The driver keeps the
+    /// registration across dlm_controld restarts and answers once with `Input::DlmRegistered`.
+    DlmRegister {
+        table: Table,
+    },
+    /// Drop the registration (unmount).
+    DlmUnregister {
+        table: Table,
+    },
+    /// Tell dlm_controld that this node has blocked the filesystem against `nodeid`'s failure, so
+    /// DLM recovery of that node's locks may go ahead. The driver retries while dlm_controld
+    /// answers `-EAGAIN` (it has not processed the failure yet); no answer goes back to the core.
+    DlmNotify {
+        table: Table,
+        nodeid: NodeId,
     },
     /// Ask the fencing backend to fence `nodeid`, which failed at `failed_at`; the backend answers
     /// with `Input::Fenced` (a fence time at or after `failed_at` counts) or `Input::FenceFailed`.

@@ -347,6 +347,8 @@ impl Node {
                 );
             }
             Input::FenceAck { request, nodeid } => self.on_fence_ack_request(request, nodeid),
+            // Handled by the real-kernel work that lands with these inputs.
+            Input::ReadDone { .. } | Input::DlmRegistered { .. } | Input::MountMode { .. } => {}
             Input::Timeout => {
                 let now = self.now;
                 for l in self.local.values_mut() {
@@ -1147,7 +1149,7 @@ impl Node {
             KernelEventKind::Add {
                 ro,
                 spectator,
-                jid_preset,
+                kernel_managed,
             } => {
                 if self.local.contains_key(&key) {
                     self.log(
@@ -1172,7 +1174,7 @@ impl Node {
                     reported: BTreeMap::new(),
                     retry_at: BTreeMap::new(),
                 };
-                if jid_preset.is_some() {
+                if kernel_managed {
                     l.phase = Phase::KernelManaged;
                     self.local.insert(key.clone(), l);
                     self.log(

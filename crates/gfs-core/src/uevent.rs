@@ -11,12 +11,14 @@ pub struct KernelEvent {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KernelEventKind {
-    /// Early in mount; the kernel now waits for `first`/`jid`. `jid_preset` is set when the
-    /// kernel already knows its journal (a kernel that coordinates recovery itself).
+    /// Early in mount, before the DLM join: the `add` uevent never tells the two modes apart.
+    /// `kernel_managed` is not in the uevent: the parser leaves it `false` and the driver sets it
+    /// from the DLM's `recover_callbacks` setting (1: the kernel coordinates recovery itself and
+    /// the daemon must leave the filesystem alone; 0: the kernel waits for `first`/`jid`).
     Add {
         ro: bool,
         spectator: bool,
-        jid_preset: Option<Jid>,
+        kernel_managed: bool,
     },
     /// End of a mount, or of a remount (`ro` tells which way).
     Online { ro: bool, spectator: bool },
@@ -118,7 +120,7 @@ pub fn parse_uevent(buf: &[u8]) -> Result<KernelEvent, UeventError> {
         "add" => KernelEventKind::Add {
             ro: flag(get("RDONLY"), "RDONLY")?,
             spectator: flag(get("SPECTATOR"), "SPECTATOR")?,
-            jid_preset: parse_jid("JOURNALID")?,
+            kernel_managed: false,
         },
         "online" => KernelEventKind::Online {
             ro: flag(get("RDONLY"), "RDONLY")?,
@@ -159,20 +161,13 @@ pub fn format_uevent(event: &KernelEvent) -> Vec<u8> {
     let table = event.table.to_string();
     let devpath = format!("{DEVPATH_PREFIX}{table}");
     let (action, extra): (&str, Vec<String>) = match &event.kind {
-        KernelEventKind::Add {
-            ro,
-            spectator,
-            jid_preset,
-        } => {
-            let mut v = vec![
+        KernelEventKind::Add { ro, spectator, .. } => (
+            "add",
+            vec![
                 format!("RDONLY={}", *ro as u8),
                 format!("SPECTATOR={}", *spectator as u8),
-            ];
-            if let Some(j) = jid_preset {
-                v.push(format!("JOURNALID={j}"));
-            }
-            ("add", v)
-        }
+            ],
+        ),
         KernelEventKind::Online { ro, spectator } => (
             "online",
             vec![
@@ -226,12 +221,7 @@ mod tests {
             KernelEventKind::Add {
                 ro: true,
                 spectator: false,
-                jid_preset: None,
-            },
-            KernelEventKind::Add {
-                ro: false,
-                spectator: false,
-                jid_preset: Some(3),
+                kernel_managed: false,
             },
             KernelEventKind::Online {
                 ro: false,

@@ -149,7 +149,7 @@ pub fn recovery_cost(nodes: u32, filesystems: u32) -> RecoveryCost {
                 kind: KernelEventKind::Add {
                     ro: false,
                     spectator: false,
-                    jid_preset: None,
+                    kernel_managed: false,
                 },
             })
         }));

@@ -1058,6 +1058,16 @@ impl World {
                 self.log(format!("n{n} {:?} {rec}", rec.level));
                 None
             }
+            Output::Read { table, file } => Some(Input::ReadDone {
+                table,
+                file,
+                result: Err(EINVAL),
+            }),
+            Output::DlmRegister { table } => Some(Input::DlmRegistered {
+                table,
+                result: Ok(()),
+            }),
+            Output::DlmUnregister { .. } | Output::DlmNotify { .. } => None,
         }
     }
 
@@ -1704,7 +1714,7 @@ impl World {
             KernelEventKind::Add {
                 ro: mode != MountMode::Rw,
                 spectator: mode == MountMode::Spectator,
-                jid_preset: None,
+                kernel_managed: false,
             },
         );
     }

@@ -113,7 +113,7 @@ fn add(table: &str) -> Input {
         kind: KernelEventKind::Add {
             ro: false,
             spectator: false,
-            jid_preset: None,
+            kernel_managed: false,
         },
     })
 }
@@ -205,7 +205,7 @@ fn a_kernel_that_coordinates_recovery_itself_is_left_alone() {
             kind: KernelEventKind::Add {
                 ro: false,
                 spectator: false,
-                jid_preset: Some(2),
+                kernel_managed: true,
             },
         }),
     );

@@ -644,7 +644,7 @@ async fn mount(
             KernelEventKind::Add {
                 ro,
                 spectator,
-                jid_preset: None,
+                kernel_managed: false,
             },
         );
     }
