@@ -14,11 +14,15 @@ use crate::view::{
 };
 use crate::wire::{self, Header, Message};
 
+const EPERM: i32 = 1;
 const ENOENT: i32 = 2;
-const ENODEV: i32 = 19;
 const EBUSY: i32 = 16;
+const ENODEV: i32 = 19;
 const EBADR: i32 = 53;
 const EUSERS: i32 = 87;
+const EOPNOTSUPP: i32 = 95;
+const ENOTCONN: i32 = 107;
+const EUCLEAN: i32 = 117;
 
 /// Test-only switches that break one safety gate each, so tests can prove the simulator's
 /// checkers catch the breach. The daemon never sets them.
@@ -36,8 +40,10 @@ pub struct Sabotage {
     pub skip_barrier: bool,
     /// Readmit members that return from a partition with state (breaks S7).
     pub accept_stale_merge: bool,
-    /// Let non-first mounters write `jid` while first-mounter replay runs (breaks S5).
+    /// Give every mounter `first=0`, even when no mount has completed (breaks S5).
     pub skip_first_wait: bool,
+    /// Tell dlm_controld a failed node may be recovered before this node has blocked (breaks S8).
+    pub early_dlm_notify: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -115,10 +121,15 @@ enum Buffered {
 /// How far this node's own kernel mount has come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
-    /// `add` seen; waiting to be synced before announcing the mount.
+    /// `add` seen; waiting for dlm_controld to accept the lockspace registration.
+    Registering,
+    /// Registered; waiting to be synced before announcing the mount.
     Pending,
     /// MOUNT sent; waiting for the group to admit us.
     Announced,
+    /// A spectator admitted by the group: `first` was written only to wait for the DLM join
+    /// (a spectator's kernel refuses it), and is read back to learn the mount's own `first`.
+    Probing,
     /// `first`/`jid` written; waiting for `online`.
     JidWritten,
     Online,
@@ -142,7 +153,12 @@ struct LocalFs {
     block_requested: bool,
     /// The kernel accepted `block=1` (or the filesystem is gone).
     block_confirmed: bool,
-    first_done_sent: bool,
+    /// JOURNAL_READY sent for this mount.
+    ready_sent: bool,
+    /// dlm_controld accepted (or is being asked for) the lockspace registration.
+    dlm_registered: bool,
+    /// Failed nodes dlm_controld waits to hear about before it recovers their DLM locks (S8).
+    dlm_pending: BTreeSet<NodeId>,
     withdraw_acked: bool,
     recovering: BTreeSet<Jid>,
     /// Replays whose result we multicast, with the attempt count it answered: the group has
@@ -181,7 +197,8 @@ pub struct Node {
     rep: Replicated,
     local: BTreeMap<String, LocalFs>,
     fence: BTreeMap<NodeId, FenceRecord>,
-    acked_epoch: u64,
+    /// Our STOPPED is in flight: wait for it before judging whether another is needed.
+    stopped_in_flight: bool,
     outputs: VecDeque<Output>,
     timelines: VecDeque<RecoveryTimeline>,
     /// Per table: MOUNTs we sent, and how many of them came back.
@@ -214,7 +231,7 @@ impl Node {
             rep: Replicated::default(),
             local: BTreeMap::new(),
             fence: BTreeMap::new(),
-            acked_epoch: 0,
+            stopped_in_flight: false,
             outputs: VecDeque::new(),
             timelines: VecDeque::new(),
             mounts_sent: BTreeMap::new(),
@@ -267,6 +284,15 @@ impl Node {
         self.local.values().all(|l| l.phase == Phase::KernelManaged)
     }
 
+    /// The lock tables this daemon keeps registered with dlm_controld.
+    pub fn dlm_registrations(&self) -> Vec<Table> {
+        self.local
+            .values()
+            .filter(|l| l.dlm_registered)
+            .map(|l| l.table.clone())
+            .collect()
+    }
+
     /// The digest of the replicated state, for the agreement checker (None when not synced).
     pub fn replicated_digest(&self) -> Option<u64> {
         self.is_synced().then(|| self.rep.digest())
@@ -286,7 +312,10 @@ impl Node {
         self.now = now.max(self.now);
         self.touched = match &input {
             Input::Kernel(ev) => Some(BTreeSet::from([ev.table.to_string()])),
-            Input::WriteDone { table, .. } => Some(BTreeSet::from([table.to_string()])),
+            Input::WriteDone { table, .. }
+            | Input::ReadDone { table, .. }
+            | Input::DlmRegistered { table, .. }
+            | Input::MountMode { table, .. } => Some(BTreeSet::from([table.to_string()])),
             Input::Deliver { .. } => Some(BTreeSet::new()),
             _ => None,
         };
@@ -347,8 +376,13 @@ impl Node {
                 );
             }
             Input::FenceAck { request, nodeid } => self.on_fence_ack_request(request, nodeid),
-            // Handled by the real-kernel work that lands with these inputs.
-            Input::ReadDone { .. } | Input::DlmRegistered { .. } | Input::MountMode { .. } => {}
+            Input::ReadDone {
+                table,
+                file,
+                result,
+            } => self.on_read_done(table, file, result),
+            Input::DlmRegistered { table, result } => self.on_dlm_registered(table, result),
+            Input::MountMode { table, ro } => self.on_mount_mode(table, ro),
             Input::Timeout => {
                 let now = self.now;
                 for l in self.local.values_mut() {
@@ -426,6 +460,13 @@ impl Node {
         let was_stale = self.rep.members.get(&node).is_some_and(|m| m.stale);
         let fx = self.rep.remove_member(node, reason.is_failure());
         let failure = reason.is_failure() || !fx.dirtied.is_empty();
+        if reason.is_failure() {
+            // dlm_controld holds DLM recovery of the node's locks in every registered lockspace
+            // until this node says it has blocked against it.
+            for l in self.local.values_mut().filter(|l| l.dlm_registered) {
+                l.dlm_pending.insert(node);
+            }
+        }
         if failure && !was_stale {
             let rec = self.fence.entry(node).or_insert(FenceRecord {
                 failed_at: self.now,
@@ -450,14 +491,9 @@ impl Node {
                 reason: "gfs_controld died while the node stays in the cluster".into(),
             });
         }
-        if !fx.dirtied.is_empty() || !fx.first_lost.is_empty() {
+        if !fx.dirtied.is_empty() {
             let epoch = self.rep.epoch;
-            let tables: BTreeSet<String> = fx
-                .dirtied
-                .iter()
-                .map(|(t, _, _)| t.clone())
-                .chain(fx.first_lost.iter().cloned())
-                .collect();
+            let tables: BTreeSet<String> = fx.dirtied.iter().map(|(t, _, _)| t.clone()).collect();
             self.timeline_start(epoch, node, &tables);
             for (table, jid, owner) in &fx.dirtied {
                 self.log_full(
@@ -719,7 +755,7 @@ impl Node {
         let scope = match &msg {
             Message::Mount { table, .. }
             | Message::Mounted { table }
-            | Message::FirstDone { table }
+            | Message::JournalReady { table }
             | Message::Unmount { table }
             | Message::Withdraw { table }
             | Message::Remount { table, .. }
@@ -864,30 +900,31 @@ impl Node {
                     .get_mut(&table)
                     .and_then(|fs| fs.mounters.get_mut(&sender))
                 {
-                    if m.state == MState::Admitted {
+                    if matches!(m.state, MState::First | MState::Admitted) {
                         m.state = MState::Mounted;
+                        m.ready = true;
                     }
                 }
             }
-            Message::FirstDone { table } => {
-                if let Some(fs) = self.rep.fs.get_mut(&table) {
-                    if fs.first == Some(sender) {
-                        fs.first = None;
-                        // The first mounter replayed every journal.
-                        fs.dirty.clear();
-                        fs.stopped.clear();
-                        fs.fence_before_first.clear();
-                        if let Some(m) = fs.mounters.get_mut(&sender) {
-                            m.state = MState::Admitted;
-                        }
-                        self.log_full(
-                            Level::Info,
-                            Some(&table),
-                            Some(sender),
-                            None,
-                            "first mounter replayed every journal".into(),
-                        );
-                    }
+            Message::JournalReady { table } => {
+                let first = self
+                    .rep
+                    .fs
+                    .get(&table)
+                    .and_then(|fs| fs.mounters.get(&sender))
+                    .is_some_and(|m| m.state == MState::First);
+                if self.rep.journal_ready(&table, sender) {
+                    self.log_full(
+                        Level::Info,
+                        Some(&table),
+                        Some(sender),
+                        None,
+                        if first {
+                            "first mounter replayed every journal it could lock".into()
+                        } else {
+                            "journal ready".into()
+                        },
+                    );
                 }
             }
             Message::Unmount { table } => {
@@ -920,10 +957,15 @@ impl Node {
                         m.mode = mode;
                     }
                 }
+                self.rep.prune_stopped(&table);
             }
             Message::Stopped { epoch } => {
+                if sender == me {
+                    self.stopped_in_flight = false;
+                }
+                let members = self.rep.members.clone();
                 for fs in self.rep.fs.values_mut() {
-                    if fs.is_participant(sender) && fs.dirty_epoch <= epoch {
+                    if fs.is_participant(sender, &members) && fs.dirty_epoch <= epoch {
                         fs.stopped.insert(sender);
                     }
                 }
@@ -1109,13 +1151,16 @@ impl Node {
 
     fn settle(&mut self, table: &str) {
         let skip_barrier = self.cfg.sabotage.skip_barrier;
-        for (node, first) in self.rep.admit(table) {
-            let what = if first {
-                "chosen as first mounter"
-            } else {
-                "may mount"
+        for (node, state) in self.rep.admit(table) {
+            let (level, what) = match state {
+                MState::First => (Level::Info, "may mount as a first mounter (first=1)"),
+                MState::NeedsRw => (
+                    Level::Error,
+                    "mount refused: journals of failed nodes need a read-write mounter to replay them",
+                ),
+                _ => (Level::Info, "may mount"),
             };
-            self.log_full(Level::Info, Some(table), Some(node), None, what.into());
+            self.log_full(level, Some(table), Some(node), None, what.into());
         }
         for (jid, node) in self.rep.assign_replayers(table, skip_barrier) {
             let owner = self.rep.fs[table].dirty[&jid].owner;
@@ -1163,12 +1208,14 @@ impl Node {
                 let mut l = LocalFs {
                     table: ev.table.clone(),
                     mode,
-                    phase: Phase::Pending,
+                    phase: Phase::Registering,
                     mount_seq: 0,
                     mount_seen: false,
                     block_requested: false,
                     block_confirmed: false,
-                    first_done_sent: false,
+                    ready_sent: false,
+                    dlm_registered: false,
+                    dlm_pending: BTreeSet::new(),
                     withdraw_acked: false,
                     recovering: BTreeSet::new(),
                     reported: BTreeMap::new(),
@@ -1180,7 +1227,7 @@ impl Node {
                     self.log(
                         Level::Info,
                         Some(&key),
-                        "the kernel coordinates recovery itself: leaving it alone".into(),
+                        "kernel-managed: the DLM offers recovery callbacks (recover_callbacks=1), so the kernel picks journals and recovers by itself; leaving it alone".into(),
                     );
                     return;
                 }
@@ -1195,16 +1242,12 @@ impl Node {
                     self.write(&ev.table, SysfsFile::Jid, -(EBADR as i64));
                     return;
                 }
+                // Registered before any jid is written, so that dlm_controld holds DLM recovery
+                // of a failed node's locks until this node has blocked (S8).
+                l.dlm_registered = true;
                 self.local.insert(key.clone(), l);
-                if self.is_synced() {
-                    self.announce_mount(&key);
-                } else {
-                    self.log(
-                        Level::Info,
-                        Some(&key),
-                        "mount waits until this daemon has the group state".into(),
-                    );
-                }
+                self.outputs
+                    .push_back(Output::DlmRegister { table: ev.table });
             }
             KernelEventKind::Online { ro, spectator } => {
                 let Some(l) = self.local.get_mut(&key) else {
@@ -1216,33 +1259,42 @@ impl Node {
                         self.send(Message::Mounted { table: key });
                     }
                     Phase::Online => {
-                        let mode = MountMode::from_flags(ro, spectator);
-                        if mode != l.mode {
-                            l.mode = mode;
-                            self.send(Message::Remount { table: key, mode });
-                        }
+                        // After a remount the kernel reports the mode from before it; the
+                        // driver's `MountMode` brings the new one. A differing value here can
+                        // only be newer than ours.
+                        self.set_mode(&key, MountMode::from_flags(ro, spectator));
                     }
                     _ => {}
                 }
             }
             KernelEventKind::FirstMountDone => {
-                let me = self.cfg.nodeid;
-                let is_first = self.rep.fs.get(&key).is_some_and(|fs| fs.first == Some(me));
-                if let Some(l) = self.local.get_mut(&key) {
-                    if is_first && !l.first_done_sent && l.phase == Phase::JidWritten {
-                        l.first_done_sent = true;
-                        self.send(Message::FirstDone { table: key });
-                    }
+                // A first mounter's kernel tried every journal: its own is ready.
+                if self
+                    .own_mounter(&key)
+                    .is_some_and(|m| m.state == MState::First)
+                {
+                    self.journal_ready(&key);
                 }
             }
             KernelEventKind::Recovery { jid, done } => {
                 let retry = self.now.after(self.cfg.recover_retry_ms);
                 let attempts = self.journal_attempts(&key, jid);
+                let own = self.own_mounter(&key).cloned();
+                if own
+                    .as_ref()
+                    .is_some_and(|m| m.jid == Some(jid) && m.state == MState::Admitted)
+                {
+                    // A `first=0` mount checked its own journal: it is ready.
+                    self.journal_ready(&key);
+                    return;
+                }
                 let Some(l) = self.local.get_mut(&key) else {
                     return;
                 };
                 if !l.recovering.remove(&jid) {
-                    return; // our own journal at mount, or first-mounter replay: not ours to report
+                    // A first mounter's journal checks, or peers' kernels after a withdraw:
+                    // not a replay this daemon asked for.
+                    return;
                 }
                 l.reported.insert(jid, attempts);
                 if !done {
@@ -1283,10 +1335,15 @@ impl Node {
                     .get(&key)
                     .is_some_and(|fs| fs.mounters.contains_key(&self.cfg.nodeid));
                 let announced = match l.phase {
-                    Phase::Announced | Phase::JidWritten | Phase::Online => true,
+                    Phase::Announced | Phase::Probing | Phase::JidWritten | Phase::Online => true,
                     Phase::Refused => in_group,
                     _ => false,
                 };
+                if l.dlm_registered {
+                    self.outputs.push_back(Output::DlmUnregister {
+                        table: l.table.clone(),
+                    });
+                }
                 if announced {
                     self.outputs.push_back(Output::LeaveGroup {
                         group: l.table.mount_group(),
@@ -1304,6 +1361,123 @@ impl Node {
             .get(table)
             .and_then(|fs| fs.dirty.get(&jid))
             .map_or(0, |d| d.attempts)
+    }
+
+    fn own_mounter(&self, table: &str) -> Option<&crate::state::Mounter> {
+        self.rep
+            .fs
+            .get(table)
+            .and_then(|fs| fs.mounters.get(&self.cfg.nodeid))
+    }
+
+    /// Tell the group once that this mount's journal work is done (see `Mounter::ready`).
+    fn journal_ready(&mut self, table: &str) {
+        let Some(l) = self.local.get_mut(table) else {
+            return;
+        };
+        if l.ready_sent || l.phase != Phase::JidWritten {
+            return;
+        }
+        l.ready_sent = true;
+        self.send(Message::JournalReady {
+            table: table.to_owned(),
+        });
+    }
+
+    fn set_mode(&mut self, table: &str, mode: MountMode) {
+        let Some(l) = self.local.get_mut(table) else {
+            return;
+        };
+        if l.phase != Phase::Online || mode == l.mode || l.mode == MountMode::Spectator {
+            return;
+        }
+        l.mode = mode;
+        self.log(
+            Level::Info,
+            Some(table),
+            format!("remounted {}", mode.as_str()),
+        );
+        self.send(Message::Remount {
+            table: table.to_owned(),
+            mode,
+        });
+    }
+
+    fn on_mount_mode(&mut self, table: Table, ro: bool) {
+        let key = table.to_string();
+        let mode = if ro { MountMode::Ro } else { MountMode::Rw };
+        self.set_mode(&key, mode);
+    }
+
+    fn on_dlm_registered(&mut self, table: Table, result: Result<(), i32>) {
+        let key = table.to_string();
+        let Some(l) = self.local.get_mut(&key) else {
+            return;
+        };
+        if l.phase != Phase::Registering {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                l.phase = Phase::Pending;
+                if self.is_synced() {
+                    self.announce_mount(&key);
+                } else {
+                    self.log(
+                        Level::Info,
+                        Some(&key),
+                        "mount waits until this daemon has the group state".into(),
+                    );
+                }
+            }
+            Err(errno) => {
+                l.phase = Phase::Refused;
+                l.dlm_registered = false;
+                l.dlm_pending.clear();
+                let why = match errno {
+                    EOPNOTSUPP => "dlm_controld runs without enable_fscontrol=1, so it would not wait for this daemon before recovering a failed node's locks; set enable_fscontrol=1 in /etc/dlm/dlm.conf on every node and restart dlm_controld (or leave recovery to the kernel: dlm_controld's default recover_callbacks=1)".to_owned(),
+                    ENOTCONN => "dlm_controld is not running (its socket dlmc_sock does not answer)".to_owned(),
+                    e => format!("dlm_controld refused to register the lockspace (errno {e})"),
+                };
+                self.log(
+                    Level::Error,
+                    Some(&key),
+                    format!("refusing the mount: {why}"),
+                );
+                self.write(&table, SysfsFile::Jid, -i64::from(errno));
+            }
+        }
+    }
+
+    fn on_read_done(&mut self, table: Table, file: SysfsFile, result: Result<i64, i32>) {
+        let key = table.to_string();
+        if file != SysfsFile::First || self.local.get(&key).map(|l| l.phase) != Some(Phase::Probing)
+        {
+            return;
+        }
+        // A spectator that keeps the kernel's default `first=1` checks that every journal is
+        // clean and fails with EPERM if one is not, which a live node's journal never is.
+        let others = self.rep.fs.get(&key).is_some_and(|fs| {
+            fs.mounters
+                .iter()
+                .any(|(id, m)| *id != self.cfg.nodeid && m.kernel_active())
+        });
+        if let Some(l) = self.local.get_mut(&key) {
+            l.phase = Phase::JidWritten;
+        }
+        if result == Ok(1) && others {
+            if let Some(l) = self.local.get_mut(&key) {
+                l.phase = Phase::Refused;
+            }
+            self.log(
+                Level::Error,
+                Some(&key),
+                "refusing the spectator mount: the filesystem is mounted elsewhere, and a spectator needs -o spectator,hostdata=first=0 to skip the kernel's check that every journal is clean".into(),
+            );
+            self.write(&table, SysfsFile::Jid, -i64::from(EPERM));
+            return;
+        }
+        self.write(&table, SysfsFile::Jid, 0);
     }
 
     fn announce_mount(&mut self, table: &str) {
@@ -1347,6 +1521,17 @@ impl Node {
             }
             return;
         };
+        let phase = self.local.get(&key).map(|l| l.phase);
+        if matches!(file, SysfsFile::First | SysfsFile::Jid)
+            && errno == EBUSY
+            && matches!(phase, Some(Phase::JidWritten | Phase::Probing))
+        {
+            self.became_kernel_managed(&key);
+            return;
+        }
+        if file == SysfsFile::First && phase == Some(Phase::Probing) {
+            return; // a spectator's kernel refuses `first`: the write only waited for the DLM join
+        }
         self.log(
             Level::Error,
             Some(&key),
@@ -1398,6 +1583,35 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// `first`/`jid` answered EBUSY: the kernel picked its journal itself (the DLM offered
+    /// recovery callbacks when the lockspace was created). Leave the group's mount cleanly.
+    fn became_kernel_managed(&mut self, table: &str) {
+        let Some(l) = self.local.get_mut(table) else {
+            return;
+        };
+        l.phase = Phase::KernelManaged;
+        l.recovering.clear();
+        l.block_requested = false;
+        l.dlm_pending.clear();
+        let t = l.table.clone();
+        let registered = std::mem::replace(&mut l.dlm_registered, false);
+        self.log(
+            Level::Warn,
+            Some(table),
+            "kernel-managed: the kernel refused first/jid (EBUSY), so it coordinates recovery itself; leaving it alone (set recover_callbacks the same on every node)".into(),
+        );
+        if registered {
+            self.outputs
+                .push_back(Output::DlmUnregister { table: t.clone() });
+        }
+        self.outputs.push_back(Output::LeaveGroup {
+            group: t.mount_group(),
+        });
+        self.send(Message::Unmount {
+            table: table.to_owned(),
+        });
     }
 
     // ----- fencing -----------------------------------------------------------------------
@@ -1462,7 +1676,7 @@ impl Node {
         let everyone = self.lowest_active() == Some(me);
         let mut needs = BTreeSet::new();
         for fs in self.rep.fs.values() {
-            if fs.first.is_some_and(|f| everyone || f == me) {
+            if fs.first_mounters().any(|f| everyone || f == me) {
                 needs.extend(fs.fence_before_first.iter().copied());
             }
             for d in fs.dirty.values() {
@@ -1538,25 +1752,28 @@ impl Node {
         for table in &tables {
             self.drive_mount(table);
             self.drive_block(table);
+            self.drive_dlm(table);
             self.drive_recovery(table);
             self.drive_withdraw(table);
         }
         // One STOPPED covers every filesystem this node blocked: N messages per failure, not N·F.
-        if self.rep.epoch > self.acked_epoch {
-            let participating: Vec<&String> = self
+        // Another one only when this node became part of a barrier after its last one (a mount
+        // became ready during recovery).
+        if !self.stopped_in_flight && !self.replaying {
+            let waiting: Vec<&String> = self
                 .rep
                 .fs
                 .iter()
-                .filter(|(_, fs)| fs.is_participant(me) && fs.dirty_epoch > self.acked_epoch)
+                .filter(|(_, fs)| {
+                    fs.is_participant(me, &self.rep.members) && !fs.stopped.contains(&me)
+                })
                 .map(|(t, _)| t)
                 .collect();
-            let all_blocked = participating
+            let all_blocked = waiting
                 .iter()
                 .all(|t| self.local.get(*t).is_none_or(|l| l.block_confirmed));
-            if participating.is_empty() {
-                self.acked_epoch = self.rep.epoch;
-            } else if all_blocked {
-                self.acked_epoch = self.rep.epoch;
+            if !waiting.is_empty() && all_blocked {
+                self.stopped_in_flight = true;
                 let epoch = self.rep.epoch;
                 self.send(Message::Stopped { epoch });
             }
@@ -1605,24 +1822,22 @@ impl Node {
         let Some(m) = fs.mounters.get(&me) else {
             return;
         };
-        let (t, mode) = (l.table.clone(), l.mode);
-        let state = if self.cfg.sabotage.skip_first_wait
-            && m.state == MState::Waiting
-            && fs.first.is_some()
-        {
+        let (t, mode, jid) = (l.table.clone(), l.mode, m.jid);
+        let state = if self.cfg.sabotage.skip_first_wait && m.state == MState::First {
             MState::Admitted
         } else {
             m.state
         };
-        let jid = m.jid;
-        match state {
-            MState::Waiting => {}
-            MState::Rejected => {
-                self.write(&t, SysfsFile::Jid, -(EUSERS as i64));
-                self.local
-                    .get_mut(table)
-                    .unwrap_or_else(|| unreachable!("checked above"))
-                    .phase = Phase::Refused;
+        let phase = match state {
+            MState::Waiting => return,
+            MState::Rejected | MState::NeedsRw => {
+                let errno = if state == MState::Rejected {
+                    EUSERS
+                } else {
+                    EUCLEAN
+                };
+                self.write(&t, SysfsFile::Jid, -i64::from(errno));
+                Phase::Refused
             }
             MState::First => {
                 // First-mounter replay touches every journal: it needs what a replay needs (S1).
@@ -1643,36 +1858,91 @@ impl Node {
                 {
                     return;
                 }
-                if mode != MountMode::Spectator {
-                    self.write(&t, SysfsFile::First, 1);
-                }
+                self.write(&t, SysfsFile::First, 1);
                 self.write(&t, SysfsFile::Jid, jid.map_or(0, i64::from));
                 self.log_full(
                     Level::Info,
                     Some(table),
                     None,
                     jid,
-                    "mounting as first mounter".into(),
+                    "mounting as a first mounter".into(),
                 );
-                self.local
-                    .get_mut(table)
-                    .unwrap_or_else(|| unreachable!("checked above"))
-                    .phase = Phase::JidWritten;
+                Phase::JidWritten
             }
             MState::Admitted | MState::Mounted => {
                 // A node that left uncleanly may have mounted behind the group's back (S4, S1).
                 if !self.rep.must_fence.iter().all(|n| self.fenced(*n)) {
                     return;
                 }
-                if mode != MountMode::Spectator {
+                if mode == MountMode::Spectator {
+                    // The kernel refuses `first` for a spectator only once its DLM join is done,
+                    // after which `first` shows what the mount options said.
                     self.write(&t, SysfsFile::First, 0);
+                    self.outputs.push_back(Output::Read {
+                        table: t.clone(),
+                        file: SysfsFile::First,
+                    });
+                    Phase::Probing
+                } else {
+                    self.write(&t, SysfsFile::First, 0);
+                    self.write(&t, SysfsFile::Jid, jid.map_or(0, i64::from));
+                    Phase::JidWritten
                 }
-                self.write(&t, SysfsFile::Jid, jid.map_or(0, i64::from));
-                self.local
-                    .get_mut(table)
-                    .unwrap_or_else(|| unreachable!("checked above"))
-                    .phase = Phase::JidWritten;
             }
+        };
+        if let Some(l) = self.local.get_mut(table) {
+            l.phase = phase;
+        }
+    }
+
+    /// Tell dlm_controld, per failed node, that DLM recovery of its locks may go ahead here:
+    /// once this node has blocked the filesystem (if it must: S8), and once the node is fenced
+    /// if its journal is to be replayed (a mounting kernel replays journals as soon as their
+    /// locks are free, so the DLM is what keeps S1 for those replays).
+    fn drive_dlm(&mut self, table: &str) {
+        let me = self.cfg.nodeid;
+        let Some(l) = self.local.get(table) else {
+            return;
+        };
+        if !l.dlm_registered || l.dlm_pending.is_empty() {
+            return;
+        }
+        let fs = self.rep.fs.get(table);
+        let must_block = fs.is_some_and(|fs| fs.is_participant(me, &self.rep.members))
+            && !matches!(l.phase, Phase::Withdrawn | Phase::Refused);
+        let blocked = l.block_confirmed || self.cfg.sabotage.early_dlm_notify;
+        if must_block && !blocked {
+            return;
+        }
+        let ready: Vec<NodeId> = l
+            .dlm_pending
+            .iter()
+            .copied()
+            .filter(|n| {
+                self.cfg.sabotage.early_dlm_notify
+                    || fs.is_none_or(|fs| {
+                        fs.dirty
+                            .values()
+                            .all(|d| !d.fence.contains(n) || self.fenced(*n))
+                    })
+            })
+            .collect();
+        let t = l.table.clone();
+        for n in ready {
+            if let Some(l) = self.local.get_mut(table) {
+                l.dlm_pending.remove(&n);
+            }
+            self.outputs.push_back(Output::DlmNotify {
+                table: t.clone(),
+                nodeid: n,
+            });
+            self.log_full(
+                Level::Info,
+                Some(table),
+                Some(n),
+                None,
+                "dlm_controld may recover the failed node's locks".into(),
+            );
         }
     }
 
@@ -1681,7 +1951,7 @@ impl Node {
         let early = self.cfg.sabotage.early_unblock;
         let (participant, clean, replayers_chosen) = match self.rep.fs.get(table) {
             Some(fs) => (
-                fs.is_participant(me),
+                fs.is_participant(me, &self.rep.members),
                 fs.dirty.is_empty(),
                 !fs.dirty.is_empty() && fs.dirty.values().all(|d| d.replayer.is_some()),
             ),
@@ -1692,7 +1962,11 @@ impl Node {
         };
         if matches!(
             l.phase,
-            Phase::Withdrawn | Phase::Refused | Phase::KernelManaged | Phase::Pending
+            Phase::Withdrawn
+                | Phase::Refused
+                | Phase::KernelManaged
+                | Phase::Pending
+                | Phase::Registering
         ) {
             return;
         }
@@ -1710,17 +1984,16 @@ impl Node {
                 format!("blocked for recovery (change {epoch})"),
             );
             self.timeline_fs_note(table, "blocked".into());
-        } else if l.block_requested && (clean || (early && replayers_chosen)) {
+        } else if l.block_requested && (clean || !participant || (early && replayers_chosen)) {
             l.block_requested = false;
             l.block_confirmed = false;
             self.write(&t, SysfsFile::Block, 0);
-            self.log_full(
-                Level::Info,
-                Some(table),
-                None,
-                None,
-                "every failed journal replayed: unblocked".into(),
-            );
+            let what = if clean || early {
+                "every failed journal replayed: unblocked"
+            } else {
+                "no ready read-write member can replay: unblocked so this mount can finish its journal work and replay"
+            };
+            self.log_full(Level::Info, Some(table), None, None, what.into());
             self.timeline_fs_note(table, "unblocked".into());
         }
     }
@@ -1733,7 +2006,9 @@ impl Node {
         let Some(l) = self.local.get(table) else {
             return;
         };
-        if l.phase != Phase::Online {
+        // A mounting node replays once its journal is ready (`recover` waits for that).
+        let ready = fs.mounters.get(&me).is_some_and(|m| m.is_ready());
+        if !ready || !matches!(l.phase, Phase::Online | Phase::JidWritten) {
             return;
         }
         // A result we sent is applied once the journal is clean or handed to someone else.
@@ -1818,9 +2093,7 @@ impl Node {
         // over our journal, so the kernel may release its locks.
         let ready = match self.rep.fs.get(table) {
             None => true,
-            Some(fs) => {
-                !fs.mounters.contains_key(&me) && (fs.barrier_complete() || fs.first.is_some())
-            }
+            Some(fs) => !fs.mounters.contains_key(&me) && fs.barrier_complete(&self.rep.members),
         };
         if ready {
             let t = l.table.clone();
@@ -1916,11 +2189,7 @@ impl Node {
     }
 
     fn timeline_maybe_finish(&mut self) {
-        let all_clean = self
-            .rep
-            .fs
-            .values()
-            .all(|fs| fs.dirty.is_empty() && fs.first.is_none());
+        let all_clean = self.rep.fs.values().all(|fs| fs.dirty.is_empty());
         let all_unblocked = self.local.values().all(|l| !l.block_requested);
         if all_clean && all_unblocked {
             let now = self.now.millis();
@@ -2029,21 +2298,18 @@ impl Node {
                     }),
                     members,
                     dirty_journals,
-                    first_mounter: fs.and_then(|fs| fs.first),
+                    first_mounter: fs.and_then(|fs| fs.first_mounters().next()),
                 }
             })
             .collect()
     }
 
     fn journal_wait(&self, fs: &crate::state::FsState, d: &crate::state::Dirty) -> String {
-        if fs.first.is_some() {
-            return "first mounter".into();
-        }
-        if !fs.barrier_complete() {
+        if !fs.barrier_complete(&self.rep.members) {
             let missing: Vec<NodeId> = fs
                 .mounters
                 .iter()
-                .filter(|(id, m)| m.kernel_active() && !fs.stopped.contains(id))
+                .filter(|(id, m)| m.is_ready() && !fs.stopped.contains(id))
                 .map(|(id, _)| *id)
                 .collect();
             return format!("members to block: {missing:?}");
@@ -2072,13 +2338,6 @@ impl Node {
         let Some(fs) = self.rep.fs.get(table) else {
             return "unknown".into();
         };
-        if let Some(f) = fs.first {
-            return if f == me {
-                "first mounter: replaying every journal".into()
-            } else {
-                format!("waiting for first mounter {f}")
-            };
-        }
         if let Some((jid, d)) = fs.dirty.iter().next() {
             return format!(
                 "recovering jid {jid}: waiting for {}",
@@ -2090,9 +2349,13 @@ impl Node {
             Some(MState::Admitted) => "mounting".into(),
             Some(MState::Mounted) => "mounted".into(),
             Some(MState::Rejected) => "mount refused: no free journal".into(),
-            Some(MState::First) => "first mounter".into(),
+            Some(MState::NeedsRw) => {
+                "mount refused: failed journals need a read-write mounter".into()
+            }
+            Some(MState::First) => "mounting as a first mounter".into(),
             None => match l.map(|l| l.phase) {
                 Some(Phase::Withdrawn) => "withdrawn".into(),
+                Some(Phase::Registering) => "registering with dlm_controld".into(),
                 Some(Phase::Pending) | Some(Phase::Announced) => "joining".into(),
                 _ => "mounted elsewhere".into(),
             },

@@ -47,12 +47,10 @@ pub struct Member {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FsState {
     pub mounters: BTreeMap<NodeId, Mounter>,
-    /// The node doing first-mounter replay of every journal, if any.
-    pub first: Option<NodeId>,
     pub dirty: BTreeMap<Jid, Dirty>,
     /// The failure epoch that last dirtied a journal here: the barrier's target.
     pub dirty_epoch: u64,
-    /// Kernel-active mounters that confirmed they blocked this filesystem.
+    /// Ready mounters that confirmed they blocked this filesystem.
     pub stopped: BTreeSet<NodeId>,
     /// Members that failed while their kernel held this filesystem but had no journal to replay
     /// (spectators): a first mounter still waits for them to be fenced.
@@ -64,21 +62,35 @@ pub struct Mounter {
     pub jid: Option<Jid>,
     pub mode: MountMode,
     pub state: MState,
+    /// Its kernel finished its journal work of the mount (`FIRSTMOUNT=Done` for a first mounter,
+    /// the check of its own journal otherwise): from here a `recover` write does not wait for the
+    /// mount, and blocking it cannot stop the mount before it could replay.
+    pub ready: bool,
 }
 
 /// Where a mounter is, as the whole group sees it.
+///
+/// The kernel serialises mounts with a cluster-wide mount lock that a mounting kernel holds
+/// from before it waits for `jid` until its mount ends. So the group never holds back a `jid`
+/// on anything that needs another mount to progress (S5): only on fencing and quorum, or while
+/// recovery runs and a ready member can replay without the mount lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MState {
-    /// Its kernel waits for `jid`; the group holds it back (first mount or recovery running).
+    /// Its kernel waits for `jid`; the group holds it back (fencing, or recovery running).
     Waiting,
-    /// It replays every journal as first mounter.
+    /// Mounts with `first=1`: no mount had completed when it was admitted, so its kernel replays
+    /// every journal it can lock (journals of live nodes are skipped). Several may be first at
+    /// once; the mount lock runs them one after the other.
     First,
-    /// Allowed to write `jid`: its kernel may hold locks from here on.
+    /// Mounts with `first=0`: its kernel may hold locks from here on.
     Admitted,
-    /// Its mount completed (`online`): it may replay others' journals.
+    /// Its mount completed (`online`).
     Mounted,
     /// No free journal: it writes a negative jid and its mount fails.
     Rejected,
+    /// Read-only or spectator mount while journals of failed nodes wait for a read-write member
+    /// that could replay them: refused, so it cannot hold the mount lock that such a member needs.
+    NeedsRw,
 }
 
 impl MState {
@@ -89,6 +101,7 @@ impl MState {
             MState::Admitted => "mounting",
             MState::Mounted => "mounted",
             MState::Rejected => "rejected",
+            MState::NeedsRw => "refused",
         }
     }
 }
@@ -106,12 +119,18 @@ pub struct Dirty {
 }
 
 impl Mounter {
-    /// Its kernel may hold locks, so it must block on failures and counts in barriers.
+    /// Its kernel may hold locks (its `jid` is written or about to be).
     pub fn kernel_active(&self) -> bool {
         matches!(
             self.state,
             MState::First | MState::Admitted | MState::Mounted
         )
+    }
+
+    /// Kernel-active with its journal work done: from here a `recover` write does not wait for
+    /// the mount, so (read-write) it may replay others' journals.
+    pub fn is_ready(&self) -> bool {
+        self.state == MState::Mounted || (self.kernel_active() && self.ready)
     }
 }
 
@@ -126,18 +145,50 @@ impl FsState {
         (0..max_journals).find(|j| !used.contains(j))
     }
 
-    /// Every kernel-active mounter confirmed it is blocked.
-    pub fn barrier_complete(&self) -> bool {
+    /// Every participant confirmed it is blocked.
+    pub fn barrier_complete(&self, members: &BTreeMap<NodeId, Member>) -> bool {
+        let replayer = !self.replayers(members).is_empty();
         self.mounters
             .iter()
-            .filter(|(_, m)| m.kernel_active())
+            .filter(|(_, m)| Self::blocks(m, replayer))
             .all(|(id, _)| self.stopped.contains(id))
     }
 
-    pub fn is_participant(&self, node: NodeId) -> bool {
+    /// Must block while failed journals wait for replay: every kernel-active mounter, except
+    /// that while no ready read-write member can replay, mounters still mounting are left to
+    /// finish their journal work (`block=1` could stop a mount before its journal is ready,
+    /// and the only replayer-to-be would never become one).
+    pub fn is_participant(&self, node: NodeId, members: &BTreeMap<NodeId, Member>) -> bool {
         !self.dirty.is_empty()
-            && self.first.is_none()
-            && self.mounters.get(&node).is_some_and(Mounter::kernel_active)
+            && self
+                .mounters
+                .get(&node)
+                .is_some_and(|m| Self::blocks(m, !self.replayers(members).is_empty()))
+    }
+
+    fn blocks(m: &Mounter, replayer_exists: bool) -> bool {
+        m.kernel_active() && (replayer_exists || m.is_ready())
+    }
+
+    /// Members that may replay a journal: ready, read-write, in the group.
+    pub fn replayers(&self, members: &BTreeMap<NodeId, Member>) -> Vec<NodeId> {
+        self.mounters
+            .iter()
+            .filter(|(id, m)| {
+                m.is_ready()
+                    && m.mode.can_replay()
+                    && members.get(id).is_some_and(|mm| mm.synced && !mm.stale)
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Mounters admitted with `first=1` whose journal work is not done yet.
+    pub fn first_mounters(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.mounters
+            .iter()
+            .filter(|(_, m)| m.state == MState::First && !m.ready)
+            .map(|(id, _)| *id)
     }
 }
 
@@ -145,7 +196,6 @@ impl FsState {
 #[derive(Debug, Default)]
 pub struct Effects {
     pub dirtied: Vec<(String, Jid, NodeId)>,
-    pub first_lost: Vec<String>,
 }
 
 impl Replicated {
@@ -221,11 +271,6 @@ impl Replicated {
                         dirtied = true;
                     }
                 }
-                if fs.first == Some(node) {
-                    fs.first = None;
-                    fx.first_lost.push(table.clone());
-                    dirtied = true;
-                }
             }
             for d in fs.dirty.values_mut() {
                 if d.replayer == Some(node) {
@@ -245,7 +290,25 @@ impl Replicated {
             self.epoch += 1;
         }
         self.renegotiate();
+        let tables: Vec<String> = self.fs.keys().cloned().collect();
+        for t in tables {
+            self.prune_stopped(&t);
+        }
         fx
+    }
+
+    /// With no ready read-write member left, mounters still mounting stop being participants and
+    /// unblock (see [`FsState::is_participant`]): their earlier STOPPED no longer holds.
+    pub fn prune_stopped(&mut self, table: &str) {
+        let members = &self.members;
+        if let Some(fs) = self.fs.get_mut(table) {
+            if fs.replayers(members).is_empty() {
+                let FsState {
+                    stopped, mounters, ..
+                } = fs;
+                stopped.retain(|id| mounters.get(id).is_some_and(Mounter::is_ready));
+            }
+        }
     }
 
     /// A mount is withdrawn: its journal needs replay by others, but the node is alive and its
@@ -273,10 +336,6 @@ impl Replicated {
                 dirtied = true;
             }
         }
-        if fs.first == Some(node) {
-            fs.first = None;
-            dirtied = true;
-        }
         for d in fs.dirty.values_mut() {
             if d.replayer == Some(node) {
                 // A withdraw stops the kernel's replay with everything else: no fencing needed.
@@ -288,6 +347,7 @@ impl Replicated {
             self.epoch += 1;
             fs.dirty_epoch = self.epoch;
         }
+        self.prune_stopped(table);
         dirtied
     }
 
@@ -299,15 +359,13 @@ impl Replicated {
         if fs.mounters.remove(&node).is_none() {
             return false;
         }
-        if fs.first == Some(node) {
-            fs.first = None;
-        }
         for d in fs.dirty.values_mut() {
             if d.replayer == Some(node) {
                 d.replayer = None;
             }
         }
         fs.stopped.remove(&node);
+        self.prune_stopped(table);
         true
     }
 
@@ -343,46 +401,49 @@ impl Replicated {
                 }
             }
         };
-        fs.mounters.insert(node, Mounter { jid, mode, state });
+        fs.mounters.insert(
+            node,
+            Mounter {
+                jid,
+                mode,
+                state,
+                ready: false,
+            },
+        );
         fs.mounters.get(&node)
     }
 
-    /// Let waiting mounters go when it is safe: a first mounter when nobody's kernel holds the
-    /// filesystem, everyone else once first-mounter replay and every recovery have finished (S5).
-    pub fn admit(&mut self, table: &str) -> Vec<(NodeId, bool)> {
+    /// Let waiting mounters go, deciding `first`. Never holds a mounter on something that needs
+    /// another mount to progress (the kernel's mount lock would deadlock both, S5):
+    /// - no failed journal: first (`first=1`) while no mount has completed, else `first=0`;
+    /// - failed journals and a ready read-write member to replay them: wait (that member needs
+    ///   no mount lock), so the mount starts on clean journals;
+    /// - failed journals and nobody to replay them: a read-write mounter goes ahead, to become
+    ///   that replayer once its journal is ready; read-only and spectator mounts are refused.
+    ///
+    /// Returns `(node, state)` for each mounter whose state changed.
+    pub fn admit(&mut self, table: &str) -> Vec<(NodeId, MState)> {
+        let members = &self.members;
         let Some(fs) = self.fs.get_mut(table) else {
             return Vec::new();
         };
         let mut admitted = Vec::new();
-        if fs.first.is_some() {
-            return admitted;
-        }
-        let any_active = fs.mounters.values().any(Mounter::kernel_active);
-        if !any_active {
-            // The first mounter replays every journal, and after a whole-cluster restart nobody
-            // knows which are dirty: only a read-write mounter may be first (SPEC §5), so
-            // read-only and spectator mounts wait for one.
-            let candidate = fs
-                .mounters
-                .iter()
-                .filter(|(_, m)| m.state == MState::Waiting && m.mode == MountMode::Rw)
-                .map(|(id, _)| *id)
-                .next();
-            if let Some(id) = candidate {
-                fs.first = Some(id);
-                if let Some(m) = fs.mounters.get_mut(&id) {
-                    m.state = MState::First;
-                }
-                fs.stopped.clear();
-                admitted.push((id, true));
+        let any_mounted = fs.mounters.values().any(|m| m.state == MState::Mounted);
+        let dirty = !fs.dirty.is_empty();
+        let can_replay = !fs.replayers(members).is_empty();
+        for (id, m) in fs.mounters.iter_mut() {
+            if m.state != MState::Waiting {
+                continue;
             }
-        } else if fs.dirty.is_empty() {
-            for (id, m) in fs.mounters.iter_mut() {
-                if m.state == MState::Waiting {
-                    m.state = MState::Admitted;
-                    admitted.push((*id, false));
-                }
-            }
+            let next = match (dirty, can_replay, m.mode) {
+                (true, true, _) => continue,
+                (true, false, MountMode::Ro | MountMode::Spectator) => MState::NeedsRw,
+                (_, _, MountMode::Spectator) => MState::Admitted,
+                _ if any_mounted => MState::Admitted,
+                _ => MState::First,
+            };
+            m.state = next;
+            admitted.push((*id, next));
         }
         admitted
     }
@@ -398,22 +459,13 @@ impl Replicated {
         let Some(fs) = self.fs.get_mut(table) else {
             return Vec::new();
         };
-        if fs.dirty.is_empty() || fs.first.is_some() {
+        if fs.dirty.is_empty() {
             return Vec::new();
         }
-        if !sabotage_skip_barrier && !fs.barrier_complete() {
+        if !sabotage_skip_barrier && !fs.barrier_complete(members) {
             return Vec::new();
         }
-        let eligible: Vec<NodeId> = fs
-            .mounters
-            .iter()
-            .filter(|(id, m)| {
-                m.state == MState::Mounted
-                    && m.mode.can_replay()
-                    && members.get(id).is_some_and(|mm| mm.synced && !mm.stale)
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let eligible = fs.replayers(members);
         if eligible.is_empty() {
             return Vec::new();
         }
@@ -432,6 +484,26 @@ impl Replicated {
             assigned.push((*jid, pick));
         }
         assigned
+    }
+
+    /// A mounter's kernel finished its journal work (see [`Mounter::ready`]). A first mounter's
+    /// kernel has then replayed every journal it could lock, so nodes that failed with no
+    /// journal no longer matter to later first mounters.
+    pub fn journal_ready(&mut self, table: &str, node: NodeId) -> bool {
+        let Some(fs) = self.fs.get_mut(table) else {
+            return false;
+        };
+        let Some(m) = fs.mounters.get_mut(&node) else {
+            return false;
+        };
+        if !m.kernel_active() || m.ready {
+            return false;
+        }
+        m.ready = true;
+        if m.state == MState::First {
+            fs.fence_before_first.clear();
+        }
+        true
     }
 
     /// Drop a filesystem nobody holds any more (its journals are all clean).

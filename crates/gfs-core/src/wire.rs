@@ -80,7 +80,9 @@ pub enum Message {
     Mounted {
         table: String,
     },
-    FirstDone {
+    /// The sender's kernel finished the journal work of its mount (`FIRSTMOUNT=Done` for a
+    /// first mounter, the check of its own journal otherwise).
+    JournalReady {
         table: String,
     },
     Unmount {
@@ -120,7 +122,7 @@ impl Message {
             Message::State { .. } => 2,
             Message::Mount { .. } => 3,
             Message::Mounted { .. } => 4,
-            Message::FirstDone { .. } => 5,
+            Message::JournalReady { .. } => 5,
             Message::Unmount { .. } => 6,
             Message::Withdraw { .. } => 7,
             Message::Remount { .. } => 8,
@@ -137,7 +139,7 @@ impl Message {
             Message::State { .. } => "STATE",
             Message::Mount { .. } => "MOUNT",
             Message::Mounted { .. } => "MOUNTED",
-            Message::FirstDone { .. } => "FIRST_DONE",
+            Message::JournalReady { .. } => "JOURNAL_READY",
             Message::Unmount { .. } => "UNMOUNT",
             Message::Withdraw { .. } => "WITHDRAW",
             Message::Remount { .. } => "REMOUNT",
@@ -188,7 +190,7 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             body.mode(*mode);
         }
         Message::Mounted { table }
-        | Message::FirstDone { table }
+        | Message::JournalReady { table }
         | Message::Unmount { table }
         | Message::Withdraw { table } => body.str(table),
         Message::Stopped { epoch } => body.u64(*epoch),
@@ -257,7 +259,7 @@ pub fn decode_up_to(buf: &[u8], max: u16) -> Result<(Header, Message), WireError
             mode: r.mode()?,
         },
         4 => Message::Mounted { table: r.table()? },
-        5 => Message::FirstDone { table: r.table()? },
+        5 => Message::JournalReady { table: r.table()? },
         6 => Message::Unmount { table: r.table()? },
         7 => Message::Withdraw { table: r.table()? },
         8 => Message::Remount {
@@ -306,7 +308,6 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
     w.u32(s.fs.len() as u32);
     for (table, fs) in &s.fs {
         w.str(table);
-        w.opt_u32(fs.first);
         w.u64(fs.dirty_epoch);
         w.nodes(fs.stopped.iter().copied());
         w.nodes(fs.fence_before_first.iter().copied());
@@ -321,7 +322,9 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
                 MState::Admitted => 2,
                 MState::Mounted => 3,
                 MState::Rejected => 4,
+                MState::NeedsRw => 5,
             });
+            w.bool(m.ready);
         }
         w.u32(fs.dirty.len() as u32);
         for (jid, d) in &fs.dirty {
@@ -357,7 +360,6 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
     let mut fs = BTreeMap::new();
     for _ in 0..r.count()? {
         let table = r.table()?;
-        let first = r.opt_u32()?;
         let dirty_epoch = r.u64()?;
         let stopped = r.nodes()?;
         let fence_before_first = r.nodes()?;
@@ -372,9 +374,19 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
                 2 => MState::Admitted,
                 3 => MState::Mounted,
                 4 => MState::Rejected,
+                5 => MState::NeedsRw,
                 _ => return Err(WireError::BadValue("mount state")),
             };
-            mounters.insert(id, Mounter { jid, mode, state });
+            let ready = r.bool()?;
+            mounters.insert(
+                id,
+                Mounter {
+                    jid,
+                    mode,
+                    state,
+                    ready,
+                },
+            );
         }
         let mut dirty = BTreeMap::new();
         for _ in 0..r.count()? {
@@ -392,7 +404,6 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
             table,
             FsState {
                 mounters,
-                first,
                 dirty,
                 dirty_epoch,
                 stopped,

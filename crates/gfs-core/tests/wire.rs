@@ -32,8 +32,8 @@ fn opt_node() -> impl Strategy<Value = Option<u32>> {
 }
 
 fn fs_state() -> impl Strategy<Value = FsState> {
-    let mounter =
-        (proptest::option::of(jid()), mode(), 0u8..5).prop_map(|(jid, mode, st)| Mounter {
+    let mounter = (proptest::option::of(jid()), mode(), 0u8..6, any::<bool>()).prop_map(
+        |(jid, mode, st, ready)| Mounter {
             jid,
             mode,
             state: [
@@ -42,8 +42,11 @@ fn fs_state() -> impl Strategy<Value = FsState> {
                 MState::Admitted,
                 MState::Mounted,
                 MState::Rejected,
+                MState::NeedsRw,
             ][st as usize],
-        });
+            ready,
+        },
+    );
     let dirty = (1u32..400, nodes(), opt_node(), 0u32..10, opt_node()).prop_map(
         |(owner, fence, replayer, attempts, last)| Dirty {
             owner,
@@ -55,16 +58,14 @@ fn fs_state() -> impl Strategy<Value = FsState> {
     );
     (
         proptest::collection::btree_map(1u32..400, mounter, 0..6),
-        opt_node(),
         proptest::collection::btree_map(jid(), dirty, 0..4),
         any::<u64>(),
         nodes(),
         nodes(),
     )
         .prop_map(
-            |(mounters, first, dirty, dirty_epoch, stopped, fence_before_first)| FsState {
+            |(mounters, dirty, dirty_epoch, stopped, fence_before_first)| FsState {
                 mounters,
-                first,
                 dirty,
                 dirty_epoch,
                 stopped,
@@ -141,7 +142,7 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (table(), mode()).prop_map(|(table, mode)| Message::Mount { table, mode }),
         table().prop_map(|table| Message::Mounted { table }),
-        table().prop_map(|table| Message::FirstDone { table }),
+        table().prop_map(|table| Message::JournalReady { table }),
         table().prop_map(|table| Message::Unmount { table }),
         table().prop_map(|table| Message::Withdraw { table }),
         (table(), mode()).prop_map(|(table, mode)| Message::Remount { table, mode }),
