@@ -60,6 +60,13 @@ pub enum Input {
         table: Table,
         result: Result<(), i32>,
     },
+    /// dlm_controld's answer to [`Output::DlmNotify`]: `Err(EAGAIN)` while it has not processed
+    /// the node's failure yet (the core asks again later, unless the node came back meanwhile).
+    DlmNotified {
+        table: Table,
+        nodeid: NodeId,
+        result: Result<(), i32>,
+    },
     /// The mount's read-only state as the kernel applied it (the `online` uevent of a remount
     /// carries the state from *before* the remount, so the driver re-reads it from the
     /// filesystem's sysfs `status` and reports every change here).
@@ -111,8 +118,9 @@ pub enum Output {
         table: Table,
     },
     /// Tell dlm_controld that this node has blocked the filesystem against `nodeid`'s failure, so
-    /// DLM recovery of that node's locks may go ahead. The driver retries while dlm_controld
-    /// answers `-EAGAIN` (it has not processed the failure yet); no answer goes back to the core.
+    /// DLM recovery of that node's locks may go ahead. One attempt: answer with
+    /// `Input::DlmNotified` (the core decides whether to ask again: a retry after the node
+    /// rejoined would be taken for its next failure).
     DlmNotify {
         table: Table,
         nodeid: NodeId,

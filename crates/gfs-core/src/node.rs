@@ -16,6 +16,7 @@ use crate::wire::{self, Header, Message};
 
 const EPERM: i32 = 1;
 const ENOENT: i32 = 2;
+const EAGAIN: i32 = 11;
 const EBUSY: i32 = 16;
 const ENODEV: i32 = 19;
 const EBADR: i32 = 53;
@@ -159,6 +160,8 @@ struct LocalFs {
     dlm_registered: bool,
     /// Failed nodes dlm_controld waits to hear about before it recovers their DLM locks (S8).
     dlm_pending: BTreeSet<NodeId>,
+    /// Notifications dlm_controld was not ready for (-EAGAIN), asked again at these times.
+    dlm_retry: BTreeMap<NodeId, Time>,
     withdraw_acked: bool,
     recovering: BTreeSet<Jid>,
     /// Replays whose result we multicast, with the attempt count it answered: the group has
@@ -256,10 +259,12 @@ impl Node {
 
     /// The earliest moment this node wants `Input::Timeout`.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let retries = self
-            .local
-            .values()
-            .flat_map(|l| l.retry_at.values().copied());
+        let retries = self.local.values().flat_map(|l| {
+            l.retry_at
+                .values()
+                .copied()
+                .chain(l.dlm_retry.values().copied())
+        });
         let fences = self.fence.values().filter_map(|f| f.retry_at);
         let startup = (!self.rep.must_fence.is_empty() && self.is_synced())
             .then(|| self.synced_at.after(self.cfg.startup_fence_delay_ms))
@@ -315,6 +320,7 @@ impl Node {
             Input::WriteDone { table, .. }
             | Input::ReadDone { table, .. }
             | Input::DlmRegistered { table, .. }
+            | Input::DlmNotified { table, .. }
             | Input::MountMode { table, .. } => Some(BTreeSet::from([table.to_string()])),
             Input::Deliver { .. } => Some(BTreeSet::new()),
             _ => None,
@@ -382,11 +388,26 @@ impl Node {
                 result,
             } => self.on_read_done(table, file, result),
             Input::DlmRegistered { table, result } => self.on_dlm_registered(table, result),
+            Input::DlmNotified {
+                table,
+                nodeid,
+                result,
+            } => self.on_dlm_notified(table, nodeid, result),
             Input::MountMode { table, ro } => self.on_mount_mode(table, ro),
             Input::Timeout => {
                 let now = self.now;
                 for l in self.local.values_mut() {
                     l.retry_at.retain(|_, t| *t > now);
+                    let due: Vec<NodeId> = l
+                        .dlm_retry
+                        .iter()
+                        .filter(|(_, t)| **t <= now)
+                        .map(|(n, _)| *n)
+                        .collect();
+                    for n in due {
+                        l.dlm_retry.remove(&n);
+                        l.dlm_pending.insert(n);
+                    }
                 }
                 for f in self.fence.values_mut() {
                     if f.retry_at.is_some_and(|t| t <= now) {
@@ -728,6 +749,7 @@ impl Node {
                 last_error: None,
             });
         }
+        self.seed_dlm_pending();
         let pending: Vec<String> = self
             .local
             .iter()
@@ -1216,6 +1238,7 @@ impl Node {
                     ready_sent: false,
                     dlm_registered: false,
                     dlm_pending: BTreeSet::new(),
+                    dlm_retry: BTreeMap::new(),
                     withdraw_acked: false,
                     recovering: BTreeSet::new(),
                     reported: BTreeMap::new(),
@@ -1246,6 +1269,7 @@ impl Node {
                 // of a failed node's locks until this node has blocked (S8).
                 l.dlm_registered = true;
                 self.local.insert(key.clone(), l);
+                self.seed_dlm_pending();
                 self.outputs
                     .push_back(Output::DlmRegister { table: ev.table });
             }
@@ -1363,6 +1387,28 @@ impl Node {
             .map_or(0, |d| d.attempts)
     }
 
+    /// A node that failed earlier may still be in a lockspace (its daemon died but its kernel
+    /// lives until fenced): dlm_controld will wait for every registered mount to confirm it
+    /// too once it sees the node go, so each registered mount owes it a notification.
+    fn seed_dlm_pending(&mut self) {
+        let failed: BTreeSet<NodeId> = self
+            .rep
+            .must_fence
+            .iter()
+            .copied()
+            .chain(
+                self.fence
+                    .iter()
+                    .filter(|(_, f)| !f.done())
+                    .map(|(n, _)| *n),
+            )
+            .filter(|n| !self.config_members.contains(n))
+            .collect();
+        for l in self.local.values_mut().filter(|l| l.dlm_registered) {
+            l.dlm_pending.extend(failed.iter().copied());
+        }
+    }
+
     fn own_mounter(&self, table: &str) -> Option<&crate::state::Mounter> {
         self.rep
             .fs
@@ -1434,6 +1480,7 @@ impl Node {
                 l.phase = Phase::Refused;
                 l.dlm_registered = false;
                 l.dlm_pending.clear();
+                l.dlm_retry.clear();
                 let why = match errno {
                     EOPNOTSUPP => "dlm_controld runs without enable_fscontrol=1, so it would not wait for this daemon before recovering a failed node's locks; set enable_fscontrol=1 in /etc/dlm/dlm.conf on every node and restart dlm_controld (or leave recovery to the kernel: dlm_controld's default recover_callbacks=1)".to_owned(),
                     ENOTCONN => "dlm_controld is not running (its socket dlmc_sock does not answer)".to_owned(),
@@ -1446,6 +1493,32 @@ impl Node {
                 );
                 self.write(&table, SysfsFile::Jid, -i64::from(errno));
             }
+        }
+    }
+
+    fn on_dlm_notified(&mut self, table: Table, nodeid: NodeId, result: Result<(), i32>) {
+        let key = table.to_string();
+        let retry = self.now.after(500);
+        let back = self.config_members.contains(&nodeid);
+        let Some(l) = self.local.get_mut(&key) else {
+            return;
+        };
+        match result {
+            Ok(()) => {}
+            // dlm_controld has not seen the failure yet. Once the node is back in the group,
+            // dlm_controld has long processed (and finished) that failure: asking again would
+            // count for the node's next failure, which is notified on its own.
+            Err(EAGAIN) if l.dlm_registered && !back => {
+                l.dlm_retry.insert(nodeid, retry);
+            }
+            Err(EAGAIN) => {}
+            Err(errno) => self.log_full(
+                Level::Warn,
+                Some(&key),
+                Some(nodeid),
+                None,
+                format!("dlm_controld refused the notification (errno {errno})"),
+            ),
         }
     }
 
@@ -1595,6 +1668,7 @@ impl Node {
         l.recovering.clear();
         l.block_requested = false;
         l.dlm_pending.clear();
+        l.dlm_retry.clear();
         let t = l.table.clone();
         let registered = std::mem::replace(&mut l.dlm_registered, false);
         self.log(
@@ -1707,7 +1781,16 @@ impl Node {
                 .values()
                 .any(|d| d.replayer.is_some_and(|r| everyone || r == me))
         });
-        if (own_jid_pending || any_jid_pending || replay_pending)
+        // A failed node may hold DLM locks in any mounted filesystem's lockspace, which the
+        // DLM recovers only once it is fenced (this daemon tells dlm_controld no sooner).
+        let own_dlm_pending = self.local.values().any(|l| !l.dlm_pending.is_empty());
+        let any_mounted = everyone
+            && self
+                .rep
+                .fs
+                .values()
+                .any(|fs| fs.mounters.values().any(|m| m.kernel_active()));
+        if (own_jid_pending || any_jid_pending || replay_pending || own_dlm_pending || any_mounted)
             && self.now >= self.synced_at.after(self.cfg.startup_fence_delay_ms)
         {
             needs.extend(self.rep.must_fence.iter().copied());
@@ -1897,8 +1980,9 @@ impl Node {
 
     /// Tell dlm_controld, per failed node, that DLM recovery of its locks may go ahead here:
     /// once this node has blocked the filesystem (if it must: S8), and once the node is fenced
-    /// if its journal is to be replayed (a mounting kernel replays journals as soon as their
-    /// locks are free, so the DLM is what keeps S1 for those replays).
+    /// (its kernel could still hold and use locks; and a mounting kernel replays journals as
+    /// soon as their locks are free, so the DLM is what keeps S1 for those replays), as
+    /// dlm_controld's own fencing would.
     fn drive_dlm(&mut self, table: &str) {
         let me = self.cfg.nodeid;
         let Some(l) = self.local.get(table) else {
@@ -1914,17 +1998,15 @@ impl Node {
         if must_block && !blocked {
             return;
         }
+        // A failed node back in the group rebooted: its old kernel is gone.
         let ready: Vec<NodeId> = l
             .dlm_pending
             .iter()
             .copied()
             .filter(|n| {
                 self.cfg.sabotage.early_dlm_notify
-                    || fs.is_none_or(|fs| {
-                        fs.dirty
-                            .values()
-                            .all(|d| !d.fence.contains(n) || self.fenced(*n))
-                    })
+                    || self.fenced(*n)
+                    || self.config_members.contains(n)
             })
             .collect();
         let t = l.table.clone();

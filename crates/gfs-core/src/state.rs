@@ -156,8 +156,8 @@ impl FsState {
 
     /// Must block while failed journals wait for replay: every kernel-active mounter, except
     /// that while no ready read-write member can replay, mounters still mounting are left to
-    /// finish their journal work (`block=1` could stop a mount before its journal is ready,
-    /// and the only replayer-to-be would never become one).
+    /// finish their mount (`block=1` stops a mount that still needs normal locks, holding the
+    /// cluster-wide mount lock, so the replayer-to-be would never become one).
     pub fn is_participant(&self, node: NodeId, members: &BTreeMap<NodeId, Member>) -> bool {
         !self.dirty.is_empty()
             && self
@@ -167,7 +167,7 @@ impl FsState {
     }
 
     fn blocks(m: &Mounter, replayer_exists: bool) -> bool {
-        m.kernel_active() && (replayer_exists || m.is_ready())
+        m.kernel_active() && (replayer_exists || m.state == MState::Mounted)
     }
 
     /// Members that may replay a journal: ready, read-write, in the group.
@@ -306,7 +306,7 @@ impl Replicated {
                 let FsState {
                     stopped, mounters, ..
                 } = fs;
-                stopped.retain(|id| mounters.get(id).is_some_and(Mounter::is_ready));
+                stopped.retain(|id| mounters.get(id).is_some_and(|m| m.state == MState::Mounted));
             }
         }
     }
@@ -428,7 +428,12 @@ impl Replicated {
             return Vec::new();
         };
         let mut admitted = Vec::new();
-        let any_mounted = fs.mounters.values().any(|m| m.state == MState::Mounted);
+        // A completed mount that went through first-mounter replay (or came after one); a
+        // spectator's mount replays nothing.
+        let any_mounted = fs
+            .mounters
+            .values()
+            .any(|m| m.state == MState::Mounted && m.mode != MountMode::Spectator);
         let dirty = !fs.dirty.is_empty();
         let can_replay = !fs.replayers(members).is_empty();
         for (id, m) in fs.mounters.iter_mut() {

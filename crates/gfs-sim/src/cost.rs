@@ -105,6 +105,15 @@ impl Cluster {
                             queue.push_back((i, Input::Kernel(KernelEvent { table, kind }), depth));
                         }
                     }
+                    // dlm_controld (enable_fscontrol=1) accepts every registration.
+                    Output::DlmRegister { table } => queue.push_back((
+                        i,
+                        Input::DlmRegistered {
+                            table,
+                            result: Ok(()),
+                        },
+                        depth,
+                    )),
                     _ => {}
                 }
             }

@@ -81,32 +81,47 @@ fn assert_unblocked(s: &Scenario, nodes: &[NodeId], fs: u32) {
 }
 
 #[test]
-fn first_mount_gives_distinct_jids_and_one_first_mounter() {
+fn simultaneous_mounts_are_all_first_mounters_serialised_by_the_mount_lock() {
+    // Every node mounts at once. The kernel holds the cluster-wide mount lock from before it
+    // waits for `jid` to the end of its mount, so no `jid` may wait for another mount: each
+    // node is told first=1 and its jid at once, and the kernels run one after the other (a
+    // first mounter's kernel skips the journals live nodes hold).
     let mut s = Scenario::new(3, 1, 1);
     for n in 1..=3 {
         s.mount(n, 1, RW);
     }
     settle(&mut s, 5_000);
-    // Exactly one first mounter, the lowest node id; everyone else is told first=0.
-    assert_eq!(values(&s, 1, 1, SysfsFile::First), vec![1]);
-    assert_eq!(values(&s, 2, 1, SysfsFile::First), vec![0]);
-    assert_eq!(values(&s, 3, 1, SysfsFile::First), vec![0]);
+    for n in 1..=3 {
+        assert_eq!(values(&s, n, 1, SysfsFile::First), vec![1], "n{n} first");
+        let f = writes(&s, n, 1, SysfsFile::First)[0];
+        let j = writes(&s, n, 1, SysfsFile::Jid)[0];
+        assert!(f.time <= j.time, "first before jid");
+    }
     let mut jids: Vec<i64> = (1..=3).map(|n| jid(&s, n, 1)).collect();
     jids.sort();
     assert_eq!(jids, vec![0, 1, 2]);
-    // `first` is written before `jid`, and nobody else writes `jid` before the first mounter's
-    // replay of every journal has finished (its kernel went online after FIRSTMOUNT=Done).
-    let first_jid = writes(&s, 1, 1, SysfsFile::Jid)[0].time;
-    for n in 2..=3 {
-        let f = writes(&s, n, 1, SysfsFile::First)[0];
-        let j = writes(&s, n, 1, SysfsFile::Jid)[0];
-        assert!(f.time <= j.time);
-        assert!(
-            j.time > first_jid,
-            "n{n} wrote jid while the first mounter was replaying"
-        );
-    }
+    // The mount lock went to each kernel once, and each mount ended before the next began.
+    let locks: Vec<usize> = s
+        .trace()
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("mount lock acquired"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(locks.len(), 3);
     assert!(s.replays().is_empty(), "no recover writes on a first mount");
+}
+
+#[test]
+fn a_mount_after_a_completed_mount_is_told_first_0() {
+    let mut s = Scenario::new(2, 1, 2);
+    s.mount(1, 1, RW);
+    s.run_for(3_000);
+    s.mount(2, 1, RW);
+    settle(&mut s, 5_000);
+    assert_eq!(values(&s, 1, 1, SysfsFile::First), vec![1]);
+    assert_eq!(values(&s, 2, 1, SysfsFile::First), vec![0]);
+    assert!(s.kernel(2, 1).is_some_and(|k| k.online));
 }
 
 #[test]
@@ -353,36 +368,48 @@ fn several_nodes_failing_at_once_are_recovered_together() {
 }
 
 #[test]
-fn first_mounter_dying_mid_replay_hands_first_mount_to_the_next() {
+fn first_mounter_dying_mid_mount_lets_the_next_replay_only_after_fencing() {
     let mut s = Scenario::new(3, 1, 3);
     s.mount(1, 1, RW);
     s.mount(2, 1, RW);
-    // Let node 1 start its first-mounter replay, then kill it.
-    for _ in 0..100 {
-        s.run_for(10);
-        if !writes(&s, 1, 1, SysfsFile::Jid).is_empty() {
+    // Both are first mounters; kill whichever kernel takes the mount lock, in its mount.
+    let mut holder = None;
+    for _ in 0..2000 {
+        s.run_for(1);
+        holder = s
+            .trace()
+            .iter()
+            .find(|l| l.contains("kernel: sim:fs1 mount lock acquired"))
+            .map(|l| if l.contains(" n1 ") { 1 } else { 2 });
+        if holder.is_some() {
             break;
         }
     }
-    assert_eq!(values(&s, 1, 1, SysfsFile::First), vec![1]);
-    s.crash(1);
+    let dead = holder.expect("a kernel took the mount lock");
+    let next = 3 - dead;
+    s.crash(dead);
     settle(&mut s, 20_000);
-    // Node 2 became first mounter only after node 1 was fenced (S1, S5).
-    assert_eq!(values(&s, 2, 1, SysfsFile::First), vec![1]);
-    assert!(s.kernel(2, 1).is_some_and(|k| k.online));
-    let fenced = s
+    assert_eq!(values(&s, next, 1, SysfsFile::First), vec![1]);
+    assert!(s.kernel(next, 1).is_some_and(|k| k.online));
+    // The dead kernel's mount lock is freed by DLM recovery, which waits for the survivor to say
+    // so, which it does only once the dead node is fenced (S1 for the kernel's own replay).
+    let pos = |needle: &str| s.trace().iter().position(|l| l.contains(needle));
+    let fenced = pos(&format!("fencer: n{dead} fenced")).expect("fenced");
+    let recovered =
+        pos(&format!("dlm: sim:fs1 recovered the locks of n{dead}")).expect("DLM recovery");
+    let relocked = s
         .trace()
         .iter()
-        .position(|l| l.contains("fencer: n1 fenced"))
-        .expect("n1 fenced");
-    let first = s
-        .trace()
-        .iter()
-        .position(|l| l.contains("n2 write sim:fs1 first=1"))
-        .expect("n2 first");
+        .rposition(|l| l.contains("mount lock acquired"))
+        .expect("lock");
     assert!(
-        fenced < first,
-        "node 2 mounted first before node 1 was fenced"
+        fenced < recovered,
+        "DLM recovered the dead node before it was fenced\n{}",
+        tail(&s)
+    );
+    assert!(
+        recovered < relocked,
+        "the survivor got the mount lock before DLM recovery"
     );
 }
 
@@ -616,9 +643,17 @@ fn read_only_and_spectator_members_never_replay() {
     s.mount(3, 1, MountMode::Spectator);
     s.mount(4, 1, RW);
     s.run_for(5_000);
-    // The spectator gets no journal: the kernel is told jid 0 and never `first`.
-    assert!(values(&s, 3, 1, SysfsFile::First).is_empty());
+    // The spectator gets no journal: jid 0. Its kernel refuses `first` (the write only waits
+    // for the DLM join); mounted with hostdata=first=0 it skips the journal check.
+    let first = writes(&s, 3, 1, SysfsFile::First);
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0].result,
+        Err(22),
+        "a spectator's kernel refuses first"
+    );
     assert_eq!(values(&s, 3, 1, SysfsFile::Jid), vec![0]);
+    assert!(s.kernel(3, 1).is_some_and(|k| k.online));
     s.crash(4);
     settle(&mut s, 15_000);
     // Node 1 is the lowest node id but read-only; node 3 is a spectator: node 2 replays.

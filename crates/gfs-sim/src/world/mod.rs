@@ -3,18 +3,19 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use gfs_core::{
-    wire, Input, KernelEvent, KernelEventKind, LeaveReason, MountMode, Node, NodeConfig, NodeId,
-    Output, Sabotage, SysfsFile, Table, Time, DAEMON_GROUP,
+    wire, Input, KernelEvent, LeaveReason, MountMode, Node, NodeConfig, NodeId, Output, Sabotage,
+    SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
 use crate::rng::Rng;
 
+mod kernel;
+
+use kernel::{DlmRecovery, IoOp, KMount, KState};
+
 const CLUSTER: &str = "sim";
-const EBUSY: i32 = 16;
-const EINVAL: i32 = 22;
-const ENOENT: i32 = 2;
-const ENODEV: i32 = 19;
-const ESHUTDOWN: i32 = 108;
+/// No workload in the last stretch of a run (L1 judges operations that had time to finish).
+const WORKLOAD_QUIET_MS: u64 = 30_000;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -31,6 +32,8 @@ pub struct SimConfig {
     pub max_journals: u32,
     pub sabotage: Sabotage,
     pub trace: bool,
+    /// dlm_controld runs with `enable_fscontrol=1` (it accepts registrations).
+    pub dlm_fscontrol: bool,
 }
 
 impl SimConfig {
@@ -46,6 +49,7 @@ impl SimConfig {
             max_journals: gfs_core::MAX_JOURNALS,
             sabotage: Sabotage::default(),
             trace: false,
+            dlm_fscontrol: true,
         }
     }
 }
@@ -59,6 +63,7 @@ pub enum Rule {
     S5,
     S6,
     S7,
+    S8,
     L1,
 }
 
@@ -72,6 +77,7 @@ impl std::fmt::Display for Rule {
             Rule::S5 => "S5 first mounter",
             Rule::S6 => "S6 agreement",
             Rule::S7 => "S7 merge",
+            Rule::S8 => "S8 DLM ordering",
             Rule::L1 => "L1 liveness",
         };
         f.write_str(s)
@@ -117,6 +123,8 @@ struct Profile {
     remount: f64,
     ro_share: f64,
     spectator_share: f64,
+    /// Every node mounts one filesystem at the same moment (the kernel's mount lock decides).
+    storm: f64,
 }
 
 impl Profile {
@@ -143,6 +151,7 @@ impl Profile {
             remount: p(0.01),
             ro_share: p(0.15),
             spectator_share: p(0.08),
+            storm: p(0.02),
         }
     }
 }
@@ -175,6 +184,18 @@ enum Ev {
         event: KernelEvent,
         kinc: u64,
     },
+    /// A sysfs or dlm_controld result reaches the daemon incarnation `dinc`.
+    IoDone {
+        node: NodeId,
+        dinc: u64,
+        input: Input,
+    },
+    /// The daemon reads a remounted filesystem's mode back.
+    ModeRead {
+        node: NodeId,
+        table: String,
+        kinc: u64,
+    },
     Reboot(NodeId),
     DaemonStart(NodeId),
     FaultTick,
@@ -198,29 +219,6 @@ enum Entry {
         payload: Vec<u8>,
     },
     Quorum(bool),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum KState {
-    WaitJid,
-    FirstReplay,
-    OwnReplay,
-    Online,
-    Withdrawn,
-}
-
-#[derive(Clone, Debug)]
-struct KMount {
-    table: Table,
-    mode: MountMode,
-    first: bool,
-    first_written: bool,
-    jid: Option<i64>,
-    state: KState,
-    blocked: bool,
-    replays: BTreeSet<u32>,
-    withdraw_acked: bool,
-    unmount_requested: bool,
 }
 
 struct Daemon {
@@ -251,6 +249,8 @@ struct SimNode {
     last_entry: u64,
     daemon_inc_counter: u64,
     reboot_pending: bool,
+    /// The corosync membership this node was last part of: who saw it leave.
+    seen_with: BTreeSet<NodeId>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -265,6 +265,11 @@ struct JTruth {
     replaying: BTreeSet<NodeId>,
     /// Daemons that processed the failure of its writer (they must stay blocked: S3).
     known_by: BTreeSet<NodeId>,
+    /// When it last became dirty.
+    dirty_since: Time,
+    /// Its lock is held by a dead kernel (its writer or a replayer) until DLM recovery.
+    dead_locked: bool,
+    dead_lock_by: Option<NodeId>,
 }
 
 impl JTruth {
@@ -278,6 +283,14 @@ impl JTruth {
         self.holder
             .filter(|_| !self.holder_withdrawn || self.dirty)
             .map(|(h, _)| h)
+    }
+
+    /// Another kernel holds the journal's lock: a live writer (a withdrawn 6.1 kernel drops
+    /// its journal locks before it says `offline`), or a replayer.
+    fn locked_by_other(&self, node: NodeId) -> bool {
+        self.holder
+            .is_some_and(|(h, _)| h != node && !self.holder_withdrawn)
+            || self.replaying.iter().any(|r| *r != node)
     }
 }
 
@@ -326,6 +339,22 @@ struct World {
     fail_next_replay: BTreeSet<NodeId>,
     fence_failures_left: u32,
     manual_fencing: bool,
+    /// The mount lock of each filesystem: (holder, kernel instance, holder alive).
+    glock: BTreeMap<String, (NodeId, u64, bool)>,
+    glock_waiters: BTreeMap<String, VecDeque<NodeId>>,
+    /// Kernels joined to each filesystem's DLM lockspace.
+    lockspaces: BTreeMap<String, BTreeSet<NodeId>>,
+    /// (node, table) registrations dlm_controld holds (they outlive the daemon, not the node).
+    dlm_registered: BTreeSet<(NodeId, String)>,
+    dlm_recoveries: Vec<DlmRecovery>,
+    dlm_fscontrol: bool,
+    io: BTreeMap<(NodeId, String), VecDeque<IoOp>>,
+    io_last: BTreeMap<(NodeId, String), Time>,
+    busy_replays: BTreeSet<(NodeId, String, u32)>,
+    /// Nodes whose DLM offers recovery callbacks (kernel-managed mounts).
+    kernel_managed_nodes: BTreeSet<NodeId>,
+    /// Nodes whose daemon reads recover_callbacks wrong at `add` (changed in between).
+    recover_callbacks_flips: BTreeSet<NodeId>,
 }
 
 /// One sysfs write a daemon made.
@@ -430,7 +459,19 @@ impl World {
             fail_next_replay: BTreeSet::new(),
             fence_failures_left: 0,
             manual_fencing: false,
+            glock: BTreeMap::new(),
+            glock_waiters: BTreeMap::new(),
+            lockspaces: BTreeMap::new(),
+            dlm_registered: BTreeSet::new(),
+            dlm_recoveries: Vec::new(),
+            dlm_fscontrol: true,
+            io: BTreeMap::new(),
+            io_last: BTreeMap::new(),
+            busy_replays: BTreeSet::new(),
+            kernel_managed_nodes: BTreeSet::new(),
+            recover_callbacks_flips: BTreeSet::new(),
         };
+        w.dlm_fscontrol = w.cfg.dlm_fscontrol;
         for id in 1..=w.cfg.nodes {
             w.nodes.insert(
                 id,
@@ -451,6 +492,7 @@ impl World {
                     last_entry: 0,
                     daemon_inc_counter: 0,
                     reboot_pending: false,
+                    seen_with: BTreeSet::new(),
                 },
             );
         }
@@ -589,6 +631,9 @@ impl World {
         }
         for (n, node) in self.nodes.iter_mut() {
             node.comp = new_of.get(n).copied();
+            if let Some(c) = node.comp {
+                node.seen_with = self.comps[&c].members.clone();
+            }
         }
         for id in new_ids {
             self.group_change(id, None);
@@ -596,6 +641,8 @@ impl World {
                 self.schedule_commit(id);
             }
         }
+        // dlm_controld recovers lockspaces only with quorum and its members together.
+        self.dlm_check();
     }
 
     /// Recompute the daemon group's membership in a component and queue a configuration change
@@ -774,6 +821,16 @@ impl World {
                     self.feed(node, Input::Kernel(event));
                 }
             }
+            Ev::IoDone { node, dinc, input } => {
+                if self.nodes[&node]
+                    .daemon
+                    .as_ref()
+                    .is_some_and(|d| d.inc == dinc)
+                {
+                    self.feed(node, input);
+                }
+            }
+            Ev::ModeRead { node, table, kinc } => self.mode_read(node, &table, kinc),
             Ev::Reboot(n) => self.reboot(n),
             Ev::DaemonStart(n) => self.daemon_start(n),
             Ev::FaultTick => {
@@ -783,8 +840,13 @@ impl World {
                 }
             }
             Ev::WorkTick => {
-                self.workload();
-                self.schedule(100, Ev::WorkTick);
+                // The liveness check judges what was started: no new operations in the run's
+                // last stretch, so each one has time to finish.
+                let end = self.cfg.fault_ms + self.cfg.settle_ms;
+                if self.now.millis() + WORKLOAD_QUIET_MS < end {
+                    self.workload();
+                    self.schedule(100, Ev::WorkTick);
+                }
             }
             Ev::EndFaults => self.end_faults(),
             Ev::OperatorRescue => self.operator_rescue(),
@@ -1021,25 +1083,24 @@ impl World {
                 None
             }
             Output::Write { table, file, value } => {
-                let result = self.kernel_write(n, &table, file, value);
-                self.writes.push(WriteRecord {
-                    time: self.now,
-                    node: n,
-                    table: table.to_string(),
-                    file,
-                    value,
-                    result,
-                });
-                self.log(format!(
-                    "n{n} write {table} {}={value} -> {result:?}",
-                    file.name()
-                ));
-                Some(Input::WriteDone {
-                    table,
-                    file,
-                    value,
-                    result,
-                })
+                self.io_submit(n, &table, IoOp::Write { file, value });
+                None
+            }
+            Output::Read { table, file } => {
+                self.io_submit(n, &table, IoOp::Read { file });
+                None
+            }
+            Output::DlmRegister { table } => {
+                self.dlm_register(n, table);
+                None
+            }
+            Output::DlmUnregister { table } => {
+                self.dlm_unregister(n, &table);
+                None
+            }
+            Output::DlmNotify { table, nodeid } => {
+                self.dlm_notify(n, table, nodeid);
+                None
             }
             Output::Fence { nodeid, failed_at } => {
                 self.fence_request(n, nodeid, failed_at);
@@ -1058,464 +1119,7 @@ impl World {
                 self.log(format!("n{n} {:?} {rec}", rec.level));
                 None
             }
-            Output::Read { table, file } => Some(Input::ReadDone {
-                table,
-                file,
-                result: Err(EINVAL),
-            }),
-            Output::DlmRegister { table } => Some(Input::DlmRegistered {
-                table,
-                result: Ok(()),
-            }),
-            Output::DlmUnregister { .. } | Output::DlmNotify { .. } => None,
         }
-    }
-
-    // ----- the kernel model ----------------------------------------------------------------
-
-    /// Uevents reach the daemon as separate events, in order, never in the middle of a write.
-    fn uevent(&mut self, n: NodeId, table: &Table, kind: KernelEventKind) {
-        let kinc = self.nodes[&n].kinc;
-        self.schedule(
-            0,
-            Ev::Uevent {
-                node: n,
-                event: KernelEvent {
-                    table: table.clone(),
-                    kind,
-                },
-                kinc,
-            },
-        );
-    }
-
-    fn kernel_write(
-        &mut self,
-        n: NodeId,
-        table: &Table,
-        file: SysfsFile,
-        value: i64,
-    ) -> Result<(), i32> {
-        let key = table.to_string();
-        let kinc = self.nodes[&n].kinc;
-        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(&key)) else {
-            return Err(ENODEV);
-        };
-        match file {
-            SysfsFile::Block => {
-                if value != 0 && value != 1 {
-                    return Err(EINVAL);
-                }
-                m.blocked = value == 1;
-                if value == 0 {
-                    self.check_unblock(n, &key);
-                }
-                Ok(())
-            }
-            SysfsFile::First => {
-                if m.mode == MountMode::Spectator || !(value == 0 || value == 1) {
-                    return Err(EINVAL);
-                }
-                if m.jid.is_some() {
-                    return Err(EBUSY);
-                }
-                m.first = value == 1;
-                m.first_written = true;
-                Ok(())
-            }
-            SysfsFile::Jid => {
-                if m.jid.is_some() {
-                    return Err(EBUSY);
-                }
-                if m.mode == MountMode::Spectator && value > 0 {
-                    return Err(EINVAL);
-                }
-                m.jid = Some(value);
-                if value < 0 {
-                    self.mount_failed(
-                        n,
-                        &key,
-                        format!("daemon refused the mount with errno {}", -value),
-                    );
-                    return Ok(());
-                }
-                if m.mode != MountMode::Spectator && value as u32 >= self.journals_per_fs {
-                    self.mount_failed(n, &key, "jid beyond the journal count (EUSERS)".into());
-                    return Ok(());
-                }
-                let first = m.first;
-                let spectator = m.mode == MountMode::Spectator;
-                self.mount_proceeds(n, &key, value as u32, first, spectator, kinc);
-                Ok(())
-            }
-            SysfsFile::Recover => {
-                if m.mode == MountMode::Spectator {
-                    return Err(ESHUTDOWN);
-                }
-                let jid = value as u32;
-                if value < 0 || jid >= self.journals_per_fs {
-                    return Err(ENOENT);
-                }
-                if m.jid == Some(value) || m.replays.contains(&jid) {
-                    return Err(EBUSY);
-                }
-                if !matches!(m.state, KState::Online) {
-                    return Err(EBUSY);
-                }
-                m.replays.insert(jid);
-                self.replays.push(ReplayRecord {
-                    node: n,
-                    table: key.clone(),
-                    jid,
-                    started: self.now,
-                    done: None,
-                });
-                self.replay_start(n, &key, jid, false);
-                let d = self
-                    .rng
-                    .range(self.profile.replay_ms.0, self.profile.replay_ms.1);
-                self.schedule(
-                    d,
-                    Ev::ReplayDone {
-                        node: n,
-                        table: key,
-                        jid,
-                        kinc,
-                    },
-                );
-                Ok(())
-            }
-            SysfsFile::Withdraw => {
-                m.withdraw_acked = true;
-                Ok(())
-            }
-        }
-    }
-
-    fn mount_failed(&mut self, n: NodeId, key: &str, why: String) {
-        self.log(format!("n{n} kernel: mount of {key} fails: {why}"));
-        let node = self.nodes.get_mut(&n).expect("node");
-        if let Some(m) = node.mounts.remove(key) {
-            self.uevent(n, &m.table, KernelEventKind::Remove);
-        }
-    }
-
-    fn mount_proceeds(
-        &mut self,
-        n: NodeId,
-        key: &str,
-        jid: u32,
-        first: bool,
-        spectator: bool,
-        kinc: u64,
-    ) {
-        // S4: no two live mounters hold the same journal.
-        if !spectator {
-            let j = self.journals.entry((key.to_owned(), jid)).or_default();
-            // A withdrawn kernel whose journal the group already replayed no longer uses it.
-            if let Some(h) = j.user() {
-                if h != n {
-                    self.violate(
-                        Rule::S4,
-                        format!("n{n} mounts {key} with jid {jid}, held by n{h}'s live kernel"),
-                    );
-                    return;
-                }
-            }
-            // A mounter replays its own journal at mount: if it is dirty, that is a replay.
-            if j.dirty {
-                self.replay_start(n, key, jid, true);
-                self.replay_finish(n, key, jid);
-            }
-            let j = self.journals.entry((key.to_owned(), jid)).or_default();
-            j.holder = Some((n, kinc));
-            j.holder_withdrawn = false;
-        }
-        // S5: no mount completes while another node's first-mounter replay runs, and a first
-        // mounter finds nobody else's kernel in the filesystem.
-        let others: Vec<(NodeId, KState, MountMode)> = self
-            .nodes
-            .values()
-            .filter(|x| x.id != n)
-            .filter_map(|x| x.mounts.get(key).map(|m| (x.id, m.state.clone(), m.mode)))
-            .filter(|(_, s, _)| *s != KState::WaitJid)
-            .collect();
-        // A spectator's "first" mount only checks journals: it is no replay.
-        if let Some((o, _, _)) = others
-            .iter()
-            .find(|(_, s, m)| *s == KState::FirstReplay && *m != MountMode::Spectator)
-        {
-            self.violate(
-                Rule::S5,
-                format!("n{n} wrote jid for {key} while n{o} runs first-mounter replay"),
-            );
-            return;
-        }
-        // A spectator cannot set `first` and never replays: it only checks the journals.
-        let first = first && !spectator;
-        if first {
-            if let Some((o, s, _)) = others.iter().find(|(_, s, _)| *s != KState::Withdrawn) {
-                self.violate(
-                    Rule::S5,
-                    format!("n{n} mounts {key} first while n{o}'s kernel holds it ({s:?})"),
-                );
-                return;
-            }
-            for j in 0..self.journals_per_fs {
-                if j != jid {
-                    self.replay_start(n, key, j, true);
-                }
-            }
-        }
-        let alone = others.is_empty();
-        let node = self.nodes.get_mut(&n).expect("node");
-        let m = node.mounts.get_mut(key).expect("mount");
-        m.state = if first || (spectator && alone) {
-            KState::FirstReplay
-        } else {
-            KState::OwnReplay
-        };
-        let d = self
-            .rng
-            .range(self.profile.replay_ms.0, self.profile.replay_ms.1);
-        self.schedule(
-            d,
-            Ev::KernelMountStep {
-                node: n,
-                table: key.to_owned(),
-                kinc,
-            },
-        );
-    }
-
-    fn kernel_mount_step(&mut self, n: NodeId, key: &str, kinc: u64) {
-        if self.nodes[&n].kinc != kinc {
-            return;
-        }
-        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) else {
-            return;
-        };
-        let table = m.table.clone();
-        let (ro, spectator) = (m.mode != MountMode::Rw, m.mode == MountMode::Spectator);
-        match m.state {
-            KState::FirstReplay => {
-                m.state = KState::Online;
-                let jid = m.jid;
-                if !spectator {
-                    for j in 0..self.journals_per_fs {
-                        if Some(j as i64) != jid {
-                            self.replay_finish(n, key, j);
-                        }
-                    }
-                }
-                self.uevent(n, &table, KernelEventKind::FirstMountDone);
-                self.uevent(n, &table, KernelEventKind::Online { ro, spectator });
-            }
-            KState::OwnReplay => {
-                m.state = KState::Online;
-                if let Some(j) = m.jid.filter(|_| !spectator) {
-                    self.uevent(
-                        n,
-                        &table,
-                        KernelEventKind::Recovery {
-                            jid: j as u32,
-                            done: true,
-                        },
-                    );
-                }
-                self.uevent(n, &table, KernelEventKind::Online { ro, spectator });
-            }
-            _ => {}
-        }
-        self.maybe_finish_unmount(n, key);
-    }
-
-    /// S1, S2 and the barrier part of S3, checked when a replay of `jid` starts on `n`.
-    fn replay_start(&mut self, n: NodeId, key: &str, jid: u32, at_mount: bool) {
-        let vs_quorate = self.nodes[&n].vs_quorate;
-        let j = self
-            .journals
-            .entry((key.to_owned(), jid))
-            .or_default()
-            .clone();
-        if let Some(o) = j.replaying.iter().find(|o| **o != n) {
-            self.violate(
-                Rule::S2,
-                format!("n{n} replays {key} jid {jid} while n{o} replays it"),
-            );
-            return;
-        }
-        if let Some((h, _)) = j.holder {
-            if h != n && !j.holder_withdrawn {
-                self.violate(
-                    Rule::S1,
-                    format!("n{n} replays {key} jid {jid} while n{h}'s kernel still runs with it"),
-                );
-                return;
-            }
-        }
-        if j.dirty && !j.dirty_withdrawn {
-            if let Some((owner, owner_kinc)) = j.dirty_owner {
-                let o = &self.nodes[&owner];
-                let died = o.kernel_dead_at.filter(|_| o.kinc == owner_kinc);
-                let safe = o.kinc > owner_kinc
-                    || (o.kernel_killed_by_fence && o.kinc == owner_kinc)
-                    || died.is_some_and(|t| {
-                        self.last_fenced.get(&owner).is_some_and(|f| *f >= t)
-                            || self.last_acked.get(&owner).is_some_and(|a| *a >= t)
-                    });
-                if !safe {
-                    self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} of n{owner}, which was not fenced after it failed"));
-                    return;
-                }
-            }
-        }
-        if !at_mount && !vs_quorate && self.cfg.nodes > 1 {
-            self.violate(
-                Rule::S1,
-                format!("n{n} replays {key} jid {jid} in an inquorate partition"),
-            );
-            return;
-        }
-        if !at_mount {
-            // Every other live kernel holding the filesystem must be blocked while a journal is
-            // replayed, or it could be granted the dead node's blocks before they are repaired.
-            let unblocked = self.nodes.values().find(|x| {
-                x.id != n
-                    && x.mounts.get(key).is_some_and(|m| {
-                        !m.blocked
-                            && matches!(
-                                m.state,
-                                KState::Online | KState::OwnReplay | KState::FirstReplay
-                            )
-                    })
-            });
-            if let Some(o) = unblocked {
-                let o = o.id;
-                self.violate(
-                    Rule::S3,
-                    format!("n{n} replays {key} jid {jid} while n{o}'s kernel holds it unblocked"),
-                );
-                return;
-            }
-        }
-        self.journals
-            .entry((key.to_owned(), jid))
-            .or_default()
-            .replaying
-            .insert(n);
-    }
-
-    fn replay_finish(&mut self, n: NodeId, key: &str, jid: u32) {
-        let j = self.journals.entry((key.to_owned(), jid)).or_default();
-        j.replaying.remove(&n);
-        if j.dirty {
-            self.journals_replayed += 1;
-        }
-        j.dirty = false;
-        j.dirty_owner = None;
-        j.dirty_withdrawn = false;
-        j.known_by.clear();
-        if j.holder.is_some_and(|(h, _)| h != n) && j.holder_withdrawn {
-            // Replayed after a withdraw; the withdrawn kernel keeps the slot until unmount.
-        }
-    }
-
-    fn replay_done(&mut self, n: NodeId, key: &str, jid: u32, kinc: u64) {
-        if self.nodes[&n].kinc != kinc {
-            return;
-        }
-        let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) else {
-            return;
-        };
-        if !m.replays.remove(&jid) {
-            return;
-        }
-        let table = m.table.clone();
-        let j = self
-            .journals
-            .entry((key.to_owned(), jid))
-            .or_default()
-            .clone();
-        // The journal lock is still held by a withdrawn node until it acknowledges (GAVEUP).
-        let holder_locked = j.holder.is_some_and(|(h, _)| {
-            h != n
-                && self.nodes[&h]
-                    .mounts
-                    .get(key)
-                    .is_some_and(|hm| hm.state == KState::Withdrawn && !hm.withdraw_acked)
-        });
-        let forced_failure = self.fail_next_replay.remove(&n);
-        let done = !holder_locked && !forced_failure && !self.rng.chance(self.profile.recover_fail);
-        if let Some(r) = self
-            .replays
-            .iter_mut()
-            .rev()
-            .find(|r| r.node == n && r.table == key && r.jid == jid && r.done.is_none())
-        {
-            r.done = Some(done);
-        }
-        if done {
-            self.replay_finish(n, key, jid);
-        } else {
-            self.journals
-                .entry((key.to_owned(), jid))
-                .or_default()
-                .replaying
-                .remove(&n);
-        }
-        self.uevent(n, &table, KernelEventKind::Recovery { jid, done });
-        self.maybe_finish_unmount(n, key);
-    }
-
-    fn check_unblock(&mut self, n: NodeId, key: &str) {
-        let bad: Vec<u32> = self
-            .journals
-            .iter()
-            .filter(|((t, _), j)| t == key && j.known_by.contains(&n))
-            .map(|((_, jid), _)| *jid)
-            .collect();
-        if let Some(jid) = bad.first() {
-            self.violate(
-                Rule::S3,
-                format!("n{n} unblocked {key} while jid {jid} of a failed member is not replayed"),
-            );
-        }
-    }
-
-    fn maybe_finish_unmount(&mut self, n: NodeId, key: &str) {
-        let Some(m) = self.nodes[&n].mounts.get(key) else {
-            return;
-        };
-        if !m.unmount_requested
-            || !m.replays.is_empty()
-            || matches!(m.state, KState::FirstReplay | KState::OwnReplay)
-        {
-            return;
-        }
-        let m = self
-            .nodes
-            .get_mut(&n)
-            .expect("node")
-            .mounts
-            .remove(key)
-            .expect("mount");
-        if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
-            let j = self
-                .journals
-                .entry((key.to_owned(), jid as u32))
-                .or_default();
-            if j.holder.is_some_and(|(h, _)| h == n) {
-                j.holder = None;
-                // A clean unmount flushes the journal; a withdrawn one stays dirty for others.
-                if !m.withdraw_acked && m.state != KState::Withdrawn {
-                    j.known_by.clear();
-                }
-                j.holder_withdrawn = false;
-            }
-        }
-        self.log(format!("n{n} kernel: unmounted {key}"));
-        self.uevent(n, &m.table, KernelEventKind::Remove);
     }
 
     // ----- faults and workload ---------------------------------------------------------------
@@ -1644,7 +1248,8 @@ impl World {
                         } else {
                             MountMode::Rw
                         };
-                        self.mount(n, t, mode);
+                        let hostdata = self.rng.chance(0.7);
+                        self.mount(n, t, mode, hostdata);
                     }
                     Some((KState::Online, _, _)) | Some((KState::Withdrawn, _, _))
                         if self.faults_on && self.rng.chance(p.unmount / tables.len() as f64) =>
@@ -1669,125 +1274,37 @@ impl World {
                             MountMode::Rw
                         };
                         self.log(format!("WORK remount {key} {} on n{n}", new.as_str()));
-                        self.nodes
-                            .get_mut(&n)
-                            .expect("node")
-                            .mounts
-                            .get_mut(&key)
-                            .expect("mount")
-                            .mode = new;
-                        self.uevent(
-                            n,
-                            t,
-                            KernelEventKind::Online {
-                                ro: new == MountMode::Ro,
-                                spectator: false,
-                            },
-                        );
+                        self.remount(n, &key, new);
                     }
                     _ => {}
                 }
             }
         }
-    }
-
-    fn mount(&mut self, n: NodeId, t: &Table, mode: MountMode) {
-        self.log(format!("WORK mount {t} {} on n{n}", mode.as_str()));
-        self.nodes.get_mut(&n).expect("node").mounts.insert(
-            t.to_string(),
-            KMount {
-                table: t.clone(),
-                mode,
-                first: true,
-                first_written: false,
-                jid: None,
-                state: KState::WaitJid,
-                blocked: false,
-                replays: BTreeSet::new(),
-                withdraw_acked: false,
-                unmount_requested: false,
-            },
-        );
-        self.uevent(
-            n,
-            t,
-            KernelEventKind::Add {
-                ro: mode != MountMode::Rw,
-                spectator: mode == MountMode::Spectator,
-                kernel_managed: false,
-            },
-        );
-    }
-
-    fn withdraw(&mut self, n: NodeId, key: &str) {
-        let node = self.nodes.get_mut(&n).expect("node");
-        let Some(m) = node.mounts.get_mut(key) else {
-            return;
-        };
-        m.state = KState::Withdrawn;
-        let aborted: Vec<u32> = std::mem::take(&mut m.replays).into_iter().collect();
-        let table = m.table.clone();
-        let jid = m.jid;
-        let spectator = m.mode == MountMode::Spectator;
-        for j in aborted {
-            self.journals
-                .entry((key.to_owned(), j))
-                .or_default()
-                .replaying
-                .remove(&n);
-        }
-        if let Some(jid) = jid.filter(|j| *j >= 0 && !spectator) {
-            let j = self
-                .journals
-                .entry((key.to_owned(), jid as u32))
-                .or_default();
-            j.holder_withdrawn = true;
-            j.dirty = true;
-            j.dirty_withdrawn = true;
-            j.dirty_owner = j.holder;
-        }
-        self.uevent(n, &table, KernelEventKind::Offline);
-    }
-
-    fn kernel_dies(&mut self, n: NodeId, by_fence: bool) {
-        let now = self.now;
-        let node = self.nodes.get_mut(&n).expect("node");
-        if node.kernel_dead_at.is_some() {
-            return;
-        }
-        node.kernel_dead_at = Some(now);
-        node.kernel_killed_by_fence = by_fence;
-        let kinc = node.kinc;
-        let mounts = std::mem::take(&mut node.mounts);
-        for (key, m) in mounts {
-            for j in &m.replays {
-                self.journals
-                    .entry((key.clone(), *j))
-                    .or_default()
-                    .replaying
-                    .remove(&n);
+        if self.rng.chance(p.storm) {
+            // Every node that can mounts one filesystem at the same moment.
+            let t = tables[self.rng.range(0, tables.len() as u64 - 1) as usize].clone();
+            let key = t.to_string();
+            let ready: Vec<NodeId> = self
+                .nodes
+                .values()
+                .filter(|x| {
+                    x.daemon.is_some()
+                        && x.corosync
+                        && x.kernel_dead_at.is_none()
+                        && !x.mounts.contains_key(&key)
+                })
+                .map(|x| x.id)
+                .collect();
+            if !ready.is_empty() {
+                self.log(format!("WORK mount storm {key} on {ready:?}"));
             }
-            if matches!(m.state, KState::FirstReplay) {
-                for j in 0..self.journals_per_fs {
-                    self.journals
-                        .entry((key.clone(), j))
-                        .or_default()
-                        .replaying
-                        .remove(&n);
-                }
-            }
-            if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
-                let j = self.journals.entry((key.clone(), jid as u32)).or_default();
-                if j.holder == Some((n, kinc)) {
-                    j.holder = None;
-                    // A withdrawn kernel stopped writing: its journal is as dirty as it was.
-                    if !j.holder_withdrawn {
-                        j.dirty = true;
-                        j.dirty_withdrawn = false;
-                        j.dirty_owner = Some((n, kinc));
-                    }
-                    j.holder_withdrawn = false;
-                }
+            for n in ready {
+                let mode = if self.rng.chance(p.ro_share) {
+                    MountMode::Ro
+                } else {
+                    MountMode::Rw
+                };
+                self.mount(n, &t, mode, false);
             }
         }
     }
@@ -1833,6 +1350,8 @@ impl World {
 
     fn daemon_crash(&mut self, n: NodeId) {
         self.forget_daemon(n);
+        // Its queued sysfs operations die with it (dlm_controld keeps its registrations).
+        self.io.retain(|(x, _), _| *x != n);
         let node = self.nodes.get_mut(&n).expect("node");
         node.daemon = None;
         node.queue.clear();
@@ -2233,6 +1752,19 @@ impl World {
                 problems.push(format!("{key} jid {jid} still needs replay"));
             }
         }
+        for r in &self.dlm_recoveries {
+            let members = self.lockspaces.get(&r.table).cloned().unwrap_or_default();
+            let waiting: Vec<NodeId> = r
+                .waiting
+                .iter()
+                .copied()
+                .filter(|s| members.contains(s) && !r.notified.contains(s))
+                .collect();
+            problems.push(format!(
+                "DLM recovery of n{} on {} waits (for notifications from {waiting:?}; lockspace {members:?})",
+                r.failed, r.table
+            ));
+        }
         if !problems.is_empty() {
             // What each daemon says it waits for: the first thing to read in a liveness failure.
             let views: Vec<String> = self
@@ -2253,6 +1785,15 @@ impl World {
                 .collect();
             for v in views {
                 self.log(format!("STATE {v}"));
+            }
+            let reps: Vec<String> = self
+                .nodes
+                .values()
+                .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
+                .map(|(id, d)| format!("REPLICATED n{id} {:?}", d.core.replicated().fs))
+                .collect();
+            for r in reps {
+                self.log(r);
             }
             self.violate(Rule::L1, problems.join("; "));
         }
@@ -2301,7 +1842,13 @@ impl Scenario {
 
     pub fn mount(&mut self, node: NodeId, fs: u32, mode: MountMode) {
         let t = self.w.tables[fs as usize - 1].clone();
-        self.w.mount(node, &t, mode);
+        self.w.mount(node, &t, mode, true);
+    }
+
+    /// A spectator mount without `hostdata=first=0`: its kernel keeps `first=1`.
+    pub fn mount_spectator_keeping_first(&mut self, node: NodeId, fs: u32) {
+        let t = self.w.tables[fs as usize - 1].clone();
+        self.w.mount(node, &t, MountMode::Spectator, false);
     }
 
     pub fn umount(&mut self, node: NodeId, fs: u32) {
@@ -2318,23 +1865,37 @@ impl Scenario {
     }
 
     pub fn remount(&mut self, node: NodeId, fs: u32, mode: MountMode) {
-        let t = self.w.tables[fs as usize - 1].clone();
-        if let Some(m) = self
-            .w
-            .nodes
-            .get_mut(&node)
-            .and_then(|x| x.mounts.get_mut(&t.to_string()))
-        {
-            m.mode = mode;
+        let key = self.table(fs);
+        self.w.remount(node, &key, mode);
+    }
+
+    /// The DLM on `node` offers recovery callbacks: its mounts are kernel-managed.
+    pub fn kernel_managed(&mut self, node: NodeId, on: bool) {
+        if on {
+            self.w.kernel_managed_nodes.insert(node);
+        } else {
+            self.w.kernel_managed_nodes.remove(&node);
         }
-        self.w.uevent(
-            node,
-            &t,
-            KernelEventKind::Online {
-                ro: mode == MountMode::Ro,
-                spectator: false,
-            },
-        );
+    }
+
+    /// `recover_callbacks` changes between the `add` uevent and the DLM join on `node`, so the
+    /// daemon's reading at `add` is wrong.
+    pub fn recover_callbacks_flip(&mut self, node: NodeId, on: bool) {
+        if on {
+            self.w.recover_callbacks_flips.insert(node);
+        } else {
+            self.w.recover_callbacks_flips.remove(&node);
+        }
+    }
+
+    /// dlm_controld on every node runs without `enable_fscontrol=1`.
+    pub fn dlm_without_fscontrol(&mut self) {
+        self.w.dlm_fscontrol = false;
+    }
+
+    /// Every registered (node, fs) of dlm_controld, and DLM recoveries still waiting.
+    pub fn dlm_pending_recoveries(&self) -> usize {
+        self.w.dlm_recoveries.len()
     }
 
     pub fn withdraw(&mut self, node: NodeId, fs: u32) {
