@@ -36,6 +36,10 @@ pub enum Input {
     },
     /// The corosync quorum service's view of this node's partition.
     Quorum { quorate: bool },
+    /// The corosync membership (every node, daemon or not), as the quorum service reports it.
+    /// A node that leaves it may have joined a DLM lockspace without its daemon ever joining
+    /// the group (the kernel joins at mount(2)); dlm_controld then waits for a notification.
+    Membership { members: Vec<NodeId> },
     /// A parsed kernel uevent.
     Kernel(KernelEvent),
     /// The result of an [`Output::Write`], fed back before the next unrelated input.

@@ -194,6 +194,8 @@ pub struct Node {
     /// When this daemon got the group state (startup fencing waits from here).
     synced_at: Time,
     config_members: Vec<NodeId>,
+    /// The corosync membership last reported (daemons or not).
+    cluster_members: BTreeSet<NodeId>,
     /// HELLOs seen since the last configuration change: (synced, proto_min, proto_max).
     hellos: BTreeMap<NodeId, (bool, u16, u16)>,
     sync: Sync,
@@ -225,6 +227,7 @@ impl Node {
             quorum_hold_until: None,
             synced_at: now,
             config_members: Vec::new(),
+            cluster_members: BTreeSet::new(),
             hellos: BTreeMap::new(),
             sync: Sync::Unsynced {
                 attempt: 0,
@@ -360,6 +363,7 @@ impl Node {
                 }
                 self.quorate = quorate;
             }
+            Input::Membership { members } => self.on_membership(members),
             Input::Kernel(ev) => self.on_kernel(ev),
             Input::WriteDone {
                 table,
@@ -1496,6 +1500,22 @@ impl Node {
         }
     }
 
+    fn on_membership(&mut self, members: Vec<NodeId>) {
+        let members: BTreeSet<NodeId> = members.into_iter().collect();
+        let left: Vec<NodeId> = self
+            .cluster_members
+            .difference(&members)
+            .copied()
+            .filter(|n| !self.config_members.contains(n))
+            .collect();
+        self.cluster_members = members;
+        // Members of the group are notified when the group sees them fail (after fencing);
+        // others never got a journal, so nothing of theirs needs blocking or fencing first.
+        for l in self.local.values_mut().filter(|l| l.dlm_registered) {
+            l.dlm_pending.extend(left.iter().copied());
+        }
+    }
+
     fn on_dlm_notified(&mut self, table: Table, nodeid: NodeId, result: Result<(), i32>) {
         let key = table.to_string();
         let retry = self.now.after(500);
@@ -1539,18 +1559,40 @@ impl Node {
             l.phase = Phase::JidWritten;
         }
         if result == Ok(1) && others {
-            if let Some(l) = self.local.get_mut(&key) {
-                l.phase = Phase::Refused;
-            }
             self.log(
                 Level::Error,
                 Some(&key),
                 "refusing the spectator mount: the filesystem is mounted elsewhere, and a spectator needs -o spectator,hostdata=first=0 to skip the kernel's check that every journal is clean".into(),
             );
-            self.write(&table, SysfsFile::Jid, -i64::from(EPERM));
+            self.refuse(&key, EPERM);
             return;
         }
         self.write(&table, SysfsFile::Jid, 0);
+    }
+
+    /// Fail the mount (the kernel returns `errno` from mount(2)) and leave the group's mount at
+    /// once: the kernel ends it only when it reaches its wait for `jid`, which can be after
+    /// other mounts, and until then the group must not count it.
+    fn refuse(&mut self, table: &str, errno: i32) {
+        let Some(l) = self.local.get_mut(table) else {
+            return;
+        };
+        l.phase = Phase::Refused;
+        let t = l.table.clone();
+        self.write(&t, SysfsFile::Jid, -i64::from(errno));
+        if self
+            .rep
+            .fs
+            .get(table)
+            .is_some_and(|fs| fs.mounters.contains_key(&self.cfg.nodeid))
+        {
+            self.outputs.push_back(Output::LeaveGroup {
+                group: t.mount_group(),
+            });
+            self.send(Message::Unmount {
+                table: table.to_owned(),
+            });
+        }
     }
 
     fn announce_mount(&mut self, table: &str) {
@@ -1919,8 +1961,8 @@ impl Node {
                 } else {
                     EUCLEAN
                 };
-                self.write(&t, SysfsFile::Jid, -i64::from(errno));
-                Phase::Refused
+                self.refuse(table, errno);
+                return;
             }
             MState::First => {
                 // First-mounter replay touches every journal: it needs what a replay needs (S1).
@@ -2007,6 +2049,8 @@ impl Node {
                 self.cfg.sabotage.early_dlm_notify
                     || self.fenced(*n)
                     || self.config_members.contains(n)
+                    || (!self.rep.must_fence.contains(n)
+                        && self.fence.get(n).is_none_or(FenceRecord::done))
             })
             .collect();
         let t = l.table.clone();
@@ -2042,6 +2086,15 @@ impl Node {
         let Some(l) = self.local.get_mut(table) else {
             return;
         };
+        let t = l.table.clone();
+        if l.phase == Phase::Refused && l.block_requested {
+            // A refused mount ends only when its kernel reads the negative jid, after the parts
+            // of the mount that `block=1` would freeze.
+            l.block_requested = false;
+            l.block_confirmed = false;
+            self.write(&t, SysfsFile::Block, 0);
+            return;
+        }
         if matches!(
             l.phase,
             Phase::Withdrawn
@@ -2052,7 +2105,6 @@ impl Node {
         ) {
             return;
         }
-        let t = l.table.clone();
         if participant && !l.block_requested && !(early && replayers_chosen) {
             l.block_requested = true;
             l.block_confirmed = false;
@@ -2387,13 +2439,8 @@ impl Node {
     }
 
     fn journal_wait(&self, fs: &crate::state::FsState, d: &crate::state::Dirty) -> String {
-        if !fs.barrier_complete(&self.rep.members) {
-            let missing: Vec<NodeId> = fs
-                .mounters
-                .iter()
-                .filter(|(id, m)| m.is_ready() && !fs.stopped.contains(id))
-                .map(|(id, _)| *id)
-                .collect();
+        let missing = fs.unstopped(&self.rep.members);
+        if !missing.is_empty() {
             return format!("members to block: {missing:?}");
         }
         if let Some(n) = d.fence.iter().find(|n| !self.fenced(**n)) {

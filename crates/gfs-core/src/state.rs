@@ -147,11 +147,20 @@ impl FsState {
 
     /// Every participant confirmed it is blocked.
     pub fn barrier_complete(&self, members: &BTreeMap<NodeId, Member>) -> bool {
+        self.unstopped(members).is_empty()
+    }
+
+    /// Participants that have not confirmed they blocked.
+    pub fn unstopped(&self, members: &BTreeMap<NodeId, Member>) -> Vec<NodeId> {
+        if self.dirty.is_empty() {
+            return Vec::new();
+        }
         let replayer = !self.replayers(members).is_empty();
         self.mounters
             .iter()
-            .filter(|(_, m)| Self::blocks(m, replayer))
-            .all(|(id, _)| self.stopped.contains(id))
+            .filter(|(id, m)| Self::blocks(m, replayer) && !self.stopped.contains(id))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Must block while failed journals wait for replay: every kernel-active mounter, except

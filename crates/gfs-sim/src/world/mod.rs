@@ -249,7 +249,8 @@ struct SimNode {
     last_entry: u64,
     daemon_inc_counter: u64,
     reboot_pending: bool,
-    /// The corosync membership this node was last part of: who saw it leave.
+    /// Every node this kernel incarnation shared a corosync membership with: each of them sees
+    /// it leave at some point (a partition or its death), and dlm_controld there then waits.
     seen_with: BTreeSet<NodeId>,
 }
 
@@ -632,7 +633,8 @@ impl World {
         for (n, node) in self.nodes.iter_mut() {
             node.comp = new_of.get(n).copied();
             if let Some(c) = node.comp {
-                node.seen_with = self.comps[&c].members.clone();
+                node.seen_with
+                    .extend(self.comps[&c].members.iter().copied());
             }
         }
         for id in new_ids {
@@ -640,6 +642,19 @@ impl World {
             if !self.comps[&id].inflight.is_empty() {
                 self.schedule_commit(id);
             }
+        }
+        // The quorum service reports each node's membership to its daemon.
+        let views: Vec<(NodeId, Vec<NodeId>)> = self
+            .nodes
+            .values()
+            .filter(|x| x.daemon.is_some())
+            .filter_map(|x| {
+                x.comp
+                    .map(|c| (x.id, self.comps[&c].members.iter().copied().collect()))
+            })
+            .collect();
+        for (n, members) in views {
+            self.feed(n, Input::Membership { members });
         }
         // dlm_controld recovers lockspaces only with quorum and its members together.
         self.dlm_check();
@@ -1411,6 +1426,7 @@ impl World {
         }
         if node.kernel_dead_at.is_some() {
             node.kinc += 1;
+            node.seen_with.clear();
             node.kernel_dead_at = None;
             node.kernel_killed_by_fence = false;
         } else if !node.mounts.is_empty() {
@@ -1468,6 +1484,11 @@ impl World {
             .unwrap_or(false);
         self.log(format!("n{n} gfs_controld starts"));
         self.feed(n, Input::Quorum { quorate: q });
+        let members: Vec<NodeId> = self.nodes[&n]
+            .comp
+            .map(|c| self.comps[&c].members.iter().copied().collect())
+            .unwrap_or_default();
+        self.feed(n, Input::Membership { members });
     }
 
     // ----- fencing oracle --------------------------------------------------------------------
