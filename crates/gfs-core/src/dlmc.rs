@@ -344,7 +344,10 @@ mod tests {
         assert!(matches!(Header::decode(&bad), Err(DlmcError::BadMagic(_))));
         let mut bad = good;
         bad[4..8].copy_from_slice(&0x0002_0001u32.to_ne_bytes());
-        assert!(matches!(Header::decode(&bad), Err(DlmcError::BadVersion(_))));
+        assert!(matches!(
+            Header::decode(&bad),
+            Err(DlmcError::BadVersion(_))
+        ));
         // A minor version change is accepted, as dlm_controld does.
         let mut minor = good;
         minor[4..8].copy_from_slice(&0x0001_0005u32.to_ne_bytes());
