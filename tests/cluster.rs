@@ -235,6 +235,34 @@ fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
             "node {id} blocked: {blocks:?}"
         );
     }
+    // S8: each survivor registered fs1 with dlm_controld and told it about node 3 only after
+    // its own block=1 (times: the kernel simulator's and the dlm_controld double's wall clocks).
+    for id in [1, 2] {
+        let block_at = events(&c, id)
+            .into_iter()
+            .find(|(_, what)| what == "write block=1")
+            .map(|(t, _)| t)
+            .expect("block=1 written");
+        let log = c.dlm_log(id);
+        assert!(
+            log.iter()
+                .any(|r| r.op == "register" && r.name == "fs1" && r.result == Some(0)),
+            "node {id} registered fs1 with dlm_controld: {log:?}"
+        );
+        let notifies: Vec<_> = log
+            .iter()
+            .filter(|r| r.op == "notify" && r.name == "fs1" && r.nodeid == Some(3))
+            .collect();
+        assert!(
+            notifies.iter().any(|r| r.result == Some(0)),
+            "node {id} told dlm_controld it blocked fs1 against node 3: {log:?}\n{}",
+            c.diagnostics()
+        );
+        assert!(
+            notifies.iter().all(|r| r.t_ms >= block_at),
+            "node {id} notified dlm_controld before its block=1 at {block_at}: {notifies:?}"
+        );
+    }
     let status = c.status(1).unwrap();
     assert!(
         !status["recoveries"].as_array().unwrap().is_empty(),
