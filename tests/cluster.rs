@@ -503,3 +503,63 @@ fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// Node `id`'s daemon log so far.
+fn daemon_log(c: &Cluster, id: u32) -> String {
+    std::fs::read_to_string(c.node_dir(id).join("gfs_controld.log")).unwrap_or_default()
+}
+
+#[test]
+fn s10_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
+    let Some((_guard, mut c)) = cluster("s10", 2, 300) else {
+        return;
+    };
+    // Node 1's DLM gives lockspaces recovery callbacks (dlm_controld's default): the kernel
+    // manages the filesystem, the daemon must not write to it.
+    std::fs::write(
+        c.configfs_root(1).join("dlm/cluster/recover_callbacks"),
+        "1\n",
+    )
+    .unwrap();
+    let mut mount = c.mount_async(1, "km").unwrap();
+    settle_until(&mut c, "node 1 to see fs km as kernel-managed", |c| {
+        c.ls(1)
+            .ok()
+            .and_then(|ls| {
+                ls.as_array()?
+                    .iter()
+                    .find(|f| f["name"] == "km")
+                    .map(|f| f["kernel_managed"] == true)
+            })
+            .unwrap_or(false)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let table_km = c.table("km");
+    let writes: Vec<(u64, String)> = timeline(&c.kernel_status(1).unwrap())
+        .into_iter()
+        .filter(|(_, what)| what.starts_with("write "))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "wrote to kernel-managed {table_km}: {writes:?}"
+    );
+    assert!(daemon_log(&c, 1).contains("kernel-managed mount"));
+    let _ = mount.kill();
+    let _ = mount.wait();
+
+    // Node 2 mounts fs1 read-write, then remounts it read-only: as on the real kernel, the
+    // remount's `online` carries the old RDONLY=0 and only the sysfs status shows the change.
+    mount_all(&c, &[2], "fs1");
+    assert!(daemon_log(&c, 2).contains("daemon-managed mount"));
+    let status = c.sysfs_root(2).join(c.table("fs1")).join("status");
+    std::fs::write(
+        &status,
+        "Journal ID:               0\nMounted RO:               1\nRO Recovery:              0\n",
+    )
+    .unwrap();
+    c.kernel(2, &["remount", &c.table("fs1"), "--rw"]).unwrap();
+    settle_until(&mut c, "node 2 to read the new mode from status", |c| {
+        daemon_log(c, 2).contains("the mount is now read-only")
+    });
+    no_violations(&c, &[1, 2]);
+}
