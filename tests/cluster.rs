@@ -22,15 +22,22 @@ fn cluster(
     nodes: u32,
     replay_ms: u64,
 ) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !require_prerequisites(name) {
-        return None;
-    }
     let opts = ClusterOptions {
         nodes,
         replay_ms,
         ..ClusterOptions::default()
     };
+    cluster_with(name, opts)
+}
+
+fn cluster_with(
+    name: &str,
+    opts: ClusterOptions,
+) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_prerequisites(name) {
+        return None;
+    }
     let cluster =
         Cluster::start(opts).unwrap_or_else(|e| panic!("{name}: cluster did not start: {e:#}"));
     Some((guard, cluster))
@@ -188,7 +195,15 @@ fn s1_three_nodes_mount_with_distinct_jids_and_one_first_mounter() {
 
 #[test]
 fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
-    let Some((_guard, mut c)) = cluster("s2", 3, 300) else {
+    // dlm_controld answers the first two notifies -EAGAIN, as when it has not yet processed
+    // the failure itself.
+    let opts = ClusterOptions {
+        nodes: 3,
+        replay_ms: 300,
+        dlm_eagain: 2,
+        ..ClusterOptions::default()
+    };
+    let Some((_guard, mut c)) = cluster_with("s2", opts) else {
         return;
     };
     mount_all(&c, &[1, 2, 3], "fs1");
@@ -237,6 +252,14 @@ fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
     }
     // S8: each survivor registered fs1 with dlm_controld and told it about node 3 only after
     // its own block=1 (times: the kernel simulator's and the dlm_controld double's wall clocks).
+    // The notify goes on (EAGAIN, every 500 ms) independently of the replay: wait for it.
+    settle_until(&mut c, "both survivors to notify dlm_controld", |c| {
+        [1, 2].iter().all(|&id| {
+            c.dlm_log(id).iter().any(|r| {
+                r.op == "notify" && r.name == "fs1" && r.nodeid == Some(3) && r.result == Some(0)
+            })
+        })
+    });
     for id in [1, 2] {
         let block_at = events(&c, id)
             .into_iter()
@@ -257,6 +280,10 @@ fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
             notifies.iter().any(|r| r.result == Some(0)),
             "node {id} told dlm_controld it blocked fs1 against node 3: {log:?}\n{}",
             c.diagnostics()
+        );
+        assert!(
+            notifies.len() >= 3,
+            "node {id} asked again after -EAGAIN: {notifies:?}"
         );
         assert!(
             notifies.iter().all(|r| r.t_ms >= block_at),
