@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{ArgAction, CommandFactory, Parser};
 
 use crate::config::{self, key_help, Settings, DEFAULT_CONFIG_PATH};
+use crate::dlm::DlmAddress;
 
 /// Exit status: success (also after `--dump_config` and `--completions`).
 pub const EXIT_OK: u8 = 0;
@@ -22,6 +23,10 @@ fn parse_log_level(value: &str) -> Result<String, String> {
 
 fn parse_fencing(value: &str) -> Result<String, String> {
     config::parse_fencing(value).map_err(|expected| format!("expected {expected}"))
+}
+
+fn parse_dlm_socket(value: &str) -> Result<DlmAddress, String> {
+    apply_checked("dlm_socket", value, |s| s.dlm_socket.clone())
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -111,6 +116,12 @@ pub struct DaemonArgs {
     #[arg(long = "sysfs_root", value_name = "PATH", help = key_help("sysfs_root"), value_parser = parse_path("sysfs_root"))]
     pub sysfs_root: Option<PathBuf>,
 
+    #[arg(long = "configfs_root", value_name = "PATH", help = key_help("configfs_root"), value_parser = parse_path("configfs_root"))]
+    pub configfs_root: Option<PathBuf>,
+
+    #[arg(long = "dlm_socket", value_name = "SOCKET", help = key_help("dlm_socket"), value_parser = parse_dlm_socket)]
+    pub dlm_socket: Option<DlmAddress>,
+
     #[arg(long = "fencing", value_name = "METHOD", help = key_help("fencing"), value_parser = parse_fencing)]
     pub fencing: Option<String>,
 
@@ -166,6 +177,8 @@ impl DaemonArgs {
         set(&mut settings.debug_ring_lines, &self.debug_ring_lines);
         set(&mut settings.socket_path, &self.control_socket);
         set(&mut settings.sysfs_root, &self.sysfs_root);
+        set(&mut settings.configfs_root, &self.configfs_root);
+        set(&mut settings.dlm_socket, &self.dlm_socket);
         set(&mut settings.fencing, &self.fencing);
         set(&mut settings.fence_timeout, &self.fence_timeout);
         set(&mut settings.fence_retry, &self.fence_retry);

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::DaemonArgs;
+use crate::dlm::DlmAddress;
 
 /// The configuration file read when `--config` is not given; it need not exist.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gfs_controld.conf";
@@ -31,6 +32,10 @@ pub struct Settings {
     pub socket_path: PathBuf,
     /// Where the kernel lists mounted GFS2 filesystems.
     pub sysfs_root: PathBuf,
+    /// Where configfs is mounted; the DLM's `dlm/cluster/recover_callbacks` is read below it.
+    pub configfs_root: PathBuf,
+    /// dlm_controld's fs-control socket.
+    pub dlm_socket: DlmAddress,
     /// `auto`, `pacemaker`, `manual` or the absolute path of a fence program; the daemon turns
     /// it into a [`crate::fence::FenceMode`] with [`crate::fence::FenceMode::from_setting`].
     pub fencing: String,
@@ -71,6 +76,8 @@ impl Default for Settings {
             debug_ring_lines: 10_000,
             socket_path: PathBuf::from(crate::control::proto::DEFAULT_SOCKET_PATH),
             sysfs_root: PathBuf::from("/sys/fs/gfs2"),
+            configfs_root: PathBuf::from("/sys/kernel/config"),
+            dlm_socket: DlmAddress::dlm_controld(),
             fencing: "auto".to_owned(),
             fence_timeout: Duration::from_secs(300),
             fence_retry: Duration::from_secs(5),
@@ -212,6 +219,26 @@ pub static KEYS: &[Key] = &[
             Ok(())
         },
         show: |s| s.sysfs_root.display().to_string(),
+    },
+    Key {
+        name: "configfs_root",
+        value_name: "PATH",
+        help: "Where configfs is mounted (the DLM's recover_callbacks tells who manages a mount)",
+        apply: |s, v| {
+            s.configfs_root = parse_absolute_path(v)?;
+            Ok(())
+        },
+        show: |s| s.configfs_root.display().to_string(),
+    },
+    Key {
+        name: "dlm_socket",
+        value_name: "SOCKET",
+        help: "dlm_controld's socket: @name (abstract) or a path",
+        apply: |s, v| {
+            s.dlm_socket = DlmAddress::parse(v)?;
+            Ok(())
+        },
+        show: |s| s.dlm_socket.to_string(),
     },
     Key {
         name: "fencing",

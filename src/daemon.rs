@@ -1,10 +1,11 @@
 //! The daemon loop: one task that owns the protocol core and carries out its outputs.
 //!
-//! Every source of events (CPG, quorum, uevents, fencing results, control requests, signals,
-//! the core's own deadline) is a channel or a cancel-safe future polled by one `select!`, so
-//! the core sees one totally ordered stream of inputs. Outputs are executed in the order the
-//! core produced them; a sysfs write's result is fed back before anything else happens
-//! (the drive rule in `gfs_core::io`).
+//! Every source of events (CPG, quorum, uevents, sysfs results, dlm_controld answers, fencing
+//! results, control requests, signals, the core's own deadline) is a channel or a cancel-safe
+//! future polled by one `select!`, so the core sees one totally ordered stream of inputs.
+//! Outputs are executed in the order the core produced them. Sysfs writes and reads, which may
+//! block in the kernel, run off the loop through [`SysfsExecutor`] (in order per filesystem);
+//! their results come back as inputs like any other (the drive rule in `gfs_core::io`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -13,7 +14,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use gfs_core::{Input, Level, LogRecord, Node, NodeConfig, Output, Time};
+use gfs_core::{
+    Input, KernelEvent, KernelEventKind, Level, LogRecord, Node, NodeConfig, Output, Table, Time,
+};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,16 +24,28 @@ use crate::config::Settings;
 use crate::control::proto::{Reply, Request, VersionInfo};
 use crate::control::server::{self, ControlRequest};
 use crate::corosync::{self, CorosyncError, CpgEvent, CpgGroups, QuorumTracker};
+use crate::dlm::{DlmControl, DlmEvent, DlmOptions};
 use crate::fence::{FenceEvent, FenceMode, FenceOptions, Fencer};
-use crate::kernel::{KernelError, SysfsWriter, UeventListener};
+use crate::kernel::{
+    recover_callbacks, KernelError, RecoverCallbacks, SysfsDone, SysfsExecutor, SysfsOp,
+    SysfsWriter, UeventListener,
+};
 use crate::logging::DebugRing;
 
 /// How often startup retries reaching corosync.
 const COROSYNC_RETRY: Duration = Duration::from_secs(2);
 /// How long a clean shutdown waits for corosync to confirm that we left our groups.
 const LEAVE_WAIT: Duration = Duration::from_secs(3);
-/// How often pending fencing is checked against `fence_warn`.
+/// How often pending fencing is checked against `fence_warn` (and slow sysfs operations are
+/// reported).
 const FENCE_WARN_CHECK: Duration = Duration::from_secs(1);
+/// When the mount's read-only state is read again after an `online` uevent, which carries the
+/// state from before a remount (the kernel applies the new flags after sending it).
+const MODE_CHECKS: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(2),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -191,7 +206,13 @@ struct Daemon {
     node: Node,
     cpg: CpgGroups,
     quorum: QuorumTracker,
-    sysfs: SysfsWriter,
+    executor: SysfsExecutor,
+    dlm: DlmControl,
+    /// The read-only state of each mount as the core was last told it (uevents, then the
+    /// re-reads after `online`).
+    modes: HashMap<Table, bool>,
+    /// Due re-reads of a mount's read-only state.
+    mode_checks: mpsc::UnboundedSender<Table>,
     fencer: Option<Fencer>,
     node_names: BTreeMap<u32, String>,
     ring: DebugRing,
@@ -252,6 +273,11 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
 
+    let (executor, mut sysfs_done) = SysfsExecutor::new(SysfsWriter::new(&settings.sysfs_root));
+    let (dlm, mut dlm_events) =
+        DlmControl::spawn(settings.dlm_socket.clone(), DlmOptions::default());
+    let (mode_checks, mut mode_due) = mpsc::unbounded_channel();
+
     let clock = Clock::new();
     let mut cfg = NodeConfig::new(nodeid, &cluster_name);
     cfg.cluster_nodes = node_names.keys().copied().collect();
@@ -267,12 +293,17 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
         cluster = %cluster_name,
         nodes = ?cfg.cluster_nodes,
         sysfs_root = %settings.sysfs_root.display(),
+        configfs_root = %settings.configfs_root.display(),
+        dlm_socket = %settings.dlm_socket,
         "gfs_controld starting"
     );
     let node = Node::new(cfg, clock.now());
 
     let mut d = Daemon {
-        sysfs: SysfsWriter::new(&settings.sysfs_root),
+        executor,
+        dlm,
+        modes: HashMap::new(),
+        mode_checks,
         settings,
         clock,
         node,
@@ -316,8 +347,10 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
                 Some(quorate) => d.quorum_changed(quorate)?,
                 None => return Err(DaemonError::Corosync(CorosyncError::Call { call: "quorum", reason: "quorum tracking stopped".into() })),
             },
+            // Before uevents: a write's result usually precedes the uevent it causes.
+            Some(done) = sysfs_done.recv() => d.sysfs_done(done)?,
             event = uevents.next() => match event {
-                Ok(Ok(event)) => d.feed(Input::Kernel(event))?,
+                Ok(Ok(event)) => d.kernel_event(event)?,
                 Ok(Err(gfs_core::UeventError::NotGfs2Dlm)) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "dropped a gfs2 uevent"),
                 Err(KernelError::Overflow) => tracing::error!(
@@ -326,6 +359,8 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
                 ),
                 Err(e) => return Err(e.into()),
             },
+            Some(event) = dlm_events.recv() => d.dlm_event(event)?,
+            Some(table) = mode_due.recv() => d.executor.submit(table, SysfsOp::ReadMode),
             Some(event) = fence_events.recv() => d.fence_event(event)?,
             Some(request) = control_rx.recv() => d.control(request)?,
             result = &mut control_server => {
@@ -336,7 +371,10 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
                 };
                 return Err(DaemonError::ControlStopped(reason));
             }
-            _ = fence_check.tick() => d.warn_slow_fencing(),
+            _ = fence_check.tick() => {
+                d.warn_slow_fencing();
+                d.executor.warn_slow();
+            }
             _ = timer => d.feed(Input::Timeout)?,
         }
     }
@@ -382,31 +420,14 @@ impl Daemon {
                 }
             }
             Output::Mcast { group, payload } => self.cpg.mcast(&group, payload)?,
+            // Off the loop: the result comes back through `sysfs_done`.
             Output::Write { table, file, value } => {
-                let result = self.sysfs.write(&table, file, value);
-                match result {
-                    Ok(()) => {
-                        tracing::debug!(fs = %table.fs(), file = file.name(), value, "sysfs write")
-                    }
-                    Err(errno) => tracing::warn!(
-                        fs = %table.fs(),
-                        file = file.name(),
-                        value,
-                        error = %std::io::Error::from_raw_os_error(errno),
-                        "the kernel refused a sysfs write"
-                    ),
-                }
-                // Fed back at once: the core must know the result before anything else.
-                self.node.handle(
-                    self.clock.now(),
-                    Input::WriteDone {
-                        table,
-                        file,
-                        value,
-                        result,
-                    },
-                );
+                self.executor.submit(table, SysfsOp::Write { file, value })
             }
+            Output::Read { table, file } => self.executor.submit(table, SysfsOp::Read { file }),
+            Output::DlmRegister { table } => self.dlm.register(table),
+            Output::DlmUnregister { table } => self.dlm.unregister(table),
+            Output::DlmNotify { table, nodeid } => self.dlm.notify(table, nodeid),
             Output::Fence { nodeid, failed_at } => match &mut self.fencer {
                 Some(fencer) => {
                     let name = self.node_names.get(&nodeid).cloned();
@@ -435,19 +456,120 @@ impl Daemon {
                 }
             }
             Output::Log(record) => log_record(&record),
-            // The dlm_controld adapter and off-loop reads land with the real-kernel work.
-            Output::Read { table, file } => self.pending.push_back(Input::ReadDone {
-                table,
-                file,
-                result: Err(libc::EOPNOTSUPP),
-            }),
-            Output::DlmRegister { table } => self.pending.push_back(Input::DlmRegistered {
-                table,
-                result: Ok(()),
-            }),
-            Output::DlmUnregister { .. } | Output::DlmNotify { .. } => {}
         }
         Ok(())
+    }
+
+    /// A gfs2 uevent. At `add`, whether the kernel or the daemon manages the mount comes from the
+    /// DLM's `recover_callbacks` (the uevent cannot tell). After `online`, the read-only state is
+    /// read again a few times, since a remount's `online` carries the state from before it.
+    fn kernel_event(&mut self, mut event: KernelEvent) -> Result<(), DaemonError> {
+        let table = event.table.clone();
+        match &mut event.kind {
+            KernelEventKind::Add {
+                ro, kernel_managed, ..
+            } => {
+                let callbacks = recover_callbacks(&self.settings.configfs_root);
+                *kernel_managed = callbacks.kernel_managed();
+                match &callbacks {
+                    RecoverCallbacks::Value(1) => tracing::info!(
+                        fs = %table.fs(),
+                        "kernel-managed mount (DLM recover_callbacks=1): the kernel picks the \
+                         journal id and recovers by itself; gfs_controld will not write to it"
+                    ),
+                    RecoverCallbacks::Value(value) => tracing::info!(
+                        fs = %table.fs(),
+                        recover_callbacks = value,
+                        "daemon-managed mount (DLM recover_callbacks=0)"
+                    ),
+                    RecoverCallbacks::Unreadable { path, reason } => tracing::info!(
+                        fs = %table.fs(),
+                        path = %path.display(),
+                        reason = %reason,
+                        "daemon-managed mount (the DLM's recover_callbacks is unreadable)"
+                    ),
+                }
+                self.modes.insert(table, *ro);
+            }
+            KernelEventKind::Online { ro, .. } => {
+                self.modes.insert(table.clone(), *ro);
+                self.schedule_mode_checks(table);
+            }
+            KernelEventKind::Remove => {
+                self.modes.remove(&table);
+            }
+            _ => {}
+        }
+        self.feed(Input::Kernel(event))
+    }
+
+    fn schedule_mode_checks(&self, table: Table) {
+        let due = self.mode_checks.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for delay in MODE_CHECKS {
+                tokio::time::sleep_until(start + delay).await;
+                if due.send(table.clone()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// A sysfs operation returned: the next one of its filesystem starts, and the core hears of
+    /// it (a changed read-only state only when it differs from what the core was told).
+    fn sysfs_done(&mut self, done: SysfsDone) -> Result<(), DaemonError> {
+        match self.executor.complete(done) {
+            SysfsDone::Write {
+                table,
+                file,
+                value,
+                result,
+            } => self.feed(Input::WriteDone {
+                table,
+                file,
+                value,
+                result,
+            }),
+            SysfsDone::Read {
+                table,
+                file,
+                result,
+            } => self.feed(Input::ReadDone {
+                table,
+                file,
+                result,
+            }),
+            SysfsDone::Mode {
+                table,
+                ro: Some(ro),
+            } => {
+                // Unmounted meanwhile: nothing to tell.
+                let Some(known) = self.modes.get_mut(&table) else {
+                    return Ok(());
+                };
+                if *known == ro {
+                    return Ok(());
+                }
+                *known = ro;
+                tracing::info!(
+                    fs = %table.fs(),
+                    ro,
+                    "the mount is now {} (read from its sysfs status after online)",
+                    if ro { "read-only" } else { "read-write" }
+                );
+                self.feed(Input::MountMode { table, ro })
+            }
+            SysfsDone::Mode { ro: None, .. } => Ok(()),
+        }
+    }
+
+    fn dlm_event(&mut self, event: DlmEvent) -> Result<(), DaemonError> {
+        match event {
+            DlmEvent::Registered { table, result } => {
+                self.feed(Input::DlmRegistered { table, result })
+            }
+        }
     }
 
     /// Quorum is read synchronously at every membership change and fed first, so the core

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod corosync;
 pub mod daemon;
+pub mod dlm;
 pub mod fence;
 pub mod kernel;
 pub mod logging;

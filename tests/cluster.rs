@@ -22,15 +22,22 @@ fn cluster(
     nodes: u32,
     replay_ms: u64,
 ) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !require_prerequisites(name) {
-        return None;
-    }
     let opts = ClusterOptions {
         nodes,
         replay_ms,
         ..ClusterOptions::default()
     };
+    cluster_with(name, opts)
+}
+
+fn cluster_with(
+    name: &str,
+    opts: ClusterOptions,
+) -> Option<(std::sync::MutexGuard<'static, ()>, Cluster)> {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !require_prerequisites(name) {
+        return None;
+    }
     let cluster =
         Cluster::start(opts).unwrap_or_else(|e| panic!("{name}: cluster did not start: {e:#}"));
     Some((guard, cluster))
@@ -188,7 +195,15 @@ fn s1_three_nodes_mount_with_distinct_jids_and_one_first_mounter() {
 
 #[test]
 fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
-    let Some((_guard, mut c)) = cluster("s2", 3, 300) else {
+    // dlm_controld answers the first two notifies -EAGAIN, as when it has not yet processed
+    // the failure itself.
+    let opts = ClusterOptions {
+        nodes: 3,
+        replay_ms: 300,
+        dlm_eagain: 2,
+        ..ClusterOptions::default()
+    };
+    let Some((_guard, mut c)) = cluster_with("s2", opts) else {
         return;
     };
     mount_all(&c, &[1, 2, 3], "fs1");
@@ -233,6 +248,46 @@ fn s2_node_crash_blocks_fences_replays_once_and_unblocks() {
         assert!(
             blocks.contains(&"write block=1".to_owned()),
             "node {id} blocked: {blocks:?}"
+        );
+    }
+    // S8: each survivor registered fs1 with dlm_controld and told it about node 3 only after
+    // its own block=1 (times: the kernel simulator's and the dlm_controld double's wall clocks).
+    // The notify goes on (EAGAIN, every 500 ms) independently of the replay: wait for it.
+    settle_until(&mut c, "both survivors to notify dlm_controld", |c| {
+        [1, 2].iter().all(|&id| {
+            c.dlm_log(id).iter().any(|r| {
+                r.op == "notify" && r.name == "fs1" && r.nodeid == Some(3) && r.result == Some(0)
+            })
+        })
+    });
+    for id in [1, 2] {
+        let block_at = events(&c, id)
+            .into_iter()
+            .find(|(_, what)| what == "write block=1")
+            .map(|(t, _)| t)
+            .expect("block=1 written");
+        let log = c.dlm_log(id);
+        assert!(
+            log.iter()
+                .any(|r| r.op == "register" && r.name == "fs1" && r.result == Some(0)),
+            "node {id} registered fs1 with dlm_controld: {log:?}"
+        );
+        let notifies: Vec<_> = log
+            .iter()
+            .filter(|r| r.op == "notify" && r.name == "fs1" && r.nodeid == Some(3))
+            .collect();
+        assert!(
+            notifies.iter().any(|r| r.result == Some(0)),
+            "node {id} told dlm_controld it blocked fs1 against node 3: {log:?}\n{}",
+            c.diagnostics()
+        );
+        assert!(
+            notifies.len() >= 3,
+            "node {id} asked again after -EAGAIN: {notifies:?}"
+        );
+        assert!(
+            notifies.iter().all(|r| r.t_ms >= block_at),
+            "node {id} notified dlm_controld before its block=1 at {block_at}: {notifies:?}"
         );
     }
     let status = c.status(1).unwrap();
@@ -474,4 +529,64 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// Node `id`'s daemon log so far.
+fn daemon_log(c: &Cluster, id: u32) -> String {
+    std::fs::read_to_string(c.node_dir(id).join("gfs_controld.log")).unwrap_or_default()
+}
+
+#[test]
+fn s10_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
+    let Some((_guard, mut c)) = cluster("s10", 2, 300) else {
+        return;
+    };
+    // Node 1's DLM gives lockspaces recovery callbacks (dlm_controld's default): the kernel
+    // manages the filesystem, the daemon must not write to it.
+    std::fs::write(
+        c.configfs_root(1).join("dlm/cluster/recover_callbacks"),
+        "1\n",
+    )
+    .unwrap();
+    let mut mount = c.mount_async(1, "km").unwrap();
+    settle_until(&mut c, "node 1 to see fs km as kernel-managed", |c| {
+        c.ls(1)
+            .ok()
+            .and_then(|ls| {
+                ls.as_array()?
+                    .iter()
+                    .find(|f| f["name"] == "km")
+                    .map(|f| f["kernel_managed"] == true)
+            })
+            .unwrap_or(false)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let table_km = c.table("km");
+    let writes: Vec<(u64, String)> = timeline(&c.kernel_status(1).unwrap())
+        .into_iter()
+        .filter(|(_, what)| what.starts_with("write "))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "wrote to kernel-managed {table_km}: {writes:?}"
+    );
+    assert!(daemon_log(&c, 1).contains("kernel-managed mount"));
+    let _ = mount.kill();
+    let _ = mount.wait();
+
+    // Node 2 mounts fs1 read-write, then remounts it read-only: as on the real kernel, the
+    // remount's `online` carries the old RDONLY=0 and only the sysfs status shows the change.
+    mount_all(&c, &[2], "fs1");
+    assert!(daemon_log(&c, 2).contains("daemon-managed mount"));
+    let status = c.sysfs_root(2).join(c.table("fs1")).join("status");
+    std::fs::write(
+        &status,
+        "Journal ID:               0\nMounted RO:               1\nRO Recovery:              0\n",
+    )
+    .unwrap();
+    c.kernel(2, &["remount", &c.table("fs1"), "--rw"]).unwrap();
+    settle_until(&mut c, "node 2 to read the new mode from status", |c| {
+        daemon_log(c, 2).contains("the mount is now read-only")
+    });
+    no_violations(&c, &[1, 2]);
 }

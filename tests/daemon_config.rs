@@ -66,6 +66,8 @@ fn sample(key: &str) -> (&'static str, &'static str) {
         "debug_ring_lines" => ("500", "500"),
         "control_socket" => ("/tmp/x/ctl.sock", "/tmp/x/ctl.sock"),
         "sysfs_root" => ("/tmp/sysfs", "/tmp/sysfs"),
+        "configfs_root" => ("/tmp/configfs", "/tmp/configfs"),
+        "dlm_socket" => (" @dlm-test ", "@dlm-test"),
         "fencing" => ("/usr/sbin/fence-it", "/usr/sbin/fence-it"),
         "fence_timeout" => ("2m", "120s"),
         "fence_retry" => ("1500ms", "1500ms"),

@@ -1,14 +1,20 @@
-//! The kernel side of the daemon (SPEC §2): the GFS2 `lock_module/` sysfs files it writes, and
-//! the gfs2 kobject uevents it listens to on `NETLINK_KOBJECT_UEVENT`.
+//! The kernel side of the daemon (SPEC §2): the GFS2 `lock_module/` sysfs files it writes (off
+//! the event loop, through [`SysfsExecutor`]), the gfs2 kobject uevents it listens to on
+//! `NETLINK_KOBJECT_UEVENT`, and the DLM's `recover_callbacks` setting that tells whether the
+//! kernel or the daemon coordinates a filesystem's recovery.
 //!
 //! Thin IO adapters only: every protocol decision is made in [`gfs_core`]; parsing of uevents is
 //! [`gfs_core::parse_uevent`]'s job.
 
+mod configfs;
+mod executor;
 mod netlink;
 mod sysfs;
 
+pub use configfs::{recover_callbacks, RecoverCallbacks};
+pub use executor::{SysfsDone, SysfsExecutor, SysfsOp, MAX_WORKERS, SLOW_OP};
 pub use netlink::{send_uevent, UeventListener};
-pub use sysfs::{ExistingTable, SysfsWriter};
+pub use sysfs::{parse_mounted_ro, ExistingTable, SysfsWriter};
 
 /// A failure of the kernel adapters themselves (not of a single uevent, not of a sysfs write:
 /// [`SysfsWriter::write`] reports the raw errno so the caller can tell EBUSY from ENODEV).

@@ -1,7 +1,9 @@
-//! Writes to `<root>/<table>/lock_module/<file>` and the startup scan of `<root>`.
+//! Writes and reads of `<root>/<table>/lock_module/<file>`, the mount's `status` file, and the
+//! startup scan of `<root>`. Every call may block in the kernel: the daemon runs them through
+//! [`super::SysfsExecutor`], never on its event loop.
 
 use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +14,9 @@ use gfs_core::{SysfsFile, Table};
 #[derive(Clone, Debug)]
 pub struct SysfsWriter {
     root: PathBuf,
+    /// `O_NONBLOCK` on open (see [`SysfsWriter::write`]); off only in tests that need a FIFO
+    /// to block the way a real `jid` write does.
+    nonblocking_open: bool,
 }
 
 /// A `<root>/<name>` entry found at startup.
@@ -27,7 +32,26 @@ pub struct ExistingTable {
 
 impl SysfsWriter {
     pub fn new(root: impl Into<PathBuf>) -> SysfsWriter {
-        SysfsWriter { root: root.into() }
+        SysfsWriter {
+            root: root.into(),
+            nonblocking_open: true,
+        }
+    }
+
+    /// For tests: open files without `O_NONBLOCK`, so that writing to a FIFO nobody reads
+    /// blocks (in `open(2)`) until a reader comes, as a real `first`/`jid` write blocks until
+    /// the DLM join completes.
+    pub fn with_blocking_open(mut self) -> SysfsWriter {
+        self.nonblocking_open = false;
+        self
+    }
+
+    fn open_flags(&self) -> i32 {
+        if self.nonblocking_open {
+            libc::O_NONBLOCK
+        } else {
+            0
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -49,25 +73,20 @@ impl SysfsWriter {
     /// kernel gave it (EBUSY, EINVAL, ESHUTDOWN, ...).
     /// `EINTR` is retried. A short write (sysfs never does one) is reported as `EIO`.
     ///
-    /// Note: on a real kernel a `jid`/`first` write may block until the lock module is mounted.
+    /// On a real kernel a `first`/`jid` write blocks until the DLM join completes and a
+    /// `recover` write until this node's own journal is ready.
     pub fn write(&self, table: &Table, file: SysfsFile, value: i64) -> Result<(), i32> {
         let path = self.lock_module(&table.to_string()).join(file.name());
         let mut f = loop {
             match OpenOptions::new()
                 .write(true)
                 .truncate(true)
-                .custom_flags(libc::O_NONBLOCK)
+                .custom_flags(self.open_flags())
                 .open(&path)
             {
                 Ok(f) => break f,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
-                    return Err(match errno {
-                        libc::ENOENT | libc::ENOTDIR | libc::ENXIO => libc::ENODEV,
-                        other => other,
-                    });
-                }
+                Err(e) => return Err(gone_is_enodev(&e)),
             }
         };
         let text = format!("{value}\n");
@@ -75,6 +94,45 @@ impl SysfsWriter {
             match f.write(text.as_bytes()) {
                 Ok(n) if n == text.len() => return Ok(()),
                 Ok(_) => return Err(libc::EIO),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        }
+    }
+
+    /// Reads `<root>/<table>/lock_module/<file>` as a decimal integer (surrounding whitespace
+    /// ignored). Errors as for [`SysfsWriter::write`]; content that is not a decimal integer
+    /// is `EINVAL`.
+    pub fn read(&self, table: &Table, file: SysfsFile) -> Result<i64, i32> {
+        let path = self.lock_module(&table.to_string()).join(file.name());
+        let text = self.read_text(&path)?;
+        text.trim().parse::<i64>().map_err(|_| libc::EINVAL)
+    }
+
+    /// Whether the mount is read-only now, from the `Mounted RO:` line of
+    /// `<root>/<table>/status` (the kernel's `sb_rdonly`). `None` when the file is missing or
+    /// unreadable, or has no such line.
+    pub fn read_mount_ro(&self, table: &Table) -> Option<bool> {
+        let path = self.root.join(table.to_string()).join("status");
+        parse_mounted_ro(&self.read_text(&path).ok()?)
+    }
+
+    fn read_text(&self, path: &Path) -> Result<String, i32> {
+        let mut f = loop {
+            match OpenOptions::new()
+                .read(true)
+                .custom_flags(self.open_flags())
+                .open(path)
+            {
+                Ok(f) => break f,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(gone_is_enodev(&e)),
+            }
+        };
+        let mut bytes = Vec::new();
+        loop {
+            match f.read_to_end(&mut bytes) {
+                Ok(_) => return Ok(String::from_utf8_lossy(&bytes).into_owned()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
             }
@@ -104,6 +162,28 @@ impl SysfsWriter {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
+}
+
+/// A missing directory or file (ENOENT, ENOTDIR) or a FIFO nobody serves (ENXIO) means the
+/// filesystem is gone: `ENODEV`, so that `ENOENT` stays the kernel's own answer.
+fn gone_is_enodev(e: &std::io::Error) -> i32 {
+    match e.raw_os_error().unwrap_or(libc::EIO) {
+        libc::ENOENT | libc::ENOTDIR | libc::ENXIO => libc::ENODEV,
+        other => other,
+    }
+}
+
+/// The value of the `Mounted RO:` line of a gfs2 sysfs `status` file (`Mounted RO:` padded with
+/// spaces to a column, then `0` or `1`; Linux 5.x to 7.x).
+pub fn parse_mounted_ro(status: &str) -> Option<bool> {
+    status.lines().find_map(|line| {
+        let value = line.trim_start().strip_prefix("Mounted RO:")?;
+        match value.trim() {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -173,6 +253,34 @@ mod tests {
         .unwrap();
         let w = SysfsWriter::new(&tmp.0);
         assert_eq!(w.write(&table(), SysfsFile::Recover, 1), Err(libc::ENODEV));
+    }
+
+    #[test]
+    fn reads_decimal_values_and_mount_mode() {
+        let tmp = TempDir::new("read");
+        let dir = tmp.0.join("alpha:fs1");
+        let lm = dir.join("lock_module");
+        std::fs::create_dir_all(&lm).unwrap();
+        std::fs::write(lm.join("jid"), " 3\n").unwrap();
+        std::fs::write(lm.join("first"), "yes\n").unwrap();
+        let w = SysfsWriter::new(&tmp.0);
+        assert_eq!(w.read(&table(), SysfsFile::Jid), Ok(3));
+        assert_eq!(w.read(&table(), SysfsFile::First), Err(libc::EINVAL));
+        assert_eq!(w.read(&table(), SysfsFile::Block), Err(libc::ENODEV));
+        assert_eq!(w.read_mount_ro(&table()), None, "no status file");
+        let status = "Journal Checked:          1\nJournal Live:             1\n\
+                      No Journal ID:            0\nMounted RO:               1\n\
+                      RO Recovery:              0\n";
+        std::fs::write(dir.join("status"), status).unwrap();
+        assert_eq!(w.read_mount_ro(&table()), Some(true));
+        std::fs::write(
+            dir.join("status"),
+            status.replace("RO:               1", "RO:\t0"),
+        )
+        .unwrap();
+        assert_eq!(w.read_mount_ro(&table()), Some(false));
+        assert_eq!(parse_mounted_ro("Mounted RO: maybe\n"), None);
+        assert_eq!(parse_mounted_ro("RO Recovery: 1\n"), None);
     }
 
     #[test]

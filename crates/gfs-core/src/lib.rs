@@ -4,6 +4,7 @@
 //! [`Time`], [`Output`]s come out of [`Node::poll_output`], and the next deadline comes out of
 //! [`Node::poll_timeout`]. The driver (the daemon or the simulator) executes outputs in order.
 
+pub mod dlmc;
 mod io;
 mod time;
 mod types;

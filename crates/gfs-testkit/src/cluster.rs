@@ -3,7 +3,9 @@
 //! Each node gets a network namespace wired to a bridge in a namespace of its own, a corosync
 //! (knet, short token) in a private mount namespace (its `/run` and `/var/lib/corosync` would
 //! collide otherwise), a kernel simulator serving that node's sysfs directory and sending real
-//! netlink uevents, and `gfs_controld` with its default paths moved into the test directory.
+//! netlink uevents, a dlm_controld double (`gfs_dlm_sim`) on the node's abstract `dlmc_sock`,
+//! a DLM configfs stand-in saying `recover_callbacks=0` (daemon-managed), and `gfs_controld`
+//! with its default paths moved into the test directory.
 //! Fencing is real: the test agent kills every process of the victim node and records when.
 //!
 //! Everything is torn down on drop, also when a test panics: processes are ended by PID and
@@ -54,7 +56,12 @@ pub fn missing_prerequisite() -> Option<String> {
             return Some(format!("{tool} is not installed"));
         }
     }
-    for bin in ["gfs_controld", "gfs_control", "gfs_kernel_sim"] {
+    for bin in [
+        "gfs_controld",
+        "gfs_control",
+        "gfs_kernel_sim",
+        "gfs_dlm_sim",
+    ] {
         if !bin_dir().join(bin).exists() {
             return Some(format!(
                 "{} is missing (run `cargo build --workspace --bins` first)",
@@ -88,6 +95,8 @@ pub struct ClusterOptions {
     pub replay_ms: u64,
     /// Extra daemon options (`--key=value`).
     pub daemon_args: Vec<String>,
+    /// The dlm_controld doubles answer this many FS_NOTIFIED tries with -EAGAIN first.
+    pub dlm_eagain: u32,
 }
 
 impl Default for ClusterOptions {
@@ -97,6 +106,7 @@ impl Default for ClusterOptions {
             cluster_name: "gfstest".into(),
             replay_ms: 300,
             daemon_args: Vec::new(),
+            dlm_eagain: 0,
         }
     }
 }
@@ -107,6 +117,7 @@ struct NodeProcs {
     corosync: Option<Child>,
     daemon: Option<Child>,
     kernel: Option<Child>,
+    dlm: Option<Child>,
 }
 
 pub struct Cluster {
@@ -166,6 +177,7 @@ impl Cluster {
         })?;
         for &id in &ids {
             cluster.start_kernel(id)?;
+            cluster.start_dlm(id)?;
             cluster.start_daemon(id)?;
         }
         cluster.wait_for("every daemon synced", Duration::from_secs(30), |c| {
@@ -205,6 +217,21 @@ impl Cluster {
         self.node_dir(id).join("kernel.sock")
     }
 
+    /// The DLM configfs stand-in: `dlm/cluster/recover_callbacks` below it.
+    pub fn configfs_root(&self, id: u32) -> PathBuf {
+        self.node_dir(id).join("configfs")
+    }
+
+    /// Where node `id`'s dlm_controld double records every request (JSON lines).
+    pub fn dlm_log_path(&self, id: u32) -> PathBuf {
+        self.node_dir(id).join("dlm.jsonl")
+    }
+
+    /// Every request node `id`'s dlm_controld double received, in order.
+    pub fn dlm_log(&self, id: u32) -> Vec<crate::dlm_sim::DlmRecord> {
+        crate::dlm_sim::read_log(&self.dlm_log_path(id))
+    }
+
     /// Milliseconds since the cluster was started, for timelines.
     pub fn elapsed_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
@@ -230,6 +257,10 @@ impl Cluster {
                  ip -n {w} link set {b} master br0 && ip -n {w} link set {b} up"
             ))?;
             fs::create_dir_all(self.sysfs_root(id))?;
+            // daemon-managed, as with dlm_controld's enable_fscontrol=1
+            let cluster = self.configfs_root(id).join("dlm").join("cluster");
+            fs::create_dir_all(&cluster)?;
+            fs::write(cluster.join("recover_callbacks"), "0\n")?;
         }
         Ok(())
     }
@@ -313,6 +344,39 @@ impl Cluster {
         })
     }
 
+    /// Starts node `id`'s dlm_controld double on the abstract `@dlmc_sock` of its namespace.
+    pub fn start_dlm(&mut self, id: u32) -> Result<()> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns(id)])
+            .arg(bin_dir().join("gfs_dlm_sim"))
+            .arg("--socket=@dlmc_sock")
+            .arg(format!("--eagain={}", self.opts.dlm_eagain))
+            .arg("--log")
+            .arg(self.dlm_log_path(id));
+        let child = self.spawn(id, "dlm", cmd)?;
+        self.nodes.entry(id).or_default().dlm = Some(child);
+        let ns = self.netns(id);
+        self.wait_for(
+            "dlm_controld double socket",
+            Duration::from_secs(10),
+            |_| {
+                Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns,
+                        "grep",
+                        "-q",
+                        "@dlmc_sock",
+                        "/proc/net/unix",
+                    ])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            },
+        )
+    }
+
     pub fn start_daemon(&mut self, id: u32) -> Result<()> {
         let _ = fs::remove_file(self.control_socket(id));
         let mut cmd = Command::new("ip");
@@ -321,6 +385,10 @@ impl Cluster {
             .arg("--foreground")
             .arg("--log_level=debug")
             .arg(format!("--sysfs_root={}", self.sysfs_root(id).display()))
+            .arg(format!(
+                "--configfs_root={}",
+                self.configfs_root(id).display()
+            ))
             .arg(format!(
                 "--control_socket={}",
                 self.control_socket(id).display()
@@ -499,9 +567,14 @@ impl Cluster {
     /// Node crash: corosync, the daemon and the kernel simulator all die at once.
     pub fn crash_node(&mut self, id: u32) {
         if let Some(node) = self.nodes.get_mut(&id) {
-            for child in [&mut node.corosync, &mut node.daemon, &mut node.kernel]
-                .into_iter()
-                .flatten()
+            for child in [
+                &mut node.corosync,
+                &mut node.daemon,
+                &mut node.kernel,
+                &mut node.dlm,
+            ]
+            .into_iter()
+            .flatten()
             {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -524,9 +597,14 @@ impl Cluster {
     fn forget_dead_pids(&mut self, id: u32) {
         let mut live = String::new();
         if let Some(node) = self.nodes.get_mut(&id) {
-            for child in [&mut node.corosync, &mut node.daemon, &mut node.kernel]
-                .into_iter()
-                .flatten()
+            for child in [
+                &mut node.corosync,
+                &mut node.daemon,
+                &mut node.kernel,
+                &mut node.dlm,
+            ]
+            .into_iter()
+            .flatten()
             {
                 if matches!(child.try_wait(), Ok(None)) {
                     live.push_str(&format!("{}\n", child.id()));
@@ -613,7 +691,7 @@ impl Cluster {
     pub fn diagnostics(&self) -> String {
         let mut text = String::new();
         for id in 1..=self.opts.nodes {
-            for what in ["gfs_controld", "kernel"] {
+            for what in ["gfs_controld", "kernel", "dlm"] {
                 let log = fs::read_to_string(self.node_dir(id).join(format!("{what}.log")))
                     .unwrap_or_default();
                 let lines: Vec<&str> = log.lines().collect();
@@ -710,9 +788,14 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let mut pids = Vec::new();
         for node in self.nodes.values_mut() {
-            for child in [&mut node.daemon, &mut node.kernel, &mut node.corosync]
-                .into_iter()
-                .flatten()
+            for child in [
+                &mut node.daemon,
+                &mut node.kernel,
+                &mut node.dlm,
+                &mut node.corosync,
+            ]
+            .into_iter()
+            .flatten()
             {
                 pids.push(child.id());
                 let _ = child.kill();

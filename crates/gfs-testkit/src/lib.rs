@@ -4,9 +4,11 @@
 //!   server (one request line, one reply line per connection), and the `status --json` shape.
 //! * [`uevent`]: sending kernel-format uevents on `NETLINK_KOBJECT_UEVENT` group 1.
 //! * [`client`]: a blocking client for the simulator's unix socket.
+//! * [`dlm_sim`]: a test double of dlm_controld's fs-control socket (`gfs_dlm_sim`).
 
 pub mod client;
 pub mod cluster;
+pub mod dlm_sim;
 pub mod proto;
 pub mod uevent;
 
