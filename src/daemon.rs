@@ -343,8 +343,11 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
                 Some(event) => d.cpg_event(event)?,
                 None => return Err(DaemonError::GroupLost { group: "all".into(), reason: "CPG event channel closed".into() }),
             },
-            quorate = quorum_events.recv() => match quorate {
-                Some(quorate) => d.quorum_changed(quorate)?,
+            change = quorum_events.recv() => match change {
+                Some(change) => {
+                    d.quorum_changed(change.quorate)?;
+                    d.feed(Input::Membership { members: change.members })?;
+                }
                 None => return Err(DaemonError::Corosync(CorosyncError::Call { call: "quorum", reason: "quorum tracking stopped".into() })),
             },
             // Before uevents: a write's result usually precedes the uevent it causes.
@@ -569,6 +572,15 @@ impl Daemon {
             DlmEvent::Registered { table, result } => {
                 self.feed(Input::DlmRegistered { table, result })
             }
+            DlmEvent::Notified {
+                table,
+                nodeid,
+                result,
+            } => self.feed(Input::DlmNotified {
+                table,
+                nodeid,
+                result,
+            }),
         }
     }
 

@@ -441,8 +441,12 @@ fn adapters_against_real_corosync() {
         .is_none());
 
         assert!(quorum.quorate().expect("quorate"));
-        while let Ok(quorate) = quorum_events.try_recv() {
-            assert!(quorate, "quorum tracking reported an inquorate partition");
+        while let Ok(change) = quorum_events.try_recv() {
+            assert!(
+                change.quorate,
+                "quorum tracking reported an inquorate partition"
+            );
+            assert!(!change.members.is_empty(), "the membership comes along");
         }
 
         // corosync dies: every handle reports it.

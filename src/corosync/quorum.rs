@@ -1,5 +1,5 @@
 //! Quorum tracking: `quorum_initialize` + `quorum_trackstart(CS_TRACK_CHANGES)`, the fd driven
-//! by a tokio task; changes arrive on a channel as `bool` (quorate).
+//! by a tokio task; changes arrive on a channel as [`QuorumChange`]s.
 
 use rust_corosync::quorum;
 use rust_corosync::{CsError, DispatchFlags, NodeId, TrackFlags};
@@ -10,11 +10,19 @@ use tokio::sync::oneshot;
 use super::registry::Registry;
 use super::{describe, register_lib_fd, still_readable, CorosyncError, LibFd};
 
-static REGISTRY: Registry<quorum::Handle, UnboundedSender<bool>> = Registry::new();
+/// One quorum notification: whether this partition is quorate, and who is in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuorumChange {
+    pub quorate: bool,
+    pub members: Vec<u32>,
+}
 
-fn on_quorum(handle: &quorum::Handle, quorate: bool, _ring: quorum::RingId, _members: Vec<NodeId>) {
+static REGISTRY: Registry<quorum::Handle, UnboundedSender<QuorumChange>> = Registry::new();
+
+fn on_quorum(handle: &quorum::Handle, quorate: bool, _ring: quorum::RingId, members: Vec<NodeId>) {
     if let Some(tx) = REGISTRY.get(handle) {
-        let _ = tx.send(quorate);
+        let members = members.into_iter().map(u32::from).collect();
+        let _ = tx.send(QuorumChange { quorate, members });
     }
 }
 
@@ -30,9 +38,9 @@ pub struct QuorumTracker {
 }
 
 impl QuorumTracker {
-    /// quorum initialize + trackstart(changes); changes arrive on the receiver as bool
-    /// (quorate). Must be called inside a tokio runtime.
-    pub fn new() -> Result<(QuorumTracker, UnboundedReceiver<bool>), CorosyncError> {
+    /// quorum initialize + trackstart(changes); changes arrive on the receiver. Must be called
+    /// inside a tokio runtime.
+    pub fn new() -> Result<(QuorumTracker, UnboundedReceiver<QuorumChange>), CorosyncError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|e| CorosyncError::Call {
             call: "QuorumTracker::new",
             reason: format!("not inside a tokio runtime: {e}"),
@@ -81,8 +89,8 @@ impl QuorumTracker {
 
 async fn drive(
     conn: Conn,
-    mut raw: UnboundedReceiver<bool>,
-    events: UnboundedSender<bool>,
+    mut raw: UnboundedReceiver<QuorumChange>,
+    events: UnboundedSender<QuorumChange>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let afd = conn.afd.as_ref().expect("AsyncFd present until drop");
@@ -102,9 +110,9 @@ async fn drive(
                 if !(delivered && still_readable(afd.get_ref().0)) {
                     guard.clear_ready();
                 }
-                while let Ok(quorate) = raw.try_recv() {
-                    tracing::info!(quorate, "quorum changed");
-                    if events.send(quorate).is_err() {
+                while let Ok(change) = raw.try_recv() {
+                    tracing::debug!(quorate = change.quorate, members = ?change.members, "quorum notification");
+                    if events.send(change).is_err() {
                         return;
                     }
                 }

@@ -13,9 +13,10 @@
 //!   reported once: `Ok`, `Err(EOPNOTSUPP)` (no `enable_fscontrol=1`), or `Err(ENOTCONN)`
 //!   (dlm_controld not reachable).
 //! * `unregister`: FS_UNREGISTER (no reply); pending notifies of the filesystem are dropped.
-//! * `notify`: FS_NOTIFIED with the failed node's id, repeated every [`DlmOptions::retry`] while
-//!   dlm_controld answers `-EAGAIN` (it has not processed the failure yet); `-ESRCH` and
-//!   `-ENOENT` end it with a warning.
+//! * `notify`: FS_NOTIFIED with the failed node's id; the answer goes back as
+//!   [`DlmEvent::Notified`]. `-EAGAIN` (dlm_controld has not processed the failure yet) is for
+//!   the core to retry: only it knows whether the node came back meanwhile, when a retry would
+//!   count for the node's next failure.
 //! * A dropped connection means dlm_controld restarted and forgot every registration: the task
 //!   reconnects with backoff, registers every filesystem again and resends pending notifies.
 //!
@@ -79,8 +80,6 @@ impl std::fmt::Display for DlmAddress {
 /// Timing of the adapter.
 #[derive(Clone, Debug)]
 pub struct DlmOptions {
-    /// Wait before asking again after `-EAGAIN`.
-    pub retry: Duration,
     /// First reconnect delay after the connection dropped; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -89,7 +88,6 @@ pub struct DlmOptions {
 impl Default for DlmOptions {
     fn default() -> Self {
         DlmOptions {
-            retry: Duration::from_millis(500),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
         }
@@ -102,6 +100,12 @@ pub enum DlmEvent {
     /// The answer to [`DlmControl::register`], given once per registration.
     Registered {
         table: Table,
+        result: Result<(), i32>,
+    },
+    /// The answer to [`DlmControl::notify`].
+    Notified {
+        table: Table,
+        nodeid: NodeId,
         result: Result<(), i32>,
     },
 }
@@ -174,11 +178,9 @@ struct Registration {
 struct Notify {
     table: Table,
     in_flight: bool,
-    /// When to ask again (after `-EAGAIN`, or once connected).
+    /// When to send it (once connected).
     next_try: Option<Instant>,
-    tries: u32,
     since: Instant,
-    last_report: Option<Instant>,
 }
 
 /// When the adapter could not reach dlm_controld although it needed to.
@@ -347,9 +349,7 @@ impl Task {
                 table,
                 in_flight: false,
                 next_try: Some(now),
-                tries: 0,
                 since: now,
-                last_report: None,
             },
         );
         if self.conn.is_some() {
@@ -545,7 +545,6 @@ impl Task {
         }
         n.in_flight = true;
         n.next_try = None;
-        n.tries += 1;
         self.send(Header::fs_notified(&key.0, key.1));
     }
 
@@ -671,51 +670,38 @@ impl Task {
             return;
         }
         let now = Instant::now();
-        let retry = self.options.retry;
-        let Some(n) = self.notifies.get_mut(&key) else {
+        let Some(n) = self.notifies.remove(&key) else {
             tracing::debug!(fs = %key.0, nodeid, result, "FS_NOTIFIED reply with nothing pending");
             return;
         };
-        n.in_flight = false;
         let fs = key.0.as_str();
         match -result {
-            0 => {
-                tracing::info!(
-                    fs,
-                    nodeid,
-                    tries = n.tries,
-                    waited_ms = now.duration_since(n.since).as_millis() as u64,
-                    "dlm_controld notified: fs blocked against node {nodeid}"
-                );
-                self.notifies.remove(&key);
-            }
-            libc::EAGAIN => {
-                n.next_try = Some(now + retry);
-                let due = n
-                    .last_report
-                    .is_none_or(|last| now.duration_since(last) >= REPORT_EVERY);
-                if due {
-                    n.last_report = Some(now);
-                    tracing::info!(
-                        fs,
-                        nodeid,
-                        tries = n.tries,
-                        waited_s = now.duration_since(n.since).as_secs(),
-                        "dlm_controld has not processed node {nodeid}'s failure yet (EAGAIN); asking again every {}ms",
-                        retry.as_millis()
-                    );
-                }
-            }
+            0 => tracing::info!(
+                fs,
+                nodeid,
+                waited_ms = now.duration_since(n.since).as_millis() as u64,
+                "dlm_controld notified: fs blocked against node {nodeid}"
+            ),
+            libc::EAGAIN => tracing::debug!(
+                fs,
+                nodeid,
+                "dlm_controld has not processed node {nodeid}'s failure yet (EAGAIN)"
+            ),
             errno => {
                 let why = match errno {
                     libc::ESRCH => "dlm_controld does not know the node",
                     libc::ENOENT => "dlm_controld has no such lockspace",
                     _ => "dlm_controld refused",
                 };
-                tracing::warn!(fs, nodeid, table = %n.table, error = %errno_name(errno), "{why}: not notifying about node {nodeid} again");
-                self.notifies.remove(&key);
+                tracing::warn!(fs, nodeid, table = %n.table, error = %errno_name(errno), "{why}");
             }
         }
+        let result = if result == 0 { Ok(()) } else { Err(-result) };
+        let _ = self.events.send(DlmEvent::Notified {
+            table: n.table,
+            nodeid,
+            result,
+        });
     }
 
     fn timers(&mut self) {
