@@ -43,7 +43,7 @@ pub fn missing_prerequisite() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root (network namespaces need it)".into());
     }
-    for tool in ["corosync", "ip", "unshare"] {
+    for tool in ["corosync", "ip", "unshare", "nsenter"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -294,9 +294,25 @@ impl Cluster {
         Ok(())
     }
 
+    // --- kernel simulator (gfs_kernel_sim) -------------------------------------------------
+
+    /// The cluster's shared disk, seen by every node's kernel simulator (mount glock, journal
+    /// locks, dirty journals).
+    pub fn shared_disk(&self) -> PathBuf {
+        self.dir.join("shared-disk")
+    }
+
+    /// Stands for the node's `/sys/kernel/config`: `dlm/cluster/recover_callbacks` is there.
+    pub fn configfs_root(&self, id: u32) -> PathBuf {
+        self.node_dir(id).join("configfs")
+    }
+
     fn start_kernel(&mut self, id: u32) -> Result<()> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns(id)])
+        // The simulator serves the node's sysfs through FUSE: it enters only the node's network
+        // namespace (`ip netns exec` would also give it a private mount namespace, where the
+        // FUSE mount would be invisible to the daemon and the test).
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns(id)))
             .arg(bin_dir().join("gfs_kernel_sim"))
             .arg("serve")
             .arg("--root")
@@ -304,7 +320,11 @@ impl Cluster {
             .arg("--socket")
             .arg(self.kernel_socket(id))
             .arg("--replay-ms")
-            .arg(self.opts.replay_ms.to_string());
+            .arg(self.opts.replay_ms.to_string())
+            .arg("--shared")
+            .arg(self.shared_disk())
+            .arg("--configfs-root")
+            .arg(self.configfs_root(id));
         let child = self.spawn(id, "kernel", cmd)?;
         self.nodes.entry(id).or_default().kernel = Some(child);
         let socket = self.kernel_socket(id);
@@ -335,6 +355,9 @@ impl Cluster {
             ))
             .arg("--fence_retry=1s")
             .arg("--startup_fence_delay=2s")
+            // TODO(lead, at merge): once the daemon has the `configfs_root` key (another
+            // engineer adds it), pass the simulator's configfs here:
+            // .arg(format!("--configfs_root={}", self.configfs_root(id).display()))
             .arg(format!(
                 "--config={}",
                 self.dir.join("gfs_controld.conf").display()
@@ -667,6 +690,9 @@ fn reap_abandoned_clusters() {
                 }
             }
         }
+        for node in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            detach_fuse(&node.path().join("sysfs"));
+        }
         let _ = fs::remove_dir_all(&dir);
         for ns in namespaces
             .lines()
@@ -684,6 +710,12 @@ fn reap_abandoned_clusters() {
         }
         let _ = fs::remove_file(entry.path());
     }
+}
+
+/// A killed kernel simulator leaves its FUSE mount behind (ENOTCONN): detach it, so that the
+/// directory can be removed.
+fn detach_fuse(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
 }
 
 /// A corosync or client killed with SIGKILL leaves libqb's per-connection shared memory in
@@ -720,6 +752,9 @@ impl Drop for Cluster {
             }
         }
         remove_ipc_leftovers(&pids);
+        for id in 1..=self.opts.nodes {
+            detach_fuse(&self.sysfs_root(id));
+        }
         for id in 1..=self.opts.nodes {
             let _ = run(&format!("ip netns del {}", self.netns(id)));
         }
