@@ -289,6 +289,12 @@ impl Sim {
         self.timeline.len() - 1
     }
 
+    /// Records a timeline entry with a result (a replay's cause, a read's value).
+    fn note_with(&mut self, table: &str, what: impl Into<String>, result: impl Into<String>) {
+        let idx = self.note(table, what);
+        self.timeline[idx].result = Some(result.into());
+    }
+
     pub fn violation(&mut self, table: &str, what: impl Into<String>) {
         let what = what.into();
         self.note(table, format!("VIOLATION: {what}"));
@@ -475,8 +481,7 @@ impl Sim {
         } else {
             text.trim().to_owned()
         };
-        let idx = self.note(&name, format!("read {}", file.label()));
-        self.timeline[idx].result = Some(shown);
+        self.note_with(&name, format!("read {}", file.label()), shown);
         Ok(text)
     }
 
@@ -901,12 +906,13 @@ async fn run_recovery(
     t.recover_done = i64::from(jid);
     t.recover_status = if done { STATUS_DONE } else { STATUS_FAILED };
     t.ring();
-    s.note(
+    s.note_with(
         &name,
         format!(
-            "replay end jid={jid} {} ({why})",
+            "replay end jid={jid} {}",
             if done { "Done" } else { "Failed" }
         ),
+        why,
     );
     s.send(&name, KernelEventKind::Recovery { jid, done });
 }
@@ -1059,7 +1065,7 @@ impl Mounting<'_> {
                 return Err(self.gone());
             };
             t.replaying.insert(jid);
-            s.note(&self.name, format!("replay start jid={jid} (mount-time)"));
+            s.note_with(&self.name, format!("replay start jid={jid}"), "mount-time");
         }
         tokio::time::sleep(Duration::from_millis(replay_ms)).await;
         let mut s = lock(self.sim);
@@ -1069,9 +1075,10 @@ impl Mounting<'_> {
         t.replaying.remove(&jid);
         t.journals_replayed.push(jid);
         let _ = self.disk.set_dirty(&self.name, jid, false);
-        s.note(
+        s.note_with(
             &self.name,
-            format!("replay end jid={jid} Done (mount-time)"),
+            format!("replay end jid={jid} Done"),
+            "mount-time",
         );
         Ok(())
     }
