@@ -46,6 +46,22 @@ impl Drop for TempDir {
     }
 }
 
+/// [`root_or_skip`], and the simulator needs FUSE as well.
+fn fuse_or_skip(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    let why = "/dev/fuse is missing (gfs_kernel_sim serves sysfs through FUSE)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why}, and CI is set: refusing to skip");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}
+
 fn table(s: &str) -> Table {
     Table::parse(s).unwrap()
 }
@@ -634,7 +650,7 @@ fn recovery(t: &str, jid: u32, done: bool) -> KernelEvent {
 
 #[test]
 fn simulator_single_node_behaves_as_linux_6_1() {
-    if !root_or_skip("simulator_single_node_behaves_as_linux_6_1") {
+    if !fuse_or_skip("simulator_single_node_behaves_as_linux_6_1") {
         return;
     }
     let bin = sim_binary();
@@ -861,7 +877,7 @@ fn simulator_single_node_behaves_as_linux_6_1() {
 
 #[test]
 fn simulator_nodes_share_mount_glock_journal_locks_and_dirty_journals() {
-    if !root_or_skip("simulator_nodes_share_mount_glock_journal_locks_and_dirty_journals") {
+    if !fuse_or_skip("simulator_nodes_share_mount_glock_journal_locks_and_dirty_journals") {
         return;
     }
     let bin = sim_binary();
@@ -986,7 +1002,7 @@ fn simulator_nodes_share_mount_glock_journal_locks_and_dirty_journals() {
 
 #[test]
 fn simulator_kernel_managed_mode_mounts_by_itself_and_refuses_first_and_jid() {
-    if !root_or_skip("simulator_kernel_managed_mode_mounts_by_itself_and_refuses_first_and_jid") {
+    if !fuse_or_skip("simulator_kernel_managed_mode_mounts_by_itself_and_refuses_first_and_jid") {
         return;
     }
     let bin = sim_binary();

@@ -2,8 +2,9 @@
 //!
 //! Each node gets a network namespace wired to a bridge in a namespace of its own, a corosync
 //! (knet, short token) in a private mount namespace (its `/run` and `/var/lib/corosync` would
-//! collide otherwise), a kernel simulator serving that node's sysfs directory and sending real
-//! netlink uevents, and `gfs_controld` with its default paths moved into the test directory.
+//! collide otherwise), a kernel simulator serving that node's sysfs directory through FUSE and
+//! sending real netlink uevents (all simulators share one directory as the cluster's disk),
+//! and `gfs_controld` with its default paths moved into the test directory.
 //! Fencing is real: the test agent kills every process of the victim node and records when.
 //!
 //! Everything is torn down on drop, also when a test panics: processes are ended by PID and
@@ -53,6 +54,12 @@ pub fn missing_prerequisite() -> Option<String> {
         if !found {
             return Some(format!("{tool} is not installed"));
         }
+    }
+    // The kernel simulator serves each node's sysfs through FUSE.
+    if !Path::new("/dev/fuse").exists() {
+        return Some(
+            "/dev/fuse is missing (the kernel simulator serves sysfs through FUSE)".into(),
+        );
     }
     for bin in ["gfs_controld", "gfs_control", "gfs_kernel_sim"] {
         if !bin_dir().join(bin).exists() {
