@@ -70,6 +70,9 @@
 //! Every refused write (other than ENODEV for a filesystem that is gone) is also recorded as a
 //! violation, and so is every write to a kernel-managed filesystem. A blocked write never
 //! holds up another file: the writer is answered from a task when the kernel would wake it.
+//! One difference: the kernel's wait in `first`/`jid` is killable, but fuser does not handle
+//! FUSE_INTERRUPT, so a writer killed while blocked there goes only when the DLM join ends or
+//! the mount goes (`recover`'s wait is uninterruptible in the kernel too).
 //!
 //! # A mount (6.1 `gfs2_fill_super`)
 //!
