@@ -531,14 +531,125 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// The kernel holds the cluster-wide mount glock from the end of its DLM join until its mount
+/// ends, including the wait for `jid` (real-kernel.md §2, §6 #2). Node 1's join is slow, so
+/// node 2's kernel takes the glock first; a daemon that picks node 1 as first mounter and holds
+/// back node 2's `jid` until node 1's FIRSTMOUNT=Done deadlocks both mounts.
+#[test]
+fn s10_the_mount_glock_holder_gets_its_jid() {
+    let Some((_guard, c)) = cluster("s10", 3, 300) else {
+        return;
+    };
+    c.kernel(1, &["set", "--join-ms", "3000"]).unwrap();
+    let slow = c.mount_async(1, "fs1").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let fast = c.mount_async(2, "fs1").unwrap();
+    for (id, child) in [(1, slow), (2, fast)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "mount on node {id} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.diagnostics()
+        );
+    }
+    no_violations(&c, &[1, 2]);
+}
+
+/// A spectator cannot write `first`, so 6.1 makes it check that every journal is clean; a live
+/// read-write node's journal is not: the mount fails with EPERM unless it has
+/// `-o hostdata=first=0` (real-kernel.md §6 #5).
+#[test]
+fn s11_spectator_next_to_a_rw_mount_needs_hostdata_first0() {
+    let Some((_guard, c)) = cluster("s11", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1], "fs1");
+    let table = c.table("fs1");
+    let refused = c.kernel(
+        2,
+        &["mount", &table, "--spectator", "--timeout-ms", "30000"],
+    );
+    let err = format!(
+        "{:#}",
+        refused.expect_err("a checking spectator mounts next to a rw node")
+    );
+    assert!(err.contains("not clean"), "{err}");
+    c.kernel(
+        2,
+        &[
+            "mount",
+            &table,
+            "--spectator",
+            "--hostdata-first0",
+            "--timeout-ms",
+            "30000",
+        ],
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "spectator with hostdata=first=0: {e:#}\n{}",
+            c.diagnostics()
+        )
+    });
+    assert_eq!(c.kernel_table(2, "fs1").unwrap()["mode"], "spectator");
+}
+
+/// After a remount rw→ro, `online` still says RDONLY=0 (6.1 computes it before the VFS applies
+/// the new flags, real-kernel.md §6 #7). A read-only node cannot replay a dirty journal
+/// (EROFS → Failed): recovery must still complete on the read-write node.
+#[test]
+fn s12_recovery_completes_after_a_remount_to_read_only() {
+    let Some((_guard, mut c)) = cluster("s12", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2, 3], "fs1");
+    let table = c.table("fs1");
+    c.kernel(2, &["remount", &table, "--ro"]).unwrap();
+    let dead = jid_of(&c, 3, "fs1");
+    c.crash_node(3);
+    wait_recovered(&mut c, &[1, 2], "fs1", &[dead]);
+    let replayed: Vec<u32> = [1, 2]
+        .into_iter()
+        .filter(|&id| {
+            jids(&c.kernel_table(id, "fs1").unwrap()["journals_replayed"]).contains(&dead)
+        })
+        .collect();
+    assert_eq!(replayed, vec![1], "the read-write node replays");
+}
+
+/// Withdraw: `offline`; the others block and replay the withdrawn node's journal; the
+/// withdrawn node acknowledges with `withdraw=1`.
+#[test]
+fn s13_withdraw_is_replayed_by_a_peer_and_acknowledged() {
+    let Some((_guard, mut c)) = cluster("s13", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2, 3], "fs1");
+    let jid3 = jid_of(&c, 3, "fs1");
+    c.kernel(3, &["withdraw", &c.table("fs1")]).unwrap();
+    wait_recovered(&mut c, &[1, 2], "fs1", &[jid3]);
+    settle_until(&mut c, "node 3 to acknowledge its withdraw", |c| {
+        c.kernel_table(3, "fs1")
+            .map(|t| t["withdraw_acked"] == true)
+            .unwrap_or(false)
+    });
+    let dirty = &c.kernel_table(1, "fs1").unwrap()["dirty"];
+    assert!(
+        !jids(dirty).contains(&jid3),
+        "journal {jid3} replayed: {dirty}"
+    );
+    no_violations(&c, &[1, 2, 3]);
+}
+
 /// Node `id`'s daemon log so far.
 fn daemon_log(c: &Cluster, id: u32) -> String {
     std::fs::read_to_string(c.node_dir(id).join("gfs_controld.log")).unwrap_or_default()
 }
 
 #[test]
-fn s10_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
-    let Some((_guard, mut c)) = cluster("s10", 2, 300) else {
+fn s14_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
+    let Some((_guard, mut c)) = cluster("s14", 2, 300) else {
         return;
     };
     // Node 1's DLM gives lockspaces recovery callbacks (dlm_controld's default): the kernel
@@ -578,13 +689,7 @@ fn s10_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
     // remount's `online` carries the old RDONLY=0 and only the sysfs status shows the change.
     mount_all(&c, &[2], "fs1");
     assert!(daemon_log(&c, 2).contains("daemon-managed mount"));
-    let status = c.sysfs_root(2).join(c.table("fs1")).join("status");
-    std::fs::write(
-        &status,
-        "Journal ID:               0\nMounted RO:               1\nRO Recovery:              0\n",
-    )
-    .unwrap();
-    c.kernel(2, &["remount", &c.table("fs1"), "--rw"]).unwrap();
+    c.kernel(2, &["remount", &c.table("fs1"), "--ro"]).unwrap();
     settle_until(&mut c, "node 2 to read the new mode from status", |c| {
         daemon_log(c, 2).contains("the mount is now read-only")
     });

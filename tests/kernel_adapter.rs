@@ -5,8 +5,9 @@
 //! started), so uevents never leave it. They need root: without it they are skipped with a
 //! note, unless `CI` is set, where they fail.
 //!
-//! The simulator end-to-end test runs `gfs_kernel_sim` from `target/<profile>/` (or
-//! `$GFS_BIN_DIR`), building it with cargo first if it is missing or older than its sources.
+//! The simulator tests run `gfs_kernel_sim` from `target/<profile>/` (or `$GFS_BIN_DIR`),
+//! building it with cargo first if it is missing or older than its sources. It serves its files
+//! through FUSE (root and `/dev/fuse`), in the test's mount namespace.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -43,6 +44,22 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// [`root_or_skip`], and the simulator needs FUSE as well.
+fn fuse_or_skip(test: &str) -> bool {
+    if !root_or_skip(test) {
+        return false;
+    }
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    let why = "/dev/fuse is missing (gfs_kernel_sim serves sysfs through FUSE)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: {why}, and CI is set: refusing to skip");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    false
 }
 
 fn table(s: &str) -> Table {
@@ -145,6 +162,14 @@ impl ChildGuard {
         }
     }
 
+    /// SIGKILL, as a crashing node: no cleanup of its own.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -172,18 +197,32 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The newest modification time of the files under `dir`, subdirectories included.
 fn newest_mtime(dir: &Path) -> std::time::SystemTime {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            if meta.is_dir() {
+                Some(newest_mtime(&e.path()))
+            } else {
+                meta.modified().ok()
+            }
+        })
         .max()
         .unwrap_or(std::time::UNIX_EPOCH)
 }
 
-/// `gfs_kernel_sim`, built if missing or stale.
+/// `gfs_kernel_sim`, built if missing or stale: once per test run, so that no test execs the
+/// binary while another one's build rewrites it.
 fn sim_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_sim_binary).clone()
+}
+
+fn build_sim_binary() -> PathBuf {
     let dir = match std::env::var_os("GFS_BIN_DIR") {
         Some(d) => PathBuf::from(d),
         None => {
@@ -438,7 +477,7 @@ fn listener_reports_overflow_and_keeps_working() {
 }
 
 // ------------------------------------------------------------------------------------------
-// Simulator end to end
+// Simulator (gfs_kernel_sim): the Linux 6.1 kernel's sysfs, blocking and uevents
 
 struct Sim {
     bin: PathBuf,
@@ -475,6 +514,46 @@ impl Sim {
             "gfs_kernel_sim mount",
         )
     }
+
+    /// Polls the status until `done` holds (bounded), and returns it.
+    fn wait_status(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.status();
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "never saw {what}: {s:#}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a timeline entry of `table` whose text contains `needle`; returns it.
+    fn wait_timeline(&self, table: &str, needle: &str) -> serde_json::Value {
+        let s = self.wait_status(needle, |s| find_entry(s, table, needle).is_some());
+        find_entry(&s, table, needle).unwrap()
+    }
+}
+
+fn find_entry(status: &serde_json::Value, table: &str, needle: &str) -> Option<serde_json::Value> {
+    status["timeline"]
+        .as_array()?
+        .iter()
+        .find(|e| e["table"] == table && e["what"].as_str().unwrap_or("").contains(needle))
+        .cloned()
+}
+
+fn violations(status: &serde_json::Value) -> Vec<String> {
+    status["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["what"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn table_status<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -486,356 +565,489 @@ fn table_status<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json
         .unwrap_or_else(|| panic!("{name} not in status {status:#}"))
 }
 
+/// A `gfs_kernel_sim serve` with its FUSE root and socket under `dir`; SIGTERM on drop.
+struct Server {
+    sim: Sim,
+    root: PathBuf,
+    guard: ChildGuard,
+}
+
+impl Server {
+    fn start(bin: &Path, dir: &Path, args: &[&str]) -> Server {
+        std::fs::create_dir_all(dir).unwrap();
+        let sim = Sim {
+            bin: bin.to_owned(),
+            socket: dir.join("sim.sock"),
+        };
+        let _ = std::fs::remove_file(&sim.socket);
+        let root = dir.join("sys-fs-gfs2");
+        let mut guard = ChildGuard::new(
+            Command::new(bin)
+                .arg("serve")
+                .arg("--root")
+                .arg(&root)
+                .arg("--socket")
+                .arg(&sim.socket)
+                .args(args)
+                .spawn()
+                .expect("spawn gfs_kernel_sim serve"),
+            "gfs_kernel_sim serve",
+        );
+        let deadline = Instant::now() + WAIT;
+        while !sim.socket.exists() {
+            assert!(Instant::now() < deadline, "simulator socket never appeared");
+            assert!(guard.running(), "simulator exited early");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Server { sim, root, guard }
+    }
+
+    fn writer(&self) -> SysfsWriter {
+        SysfsWriter::new(&self.root)
+    }
+
+    /// Waits for the mount's sysfs directory (the `add` has been sent).
+    fn wait_dir(&self, table: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.root.join(table).join("lock_module").exists() {
+            assert!(Instant::now() < deadline, "{table} never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn read(&self, table: &str, file: &str) -> String {
+        std::fs::read_to_string(self.root.join(table).join(file))
+            .unwrap_or_else(|e| panic!("read {table}/{file}: {e}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.guard.terminate();
+        // A killed server leaves a dead FUSE mount behind.
+        let _ = nix::mount::umount2(&self.root, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn add(t: &str, ro: bool, spectator: bool) -> KernelEvent {
+    ev(
+        t,
+        KernelEventKind::Add {
+            ro,
+            spectator,
+            kernel_managed: false,
+        },
+    )
+}
+
+fn online(t: &str, ro: bool, spectator: bool) -> KernelEvent {
+    ev(t, KernelEventKind::Online { ro, spectator })
+}
+
+fn recovery(t: &str, jid: u32, done: bool) -> KernelEvent {
+    ev(t, KernelEventKind::Recovery { jid, done })
+}
+
 #[test]
-fn simulator_end_to_end() {
-    if !root_or_skip("simulator_end_to_end") {
+fn simulator_single_node_behaves_as_linux_6_1() {
+    if !fuse_or_skip("simulator_single_node_behaves_as_linux_6_1") {
         return;
     }
     let bin = sim_binary();
     in_netns(move || {
         let tmp = TempDir::new("sim");
-        let root = tmp.0.join("sys-fs-gfs2");
-        let sim = Sim {
-            bin,
-            socket: tmp.0.join("sim.sock"),
-        };
         runtime().block_on(async move {
             let mut l = UeventListener::bind().unwrap();
-            let mut server = ChildGuard::new(
-                Command::new(&sim.bin)
-                    .args(["serve", "--replay-ms", "50", "--root"])
-                    .arg(&root)
-                    .arg("--socket")
-                    .arg(&sim.socket)
-                    .spawn()
-                    .expect("spawn gfs_kernel_sim serve"),
-                "gfs_kernel_sim serve",
-            );
-            let deadline = Instant::now() + WAIT;
-            while !sim.socket.exists() {
-                assert!(Instant::now() < deadline, "simulator socket never appeared");
-                assert!(server.running(), "simulator exited early");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let w = SysfsWriter::new(&root);
+            let mut server = Server::start(&bin, &tmp.0, &["--replay-ms", "50"]);
+            let sim = &server.sim;
+            let w = server.writer();
             let t = table("clu:fs1");
 
-            // Mount: add, then the mount waits for first + jid.
-            let mut mount = sim.spawn_mount(&["clu:fs1"]);
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs1",
-                    KernelEventKind::Add {
-                        ro: false,
-                        spectator: false,
-                        kernel_managed: false,
-                    },
-                ),
-            )
-            .await;
-            let lm = root.join("clu:fs1/lock_module");
-            let read = |f: &str| std::fs::read_to_string(lm.join(f)).unwrap();
-            assert_eq!(read("proto_name"), "lock_dlm\n");
-            assert_eq!(read("first"), "1\n");
-            assert_eq!(read("jid"), "");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            assert!(mount.running(), "mount returned before jid was written");
+            // Mount: `add` (never JOURNALID), the files exist with 6.1's initial values.
+            let mut mount = sim.spawn_mount(&["clu:fs1", "--journals", "3", "--join-ms", "400"]);
+            expect_event(&mut l, &add("clu:fs1", false, false)).await;
+            let read = |f: &str| server.read("clu:fs1", &format!("lock_module/{f}"));
+            for (f, want) in [
+                ("proto_name", "lock_dlm\n"),
+                ("block", "0\n"),
+                ("first", "1\n"),
+                ("first_done", "0\n"),
+                ("jid", "0\n"),
+                ("recover_done", "0\n"),
+                ("recover_status", "0\n"),
+                ("withdraw", "0\n"),
+            ] {
+                assert_eq!(read(f), want, "{f}");
+            }
+            let lm = server.root.join("clu:fs1/lock_module");
+            let err = |r: std::io::Result<()>| r.unwrap_err().raw_os_error();
+            assert_eq!(
+                err(std::fs::read(lm.join("recover")).map(drop)),
+                Some(libc::EACCES),
+                "recover is write-only"
+            );
+            assert_eq!(
+                err(std::fs::write(lm.join("proto_name"), "x")),
+                Some(libc::EACCES),
+                "proto_name is read-only"
+            );
+            let status = server.read("clu:fs1", "status");
+            assert!(status.contains("No Journal ID:            1\n"), "{status}");
+            assert!(status.contains("Mounted RO:               0\n"), "{status}");
+            assert_eq!(server.read("clu:fs1", "fsname"), "clu:fs1\n");
             assert_eq!(
                 w.existing_tables()
                     .iter()
                     .map(|e| (e.name.as_str(), e.proto.as_deref(), e.jid))
                     .collect::<Vec<_>>(),
-                vec![("clu:fs1", Some("lock_dlm"), None)]
+                vec![("clu:fs1", Some("lock_dlm"), Some(0))]
             );
+
+            // `first` blocks until the DLM join is done (400 ms here).
+            let started = Instant::now();
             w.write(&t, SysfsFile::First, 1).unwrap();
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                started.elapsed() >= Duration::from_millis(250),
+                "first returned after {:?}, before the DLM join",
+                started.elapsed()
+            );
             assert!(mount.running(), "mount returned after first, before jid");
             w.write(&t, SysfsFile::Jid, 0).unwrap();
+            // The first mounter: one RECOVERY per journal, FIRSTMOUNT=Done, online.
+            for j in 0..3 {
+                expect_event(&mut l, &recovery("clu:fs1", j, true)).await;
+            }
             expect_event(&mut l, &ev("clu:fs1", KernelEventKind::FirstMountDone)).await;
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs1",
-                    KernelEventKind::Online {
-                        ro: false,
-                        spectator: false,
-                    },
-                ),
-            )
-            .await;
+            expect_event(&mut l, &online("clu:fs1", false, false)).await;
             assert!(mount.wait(WAIT).success(), "mount client failed");
-            assert_eq!(read("first_done"), "1\n");
-
-            // recover: replay, then RECOVERY=Done and recover_done/recover_status.
-            w.write(&t, SysfsFile::Block, 1).unwrap();
-            w.write(&t, SysfsFile::Recover, 1).unwrap();
-            expect_event(
-                &mut l,
-                &ev("clu:fs1", KernelEventKind::Recovery { jid: 1, done: true }),
-            )
-            .await;
-            assert_eq!(read("recover_done"), "1\n");
+            assert_eq!(
+                read("first_done"),
+                "0\n",
+                "first_done is never set in this mode"
+            );
+            assert_eq!(read("recover_done"), "2\n");
             assert_eq!(read("recover_status"), "309\n");
+            assert_eq!(server.read("clu:fs1", "fsname"), "clu:fs1.0\n");
+            let status = server.read("clu:fs1", "status");
+            assert!(status.contains("No Journal ID:            0\n"), "{status}");
+            assert!(status.contains("Journal Live:             1\n"), "{status}");
 
-            // A failing replay.
-            let st = sim.run(&["set", "--fail-next-replays", "1"]);
-            assert!(st.success());
+            // What the kernel refuses, the writer gets.
+            assert_eq!(w.write(&t, SysfsFile::Jid, 1), Err(libc::EBUSY));
+            assert_eq!(w.write(&t, SysfsFile::First, 0), Err(libc::EBUSY));
+            assert_eq!(w.write(&t, SysfsFile::Recover, 0), Err(libc::EBUSY));
+            assert_eq!(w.write(&t, SysfsFile::Recover, 3), Err(libc::ENOENT));
+            assert_eq!(w.write(&t, SysfsFile::Recover, -1), Err(libc::EINVAL));
+            assert_eq!(w.write(&t, SysfsFile::Block, 2), Err(libc::EINVAL));
+            assert_eq!(w.write(&t, SysfsFile::Withdraw, 0), Err(libc::EINVAL));
+
+            // recover of a clean journal: Done at once; a failing one: Failed, status 308.
+            w.write(&t, SysfsFile::Block, 1).unwrap();
+            assert_eq!(read("block"), "1\n");
+            w.write(&t, SysfsFile::Recover, 1).unwrap();
+            expect_event(&mut l, &recovery("clu:fs1", 1, true)).await;
+            assert_eq!(read("recover_done"), "1\n");
+            assert!(sim.run(&["set", "--fail-next-replays", "1"]).success());
             w.write(&t, SysfsFile::Recover, 2).unwrap();
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs1",
-                    KernelEventKind::Recovery {
-                        jid: 2,
-                        done: false,
-                    },
-                ),
-            )
-            .await;
+            expect_event(&mut l, &recovery("clu:fs1", 2, false)).await;
             assert_eq!(read("recover_status"), "308\n");
-
-            // Back-to-back writes of different jids are each seen (concurrent replays), and
-            // the same jid written twice while replaying is a violation, replayed once.
-            for j in [3, 5, 6, 6] {
-                w.write(&t, SysfsFile::Recover, j).unwrap();
-            }
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                match next_event(&mut l).await {
-                    Ok(KernelEvent {
-                        kind: KernelEventKind::Recovery { jid, done: true },
-                        ..
-                    }) => got.push(jid),
-                    other => panic!("expected a recovery, got {other:?}"),
-                }
-            }
-            got.sort();
-            assert_eq!(got, vec![3, 5, 6]);
             w.write(&t, SysfsFile::Block, 0).unwrap();
 
-            // A second jid write: the real kernel answers EBUSY; the simulator records it.
-            w.write(&t, SysfsFile::Jid, 0).unwrap();
-            // recover of its own journal: a violation too, and no event.
-            w.write(&t, SysfsFile::Recover, 0).unwrap();
-
-            let deadline = Instant::now() + WAIT;
-            let status = loop {
-                let s = sim.status();
-                if s["violations"].as_array().unwrap().len() >= 3 {
-                    break s;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "violations never recorded: {s:#}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
-            let ts = table_status(&status, "clu:fs1");
-            assert_eq!(ts["mode"], "rw");
-            assert_eq!(ts["jid"], 0);
-            assert_eq!(ts["first"], 1);
-            assert_eq!(ts["mounted"], true);
-            assert_eq!(ts["blocked"], false);
-            let mut done = ts["replays_done"].as_array().unwrap().clone();
-            done.sort_by_key(|v| v.as_u64());
-            assert_eq!(
-                done,
-                serde_json::json!([1, 3, 5, 6]).as_array().unwrap().clone()
-            );
-            assert_eq!(ts["replays_failed"], serde_json::json!([2]));
-            assert_eq!(ts["replaying"], serde_json::json!([]));
-            let violations: Vec<String> = status["violations"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v["what"].as_str().unwrap().to_owned())
-                .collect();
-            assert!(
-                violations.iter().any(|v| v.contains("jid=0 written twice")),
-                "{violations:?}"
-            );
-            assert!(
-                violations.iter().any(|v| v.contains("own journal")),
-                "{violations:?}"
-            );
-            assert!(
-                violations
-                    .iter()
-                    .any(|v| v == "recover=6 already replaying (EBUSY)"),
-                "{violations:?}"
-            );
-            assert_eq!(violations.len(), 3, "{violations:?}");
-            let timeline: Vec<String> = status["timeline"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["what"].as_str().unwrap().to_owned())
-                .collect();
+            let status = sim.status();
+            let v = violations(&status);
             for want in [
-                "uevent add RDONLY=0 SPECTATOR=0",
-                "write first=1",
-                "write jid=0",
-                "uevent change FIRSTMOUNT=Done",
-                "uevent online RDONLY=0 SPECTATOR=0",
-                "write recover=1",
-                "replay start jid=1",
-                "uevent change JID=1 RECOVERY=Done",
-                "uevent change JID=2 RECOVERY=Failed",
+                "write jid=1 refused: EBUSY",
+                "write first=0 refused: EBUSY",
+                "write recover=0 refused: EBUSY",
+                "write recover=3 refused: ENOENT",
+                "write recover=-1 refused: EINVAL",
+                "write block=2 refused: EINVAL",
+                "write withdraw=0 refused: EINVAL",
             ] {
                 assert!(
-                    timeline.iter().any(|e| e == want),
-                    "timeline lacks {want:?}: {timeline:#?}"
+                    v.iter().any(|x| x.starts_with(want)),
+                    "no {want:?} in {v:#?}"
                 );
             }
+            assert_eq!(v.len(), 7, "{v:#?}");
+            let ts = table_status(&status, "clu:fs1");
+            assert_eq!(ts["mode"], "rw");
+            assert_eq!(ts["stage"], "mounted");
+            assert_eq!(ts["jid"], 0);
+            assert_eq!(ts["first"], 1);
+            assert_eq!(ts["journals"], 3);
+            assert_eq!(ts["mounted"], true);
+            assert_eq!(ts["blocked"], false);
+            assert_eq!(ts["replays_done"], serde_json::json!([1]));
+            assert_eq!(ts["replays_failed"], serde_json::json!([2]));
+            assert_eq!(
+                ts["dirty"],
+                serde_json::json!([0]),
+                "a live rw journal is dirty"
+            );
+            // The timeline has every write with its result and when it returned.
+            let first = find_entry(&status, "clu:fs1", "write first=1").unwrap();
+            assert_eq!(first["result"], "ok");
+            let waited = first["end_ms"].as_u64().unwrap() - first["t_ms"].as_u64().unwrap();
+            assert!(waited >= 250, "first=1 returned after {waited} ms");
+            let refused = find_entry(&status, "clu:fs1", "write jid=1").unwrap();
+            assert!(
+                refused["result"].as_str().unwrap().starts_with("EBUSY"),
+                "{refused}"
+            );
+            let jid_read = find_entry(&status, "clu:fs1", "read jid").unwrap();
+            assert_eq!(jid_read["result"], "0");
             assert!(status["timeline"][0]["t_ms"].as_u64().unwrap() > 1_600_000_000_000);
 
-            // A refused mount (negative jid): remove, the directory goes, the client fails
-            // with that errno.
-            let t2 = table("clu:fs2");
+            // Refused mounts: a negative jid fails it with that errno; a jid beyond the
+            // journals with EUSERS. Both: `remove`, the directory goes.
             let mut refused = sim.spawn_mount(&["clu:fs2", "--ro"]);
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs2",
-                    KernelEventKind::Add {
-                        ro: true,
-                        spectator: false,
-                        kernel_managed: false,
-                    },
-                ),
-            )
-            .await;
+            let t2 = table("clu:fs2");
+            expect_event(&mut l, &add("clu:fs2", true, false)).await;
             w.write(&t2, SysfsFile::First, 0).unwrap();
-            w.write(&t2, SysfsFile::Jid, -i64::from(libc::EUSERS))
+            w.write(&t2, SysfsFile::Jid, -i64::from(libc::EBADR))
                 .unwrap();
             expect_event(&mut l, &ev("clu:fs2", KernelEventKind::Remove)).await;
-            assert_eq!(refused.wait(WAIT).code(), Some(libc::EUSERS));
+            assert_eq!(refused.wait(WAIT).code(), Some(libc::EBADR));
             assert_eq!(w.write(&t2, SysfsFile::Jid, 1), Err(libc::ENODEV));
+            let mut too_far = sim.spawn_mount(&["clu:fs6", "--journals", "2"]);
+            expect_event(&mut l, &add("clu:fs6", false, false)).await;
+            w.write(&table("clu:fs6"), SysfsFile::Jid, 2).unwrap();
+            expect_event(&mut l, &ev("clu:fs6", KernelEventKind::Remove)).await;
+            assert_eq!(too_far.wait(WAIT).code(), Some(libc::EUSERS));
 
-            // A non-first mounter replays its own journal and reports it.
+            // Another mounter (first=0) checks only its own journal.
             let mut second = sim.spawn_mount(&["clu:fs3"]);
             let t3 = table("clu:fs3");
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs3",
-                    KernelEventKind::Add {
-                        ro: false,
-                        spectator: false,
-                        kernel_managed: false,
-                    },
-                ),
-            )
-            .await;
+            expect_event(&mut l, &add("clu:fs3", false, false)).await;
             w.write(&t3, SysfsFile::First, 0).unwrap();
             w.write(&t3, SysfsFile::Jid, 4).unwrap();
-            expect_event(
-                &mut l,
-                &ev("clu:fs3", KernelEventKind::Recovery { jid: 4, done: true }),
-            )
-            .await;
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs3",
-                    KernelEventKind::Online {
-                        ro: false,
-                        spectator: false,
-                    },
-                ),
-            )
-            .await;
+            expect_event(&mut l, &recovery("clu:fs3", 4, true)).await;
+            expect_event(&mut l, &online("clu:fs3", false, false)).await;
             assert!(second.wait(WAIT).success());
 
-            // A spectator: no replay, straight to online; `first` and `recover` are refused.
-            let mut spectator = sim.spawn_mount(&["clu:fs5", "--spectator"]);
+            // A spectator cannot set `first`; with every journal clean it mounts (and says
+            // FIRSTMOUNT=Done itself); its `recover` of any jid recovers journal 0: Failed.
+            let mut spectator = sim.spawn_mount(&["clu:fs5", "--spectator", "--journals", "4"]);
             let t5 = table("clu:fs5");
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs5",
-                    KernelEventKind::Add {
-                        ro: true,
-                        spectator: true,
-                        kernel_managed: false,
-                    },
-                ),
-            )
-            .await;
-            w.write(&t5, SysfsFile::First, 0).unwrap();
+            expect_event(&mut l, &add("clu:fs5", true, true)).await;
+            assert_eq!(w.write(&t5, SysfsFile::First, 0), Err(libc::EINVAL));
             w.write(&t5, SysfsFile::Jid, 0).unwrap();
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs5",
-                    KernelEventKind::Online {
-                        ro: true,
-                        spectator: true,
-                    },
-                ),
-            )
-            .await;
+            expect_event(&mut l, &ev("clu:fs5", KernelEventKind::FirstMountDone)).await;
+            expect_event(&mut l, &online("clu:fs5", true, true)).await;
             assert!(spectator.wait(WAIT).success());
-            w.write(&t5, SysfsFile::Recover, 1).unwrap();
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let s = sim.status();
-                let v: Vec<String> = s["violations"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter(|v| v["table"] == "clu:fs5")
-                    .map(|v| v["what"].as_str().unwrap().to_owned())
-                    .collect();
-                if v.len() >= 2 {
-                    assert!(
-                        v[0].contains("first") && v[0].contains("spectator"),
-                        "{v:?}"
-                    );
-                    assert!(v[1].contains("ESHUTDOWN"), "{v:?}");
-                    assert_eq!(table_status(&s, "clu:fs5")["mode"], "spectator");
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "spectator violations missing: {v:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            w.write(&t5, SysfsFile::Recover, 3).unwrap();
+            expect_event(&mut l, &recovery("clu:fs5", 0, false)).await;
+            // A spectator given a jid > 0: the write is EINVAL and the mount fails with it.
+            let mut bad = sim.spawn_mount(&["clu:fs7", "--spectator"]);
+            expect_event(&mut l, &add("clu:fs7", true, true)).await;
+            assert_eq!(
+                w.write(&table("clu:fs7"), SysfsFile::Jid, 1),
+                Err(libc::EINVAL)
+            );
+            expect_event(&mut l, &ev("clu:fs7", KernelEventKind::Remove)).await;
+            assert_eq!(bad.wait(WAIT).code(), Some(libc::EINVAL));
 
-            // withdraw, remount, umount.
+            // withdraw; remount (`online` carries the OLD RDONLY, `status` the new one); umount.
             assert!(sim.run(&["withdraw", "clu:fs3"]).success());
             expect_event(&mut l, &ev("clu:fs3", KernelEventKind::Offline)).await;
+            w.write(&t3, SysfsFile::Withdraw, 1).unwrap();
+            assert_eq!(server.read("clu:fs3", "lock_module/withdraw"), "1\n");
             assert!(sim.run(&["remount", "clu:fs1", "--ro"]).success());
-            expect_event(
-                &mut l,
-                &ev(
-                    "clu:fs1",
-                    KernelEventKind::Online {
-                        ro: true,
-                        spectator: false,
-                    },
-                ),
-            )
-            .await;
+            expect_event(&mut l, &online("clu:fs1", false, false)).await;
+            let status = server.read("clu:fs1", "status");
+            assert!(status.contains("Mounted RO:               1\n"), "{status}");
             assert!(sim.run(&["umount", "clu:fs1"]).success());
             expect_event(&mut l, &ev("clu:fs1", KernelEventKind::Remove)).await;
             assert_eq!(w.write(&t, SysfsFile::Block, 1), Err(libc::ENODEV));
-            assert!(!root.join("clu:fs1").exists());
+            assert!(!server.root.join("clu:fs1").exists());
 
             // A mount nobody answers fails after --timeout-ms with EINTR.
-            let mut stuck = sim.spawn_mount(&["clu:fs4", "--timeout-ms", "200"]);
+            let mut stuck = sim.spawn_mount(&["clu:fs4", "--timeout-ms", "300"]);
             assert_eq!(stuck.wait(WAIT).code(), Some(libc::EINTR));
 
-            // Clean shutdown on SIGTERM.
-            let st = server.terminate().expect("simulator was running");
+            // Clean shutdown on SIGTERM: the FUSE tree is detached, the socket removed.
+            let st = server.guard.terminate().expect("simulator was running");
             assert!(st.success(), "simulator exit: {st}");
-            assert!(!sim.socket.exists(), "socket left behind");
-            assert!(
-                !root.join("clu:fs3").exists(),
-                "table directory left behind"
-            );
+            assert!(!server.sim.socket.exists(), "socket left behind");
+            assert!(!server.root.join("clu:fs3").exists(), "table left behind");
         });
+    });
+}
+
+#[test]
+fn simulator_nodes_share_mount_glock_journal_locks_and_dirty_journals() {
+    if !fuse_or_skip("simulator_nodes_share_mount_glock_journal_locks_and_dirty_journals") {
+        return;
+    }
+    let bin = sim_binary();
+    in_netns(move || {
+        let tmp = TempDir::new("shared");
+        let disk = tmp.0.join("disk");
+        let disk = disk.to_str().unwrap();
+        let node = |n: &str| {
+            Server::start(
+                &bin,
+                &tmp.0.join(n),
+                &["--shared", disk, "--join-ms", "20", "--replay-ms", "100"],
+            )
+        };
+        let (mut a, mut b, c) = (node("a"), node("b"), node("c"));
+        let t = table("clu:g");
+        let name = "clu:g";
+        let long = ["clu:g", "--journals", "4", "--timeout-ms", "20000"];
+
+        // The mount glock: A holds it while it waits for its jid; B waits behind A even with
+        // its own jid written: a daemon that held back A's jid would deadlock them.
+        let mut ma = a.sim.spawn_mount(&long);
+        a.sim.wait_timeline(name, "mount glock held");
+        a.wait_dir(name);
+        let mut mb = b.sim.spawn_mount(&long);
+        b.sim.wait_timeline(name, "waiting for the mount glock");
+        b.wait_dir(name);
+        b.writer().write(&t, SysfsFile::First, 0).unwrap();
+        b.writer().write(&t, SysfsFile::Jid, 1).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(mb.running(), "B mounted while A held the mount glock");
+        a.writer().write(&t, SysfsFile::First, 1).unwrap();
+        a.writer().write(&t, SysfsFile::Jid, 0).unwrap();
+        assert!(ma.wait(WAIT).success());
+        assert!(mb.wait(WAIT).success());
+        let a_online = a.sim.wait_timeline(name, "uevent online")["t_ms"]
+            .as_u64()
+            .unwrap();
+        let b_glock = b.sim.wait_timeline(name, "the mount glock acquired")["t_ms"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            b_glock >= a_online,
+            "B got the glock at {b_glock}, A online at {a_online}"
+        );
+        let s = b.sim.status();
+        assert_eq!(table_status(&s, name)["dirty"], serde_json::json!([0, 1]));
+
+        // A first mounter while A and B are mounted: their journals are Busy (Failed).
+        let mut mc = c.sim.spawn_mount(&["clu:g", "--journals", "4"]);
+        c.wait_dir(name);
+        c.writer().write(&t, SysfsFile::Jid, 2).unwrap();
+        assert!(mc.wait(WAIT).success());
+        let s = c.sim.status();
+        for (j, result) in [(0, "Failed"), (1, "Failed"), (2, "Done"), (3, "Done")] {
+            let want = format!("uevent change JID={j} RECOVERY={result}");
+            assert!(find_entry(&s, name, &want).is_some(), "no {want:?}: {s:#}");
+        }
+        assert!(find_entry(&s, name, "FIRSTMOUNT=Done").is_some());
+
+        // `recover` of a live node's journal: Busy, Failed. Once A dies (its lock goes, its
+        // journal stays dirty), the same write replays it.
+        b.writer().write(&t, SysfsFile::Recover, 0).unwrap();
+        b.sim.wait_status("a Busy recovery", |s| {
+            table_status(s, name)["replays_failed"] == serde_json::json!([0])
+        });
+        a.guard.kill();
+        b.writer().write(&t, SysfsFile::Recover, 0).unwrap();
+        let s = b.sim.wait_status("journal 0 replayed", |s| {
+            table_status(s, name)["replays_done"] == serde_json::json!([0])
+        });
+        assert_eq!(
+            table_status(&s, name)["journals_replayed"],
+            serde_json::json!([0])
+        );
+        assert_eq!(table_status(&s, name)["dirty"], serde_json::json!([1, 2]));
+        // A clean unmount leaves a clean journal.
+        assert!(c.sim.run(&["umount", "clu:g"]).success());
+        assert_eq!(
+            table_status(&b.sim.status(), name)["dirty"],
+            serde_json::json!([1])
+        );
+
+        // B dies too: journal 1 is dirty and nobody holds it. A node that mounts without
+        // replaying it (first=0) completes with an unreplayed journal: violation S5.
+        b.guard.kill();
+        drop(a);
+        let a2 = node("a");
+        let mut m = a2.sim.spawn_mount(&long);
+        a2.wait_dir(name);
+        a2.writer().write(&t, SysfsFile::First, 0).unwrap();
+        a2.writer().write(&t, SysfsFile::Jid, 0).unwrap();
+        assert!(m.wait(WAIT).success());
+        let v = violations(&a2.sim.status());
+        assert!(
+            v.iter().any(|x| x.starts_with("S5:") && x.contains("[1]")),
+            "{v:#?}"
+        );
+
+        // A spectator that must check the journals (hostdata without first=0) refuses to
+        // mount while one is dirty (EPERM); with hostdata=first=0 it mounts.
+        let mut sp = c
+            .sim
+            .spawn_mount(&["clu:g", "--spectator", "--journals", "4"]);
+        c.wait_dir(name);
+        c.writer().write(&t, SysfsFile::Jid, 0).unwrap();
+        assert_eq!(sp.wait(WAIT).code(), Some(libc::EPERM));
+        let mut sp = c.sim.spawn_mount(&[
+            "clu:g",
+            "--spectator",
+            "--journals",
+            "4",
+            "--hostdata-first0",
+        ]);
+        c.wait_dir(name);
+        assert_eq!(c.read(name, "lock_module/first"), "0\n");
+        c.writer().write(&t, SysfsFile::Jid, 0).unwrap();
+        assert!(sp.wait(WAIT).success());
+        drop(b);
+    });
+}
+
+#[test]
+fn simulator_kernel_managed_mode_mounts_by_itself_and_refuses_first_and_jid() {
+    if !fuse_or_skip("simulator_kernel_managed_mode_mounts_by_itself_and_refuses_first_and_jid") {
+        return;
+    }
+    let bin = sim_binary();
+    in_netns(move || {
+        let tmp = TempDir::new("managed");
+        let cfg = tmp.0.join("configfs");
+        let server = Server::start(
+            &bin,
+            &tmp.0.join("n"),
+            &[
+                "--configfs-root",
+                cfg.to_str().unwrap(),
+                "--recover-callbacks",
+                "1",
+                "--join-ms",
+                "200",
+            ],
+        );
+        let file = cfg.join("dlm/cluster/recover_callbacks");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "1\n");
+        let t = table("clu:k");
+        let mut m = server.sim.spawn_mount(&["clu:k", "--journals", "2"]);
+        server.sim.wait_timeline("clu:k", "mount rw");
+        // The write waits for the DLM join, then: EBUSY, and a violation.
+        assert_eq!(
+            server.writer().write(&t, SysfsFile::Jid, 1),
+            Err(libc::EBUSY)
+        );
+        assert!(m.wait(WAIT).success(), "the kernel mounts by itself");
+        let s = server.sim.status();
+        assert!(find_entry(&s, "clu:k", "the kernel takes jid 0, first=1").is_some());
+        let ts = table_status(&s, "clu:k");
+        assert_eq!(ts["kernel_managed"], true);
+        let v = violations(&s);
+        assert!(
+            v.iter().any(|x| x.contains("kernel-managed")),
+            "a write to a kernel-managed filesystem is a violation: {v:#?}"
+        );
+        // Back to the userspace-driven mode for later mounts.
+        assert!(server
+            .sim
+            .run(&["set", "--recover-callbacks", "0"])
+            .success());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "0\n");
+        let mut m2 = server.sim.spawn_mount(&["clu:k2", "--timeout-ms", "300"]);
+        assert_eq!(m2.wait(WAIT).code(), Some(libc::EINTR), "waits for a jid");
     });
 }

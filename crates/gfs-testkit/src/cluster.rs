@@ -2,9 +2,9 @@
 //!
 //! Each node gets a network namespace wired to a bridge in a namespace of its own, a corosync
 //! (knet, short token) in a private mount namespace (its `/run` and `/var/lib/corosync` would
-//! collide otherwise), a kernel simulator serving that node's sysfs directory and sending real
-//! netlink uevents, a dlm_controld double (`gfs_dlm_sim`) on the node's abstract `dlmc_sock`,
-//! a DLM configfs stand-in saying `recover_callbacks=0` (daemon-managed), and `gfs_controld`
+//! collide otherwise), a kernel simulator serving that node's sysfs directory through FUSE and
+//! sending real netlink uevents (all simulators share one directory as the cluster's disk), a
+//! dlm_controld double (`gfs_dlm_sim`) on the node's abstract `dlmc_sock`, and `gfs_controld`
 //! with its default paths moved into the test directory.
 //! Fencing is real: the test agent kills every process of the victim node and records when.
 //!
@@ -45,7 +45,7 @@ pub fn missing_prerequisite() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root (network namespaces need it)".into());
     }
-    for tool in ["corosync", "ip", "unshare"] {
+    for tool in ["corosync", "ip", "unshare", "nsenter"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -55,6 +55,12 @@ pub fn missing_prerequisite() -> Option<String> {
         if !found {
             return Some(format!("{tool} is not installed"));
         }
+    }
+    // The kernel simulator serves each node's sysfs through FUSE.
+    if !Path::new("/dev/fuse").exists() {
+        return Some(
+            "/dev/fuse is missing (the kernel simulator serves sysfs through FUSE)".into(),
+        );
     }
     for bin in [
         "gfs_controld",
@@ -217,11 +223,6 @@ impl Cluster {
         self.node_dir(id).join("kernel.sock")
     }
 
-    /// The DLM configfs stand-in: `dlm/cluster/recover_callbacks` below it.
-    pub fn configfs_root(&self, id: u32) -> PathBuf {
-        self.node_dir(id).join("configfs")
-    }
-
     /// Where node `id`'s dlm_controld double records every request (JSON lines).
     pub fn dlm_log_path(&self, id: u32) -> PathBuf {
         self.node_dir(id).join("dlm.jsonl")
@@ -257,10 +258,6 @@ impl Cluster {
                  ip -n {w} link set {b} master br0 && ip -n {w} link set {b} up"
             ))?;
             fs::create_dir_all(self.sysfs_root(id))?;
-            // daemon-managed, as with dlm_controld's enable_fscontrol=1
-            let cluster = self.configfs_root(id).join("dlm").join("cluster");
-            fs::create_dir_all(&cluster)?;
-            fs::write(cluster.join("recover_callbacks"), "0\n")?;
         }
         Ok(())
     }
@@ -325,9 +322,25 @@ impl Cluster {
         Ok(())
     }
 
+    // --- kernel simulator (gfs_kernel_sim) -------------------------------------------------
+
+    /// The cluster's shared disk, seen by every node's kernel simulator (mount glock, journal
+    /// locks, dirty journals).
+    pub fn shared_disk(&self) -> PathBuf {
+        self.dir.join("shared-disk")
+    }
+
+    /// Stands for the node's `/sys/kernel/config`: `dlm/cluster/recover_callbacks` is there.
+    pub fn configfs_root(&self, id: u32) -> PathBuf {
+        self.node_dir(id).join("configfs")
+    }
+
     fn start_kernel(&mut self, id: u32) -> Result<()> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.netns(id)])
+        // The simulator serves the node's sysfs through FUSE: it enters only the node's network
+        // namespace (`ip netns exec` would also give it a private mount namespace, where the
+        // FUSE mount would be invisible to the daemon and the test).
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns(id)))
             .arg(bin_dir().join("gfs_kernel_sim"))
             .arg("serve")
             .arg("--root")
@@ -335,7 +348,11 @@ impl Cluster {
             .arg("--socket")
             .arg(self.kernel_socket(id))
             .arg("--replay-ms")
-            .arg(self.opts.replay_ms.to_string());
+            .arg(self.opts.replay_ms.to_string())
+            .arg("--shared")
+            .arg(self.shared_disk())
+            .arg("--configfs-root")
+            .arg(self.configfs_root(id));
         let child = self.spawn(id, "kernel", cmd)?;
         self.nodes.entry(id).or_default().kernel = Some(child);
         let socket = self.kernel_socket(id);
@@ -745,6 +762,9 @@ fn reap_abandoned_clusters() {
                 }
             }
         }
+        for node in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            detach_fuse(&node.path().join("sysfs"));
+        }
         let _ = fs::remove_dir_all(&dir);
         for ns in namespaces
             .lines()
@@ -762,6 +782,12 @@ fn reap_abandoned_clusters() {
         }
         let _ = fs::remove_file(entry.path());
     }
+}
+
+/// A killed kernel simulator leaves its FUSE mount behind (ENOTCONN): detach it, so that the
+/// directory can be removed.
+fn detach_fuse(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
 }
 
 /// A corosync or client killed with SIGKILL leaves libqb's per-connection shared memory in
@@ -803,6 +829,9 @@ impl Drop for Cluster {
             }
         }
         remove_ipc_leftovers(&pids);
+        for id in 1..=self.opts.nodes {
+            detach_fuse(&self.sysfs_root(id));
+        }
         for id in 1..=self.opts.nodes {
             let _ = run(&format!("ip netns del {}", self.netns(id)));
         }

@@ -1,84 +1,148 @@
-//! `gfs_kernel_sim`: the GFS2 kernel of SPEC §2 ("era B", userspace-driven lock_dlm) on one
-//! node, for tests. Not packaged.
+//! `gfs_kernel_sim`: the GFS2 kernel of one node for tests, as Linux 6.1 behaves with lock_dlm
+//! in the userspace-controlled mode (`recover_callbacks=0`), and the DLM-ops mode where the
+//! kernel manages recovery itself. Not packaged. Sources of every behaviour below:
+//! `shared/research/real-kernel.md` §2–§4 and §6 (confirmed on a real kernel in
+//! `vm-cluster.md` §5).
 //!
 //! ```text
-//! gfs_kernel_sim serve --root DIR --socket PATH [--replay-ms N]
+//! gfs_kernel_sim serve --root DIR --socket PATH [--replay-ms N] [--join-ms N] [--shared DIR]
+//!                      [--configfs-root DIR] [--recover-callbacks 0|1]
 //! gfs_kernel_sim [--socket PATH] mount <table> [--spectator] [--ro] [--timeout-ms N]
+//!                      [--journals N] [--join-ms N] [--hostdata-first0]
 //! gfs_kernel_sim [--socket PATH] umount <table>
 //! gfs_kernel_sim [--socket PATH] withdraw <table>
 //! gfs_kernel_sim [--socket PATH] remount <table> --ro|--rw
-//! gfs_kernel_sim [--socket PATH] set [--replay-ms N] [--fail-next-replays K]
+//! gfs_kernel_sim [--socket PATH] set [--replay-ms N] [--fail-next-replays K] [--join-ms N]
+//!                      [--recover-callbacks 0|1]
 //! gfs_kernel_sim [--socket PATH] status [--json]
 //! ```
 //! (`--socket` may also be given after the subcommand; default `$GFS_KERNEL_SIM_SOCKET`.)
 //!
-//! `serve` runs the simulated kernel; run it inside the node's network namespace (uevents go to
-//! `NETLINK_KOBJECT_UEVENT` group 1 of that namespace, which needs CAP_NET_ADMIN there) and with
-//! the node's view of `DIR` (the daemon's sysfs root). It serves the clients on the unix socket
-//! `PATH` (one JSON request line, one JSON reply line: `gfs_testkit::proto`). SIGTERM/SIGINT:
-//! deletes every table directory and the socket, exits 0.
+//! # The server
 //!
-//! The other subcommands are clients. Exit status 0 on success; on failure the errno the
-//! simulated kernel gave (e.g. `mount` refused by a `jid=-22` write exits 22, EINTR=4 when
-//! `--timeout-ms` expires before a `jid` write), or 1 for other errors (no server, bad reply).
+//! `serve` mounts a FUSE filesystem on `DIR` (the daemon's stand-in for `/sys/fs/gfs2`; fuser
+//! mounts with mount(2), so it needs root and `/dev/fuse`, and neither libfuse nor fusermount).
+//! The mount is made in the server's mount namespace: start it without a private one (e.g.
+//! `nsenter --net=/run/netns/N`, not `ip netns exec`) so the daemon and the test see it. Uevents
+//! go to `NETLINK_KOBJECT_UEVENT` group 1 of the server's network namespace (CAP_NET_ADMIN
+//! there). Clients talk to it on the unix socket `PATH` (one JSON request line, one JSON reply
+//! line: `gfs_testkit::proto`). SIGTERM/SIGINT: every table goes (no uevents: power-off),
+//! the FUSE filesystem is detached, the socket removed; exit 0. A server that is killed leaves
+//! a dead FUSE mount (ENOTCONN): the next `serve` on `DIR` detaches it.
 //!
-//! * `mount`: creates `DIR/<table>/lock_module/{proto_name=lock_dlm, block=0, first=1, jid
-//!   (empty), recover, recover_done, recover_status, first_done=0, withdraw=0}`, sends `add`
-//!   (RDONLY, SPECTATOR), waits for the `jid` write (a `first` write before it sets first; the
-//!   kernel default is 1). Negative jid: `remove`, the directory is deleted, the client exits with
-//!   that errno. Then: first=1 replays every journal (replay-ms), sets first_done=1 and sends
-//!   `change FIRSTMOUNT=Done`; first=0 replays its own journal and sends `change JID=<own>
-//!   RECOVERY=Done`; a spectator replays nothing (the modern kernel only checks that journals are
-//!   clean). Then `online`; the client returns. Every uevent after the `jid` write carries
-//!   `JOURNALID=` as the kernel's does.
-//! * `umount`: `remove`, the directory is deleted (a mount still waiting for `jid` fails).
-//! * `withdraw`: `offline`. `remount`: `online` with the new RDONLY.
-//! * `set`: replay duration; the next K `recover` replays answer RECOVERY=Failed (status 308).
-//! * `status [--json]`: tables, violations, timeline (`gfs_testkit::proto::Status`).
+//! `--shared DIR` is the cluster's shared disk, one directory for every node of a test cluster
+//! (default: a private one): the mount glock, the journal locks and a dirty flag per journal
+//! live there (see `ksim/disk.rs`). Locks are released by the OS when a server dies.
 //!
-//! Sysfs writes are seen with inotify IN_CLOSE_WRITE (one per open/write/close, so the same
-//! value written twice is seen twice) and read back from the file. `recover` is a FIFO that the
-//! simulator keeps open: every value written to it is read exactly once, in order, even when
-//! writes come faster than the simulator reacts (write each value with a trailing newline, as
-//! the daemon and `echo` do; open it O_NONBLOCK to get ENXIO instead of hanging if the
-//! simulator is gone). Regular files cannot refuse a
-//! write, so every write the real kernel would refuse (with its errno), or that breaks safety, is
-//! recorded as a violation and otherwise ignored: `first` after `jid` (EBUSY), `first` on a
-//! spectator (EINVAL), `jid` twice (EBUSY), `jid` > 0 on a spectator (EINVAL: the mount fails),
-//! `recover` on a spectator (ESHUTDOWN), of the own jid (EBUSY), of a jid already replaying
-//! (EBUSY), of a jid out of range (ENOENT), values that are not numbers or flags (EINVAL).
-//! `recover` replays run concurrently for different jids, then `recover_done`/`recover_status`
-//! (309 Done, 308 Failed) are written and `change JID=<n> RECOVERY=Done|Failed` is sent.
-//! `block` is recorded; `block=0` while a replay of this node runs is noted in the timeline.
-//! Limitation (regular files: block, first, jid, withdraw): two writes of one file closer
-//! together than the simulator can read it are both seen, but both may read the later value (an empty read, caught between the next
-//! writer's `O_TRUNC` open and its write, is retried for up to 100 ms).
+//! `--configfs-root DIR` creates `DIR/dlm/cluster/recover_callbacks` holding
+//! `--recover-callbacks` (default 0), which the daemon reads at `add`. Each mount reads that
+//! file when its DLM join starts (as the DLM reads `ci_recover_callbacks` when it creates the
+//! lockspace): 1 makes the mount kernel-managed.
+//!
+//! # A filesystem's files
+//!
+//! `DIR/<table>/`: `id`, `fsname`, `uuid`, `status` (the 6.1 `status_show` layout; the daemon
+//! reads `Mounted RO:`), `withdraw` (writing 1 withdraws), and `lock_module/` with
+//! `proto_name` (`lock_dlm`), `block`, `first`, `first_done`, `jid`, `recover` (0600,
+//! write-only), `recover_done`, `recover_status`, `withdraw`. Reads give what 6.1 gives: `jid`,
+//! `recover_done`, `recover_status`, `block` read `0` at first; `first` reads `1` (`0` with
+//! `--hostdata-first0`); `first_done` is always `0` in this mode. Opening `recover` for
+//! reading, or a read-only file for writing, is EACCES.
+//!
+//! Writes (each `write(2)` is seen once, with its own result) fail as the kernel's do:
+//! * `block`: 0 or 1 (`kstrtoint`), else EINVAL (ERANGE when out of range).
+//! * `first`: 0 or 1 (`%u`), else EINVAL; then **blocks until the DLM join is done**; then
+//!   EBUSY once the jid is known (after a `jid` write, or kernel-managed), EINVAL on a spectator.
+//! * `jid`: a number (`%d`), else EINVAL; **blocks until the DLM join is done**; EBUSY if the jid
+//!   is already known (a second write, or kernel-managed); a spectator's value > 0 is stored as
+//!   -EINVAL (the mount fails) and the write gets EINVAL; negatives are stored and fail the mount
+//!   with that errno.
+//! * `recover`: a number (`%u`: `-1` is EINVAL); ESHUTDOWN while unmounting; then **blocks until
+//!   this node's own journal is checked**; EBUSY for its own jid or a journal already
+//!   recovering on this node; ENOENT beyond the journal count. A spectator's `recover` of any
+//!   jid succeeds and recovers journal 0, which reports Failed. The write returns at once; the
+//!   recovery runs on: withdrawn or spectator → Failed; journal lock held by a live node (TRY)
+//!   → Failed ("Busy"); dirty → replayed (`--replay-ms`; a read-only mount cannot: Failed) →
+//!   Done; clean → Done. Then `recover_done`/`recover_status` (309 Done, 308 Failed) and
+//!   `change JID=<n> RECOVERY=Done|Failed`.
+//! * `lock_module/withdraw`: 1 acknowledges a withdraw (reads 1 afterwards), else EINVAL.
+//!
+//! Every refused write (other than ENODEV for a filesystem that is gone) is also recorded as a
+//! violation, and so is every write to a kernel-managed filesystem. A blocked write never
+//! holds up another file: the writer is answered from a task when the kernel would wake it.
+//! One difference: the kernel's wait in `first`/`jid` is killable, but fuser does not handle
+//! FUSE_INTERRUPT, so a writer killed while blocked there goes only when the DLM join ends or
+//! the mount goes (`recover`'s wait is uninterruptible in the kernel too).
+//!
+//! # A mount (6.1 `gfs2_fill_super`)
+//!
+//! 1. The directory appears; `add RDONLY= SPECTATOR=` (never JOURNALID).
+//! 2. The DLM join takes `--join-ms` (server default 50; `mount --join-ms` overrides it for one
+//!    filesystem); then blocked `first`/`jid` writes go on.
+//! 3. The cluster-wide **mount glock** is taken (EX, waiting while another node mounts) and held
+//!    until the mount ends, **including the wait for `jid`**: a daemon that withholds `jid` from
+//!    the glock holder while another node waits for the glock deadlocks them both (a mount with
+//!    `--timeout-ms` fails with EINTR when it expires, in either wait).
+//!    Kernel-managed: the kernel picks the lowest journal nobody holds and is first if nobody
+//!    holds any; `first`/`jid` writes get EBUSY.
+//! 4. A negative jid fails the mount with that errno (`remove`, with `JOURNALID=0`); a jid
+//!    beyond the journal count (`--journals`, default 256) fails it with EUSERS.
+//! 5. Its own journal lock is taken (a spectator takes none; a jid another live node holds
+//!    makes the mount wait for it: recorded as a violation).
+//! 6. `first` = 1 (the default!): every journal in turn: its own checked, each other taken with
+//!    TRY (held → `change JID=j RECOVERY=Failed`), replayed if dirty → `RECOVERY=Done`; then
+//!    `change FIRSTMOUNT=Done`. A spectator with `first` = 1 instead requires every journal
+//!    clean and unheld (a live node's journal is dirty): otherwise the mount fails with EPERM.
+//!    `first` = 0: its own journal checked (replayed if dirty) → `change JID=<own>
+//!    RECOVERY=Done`; a spectator checks nothing.
+//! 7. The journal is ready (`recover` writes go on); a read-write mount's journal becomes
+//!    dirty (live). If any journal is then dirty and held by no live node, the mount completes
+//!    with an unreplayed journal: violation (S5).
+//! 8. The mount glock is released; `online RDONLY= SPECTATOR=`; the client returns.
+//!
+//! Every uevent carries, after the caller's variables, `LOCKTABLE`, `LOCKPROTO`, `JOURNALID`
+//! (once the jid is known), `UUID` and `SEQNUM`, as the kernel's do.
+//!
+//! # Other requests
+//!
+//! * `umount`: a mount in progress fails (EINTR). Otherwise: `recover` writes get ESHUTDOWN,
+//!   running recoveries finish, a read-write journal is marked clean, its lock released,
+//!   `remove`, the directory goes. A killed server leaves its rw journals dirty.
+//! * `withdraw` (or writing 1 to `<table>/withdraw`): its journal lock is released (the journal
+//!   stays dirty) and `offline` is sent. Simplified: 6.1 has the peers' kernels replay the
+//!   journal before `offline`; here the daemon's `recover` does it.
+//! * `remount`: `online` carrying the OLD `RDONLY` (as 6.1 does); `status` shows the new state
+//!   at once. rw→ro marks the journal clean, ro→rw dirty.
+//! * `set`: replay duration; the next K `recover` recoveries fail; default join time;
+//!   `recover_callbacks` (rewrites the configfs file).
+//! * `status [--json]`: tables, violations, timeline (`gfs_testkit::proto::Status`): every
+//!   write (with its result and when it returned), read (with what it read), uevent, replay and
+//!   mount step, with wall-clock milliseconds.
+//!
+//! Client exit status: 0 on success; on failure the errno the simulated kernel gave (a `mount`
+//! refused by a `jid=-22` write exits 22, EINTR=4 when `--timeout-ms` expires), or 1 for other
+//! errors (no server, bad reply).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+mod ksim;
+
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use gfs_core::{KernelEvent, KernelEventKind, MountMode, Table, MAX_JOURNALS};
-use gfs_testkit::proto::{Entry, Request, Response, Status, TableStatus};
+use gfs_testkit::client;
+use gfs_testkit::proto::{Request, Response, Status};
 use gfs_testkit::uevent::UeventSender;
-use gfs_testkit::{client, now_ms};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::oneshot;
 
-const STATUS_DONE: u32 = 309;
-const STATUS_FAILED: u32 = 308;
+use ksim::disk::SharedDisk;
+use ksim::model::{self, lock, Config, MountArgs, Shared, Sim};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "gfs_kernel_sim",
-    about = "Simulated GFS2 kernel (SPEC §2) for tests"
+    about = "Simulated GFS2 kernel (Linux 6.1, lock_dlm) for tests"
 )]
 struct Cli {
     /// The server's unix socket (clients).
@@ -92,12 +156,24 @@ struct Cli {
 enum Cmd {
     /// Run the simulated kernel.
     Serve {
-        /// The sysfs root the daemon is given (stands for /sys/fs/gfs2).
+        /// Where to mount the sysfs tree (stands for /sys/fs/gfs2).
         #[arg(long)]
         root: PathBuf,
         /// Duration of one journal replay.
         #[arg(long, default_value_t = 100)]
         replay_ms: u64,
+        /// Duration of a mount's DLM lockspace join.
+        #[arg(long, default_value_t = 50)]
+        join_ms: u64,
+        /// The cluster's shared disk: one directory for all nodes (default: a private one).
+        #[arg(long)]
+        shared: Option<PathBuf>,
+        /// Create DIR/dlm/cluster/recover_callbacks (stands for /sys/kernel/config).
+        #[arg(long)]
+        configfs_root: Option<PathBuf>,
+        /// The DLM's recover_callbacks: 1 = the kernel manages recovery (DLM-ops mode).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
+        recover_callbacks: u32,
     },
     /// Mount a filesystem; returns when `online` was sent, or fails with the mount's errno.
     Mount {
@@ -106,15 +182,24 @@ enum Cmd {
         spectator: bool,
         #[arg(long)]
         ro: bool,
-        /// Fail the mount with EINTR if no `jid` is written within this time.
+        /// Fail the mount with EINTR if it still waits (mount glock, `jid`) after this long.
         #[arg(long)]
         timeout_ms: Option<u64>,
+        /// Journals on the filesystem (default 256).
+        #[arg(long)]
+        journals: Option<u32>,
+        /// This filesystem's DLM join time (default: the server's).
+        #[arg(long)]
+        join_ms: Option<u64>,
+        /// As `-o hostdata=first=0`.
+        #[arg(long)]
+        hostdata_first0: bool,
     },
     /// Unmount: `remove`, and the sysfs directory goes away.
     Umount { table: String },
     /// Withdraw: `offline`.
     Withdraw { table: String },
-    /// Remount read-only or read-write: `online` with RDONLY.
+    /// Remount read-only or read-write: `online` with the old RDONLY.
     Remount {
         table: String,
         #[arg(long, conflicts_with = "rw", required_unless_present = "rw")]
@@ -122,12 +207,17 @@ enum Cmd {
         #[arg(long)]
         rw: bool,
     },
-    /// Change the replay duration, or make the next K `recover` replays fail.
+    /// Change the replay duration or join time, make the next K `recover` replays fail, or set
+    /// recover_callbacks for later mounts.
     Set {
         #[arg(long)]
         replay_ms: Option<u64>,
         #[arg(long)]
         fail_next_replays: Option<u32>,
+        #[arg(long)]
+        join_ms: Option<u64>,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(0..=1))]
+        recover_callbacks: Option<u32>,
     },
     /// Show tables, violations and timeline.
     Status {
@@ -148,17 +238,42 @@ fn main() {
     std::process::exit(code);
 }
 
+struct ServeOptions {
+    root: PathBuf,
+    socket: PathBuf,
+    replay_ms: u64,
+    join_ms: u64,
+    shared: Option<PathBuf>,
+    configfs_root: Option<PathBuf>,
+    recover_callbacks: u32,
+}
+
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let socket = cli
         .socket
         .or_else(|| std::env::var_os("GFS_KERNEL_SIM_SOCKET").map(PathBuf::from))
         .context("--socket PATH (or GFS_KERNEL_SIM_SOCKET) is required");
     let req = match cli.cmd {
-        Cmd::Serve { root, replay_ms } => {
+        Cmd::Serve {
+            root,
+            replay_ms,
+            join_ms,
+            shared,
+            configfs_root,
+            recover_callbacks,
+        } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(serve(root, socket?, replay_ms))?;
+            rt.block_on(serve(ServeOptions {
+                root,
+                socket: socket?,
+                replay_ms,
+                join_ms,
+                shared,
+                configfs_root,
+                recover_callbacks,
+            }))?;
             return Ok(0);
         }
         Cmd::Mount {
@@ -166,11 +281,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             spectator,
             ro,
             timeout_ms,
+            journals,
+            join_ms,
+            hostdata_first0,
         } => Request::Mount {
             table,
             spectator,
             ro,
             timeout_ms,
+            journals,
+            join_ms,
+            hostdata_first0,
         },
         Cmd::Umount { table } => Request::Umount { table },
         Cmd::Withdraw { table } => Request::Withdraw { table },
@@ -181,9 +302,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Set {
             replay_ms,
             fail_next_replays,
+            join_ms,
+            recover_callbacks,
         } => Request::Set {
             replay_ms,
             fail_next_replays,
+            join_ms,
+            recover_callbacks,
         },
         Cmd::Status { json } => {
             let resp = client::request(&socket?, &Request::Status, Some(Duration::from_secs(30)))?;
@@ -196,8 +321,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(0);
         }
     };
+    // A mount waits as long as the kernel makes it; an unmount waits for running replays.
     let timeout = match req {
         Request::Mount { .. } => None,
+        Request::Umount { .. } => Some(Duration::from_secs(180)),
         _ => Some(Duration::from_secs(30)),
     };
     let resp = client::request(&socket?, &req, timeout)?;
@@ -214,19 +341,24 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 
 fn print_status(s: &Status) {
     println!(
-        "replay_ms {}  fail_next_replays {}",
-        s.replay_ms, s.fail_next_replays
+        "replay_ms {}  fail_next_replays {}  join_ms {}  recover_callbacks {}",
+        s.replay_ms, s.fail_next_replays, s.join_ms, s.recover_callbacks
     );
     for t in &s.tables {
         println!(
-            "{} mode={} jid={} first={} blocked={} mounted={} withdrawn={} done={:?} failed={:?} replaying={:?}",
+            "{} mode={} stage={} jid={} first={} blocked={} mounted={} withdrawn={} \
+             kernel_managed={} journals={} dirty={:?} done={:?} failed={:?} replaying={:?}",
             t.table,
             t.mode,
+            t.stage,
             t.jid.map(|j| j.to_string()).unwrap_or_else(|| "-".into()),
             t.first,
             t.blocked,
             t.mounted,
             t.withdrawn,
+            t.kernel_managed,
+            t.journals,
+            t.dirty,
             t.replays_done,
             t.replays_failed,
             t.replaying
@@ -236,230 +368,123 @@ fn print_status(s: &Status) {
         println!("VIOLATION {} {} {}", v.t_ms, v.table, v.what);
     }
     for e in &s.timeline {
-        println!("{} {} {}", e.t_ms, e.table, e.what);
+        match (&e.result, e.end_ms) {
+            (Some(r), Some(end)) => {
+                println!(
+                    "{} {} {} -> {r} (+{} ms)",
+                    e.t_ms,
+                    e.table,
+                    e.what,
+                    end - e.t_ms
+                )
+            }
+            (Some(r), None) => println!("{} {} {} -> {r}", e.t_ms, e.table, e.what),
+            _ => println!("{} {} {}", e.t_ms, e.table, e.what),
+        }
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Server
 
-struct InotifyFd(Inotify);
-
-impl AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-struct TableSim {
-    table: Table,
-    /// Distinguishes a remount of the same table from the one a replay task started on.
-    generation: u64,
-    dir: PathBuf,
-    wd: Option<WatchDescriptor>,
-    /// `lock_module/recover` (a FIFO) and the bytes read from it not yet consumed.
-    recover_fifo: std::fs::File,
-    recover_buf: Vec<u8>,
-    ro: bool,
-    spectator: bool,
-    first: i64,
-    jid: Option<i64>,
-    blocked: bool,
-    mounted: bool,
-    withdrawn: bool,
-    replays_done: Vec<u32>,
-    replays_failed: Vec<u32>,
-    replaying: BTreeSet<u32>,
-    /// The mount waiting for the `jid` write.
-    jid_waiter: Option<oneshot::Sender<i64>>,
-}
-
-impl TableSim {
-    fn mode(&self) -> MountMode {
-        MountMode::from_flags(self.ro, self.spectator)
-    }
-
-    /// JOURNALID= rides on every uevent once the jid is known.
-    fn journal_id(&self) -> Option<i64> {
-        self.jid.filter(|j| *j >= 0)
-    }
-}
-
-struct Sim {
-    root: PathBuf,
-    tables: BTreeMap<String, TableSim>,
-    by_wd: HashMap<WatchDescriptor, String>,
-    violations: Vec<Entry>,
-    timeline: Vec<Entry>,
-    replay_ms: u64,
-    fail_next_replays: u32,
-    next_generation: u64,
-    sender: UeventSender,
-}
-
-type Shared = Arc<Mutex<Sim>>;
-
-fn lock(sim: &Shared) -> std::sync::MutexGuard<'_, Sim> {
-    sim.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Sim {
-    fn note(&mut self, table: &str, what: impl Into<String>) {
-        let what = what.into();
-        eprintln!("gfs_kernel_sim: {table} {what}");
-        self.timeline.push(Entry {
-            t_ms: now_ms(),
-            table: table.to_owned(),
-            what,
-        });
-    }
-
-    fn violation(&mut self, table: &str, what: impl Into<String>) {
-        let what = what.into();
-        self.note(table, format!("VIOLATION: {what}"));
-        self.violations.push(Entry {
-            t_ms: now_ms(),
-            table: table.to_owned(),
-            what,
-        });
-    }
-
-    /// Sends a uevent for `name` and records it.
-    fn send(&mut self, name: &str, kind: KernelEventKind) {
-        let Some(t) = self.tables.get(name) else {
-            return;
-        };
-        let event = KernelEvent {
-            table: t.table.clone(),
-            kind,
-        };
-        let jid = match event.kind {
-            KernelEventKind::Add { .. } => None,
-            _ => t.journal_id(),
-        };
-        let what = describe(&event.kind);
-        match self.sender.send(&event, jid) {
-            Ok(()) => self.note(name, format!("uevent {what}")),
-            Err(e) => self.note(name, format!("uevent {what} NOT SENT: {e}")),
-        }
-    }
-
-    fn status(&self) -> Status {
-        Status {
-            tables: self
-                .tables
-                .values()
-                .map(|t| TableStatus {
-                    table: t.table.to_string(),
-                    mode: t.mode().as_str().to_owned(),
-                    jid: t.jid,
-                    first: t.first,
-                    blocked: t.blocked,
-                    mounted: t.mounted,
-                    withdrawn: t.withdrawn,
-                    replays_done: t.replays_done.clone(),
-                    replays_failed: t.replays_failed.clone(),
-                    replaying: t.replaying.iter().copied().collect(),
-                })
-                .collect(),
-            violations: self.violations.clone(),
-            timeline: self.timeline.clone(),
-            replay_ms: self.replay_ms,
-            fail_next_replays: self.fail_next_replays,
-        }
-    }
-
-    /// Removes the table (after `remove` was sent): directory, watch, state.
-    fn drop_table(&mut self, name: &str, inotify: &Inotify) {
-        if let Some(t) = self.tables.remove(name) {
-            if let Some(wd) = t.wd {
-                self.by_wd.remove(&wd);
-                let _ = inotify.rm_watch(wd);
-            }
-            if let Some(parent) = t.dir.parent() {
-                let _ = std::fs::remove_dir_all(parent);
-            }
+/// A FUSE mount whose server died answers ENOTCONN: detach it so a new one can take its place.
+fn detach_dead_mount(root: &Path) {
+    if let Err(e) = std::fs::metadata(root) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            let _ = nix::mount::umount2(root, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
 
-fn describe(kind: &KernelEventKind) -> String {
-    match kind {
-        KernelEventKind::Add { ro, spectator, .. } => {
-            format!("add RDONLY={} SPECTATOR={}", *ro as u8, *spectator as u8)
-        }
-        KernelEventKind::Online { ro, spectator } => {
-            format!("online RDONLY={} SPECTATOR={}", *ro as u8, *spectator as u8)
-        }
-        KernelEventKind::FirstMountDone => "change FIRSTMOUNT=Done".into(),
-        KernelEventKind::Recovery { jid, done } => format!(
-            "change JID={jid} RECOVERY={}",
-            if *done { "Done" } else { "Failed" }
-        ),
-        KernelEventKind::Offline => "offline".into(),
-        KernelEventKind::Remove => "remove".into(),
-    }
-}
-
-async fn serve(root: PathBuf, socket: PathBuf, replay_ms: u64) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+async fn serve(o: ServeOptions) -> anyhow::Result<()> {
+    detach_dead_mount(&o.root);
+    std::fs::create_dir_all(&o.root).with_context(|| format!("create {}", o.root.display()))?;
+    let private_disk = o.shared.is_none();
+    let disk_dir = o.shared.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("gfs-kernel-sim-disk-{}", std::process::id()))
+    });
+    let disk = SharedDisk::new(&disk_dir)
+        .with_context(|| format!("shared disk {}", disk_dir.display()))?;
     let sender = UeventSender::new().context("NETLINK_KOBJECT_UEVENT sender socket")?;
-    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
-    // SAFETY: the inotify fd is owned by `InotifyFd` for the AsyncFd's whole life and never
-    // replaced; it is closed only when the AsyncFd is dropped.
-    let inotify = Arc::new(
-        unsafe { AsyncFd::register_with_interest(InotifyFd(inotify), Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?,
-    );
-    let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).with_context(|| format!("bind {}", socket.display()))?;
-    let sim: Shared = Arc::new(Mutex::new(Sim {
-        root,
-        tables: BTreeMap::new(),
-        by_wd: HashMap::new(),
-        violations: Vec::new(),
-        timeline: Vec::new(),
-        replay_ms,
-        fail_next_replays: 0,
-        next_generation: 1,
+    let sim: Shared = Sim::new(Config {
+        replay_ms: o.replay_ms,
+        join_ms: o.join_ms,
+        recover_callbacks: o.recover_callbacks,
+        configfs_file: o
+            .configfs_root
+            .as_ref()
+            .map(|r| r.join("dlm/cluster/recover_callbacks")),
+        disk,
         sender,
-    }));
-    lock(&sim).note("", format!("serving on {}", socket.display()));
+        handle: tokio::runtime::Handle::current(),
+    });
+    let session = fuser::spawn_mount2(
+        ksim::fuse::KernelFs::new(sim.clone()),
+        &o.root,
+        &[
+            fuser::MountOption::FSName("gfs2_kernel_sim".into()),
+            fuser::MountOption::AllowOther,
+            fuser::MountOption::NoExec,
+        ],
+    )
+    .with_context(|| {
+        format!(
+            "FUSE mount on {} (needs root and /dev/fuse)",
+            o.root.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&o.socket);
+    let listener =
+        UnixListener::bind(&o.socket).with_context(|| format!("bind {}", o.socket.display()))?;
+    {
+        let mut s = lock(&sim);
+        let what = format!(
+            "serving {} on {}; shared disk {}; recover_callbacks={}",
+            o.root.display(),
+            o.socket.display(),
+            s.disk.dir().display(),
+            s.recover_callbacks()
+        );
+        s.note("", what);
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let watcher = tokio::spawn(watch_files(sim.clone(), inotify.clone()));
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle_client(sim.clone(), inotify.clone(), stream));
+                    tokio::spawn(handle_client(sim.clone(), stream));
                 }
                 Err(e) => eprintln!("gfs_kernel_sim: accept: {e}"),
             },
         }
     }
-    watcher.abort();
-    let mut s = lock(&sim);
-    s.note("", "shutting down");
-    let names: Vec<String> = s.tables.keys().cloned().collect();
-    for name in names {
-        s.drop_table(&name, &inotify.get_ref().0);
+    {
+        let mut s = lock(&sim);
+        s.note("", "shutting down");
+        s.shutdown();
+        s.remove_configfs_file();
     }
-    let _ = std::fs::remove_file(&socket);
+    // Detach first: other mount namespaces (the daemon's) may still hold copies of the mount.
+    let _ = nix::mount::umount2(&o.root, nix::mount::MntFlags::MNT_DETACH);
+    drop(session);
+    let _ = std::fs::remove_file(&o.socket);
+    if private_disk {
+        let _ = std::fs::remove_dir_all(&disk_dir);
+    }
     Ok(())
 }
 
-async fn handle_client(sim: Shared, inotify: Arc<AsyncFd<InotifyFd>>, stream: UnixStream) {
+async fn handle_client(sim: Shared, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let resp = match BufReader::new(read).read_line(&mut line).await {
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(&sim, &inotify, req).await,
+            Ok(req) => handle(&sim, req).await,
             Err(e) => Response::err(libc::EINVAL, format!("bad request: {e}")),
         },
         Err(e) => Response::err(libc::EIO, format!("reading request: {e}")),
@@ -469,52 +494,53 @@ async fn handle_client(sim: Shared, inotify: Arc<AsyncFd<InotifyFd>>, stream: Un
     let _ = write.write_all(out.as_bytes()).await;
 }
 
-async fn handle(sim: &Shared, inotify: &Arc<AsyncFd<InotifyFd>>, req: Request) -> Response {
-    let ino = &inotify.get_ref().0;
+async fn handle(sim: &Shared, req: Request) -> Response {
+    let refused =
+        |table: &str, (errno, why): (i32, String)| Response::err(errno, format!("{table}: {why}"));
     match req {
         Request::Mount {
             table,
             spectator,
             ro,
             timeout_ms,
-        } => mount(sim, inotify, table, spectator, ro, timeout_ms).await,
-        Request::Umount { table } => {
+            journals,
+            join_ms,
+            hostdata_first0,
+        } => {
+            model::mount(
+                sim,
+                MountArgs {
+                    table,
+                    spectator,
+                    ro,
+                    timeout_ms,
+                    journals,
+                    join_ms,
+                    hostdata_first0,
+                },
+            )
+            .await
+        }
+        Request::Umount { table } => model::umount(sim, &table).await,
+        Request::Withdraw { table } => {
             let mut s = lock(sim);
             if !s.tables.contains_key(&table) {
                 return Response::err(libc::EINVAL, format!("{table} is not mounted"));
             }
-            s.note(&table, "umount");
-            s.send(&table, KernelEventKind::Remove);
-            s.drop_table(&table, ino);
-            Response::ok(format!("{table} unmounted"))
-        }
-        Request::Withdraw { table } => {
-            let mut s = lock(sim);
-            let Some(t) = s.tables.get_mut(&table) else {
-                return Response::err(libc::EINVAL, format!("{table} is not mounted"));
-            };
-            t.withdrawn = true;
-            s.note(&table, "withdraw");
-            s.send(&table, KernelEventKind::Offline);
-            Response::ok(format!("{table} withdrawn"))
-        }
-        Request::Remount { table, ro } => {
-            let mut s = lock(sim);
-            let Some(t) = s.tables.get_mut(&table) else {
-                return Response::err(libc::EINVAL, format!("{table} is not mounted"));
-            };
-            if !t.mounted {
-                return Response::err(libc::EBUSY, format!("{table} is still mounting"));
+            match s.withdraw(&table) {
+                Ok(()) => Response::ok(format!("{table} withdrawn")),
+                Err(e) => refused(&table, e),
             }
-            t.ro = ro;
-            let spectator = t.spectator;
-            s.note(&table, format!("remount {}", if ro { "ro" } else { "rw" }));
-            s.send(&table, KernelEventKind::Online { ro, spectator });
-            Response::ok(format!("{table} remounted"))
         }
+        Request::Remount { table, ro } => match lock(sim).remount(&table, ro) {
+            Ok(()) => Response::ok(format!("{table} remounted")),
+            Err(e) => refused(&table, e),
+        },
         Request::Set {
             replay_ms,
             fail_next_replays,
+            join_ms,
+            recover_callbacks,
         } => {
             let mut s = lock(sim);
             if let Some(ms) = replay_ms {
@@ -523,9 +549,18 @@ async fn handle(sim: &Shared, inotify: &Arc<AsyncFd<InotifyFd>>, req: Request) -
             if let Some(k) = fail_next_replays {
                 s.fail_next_replays = k;
             }
+            if let Some(ms) = join_ms {
+                s.join_ms = ms;
+            }
+            if let Some(v) = recover_callbacks {
+                s.set_recover_callbacks(v);
+            }
             let what = format!(
-                "set replay_ms={} fail_next_replays={}",
-                s.replay_ms, s.fail_next_replays
+                "set replay_ms={} fail_next_replays={} join_ms={} recover_callbacks={}",
+                s.replay_ms,
+                s.fail_next_replays,
+                s.join_ms,
+                s.recover_callbacks()
             );
             s.note("", what.clone());
             Response::ok(what)
@@ -537,434 +572,4 @@ async fn handle(sim: &Shared, inotify: &Arc<AsyncFd<InotifyFd>>, req: Request) -
             r
         }
     }
-}
-
-const LOCK_MODULE_FILES: &[(&str, &str)] = &[
-    ("proto_name", "lock_dlm\n"),
-    ("block", "0\n"),
-    ("first", "1\n"),
-    ("jid", ""),
-    ("recover_done", ""),
-    ("recover_status", ""),
-    ("first_done", "0\n"),
-    ("withdraw", "0\n"),
-];
-
-/// Creates the `lock_module/` files. `recover` is a FIFO held open (read+write, nonblocking) by
-/// the simulator: every write lands in it whole and in order, so back-to-back writes of
-/// different jids are never merged (a regular file would keep only the last). Returns the FIFO.
-fn create_table_dir(lm: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(lm)?;
-    for (name, content) in LOCK_MODULE_FILES {
-        std::fs::write(lm.join(name), content)?;
-    }
-    let fifo = lm.join("recover");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(&fifo)
-}
-
-async fn mount(
-    sim: &Shared,
-    inotify: &Arc<AsyncFd<InotifyFd>>,
-    name: String,
-    spectator: bool,
-    ro: bool,
-    timeout_ms: Option<u64>,
-) -> Response {
-    let ino = &inotify.get_ref().0;
-    let table = match Table::parse(&name) {
-        Ok(t) => t,
-        Err(e) => return Response::err(libc::EINVAL, format!("bad lock table {name}: {e}")),
-    };
-    let ro = ro || spectator;
-    let (tx, rx) = oneshot::channel();
-    let generation;
-    {
-        let mut s = lock(sim);
-        if s.tables.contains_key(&name) {
-            return Response::err(libc::EBUSY, format!("{name} is already mounted"));
-        }
-        let lm = s.root.join(&name).join("lock_module");
-        let recover_fifo = match create_table_dir(&lm) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(lm.parent().unwrap_or(&lm));
-                return Response::err(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    format!("create {}: {e}", lm.display()),
-                );
-            }
-        };
-        let wd = match ino.add_watch(&lm, AddWatchFlags::IN_CLOSE_WRITE) {
-            Ok(wd) => wd,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(lm.parent().unwrap_or(&lm));
-                return Response::err(e as i32, format!("inotify watch: {e}"));
-            }
-        };
-        generation = s.next_generation;
-        s.next_generation += 1;
-        s.by_wd.insert(wd, name.clone());
-        s.tables.insert(
-            name.clone(),
-            TableSim {
-                table,
-                generation,
-                dir: lm,
-                wd: Some(wd),
-                recover_fifo,
-                recover_buf: Vec::new(),
-                ro,
-                spectator,
-                first: 1,
-                jid: None,
-                blocked: false,
-                mounted: false,
-                withdrawn: false,
-                replays_done: Vec::new(),
-                replays_failed: Vec::new(),
-                replaying: BTreeSet::new(),
-                jid_waiter: Some(tx),
-            },
-        );
-        s.note(
-            &name,
-            format!(
-                "mount {} (waiting for jid)",
-                MountMode::from_flags(ro, spectator).as_str()
-            ),
-        );
-        s.send(
-            &name,
-            KernelEventKind::Add {
-                ro,
-                spectator,
-                kernel_managed: false,
-            },
-        );
-    }
-
-    let waited = match timeout_ms {
-        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), rx).await,
-        None => Ok(rx.await),
-    };
-    let jid = match waited {
-        Ok(Ok(jid)) => jid,
-        Ok(Err(_)) => {
-            return Response::err(libc::EINTR, format!("{name} unmounted while mounting"));
-        }
-        Err(_) => {
-            let mut s = lock(sim);
-            if !same_generation(&s, &name, generation) {
-                return Response::err(libc::EINTR, format!("{name} unmounted while mounting"));
-            }
-            s.note(&name, "mount timed out waiting for jid: fails with EINTR");
-            s.send(&name, KernelEventKind::Remove);
-            s.drop_table(&name, ino);
-            return Response::err(libc::EINTR, format!("{name}: no jid written in time"));
-        }
-    };
-    if jid < 0 {
-        let mut s = lock(sim);
-        s.note(&name, format!("mount refused with errno {}", -jid));
-        if same_generation(&s, &name, generation) {
-            s.send(&name, KernelEventKind::Remove);
-            s.drop_table(&name, ino);
-        }
-        let errno = i32::try_from(-jid).unwrap_or(libc::EINVAL);
-        return Response::err(errno, format!("{name}: mount refused, errno {errno}"));
-    }
-    if jid >= i64::from(MAX_JOURNALS) {
-        let mut s = lock(sim);
-        s.violation(
-            &name,
-            format!("jid={jid} has no journal (mount fails: EUSERS)"),
-        );
-        if same_generation(&s, &name, generation) {
-            s.send(&name, KernelEventKind::Remove);
-            s.drop_table(&name, ino);
-        }
-        return Response::err(libc::EUSERS, format!("{name}: no journal {jid}"));
-    }
-    let jid = jid as u32;
-
-    // Mount-time replay.
-    let (first, replay_ms) = {
-        let s = lock(sim);
-        let first = s.tables.get(&name).map(|t| t.first).unwrap_or(1);
-        (first, s.replay_ms)
-    };
-    if !spectator {
-        {
-            let mut s = lock(sim);
-            if first == 1 {
-                s.note(&name, "replay start: all journals (first mounter)");
-            } else {
-                s.note(&name, format!("replay start jid={jid} (own journal)"));
-                if let Some(t) = s.tables.get_mut(&name) {
-                    t.replaying.insert(jid);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(replay_ms)).await;
-        let mut s = lock(sim);
-        if !same_generation(&s, &name, generation) {
-            return Response::err(libc::EINTR, format!("{name} unmounted while mounting"));
-        }
-        if first == 1 {
-            s.note(&name, "replay end: all journals");
-            if let Some(t) = s.tables.get(&name) {
-                let _ = std::fs::write(t.dir.join("first_done"), "1\n");
-            }
-            s.send(&name, KernelEventKind::FirstMountDone);
-        } else {
-            s.note(&name, format!("replay end jid={jid} Done"));
-            if let Some(t) = s.tables.get_mut(&name) {
-                t.replaying.remove(&jid);
-                t.replays_done.push(jid);
-                let _ = std::fs::write(t.dir.join("recover_done"), format!("{jid}\n"));
-                let _ = std::fs::write(t.dir.join("recover_status"), format!("{STATUS_DONE}\n"));
-            }
-            s.send(&name, KernelEventKind::Recovery { jid, done: true });
-        }
-    }
-    let mut s = lock(sim);
-    if !same_generation(&s, &name, generation) {
-        return Response::err(libc::EINTR, format!("{name} unmounted while mounting"));
-    }
-    if let Some(t) = s.tables.get_mut(&name) {
-        t.mounted = true;
-    }
-    s.send(&name, KernelEventKind::Online { ro, spectator });
-    Response::ok(format!("{name} mounted with jid {jid}"))
-}
-
-fn same_generation(s: &Sim, name: &str, generation: u64) -> bool {
-    s.tables
-        .get(name)
-        .is_some_and(|t| t.generation == generation)
-}
-
-/// Reads IN_CLOSE_WRITE events and applies each write.
-async fn watch_files(sim: Shared, inotify: Arc<AsyncFd<InotifyFd>>) {
-    loop {
-        let mut guard = match inotify.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("gfs_kernel_sim: inotify: {e}");
-                return;
-            }
-        };
-        let events = match guard.try_io(|fd| fd.get_ref().0.read_events().map_err(Into::into)) {
-            Err(_would_block) => continue,
-            Ok(Ok(events)) => events,
-            Ok(Err(e)) => {
-                eprintln!("gfs_kernel_sim: inotify read: {e}");
-                continue;
-            }
-        };
-        for ev in events {
-            if !ev.mask.contains(AddWatchFlags::IN_CLOSE_WRITE) {
-                continue;
-            }
-            let Some(file) = ev.name.and_then(|n| n.into_string().ok()) else {
-                continue;
-            };
-            if !matches!(
-                file.as_str(),
-                "block" | "first" | "jid" | "recover" | "withdraw"
-            ) {
-                continue;
-            }
-            let (name, path, recovers) = {
-                let mut s = lock(&sim);
-                let Some(name) = s.by_wd.get(&ev.wd).cloned() else {
-                    continue;
-                };
-                let Some(t) = s.tables.get_mut(&name) else {
-                    continue;
-                };
-                let recovers = (file == "recover").then(|| drain_recover(t));
-                (name, t.dir.join(&file), recovers)
-            };
-            if let Some(values) = recovers {
-                // Several writes may have landed before this close was seen: one value each.
-                for v in values {
-                    on_write(&sim, &name, &file, v.trim());
-                }
-                continue;
-            }
-            let text = read_settled(&path).await;
-            on_write(&sim, &name, &file, text.trim());
-        }
-    }
-}
-
-/// Everything written to the `recover` FIFO so far, one value per line; a last value without a
-/// newline counts too (its writer closed the file).
-fn drain_recover(t: &mut TableSim) -> Vec<String> {
-    use std::io::Read;
-    let mut chunk = [0u8; 4096];
-    loop {
-        match t.recover_fifo.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => t.recover_buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break, // WouldBlock: drained
-        }
-    }
-    let text = String::from_utf8_lossy(&t.recover_buf).into_owned();
-    t.recover_buf.clear();
-    text.split('\n')
-        .filter(|l| !l.trim().is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Reads a file just closed by a writer. An empty read means the next writer's `O_TRUNC` open
-/// came before its `write(2)`: wait (bounded) for the value to land.
-async fn read_settled(path: &Path) -> String {
-    let mut text = String::new();
-    for _ in 0..50 {
-        text = std::fs::read_to_string(path).unwrap_or_default();
-        if !text.trim().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    text
-}
-
-fn on_write(sim: &Shared, name: &str, file: &str, text: &str) {
-    let mut s = lock(sim);
-    s.note(name, format!("write {file}={text}"));
-    let Ok(value) = text.parse::<i64>() else {
-        s.violation(name, format!("{file}={text:?} is not a number (EINVAL)"));
-        return;
-    };
-    let Some(t) = s.tables.get_mut(name) else {
-        return;
-    };
-    match file {
-        "first" => {
-            if t.spectator {
-                s.violation(name, "first written on a spectator mount (EINVAL)");
-            } else if t.jid.is_some() {
-                s.violation(name, format!("first={value} written after jid (EBUSY)"));
-            } else if !(0..=1).contains(&value) {
-                s.violation(name, format!("first={value} is not 0 or 1 (EINVAL)"));
-            } else {
-                t.first = value;
-            }
-        }
-        "jid" => {
-            if let Some(old) = t.jid {
-                s.violation(
-                    name,
-                    format!("jid={value} written twice (already {old}) (EBUSY)"),
-                );
-                return;
-            }
-            let value = if t.spectator && value > 0 {
-                let what = format!("jid={value} on a spectator mount (EINVAL: the mount fails)");
-                s.violation(name, what);
-                -i64::from(libc::EINVAL)
-            } else {
-                value
-            };
-            let Some(t) = s.tables.get_mut(name) else {
-                return;
-            };
-            t.jid = Some(value);
-            if let Some(waiter) = t.jid_waiter.take() {
-                let _ = waiter.send(value);
-            }
-        }
-        "recover" => {
-            let own = t.jid;
-            let spectator = t.spectator;
-            let busy = u32::try_from(value).is_ok_and(|j| t.replaying.contains(&j));
-            if spectator {
-                s.violation(name, format!("recover={value} on a spectator (ESHUTDOWN)"));
-            } else if !(0..i64::from(MAX_JOURNALS)).contains(&value) {
-                s.violation(name, format!("recover={value}: no such journal (ENOENT)"));
-            } else if own == Some(value) {
-                s.violation(name, format!("recover={value} of its own journal (EBUSY)"));
-            } else if busy {
-                s.violation(name, format!("recover={value} already replaying (EBUSY)"));
-            } else {
-                start_replay(sim.clone(), &mut s, name, value as u32);
-            }
-        }
-        "block" => match value {
-            1 => {
-                t.blocked = true;
-            }
-            0 => {
-                t.blocked = false;
-                if !t.replaying.is_empty() {
-                    let what = format!("block=0 while replaying {:?}", t.replaying);
-                    s.note(name, what);
-                }
-            }
-            _ => s.violation(name, format!("block={value} is not 0 or 1 (EINVAL)")),
-        },
-        "withdraw" if value != 1 && value != 0 => {
-            s.violation(name, format!("withdraw={value} is not 0 or 1 (EINVAL)"));
-        }
-        _ => {}
-    }
-}
-
-fn start_replay(sim: Shared, s: &mut Sim, name: &str, jid: u32) {
-    let fail = s.fail_next_replays > 0;
-    if fail {
-        s.fail_next_replays -= 1;
-    }
-    let replay_ms = s.replay_ms;
-    let Some(t) = s.tables.get_mut(name) else {
-        return;
-    };
-    t.replaying.insert(jid);
-    let generation = t.generation;
-    s.note(
-        name,
-        format!(
-            "replay start jid={jid}{}",
-            if fail { " (will fail)" } else { "" }
-        ),
-    );
-    let name = name.to_owned();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(replay_ms)).await;
-        let mut s = lock(&sim);
-        if !same_generation(&s, &name, generation) {
-            return;
-        }
-        let Some(t) = s.tables.get_mut(&name) else {
-            return;
-        };
-        t.replaying.remove(&jid);
-        if fail {
-            t.replays_failed.push(jid);
-        } else {
-            t.replays_done.push(jid);
-        }
-        let status = if fail { STATUS_FAILED } else { STATUS_DONE };
-        let _ = std::fs::write(t.dir.join("recover_done"), format!("{jid}\n"));
-        let _ = std::fs::write(t.dir.join("recover_status"), format!("{status}\n"));
-        s.note(
-            &name,
-            format!(
-                "replay end jid={jid} {}",
-                if fail { "Failed" } else { "Done" }
-            ),
-        );
-        s.send(&name, KernelEventKind::Recovery { jid, done: !fail });
-    });
 }

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use gfs_core::{format_uevent, KernelEvent};
+use gfs_core::{format_uevent, KernelEvent, KernelEventKind};
 use nix::errno::Errno;
 use nix::sys::socket::{
     bind, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
@@ -50,6 +50,73 @@ impl UeventSender {
     pub fn send(&self, event: &KernelEvent, journal_id: Option<i64>) -> std::io::Result<()> {
         self.send_raw(&render(event, journal_id))
     }
+
+    /// Sends `event` laid out as the kernel does ([`render_kernel`]).
+    pub fn send_kernel(&self, event: &KernelEvent, vars: &KernelVars) -> std::io::Result<()> {
+        self.send_raw(&render_kernel(event, vars))
+    }
+}
+
+/// What the 6.1 kernel appends to every gfs2 uevent after the caller's variables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KernelVars {
+    /// `JOURNALID=`: once the jid is known (never on `add`).
+    pub journal_id: Option<i64>,
+    /// `UUID=`: the superblock's UUID, upper-case as `%pUB` prints it.
+    pub uuid: Option<String>,
+    /// `SEQNUM=`: the kernel's uevent counter.
+    pub seqnum: u64,
+}
+
+/// A gfs2 uevent laid out as the 6.1 kernel sends it: `ACTION@DEVPATH`, `ACTION`, `DEVPATH`,
+/// `SUBSYSTEM`, the caller's variables (`RDONLY`/`SPECTATOR`, `JID`/`RECOVERY`,
+/// `FIRSTMOUNT`), then the kset's `LOCKTABLE`, `LOCKPROTO`, `JOURNALID`, `UUID`, and `SEQNUM`
+/// last (lib/kobject_uevent.c, fs/gfs2/sys.c `gfs2_uevent`).
+pub fn render_kernel(event: &KernelEvent, vars: &KernelVars) -> Vec<u8> {
+    let table = event.table.to_string();
+    let devpath = format!("/fs/gfs2/{table}");
+    let flags = |ro: bool, spectator: bool| {
+        vec![
+            format!("RDONLY={}", ro as u8),
+            format!("SPECTATOR={}", spectator as u8),
+        ]
+    };
+    let (action, caller): (&str, Vec<String>) = match &event.kind {
+        KernelEventKind::Add { ro, spectator, .. } => ("add", flags(*ro, *spectator)),
+        KernelEventKind::Online { ro, spectator } => ("online", flags(*ro, *spectator)),
+        KernelEventKind::FirstMountDone => ("change", vec!["FIRSTMOUNT=Done".into()]),
+        KernelEventKind::Recovery { jid, done } => (
+            "change",
+            vec![
+                format!("JID={jid}"),
+                format!("RECOVERY={}", if *done { "Done" } else { "Failed" }),
+            ],
+        ),
+        KernelEventKind::Offline => ("offline", vec![]),
+        KernelEventKind::Remove => ("remove", vec![]),
+    };
+    let mut fields = vec![
+        format!("{action}@{devpath}"),
+        format!("ACTION={action}"),
+        format!("DEVPATH={devpath}"),
+        "SUBSYSTEM=gfs2".to_owned(),
+    ];
+    fields.extend(caller);
+    fields.push(format!("LOCKTABLE={table}"));
+    fields.push("LOCKPROTO=lock_dlm".to_owned());
+    if let Some(j) = vars.journal_id {
+        fields.push(format!("JOURNALID={j}"));
+    }
+    if let Some(uuid) = &vars.uuid {
+        fields.push(format!("UUID={uuid}"));
+    }
+    fields.push(format!("SEQNUM={}", vars.seqnum));
+    let mut out = Vec::new();
+    for f in fields {
+        out.extend_from_slice(f.as_bytes());
+        out.push(0);
+    }
+    out
 }
 
 /// [`format_uevent`] plus `JOURNALID=<jid>` when given.

@@ -38,7 +38,7 @@ fn demo() -> Result<()> {
     let mut c = Cluster::start(opts).context("bringing up the cluster")?;
     println!(
         "cluster up in {:.1}s: nodes 1-3 in network namespaces on a bridge (10.77.0.1-3), each with\n\
-         corosync (knet, token {TOKEN_MS} ms), a GFS2 kernel simulator (sysfs + netlink uevents) and\n\
+         corosync (knet, token {TOKEN_MS} ms), a GFS2 kernel simulator (sysfs through FUSE, netlink uevents) and\n\
          gfs_controld; fencing by an agent that kills the victim node's processes\n",
         (now_ms() - started) as f64 / 1000.0
     );

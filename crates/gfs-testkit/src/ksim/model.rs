@@ -1,0 +1,1397 @@
+//! One node's simulated GFS2 kernel (Linux 6.1, lock_dlm): its mounts, what each sysfs file
+//! reads and what each write does, the mount sequence, journal recovery, and the uevents.
+//!
+//! The state sits behind one mutex. The FUSE thread and the tokio tasks (mounts, recoveries,
+//! writes that have to wait) take it briefly and never across an await. A write that the
+//! kernel would block (`first`/`jid` until the DLM join, `recover` until the node's own journal
+//! is checked) becomes a task that waits for the mount's stage and then answers the writer, so
+//! one blocked writer never holds up another file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use gfs_core::{KernelEvent, KernelEventKind, MountMode, Table, MAX_JOURNALS};
+use gfs_testkit::now_ms;
+use gfs_testkit::proto::{Entry, Response, Status, TableStatus};
+use gfs_testkit::uevent::{KernelVars, UeventSender};
+use tokio::sync::watch;
+
+use super::disk::{Held, Lock, SharedDisk};
+use super::sysfs::{errno_name, kstrtoint, sscanf_d, sscanf_u, SysFile};
+
+/// `recover_status` after a successful recovery (LM_RD_SUCCESS) and after one that gave up
+/// (LM_RD_GAVEUP).
+pub const STATUS_DONE: i64 = 309;
+pub const STATUS_FAILED: i64 = 308;
+
+/// How often a waiter retries a lock held by another node.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Where a mount is, in the order the kernel goes through them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// `add` sent; the DLM lockspace join runs. `first`/`jid` writes wait.
+    Joining,
+    /// Joined (`sd_locking_init` complete): waiting for the mount glock and the `jid`.
+    Joined,
+    /// The node's own journal is checked (`sd_journal_ready`): `recover` writes proceed.
+    JournalReady,
+    /// `online` sent.
+    Mounted,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Joining => "joining",
+            Stage::Joined => "joined",
+            Stage::JournalReady => "journal_ready",
+            Stage::Mounted => "mounted",
+        }
+    }
+}
+
+/// One mounted (or mounting) filesystem.
+pub struct TableSim {
+    pub table: Table,
+    /// Tells this mount from an earlier or later one of the same table (inodes, tasks).
+    pub generation: u64,
+    pub created: SystemTime,
+    pub ro: bool,
+    pub spectator: bool,
+    pub journals: u32,
+    /// The DLM had `recover_callbacks=1` when this mount joined it.
+    pub kernel_managed: bool,
+    pub stage: Stage,
+    /// `ls_first`, as `first` reads it.
+    pub first: i64,
+    /// `ls_jid`, as `jid` reads it (0 until written).
+    pub ls_jid: i64,
+    /// SDF_NOJOURNALID: no jid yet.
+    pub nojournalid: bool,
+    /// The value the `jid` write stored (for the status).
+    pub jid_written: Option<i64>,
+    /// The journal this node uses (`sd_jdesc`): its jid, or 0 for a spectator.
+    pub jdesc: Option<u32>,
+    pub blocked: bool,
+    pub mounted: bool,
+    pub withdrawn: bool,
+    pub withdraw_acked: bool,
+    /// SDF_NORECOVERY: unmounting, `recover` writes get ESHUTDOWN.
+    pub unmounting: bool,
+    pub journal_checked: bool,
+    /// SDF_JOURNAL_LIVE: mounted read-write, the journal is in use (and so dirty).
+    pub journal_live: bool,
+    pub recover_done: i64,
+    pub recover_status: i64,
+    pub replays_done: Vec<u32>,
+    pub replays_failed: Vec<u32>,
+    /// JDF_RECOVERY: journals with a recovery queued or running here.
+    pub replaying: BTreeSet<u32>,
+    pub journals_replayed: Vec<u32>,
+    /// The own journal's lock, held while mounted (not by spectators).
+    own_journal: Option<Held>,
+    /// Rung on every change that a waiter may be waiting for; dropped with the table.
+    bell: watch::Sender<()>,
+}
+
+impl TableSim {
+    fn mode(&self) -> MountMode {
+        MountMode::from_flags(self.ro, self.spectator)
+    }
+
+    fn ring(&self) {
+        self.bell.send_replace(());
+    }
+
+    /// The superblock UUID: the same for a filesystem on every node.
+    fn uuid(&self) -> String {
+        fs_uuid(&self.table.to_string())
+    }
+
+    fn fsname(&self) -> String {
+        let table = self.table.to_string();
+        match (self.nojournalid, self.spectator) {
+            (true, _) => table,
+            (false, true) => format!("{table}.s"),
+            (false, false) => format!("{table}.{}", self.ls_jid),
+        }
+    }
+
+    /// `/sys/fs/gfs2/<table>/status` in the layout of 6.1's `status_show`: the daemon reads
+    /// `Mounted RO:` from it.
+    fn status_text(&self) -> String {
+        let b = |v: bool| i64::from(v);
+        let journal = self.jdesc.is_some();
+        let lines: [(&str, i64); 28] = [
+            ("Journal Checked:", b(self.journal_checked)),
+            ("Journal Live:", b(self.journal_live)),
+            ("Journal ID:", self.jdesc.map_or(0, i64::from)),
+            ("Spectator:", b(self.spectator)),
+            ("Withdrawn:", b(self.withdrawn)),
+            ("No barriers:", 0),
+            ("No recovery:", b(self.unmounting)),
+            ("Demote:", 0),
+            ("No Journal ID:", b(self.nojournalid)),
+            ("Mounted RO:", b(self.ro)),
+            ("RO Recovery:", b(self.spectator)),
+            ("Skip DLM Unlock:", 0),
+            ("Force AIL Flush:", 0),
+            ("FS Frozen:", 0),
+            ("Withdrawing:", 0),
+            ("Withdraw In Prog:", 0),
+            ("Remote Withdraw:", 0),
+            ("Withdraw Recovery:", 0),
+            ("sd_log_error:", 0),
+            ("sd_log_flush_lock:", 0),
+            ("sd_log_num_revoke:", 0),
+            ("sd_log_in_flight:", 0),
+            ("sd_log_blks_needed:", 0),
+            ("sd_log_blks_free:", if journal { 32768 } else { 0 }),
+            ("sd_log_flush_head:", 0),
+            ("sd_log_flush_tail:", 0),
+            ("sd_log_blks_reserved:", 0),
+            ("sd_log_revokes_available:", if journal { 503 } else { 0 }),
+        ];
+        lines
+            .iter()
+            .map(|(label, v)| format!("{label:<26}{v}\n"))
+            .collect()
+    }
+}
+
+/// A stable UUID per lock table, printed as `%pUB` does (upper-case, 8-4-4-4-12).
+fn fs_uuid(table: &str) -> String {
+    let fnv = |seed: u64| {
+        table.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let hex = format!(
+        "{:016X}{:016X}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x6c62_272e_07bb_0142)
+    );
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Server-wide settings given at start.
+pub struct Config {
+    pub replay_ms: u64,
+    pub join_ms: u64,
+    pub recover_callbacks: u32,
+    /// `<configfs root>/dlm/cluster/recover_callbacks`, when a configfs root was given.
+    pub configfs_file: Option<PathBuf>,
+    pub disk: SharedDisk,
+    pub sender: UeventSender,
+    pub handle: tokio::runtime::Handle,
+}
+
+pub struct Sim {
+    pub tables: BTreeMap<String, TableSim>,
+    by_gen: BTreeMap<u64, String>,
+    pub violations: Vec<Entry>,
+    pub timeline: Vec<Entry>,
+    pub replay_ms: u64,
+    pub fail_next_replays: u32,
+    pub join_ms: u64,
+    recover_callbacks: u32,
+    configfs_file: Option<PathBuf>,
+    next_generation: u64,
+    seqnum: u64,
+    sender: UeventSender,
+    pub disk: SharedDisk,
+    handle: tokio::runtime::Handle,
+    /// This state's own handle, for the tasks it starts.
+    me: Weak<Mutex<Sim>>,
+    pub started: SystemTime,
+}
+
+pub type Shared = Arc<Mutex<Sim>>;
+
+pub fn lock(sim: &Shared) -> MutexGuard<'_, Sim> {
+    sim.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Answers a sysfs writer: `Ok` (the whole buffer was taken) or the errno.
+pub type Completion = Box<dyn FnOnce(Result<(), i32>) + Send>;
+
+/// A refused write: the errno and why, for the timeline.
+type Refusal = (i32, String);
+
+fn refuse(errno: i32, why: impl Into<String>) -> Result<(), Refusal> {
+    Err((errno, why.into()))
+}
+
+/// The part of a write that runs once the mount has reached a stage.
+#[derive(Clone, Copy, Debug)]
+enum Deferred {
+    First(u32),
+    Jid(i32),
+    Recover(u32),
+}
+
+enum Plan {
+    Now(Result<(), Refusal>),
+    After(Stage, Deferred),
+}
+
+impl Sim {
+    pub fn new(c: Config) -> Shared {
+        Arc::new_cyclic(|me| {
+            let mut sim = Sim::with(c, me.clone());
+            sim.set_recover_callbacks(sim.recover_callbacks);
+            Mutex::new(sim)
+        })
+    }
+
+    fn with(c: Config, me: Weak<Mutex<Sim>>) -> Sim {
+        Sim {
+            tables: BTreeMap::new(),
+            by_gen: BTreeMap::new(),
+            violations: Vec::new(),
+            timeline: Vec::new(),
+            replay_ms: c.replay_ms,
+            fail_next_replays: 0,
+            join_ms: c.join_ms,
+            recover_callbacks: c.recover_callbacks,
+            configfs_file: c.configfs_file,
+            next_generation: 1,
+            seqnum: 0,
+            sender: c.sender,
+            disk: c.disk,
+            handle: c.handle,
+            me,
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Records a timeline entry; returns its index.
+    pub fn note(&mut self, table: &str, what: impl Into<String>) -> usize {
+        let what = what.into();
+        eprintln!("gfs_kernel_sim: {table} {what}");
+        self.timeline.push(Entry {
+            t_ms: now_ms(),
+            table: table.to_owned(),
+            what,
+            result: None,
+            end_ms: None,
+        });
+        self.timeline.len() - 1
+    }
+
+    /// Records a timeline entry with a result (a replay's cause, a read's value).
+    fn note_with(&mut self, table: &str, what: impl Into<String>, result: impl Into<String>) {
+        let idx = self.note(table, what);
+        self.timeline[idx].result = Some(result.into());
+    }
+
+    pub fn violation(&mut self, table: &str, what: impl Into<String>) {
+        let what = what.into();
+        self.note(table, format!("VIOLATION: {what}"));
+        self.violations.push(Entry {
+            t_ms: now_ms(),
+            table: table.to_owned(),
+            what,
+            result: None,
+            end_ms: None,
+        });
+    }
+
+    /// The DLM's `recover_callbacks` as a mount joining now sees it: the configfs file when
+    /// there is one (a test may rewrite it, as an administrator would), else the setting.
+    fn recover_callbacks_now(&self) -> u32 {
+        self.configfs_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(self.recover_callbacks)
+    }
+
+    pub fn recover_callbacks(&self) -> u32 {
+        self.recover_callbacks_now()
+    }
+
+    pub fn set_recover_callbacks(&mut self, value: u32) {
+        self.recover_callbacks = value;
+        if let Some(file) = &self.configfs_file {
+            let written = file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(file, format!("{value}\n")));
+            if let Err(e) = written {
+                let what = format!("cannot write {}: {e}", file.display());
+                self.note("", what);
+            }
+        }
+    }
+
+    /// Removes the configfs file this server created.
+    pub fn remove_configfs_file(&self) {
+        if let Some(file) = &self.configfs_file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+
+    pub fn name_of(&self, generation: u64) -> Option<String> {
+        self.by_gen.get(&generation).cloned()
+    }
+
+    pub fn table(&self, generation: u64) -> Option<&TableSim> {
+        let t = self.tables.get(self.by_gen.get(&generation)?)?;
+        (t.generation == generation).then_some(t)
+    }
+
+    fn table_mut(&mut self, generation: u64) -> Option<&mut TableSim> {
+        let name = self.by_gen.get(&generation)?;
+        let t = self.tables.get_mut(name)?;
+        (t.generation == generation).then_some(t)
+    }
+
+    /// Sends a uevent for `name` as its kernel would, and records it.
+    fn send(&mut self, name: &str, kind: KernelEventKind) {
+        let Some(t) = self.tables.get(name) else {
+            return;
+        };
+        self.seqnum += 1;
+        let vars = KernelVars {
+            journal_id: (!t.nojournalid).then_some(t.ls_jid),
+            uuid: Some(t.uuid()),
+            seqnum: self.seqnum,
+        };
+        let event = KernelEvent {
+            table: t.table.clone(),
+            kind,
+        };
+        let what = describe(&event.kind);
+        match self.sender.send_kernel(&event, &vars) {
+            Ok(()) => self.note(name, format!("uevent {what}")),
+            Err(e) => self.note(name, format!("uevent {what} NOT SENT: {e}")),
+        };
+    }
+
+    /// Drops a table (its sysfs directory goes, its locks are released); waiters wake.
+    fn remove_table(&mut self, name: &str) {
+        if let Some(t) = self.tables.remove(name) {
+            self.by_gen.remove(&t.generation);
+            t.ring();
+        }
+    }
+
+    /// SIGTERM: every table goes at once, as at power-off (no uevents; journals stay as they
+    /// are on the shared disk).
+    pub fn shutdown(&mut self) {
+        let names: Vec<String> = self.tables.keys().cloned().collect();
+        for name in names {
+            self.remove_table(&name);
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        Status {
+            tables: self
+                .tables
+                .values()
+                .map(|t| {
+                    let name = t.table.to_string();
+                    TableStatus {
+                        table: name.clone(),
+                        mode: t.mode().as_str().to_owned(),
+                        jid: t.jid_written,
+                        first: t.first,
+                        blocked: t.blocked,
+                        mounted: t.mounted,
+                        withdrawn: t.withdrawn,
+                        replays_done: t.replays_done.clone(),
+                        replays_failed: t.replays_failed.clone(),
+                        replaying: t.replaying.iter().copied().collect(),
+                        stage: t.stage.as_str().to_owned(),
+                        journals: t.journals,
+                        kernel_managed: t.kernel_managed,
+                        journals_replayed: t.journals_replayed.clone(),
+                        dirty: self.disk.dirty_journals(&name, t.journals),
+                        withdraw_acked: t.withdraw_acked,
+                    }
+                })
+                .collect(),
+            violations: self.violations.clone(),
+            timeline: self.timeline.clone(),
+            replay_ms: self.replay_ms,
+            fail_next_replays: self.fail_next_replays,
+            join_ms: self.join_ms,
+            recover_callbacks: self.recover_callbacks_now(),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Reads
+
+    /// What reading `file` of mount `generation` gives, without recording it.
+    pub fn peek_file(&self, generation: u64, file: SysFile) -> Result<String, i32> {
+        let Some(t) = self.table(generation) else {
+            return Err(libc::ENODEV);
+        };
+        Ok(match file {
+            SysFile::Id => format!("253:{generation}\n"),
+            SysFile::Fsname => format!("{}\n", t.fsname()),
+            SysFile::Uuid => format!("{}\n", t.uuid()),
+            SysFile::Status => t.status_text(),
+            SysFile::Withdraw => format!("{}\n", u8::from(t.withdrawn)),
+            SysFile::ProtoName => "lock_dlm\n".to_owned(),
+            SysFile::Block => format!("{}\n", u8::from(t.blocked)),
+            SysFile::WithdrawAck => format!("{}\n", u8::from(t.withdraw_acked)),
+            SysFile::Jid => format!("{}\n", t.ls_jid),
+            SysFile::First => format!("{}\n", t.first),
+            // Set only on the DLM-callback path, which this mode never takes.
+            SysFile::FirstDone => "0\n".to_owned(),
+            SysFile::RecoverDone => format!("{}\n", t.recover_done),
+            SysFile::RecoverStatus => format!("{}\n", t.recover_status),
+            SysFile::Recover => return Err(libc::EACCES),
+        })
+    }
+
+    /// What reading `file` of mount `generation` gives, recorded in the timeline.
+    pub fn read_file(&mut self, generation: u64, file: SysFile) -> Result<String, i32> {
+        let text = self.peek_file(generation, file)?;
+        let Some(name) = self.name_of(generation) else {
+            return Err(libc::ENODEV);
+        };
+        let shown = if file == SysFile::Status {
+            let line = |label: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(label))
+                    .map(|v| format!("{label} {}", v.trim()))
+                    .unwrap_or_default()
+            };
+            [
+                line("Mounted RO:"),
+                line("No Journal ID:"),
+                line("Withdrawn:"),
+            ]
+            .join(", ")
+        } else {
+            text.trim().to_owned()
+        };
+        self.note_with(&name, format!("read {}", file.label()), shown);
+        Ok(text)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Writes
+
+    /// The part of a write that does not wait.
+    fn plan_write(&mut self, name: &str, file: SysFile, text: &str) -> Plan {
+        let Some(t) = self.tables.get_mut(name) else {
+            return Plan::Now(refuse(libc::ENODEV, "the filesystem is gone"));
+        };
+        let not_number = |e: i32| Plan::Now(refuse(e, "not a number"));
+        match file {
+            SysFile::Block => match kstrtoint(text) {
+                Err(e) => not_number(e),
+                Ok(1) => {
+                    t.blocked = true;
+                    Plan::Now(Ok(()))
+                }
+                Ok(0) => {
+                    t.blocked = false;
+                    if !t.replaying.is_empty() {
+                        let what = format!("block=0 while replaying {:?}", t.replaying);
+                        self.note(name, what);
+                    }
+                    Plan::Now(Ok(()))
+                }
+                Ok(_) => Plan::Now(refuse(libc::EINVAL, "block takes 0 or 1")),
+            },
+            SysFile::WithdrawAck => match kstrtoint(text) {
+                Err(e) => not_number(e),
+                Ok(1) => {
+                    t.withdraw_acked = true;
+                    Plan::Now(Ok(()))
+                }
+                Ok(_) => Plan::Now(refuse(libc::EINVAL, "withdraw takes only 1")),
+            },
+            SysFile::Withdraw => match kstrtoint(text) {
+                Err(e) => not_number(e),
+                Ok(1) => Plan::Now(self.withdraw(name)),
+                Ok(_) => Plan::Now(refuse(libc::EINVAL, "withdraw takes only 1")),
+            },
+            SysFile::First => match sscanf_u(text) {
+                None => not_number(libc::EINVAL),
+                Some(v) if v > 1 => Plan::Now(refuse(libc::EINVAL, "first takes 0 or 1")),
+                Some(v) => self.defer_until(name, Stage::Joined, Deferred::First(v)),
+            },
+            SysFile::Jid => match sscanf_d(text) {
+                None => not_number(libc::EINVAL),
+                Some(v) => self.defer_until(name, Stage::Joined, Deferred::Jid(v)),
+            },
+            SysFile::Recover => match sscanf_u(text) {
+                None => not_number(libc::EINVAL),
+                Some(_) if t.unmounting => {
+                    Plan::Now(refuse(libc::ESHUTDOWN, "the filesystem is unmounting"))
+                }
+                Some(v) => self.defer_until(name, Stage::JournalReady, Deferred::Recover(v)),
+            },
+            _ => Plan::Now(refuse(libc::EACCES, "read-only file")),
+        }
+    }
+
+    fn defer_until(&mut self, name: &str, stage: Stage, d: Deferred) -> Plan {
+        match self.tables.get(name) {
+            Some(t) if t.stage >= stage => Plan::Now(self.apply(name, d)),
+            Some(_) => Plan::After(stage, d),
+            None => Plan::Now(refuse(libc::ENODEV, "the filesystem is gone")),
+        }
+    }
+
+    /// A `first`/`jid`/`recover` write once the mount is far enough.
+    fn apply(&mut self, name: &str, d: Deferred) -> Result<(), Refusal> {
+        let Some(t) = self.tables.get_mut(name) else {
+            return refuse(libc::ENODEV, "the filesystem is gone");
+        };
+        match d {
+            Deferred::First(v) => {
+                if t.kernel_managed {
+                    refuse(libc::EBUSY, "kernel-managed: the kernel chose its jid")
+                } else if !t.nojournalid {
+                    refuse(libc::EBUSY, "the jid is already set")
+                } else if t.spectator {
+                    refuse(libc::EINVAL, "a spectator cannot set first")
+                } else {
+                    t.first = i64::from(v);
+                    Ok(())
+                }
+            }
+            Deferred::Jid(v) => {
+                if t.kernel_managed {
+                    refuse(libc::EBUSY, "kernel-managed: the kernel chose its jid")
+                } else if !t.nojournalid {
+                    refuse(libc::EBUSY, "the jid is already set")
+                } else if t.spectator && v > 0 {
+                    // Stored as the mount's error: the mount fails with EINVAL.
+                    t.ls_jid = -i64::from(libc::EINVAL);
+                    t.jid_written = Some(t.ls_jid);
+                    t.nojournalid = false;
+                    t.ring();
+                    refuse(
+                        libc::EINVAL,
+                        "a spectator takes jid 0 only: the mount fails",
+                    )
+                } else {
+                    t.ls_jid = i64::from(v);
+                    t.jid_written = Some(t.ls_jid);
+                    t.nojournalid = false;
+                    t.ring();
+                    Ok(())
+                }
+            }
+            Deferred::Recover(v) => {
+                let Some(own) = t.jdesc else {
+                    return refuse(libc::EBUSY, "no journal yet");
+                };
+                if !t.spectator && own == v {
+                    return refuse(libc::EBUSY, "its own journal");
+                }
+                // A spectator recovers the first journal, whatever was asked.
+                let jid = if t.spectator { 0 } else { v };
+                if jid >= t.journals {
+                    return refuse(libc::ENOENT, format!("no journal {v}"));
+                }
+                if t.replaying.contains(&jid) {
+                    return refuse(libc::EBUSY, format!("journal {jid} is already recovering"));
+                }
+                self.start_recovery(name, jid);
+                Ok(())
+            }
+        }
+    }
+
+    /// Records the write's result; a refusal (other than "the filesystem is gone") is a
+    /// violation: the daemon made a write the kernel does not accept.
+    fn finish_write(&mut self, idx: usize, name: &str, what: &str, result: &Result<(), Refusal>) {
+        if let Some(e) = self.timeline.get_mut(idx) {
+            e.result = Some(match result {
+                Ok(()) => "ok".to_owned(),
+                Err((errno, why)) => format!("{} ({why})", errno_name(*errno)),
+            });
+            e.end_ms = Some(now_ms());
+        }
+        if let Err((errno, why)) = result {
+            eprintln!(
+                "gfs_kernel_sim: {name} {what} -> {} ({why})",
+                errno_name(*errno)
+            );
+            if *errno != libc::ENODEV {
+                let v = format!("{what} refused: {} ({why})", errno_name(*errno));
+                self.violation(name, v);
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Recovery, withdraw, remount
+
+    /// Queues the recovery of `jid` (`recover` write): the write has already returned 0.
+    fn start_recovery(&mut self, name: &str, jid: u32) {
+        let fail = self.fail_next_replays > 0;
+        if fail {
+            self.fail_next_replays -= 1;
+        }
+        let Some(sim) = self.me.upgrade() else {
+            return;
+        };
+        let Some(t) = self.tables.get_mut(name) else {
+            return;
+        };
+        t.replaying.insert(jid);
+        let generation = t.generation;
+        let name = name.to_owned();
+        let disk = self.disk.clone();
+        let replay_ms = self.replay_ms;
+        self.handle.spawn(async move {
+            run_recovery(sim, disk, generation, name, jid, fail, replay_ms).await;
+        });
+    }
+
+    /// Withdraw: this node stops using its journal (its lock goes, the journal stays dirty for
+    /// a peer to replay) and `offline` is sent. 6.1 has the peers' kernels replay the journal
+    /// before `offline`; that is not modelled: the daemon's `recover` does it here.
+    pub fn withdraw(&mut self, name: &str) -> Result<(), Refusal> {
+        let Some(t) = self.tables.get_mut(name) else {
+            return refuse(libc::ENODEV, "the filesystem is gone");
+        };
+        if !t.mounted {
+            return refuse(libc::EBUSY, "still mounting");
+        }
+        if t.withdrawn {
+            return Ok(());
+        }
+        t.withdrawn = true;
+        t.journal_live = false;
+        t.own_journal = None;
+        t.ring();
+        self.note(
+            name,
+            "withdraw: own journal lock released, journal left as it is",
+        );
+        self.send(name, KernelEventKind::Offline);
+        Ok(())
+    }
+
+    /// Remount: `online` carries the OLD read-only flag (6.1 computes it before the VFS applies
+    /// the new flags); `status` shows the new state at once.
+    pub fn remount(&mut self, name: &str, ro: bool) -> Result<(), Refusal> {
+        let Some(t) = self.tables.get_mut(name) else {
+            return refuse(libc::EINVAL, "not mounted");
+        };
+        if !t.mounted {
+            return refuse(libc::EBUSY, "still mounting");
+        }
+        if t.spectator && !ro {
+            return refuse(libc::EINVAL, "a spectator stays read-only");
+        }
+        let old_ro = t.ro;
+        let spectator = t.spectator;
+        t.ro = ro;
+        let table = t.table.to_string();
+        let own = t.jdesc;
+        let mut journal = None;
+        if !t.withdrawn && !spectator {
+            if ro && !old_ro {
+                // Going read-only flushes the log and marks the journal clean.
+                t.journal_live = false;
+                journal = own.map(|j| (j, false));
+            } else if !ro && old_ro {
+                t.journal_live = true;
+                journal = own.map(|j| (j, true));
+            }
+        }
+        if let Some((j, dirty)) = journal {
+            let _ = self.disk.set_dirty(&table, j, dirty);
+        }
+        self.note(name, format!("remount {}", if ro { "ro" } else { "rw" }));
+        self.send(
+            name,
+            KernelEventKind::Online {
+                ro: old_ro,
+                spectator,
+            },
+        );
+        Ok(())
+    }
+}
+
+fn describe(kind: &KernelEventKind) -> String {
+    match kind {
+        KernelEventKind::Add { ro, spectator, .. } => {
+            format!("add RDONLY={} SPECTATOR={}", *ro as u8, *spectator as u8)
+        }
+        KernelEventKind::Online { ro, spectator } => {
+            format!("online RDONLY={} SPECTATOR={}", *ro as u8, *spectator as u8)
+        }
+        KernelEventKind::FirstMountDone => "change FIRSTMOUNT=Done".into(),
+        KernelEventKind::Recovery { jid, done } => format!(
+            "change JID={jid} RECOVERY={}",
+            if *done { "Done" } else { "Failed" }
+        ),
+        KernelEventKind::Offline => "offline".into(),
+        KernelEventKind::Remove => "remove".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writes from the FUSE thread
+
+/// A write of `data` to `file` of mount `generation`. `done` answers the writer, at once or,
+/// for a write the kernel blocks, from a task once the mount is far enough.
+pub fn write_file(sim: &Shared, generation: u64, file: SysFile, data: &[u8], done: Completion) {
+    let text = String::from_utf8_lossy(data).into_owned();
+    let what = format!("write {}={}", file.label(), text.trim());
+    let mut s = lock(sim);
+    let Some(name) = s.name_of(generation) else {
+        drop(s);
+        done(Err(libc::ENODEV));
+        return;
+    };
+    let idx = s.note(&name, what.clone());
+    if s.tables.get(&name).is_some_and(|t| t.kernel_managed) {
+        s.violation(
+            &name,
+            format!("{what} on a kernel-managed filesystem (recover_callbacks=1): the daemon must leave it alone"),
+        );
+    }
+    match s.plan_write(&name, file, &text) {
+        Plan::Now(result) => {
+            s.finish_write(idx, &name, &what, &result);
+            drop(s);
+            done(result.map_err(|(e, _)| e));
+        }
+        Plan::After(stage, deferred) => {
+            let handle = s.handle.clone();
+            drop(s);
+            let sim = sim.clone();
+            handle.spawn(async move {
+                let reached =
+                    wait_table(&sim, generation, None, |t| (t.stage >= stage).then_some(())).await;
+                let mut s = lock(&sim);
+                let result = match reached {
+                    Waited::Ready(()) => s.apply(&name, deferred),
+                    _ => refuse(libc::ENODEV, "the mount ended while the write waited"),
+                };
+                s.finish_write(idx, &name, &what, &result);
+                drop(s);
+                done(result.map_err(|(e, _)| e));
+            });
+        }
+    }
+}
+
+enum Waited<T> {
+    Ready(T),
+    Gone,
+    TimedOut,
+}
+
+/// Waits until `check` gives a value for mount `generation`, the mount goes, or `deadline`.
+async fn wait_table<T>(
+    sim: &Shared,
+    generation: u64,
+    deadline: Option<Instant>,
+    mut check: impl FnMut(&TableSim) -> Option<T>,
+) -> Waited<T> {
+    loop {
+        let mut bell = {
+            let s = lock(sim);
+            let Some(t) = s.table(generation) else {
+                return Waited::Gone;
+            };
+            if let Some(v) = check(t) {
+                return Waited::Ready(v);
+            }
+            t.bell.subscribe()
+        };
+        let rang = match deadline {
+            Some(d) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(d), bell.changed())
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => return Waited::TimedOut,
+                }
+            }
+            None => bell.changed().await,
+        };
+        if rang.is_err() {
+            return Waited::Gone;
+        }
+    }
+}
+
+/// The recovery work a `recover` write queued (fs/gfs2/recovery.c): gives up at once on a
+/// withdrawn node or a spectator; takes the journal's lock with TRY (held by a live node:
+/// "Busy", Failed); replays it if dirty (a read-only mount cannot: Failed); reports.
+async fn run_recovery(
+    sim: Shared,
+    disk: SharedDisk,
+    generation: u64,
+    name: String,
+    jid: u32,
+    fail: bool,
+    replay_ms: u64,
+) {
+    let (withdrawn, spectator, ro) = {
+        let s = lock(&sim);
+        let Some(t) = s.table(generation) else {
+            return;
+        };
+        (t.withdrawn, t.spectator, t.ro)
+    };
+    let (done, why) = if withdrawn {
+        (false, "withdrawn".to_owned())
+    } else if spectator {
+        (false, "a spectator gives up".to_owned())
+    } else {
+        match disk.try_lock(&name, Lock::Journal(jid)) {
+            Err(e) => (false, format!("journal lock: {e}")),
+            Ok(None) => (false, "Busy: a live node holds the journal".to_owned()),
+            Ok(Some(held)) => {
+                let dirty = disk.is_dirty(&name, jid);
+                let r = if fail {
+                    lock(&sim).note(&name, format!("replay start jid={jid} (will fail)"));
+                    tokio::time::sleep(Duration::from_millis(replay_ms)).await;
+                    (false, "replay failed (fail_next_replays)".to_owned())
+                } else if !dirty {
+                    (true, "clean: nothing to replay".to_owned())
+                } else if ro {
+                    (false, "EROFS: a read-only mount cannot replay".to_owned())
+                } else {
+                    lock(&sim).note(&name, format!("replay start jid={jid}"));
+                    tokio::time::sleep(Duration::from_millis(replay_ms)).await;
+                    if lock(&sim).table(generation).is_none() {
+                        return; // unmounted or killed mid-replay: the journal stays dirty
+                    }
+                    match disk.set_dirty(&name, jid, false) {
+                        Ok(()) => {
+                            if let Some(t) = lock(&sim).table_mut(generation) {
+                                t.journals_replayed.push(jid);
+                            }
+                            (true, "replayed".to_owned())
+                        }
+                        Err(e) => (false, format!("clearing the dirty flag: {e}")),
+                    }
+                };
+                drop(held);
+                r
+            }
+        }
+    };
+    let mut s = lock(&sim);
+    let Some(t) = s.table_mut(generation) else {
+        return;
+    };
+    t.replaying.remove(&jid);
+    if done {
+        t.replays_done.push(jid);
+    } else {
+        t.replays_failed.push(jid);
+    }
+    t.recover_done = i64::from(jid);
+    t.recover_status = if done { STATUS_DONE } else { STATUS_FAILED };
+    t.ring();
+    s.note_with(
+        &name,
+        format!(
+            "replay end jid={jid} {}",
+            if done { "Done" } else { "Failed" }
+        ),
+        why,
+    );
+    s.send(&name, KernelEventKind::Recovery { jid, done });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mount, unmount
+
+pub struct MountArgs {
+    pub table: String,
+    pub spectator: bool,
+    pub ro: bool,
+    pub timeout_ms: Option<u64>,
+    pub journals: Option<u32>,
+    pub join_ms: Option<u64>,
+    pub hostdata_first0: bool,
+}
+
+/// Why a mount stopped: the reply its client gets (boxed: it is large).
+type Stop = Box<Response>;
+
+/// A mount in progress: the steps of fs/gfs2/ops_fstype.c `gfs2_fill_super` for lock_dlm.
+struct Mounting<'a> {
+    sim: &'a Shared,
+    disk: SharedDisk,
+    generation: u64,
+    name: String,
+    deadline: Option<Instant>,
+}
+
+impl Mounting<'_> {
+    fn gone(&self) -> Stop {
+        Box::new(Response::err(
+            libc::EINTR,
+            format!("{} unmounted while mounting", self.name),
+        ))
+    }
+
+    fn note(&self, what: impl Into<String>) {
+        lock(self.sim).note(&self.name, what);
+    }
+
+    /// The mount fails with `errno`: `remove` (after the lockspace is left), the directory
+    /// goes. `reset_jid`: a negative jid is returned to mount(2) and `ls_jid` reset to 0.
+    fn fail(&self, errno: i32, why: String, reset_jid: bool) -> Stop {
+        let mut s = lock(self.sim);
+        let Some(t) = s.table_mut(self.generation) else {
+            return self.gone();
+        };
+        if reset_jid {
+            t.ls_jid = 0;
+        }
+        s.note(
+            &self.name,
+            format!("mount fails: {why} ({})", errno_name(errno)),
+        );
+        s.send(&self.name, KernelEventKind::Remove);
+        s.remove_table(&self.name);
+        Box::new(Response::err(errno, format!("{}: {why}", self.name)))
+    }
+
+    fn timed_out(&self, what: &str) -> Stop {
+        self.fail(
+            libc::EINTR,
+            format!("--timeout-ms expired waiting for {what} (as if the mount were killed)"),
+            false,
+        )
+    }
+
+    /// Waits for `lock` (EX) on the shared disk, retrying while another node holds it.
+    async fn acquire(&self, which: Lock, what: &str) -> Result<Held, Stop> {
+        let started = Instant::now();
+        let mut waiting = false;
+        loop {
+            if lock(self.sim).table(self.generation).is_none() {
+                return Err(self.gone());
+            }
+            match self.disk.try_lock(&self.name, which) {
+                Ok(Some(held)) => {
+                    if waiting {
+                        let ms = started.elapsed().as_millis();
+                        self.note(format!("{what} acquired after {ms} ms"));
+                    }
+                    return Ok(held);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(libc::EIO, format!("{what}: {e}"), false)),
+            }
+            if !waiting {
+                waiting = true;
+                match which {
+                    Lock::Journal(j) => lock(self.sim).violation(
+                        &self.name,
+                        format!("jid={j}: another live node holds journal {j}; the mount waits for its lock"),
+                    ),
+                    Lock::Mount => self.note(format!("waiting for {what} (another node is mounting)")),
+                }
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(self.timed_out(what));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// In kernel-managed mode the kernel picks its jid (its DLM slot) and whether it is first;
+    /// under the mount glock, so two mounts never pick the same.
+    fn kernel_picks_jid(&self) -> Result<(), Stop> {
+        let mut s = lock(self.sim);
+        let Some(t) = s.table(self.generation) else {
+            return Err(self.gone());
+        };
+        let journals = t.journals;
+        let held: Vec<bool> = (0..journals)
+            .map(|j| self.disk.is_held(&self.name, Lock::Journal(j)))
+            .collect();
+        let Some(jid) = held.iter().position(|h| !h) else {
+            drop(s);
+            return Err(self.fail(
+                libc::EUSERS,
+                "kernel-managed: no free journal".into(),
+                false,
+            ));
+        };
+        let first = held.iter().all(|h| !h);
+        let Some(t) = s.table_mut(self.generation) else {
+            return Err(self.gone());
+        };
+        t.ls_jid = jid as i64;
+        t.nojournalid = false;
+        t.first = i64::from(first);
+        s.note(
+            &self.name,
+            format!(
+                "kernel-managed: the kernel takes jid {jid}, first={}",
+                u8::from(first)
+            ),
+        );
+        Ok(())
+    }
+
+    /// Checks journal `jid` at mount time (the lock is held): replays it if dirty. A mount may
+    /// write its journals even when mounted read-only.
+    async fn check_journal(&self, jid: u32, replay_ms: u64) -> Result<(), Stop> {
+        if !self.disk.is_dirty(&self.name, jid) {
+            return Ok(());
+        }
+        {
+            let mut s = lock(self.sim);
+            let Some(t) = s.table_mut(self.generation) else {
+                return Err(self.gone());
+            };
+            t.replaying.insert(jid);
+            s.note_with(&self.name, format!("replay start jid={jid}"), "mount-time");
+        }
+        tokio::time::sleep(Duration::from_millis(replay_ms)).await;
+        let mut s = lock(self.sim);
+        let Some(t) = s.table_mut(self.generation) else {
+            return Err(self.gone());
+        };
+        t.replaying.remove(&jid);
+        t.journals_replayed.push(jid);
+        let _ = self.disk.set_dirty(&self.name, jid, false);
+        s.note_with(
+            &self.name,
+            format!("replay end jid={jid} Done"),
+            "mount-time",
+        );
+        Ok(())
+    }
+
+    /// `change JID=<jid> RECOVERY=Done|Failed` after a mount-time check.
+    fn report(&self, jid: u32, done: bool) -> Result<(), Stop> {
+        let mut s = lock(self.sim);
+        let Some(t) = s.table_mut(self.generation) else {
+            return Err(self.gone());
+        };
+        t.recover_done = i64::from(jid);
+        t.recover_status = if done { STATUS_DONE } else { STATUS_FAILED };
+        s.send(&self.name, KernelEventKind::Recovery { jid, done });
+        Ok(())
+    }
+}
+
+pub async fn mount(sim: &Shared, a: MountArgs) -> Response {
+    match mount_steps(sim, a).await {
+        Ok(r) => r,
+        Err(r) => *r,
+    }
+}
+
+async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
+    let table = Table::parse(&a.table).map_err(|e| {
+        Box::new(Response::err(
+            libc::EINVAL,
+            format!("bad lock table {}: {e}", a.table),
+        ))
+    })?;
+    let ro = a.ro || a.spectator;
+    let journals = a.journals.unwrap_or(MAX_JOURNALS);
+    if journals == 0 {
+        return Err(Box::new(Response::err(
+            libc::EINVAL,
+            "--journals must be at least 1",
+        )));
+    }
+    let name = a.table.clone();
+    let (generation, join_ms, replay_ms, disk) = {
+        let mut s = lock(sim);
+        if s.tables.contains_key(&name) {
+            return Err(Box::new(Response::err(
+                libc::EBUSY,
+                format!("{name} is already mounted"),
+            )));
+        }
+        let kernel_managed = s.recover_callbacks_now() == 1;
+        let generation = s.next_generation;
+        s.next_generation += 1;
+        let join_ms = a.join_ms.unwrap_or(s.join_ms);
+        let (bell, _) = watch::channel(());
+        s.tables.insert(
+            name.clone(),
+            TableSim {
+                table,
+                generation,
+                created: SystemTime::now(),
+                ro,
+                spectator: a.spectator,
+                journals,
+                kernel_managed,
+                stage: Stage::Joining,
+                // gfs2_lm_mount: ls_first = 1, unless hostdata says first=0.
+                first: i64::from(!a.hostdata_first0),
+                ls_jid: 0,
+                nojournalid: true,
+                jid_written: None,
+                jdesc: None,
+                blocked: false,
+                mounted: false,
+                withdrawn: false,
+                withdraw_acked: false,
+                unmounting: false,
+                journal_checked: false,
+                journal_live: false,
+                recover_done: 0,
+                recover_status: 0,
+                replays_done: Vec::new(),
+                replays_failed: Vec::new(),
+                replaying: BTreeSet::new(),
+                journals_replayed: Vec::new(),
+                own_journal: None,
+                bell,
+            },
+        );
+        s.by_gen.insert(generation, name.clone());
+        let mode = MountMode::from_flags(ro, a.spectator).as_str();
+        let mut what = format!("mount {mode}: {journals} journals, DLM join {join_ms} ms");
+        if kernel_managed {
+            what.push_str(", kernel-managed (recover_callbacks=1)");
+        }
+        if a.hostdata_first0 {
+            what.push_str(", hostdata=first=0");
+        }
+        s.note(&name, what);
+        s.send(
+            &name,
+            KernelEventKind::Add {
+                ro,
+                spectator: a.spectator,
+                kernel_managed: false,
+            },
+        );
+        (generation, join_ms, s.replay_ms, s.disk.clone())
+    };
+    let m = Mounting {
+        sim,
+        disk,
+        generation,
+        name: name.clone(),
+        deadline: a
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms)),
+    };
+
+    // The DLM lockspace join; blocked `first`/`jid` writes go on after it.
+    tokio::time::sleep(Duration::from_millis(join_ms)).await;
+    {
+        let mut s = lock(sim);
+        let Some(t) = s.table_mut(generation) else {
+            return Err(m.gone());
+        };
+        t.stage = Stage::Joined;
+        t.ring();
+        s.note(&name, "DLM lockspace joined");
+    }
+
+    // init_locking: the mount glock, EX until the mount ends (including the wait for `jid`).
+    let glock = m.acquire(Lock::Mount, "the mount glock").await?;
+    m.note("mount glock held (EX)");
+    if lock(sim)
+        .table(generation)
+        .is_some_and(|t| t.kernel_managed)
+    {
+        m.kernel_picks_jid()?;
+    }
+
+    // wait_on_journal.
+    let jid = match wait_table(sim, generation, m.deadline, |t| {
+        (!t.nojournalid).then_some(t.ls_jid)
+    })
+    .await
+    {
+        Waited::Ready(j) => j,
+        Waited::Gone => return Err(m.gone()),
+        Waited::TimedOut => return Err(m.timed_out("a jid write")),
+    };
+    if jid < 0 {
+        let errno = i32::try_from(-jid).unwrap_or(libc::EINVAL);
+        return Err(m.fail(errno, format!("refused by jid={jid}"), true));
+    }
+    let (spectator, first) = {
+        let s = lock(sim);
+        let t = s.table(generation).ok_or_else(|| m.gone())?;
+        (t.spectator, t.first)
+    };
+
+    // init_journal.
+    let own: u32 = if spectator {
+        0
+    } else {
+        match u32::try_from(jid) {
+            Ok(j) if j < journals => j,
+            _ => {
+                return Err(m.fail(
+                    libc::EUSERS,
+                    format!("can't mount journal #{jid}: there are only {journals} journals"),
+                    false,
+                ))
+            }
+        }
+    };
+    if !spectator {
+        let held = m.acquire(Lock::Journal(own), "its journal lock").await?;
+        let mut s = lock(sim);
+        let t = s.table_mut(generation).ok_or_else(|| m.gone())?;
+        t.own_journal = Some(held);
+    }
+    if first == 1 {
+        if spectator {
+            // A spectator cannot replay: every journal must be clean, and a live node's is not.
+            for j in 0..journals {
+                if m.disk.is_dirty(&name, j) || m.disk.is_held(&name, Lock::Journal(j)) {
+                    return Err(m.fail(
+                        libc::EPERM,
+                        format!("spectator: journal {j} is not clean"),
+                        false,
+                    ));
+                }
+            }
+        } else {
+            // The first mounter recovers every journal; a live node's is "Busy" and skipped.
+            for j in 0..journals {
+                if j == own {
+                    m.check_journal(j, replay_ms).await?;
+                    m.report(j, true)?;
+                    continue;
+                }
+                match m.disk.try_lock(&name, Lock::Journal(j)) {
+                    Ok(Some(held)) => {
+                        m.check_journal(j, replay_ms).await?;
+                        drop(held);
+                        m.report(j, true)?;
+                    }
+                    Ok(None) | Err(_) => m.report(j, false)?,
+                }
+            }
+        }
+        let mut s = lock(sim);
+        if s.table(generation).is_none() {
+            return Err(m.gone());
+        }
+        s.send(&name, KernelEventKind::FirstMountDone);
+    } else if !spectator {
+        m.check_journal(own, replay_ms).await?;
+        m.report(own, true)?;
+    }
+
+    // The journal is ready: `recover` writes go on; a read-write mount's journal is live.
+    {
+        let mut s = lock(sim);
+        let t = s.table_mut(generation).ok_or_else(|| m.gone())?;
+        t.jdesc = Some(own);
+        t.journal_checked = true;
+        t.stage = Stage::JournalReady;
+        t.ring();
+        if !t.ro {
+            t.journal_live = true;
+            let _ = m.disk.set_dirty(&name, own, true);
+        }
+        // S5: nobody may start using the filesystem while a journal is dirty and nobody holds
+        // it: its owner is dead and its blocks not yet replayed.
+        let orphans: Vec<u32> = m
+            .disk
+            .dirty_journals(&name, journals)
+            .into_iter()
+            .filter(|j| (spectator || *j != own) && !m.disk.is_held(&name, Lock::Journal(*j)))
+            .collect();
+        if !orphans.is_empty() {
+            s.violation(
+                &name,
+                format!("S5: the mount completes while journals {orphans:?} are dirty and no live node holds them (not replayed)"),
+            );
+        }
+    }
+
+    // The rest of the mount; then the mount glock goes and `online` is sent.
+    drop(glock);
+    let mut s = lock(sim);
+    let t = s.table_mut(generation).ok_or_else(|| m.gone())?;
+    t.mounted = true;
+    t.stage = Stage::Mounted;
+    t.ring();
+    let ro = t.ro;
+    s.note(&name, "mount glock released");
+    s.send(&name, KernelEventKind::Online { ro, spectator });
+    Ok(Response::ok(format!("{name} mounted with jid {jid}")))
+}
+
+/// Unmount. A mount still in progress fails (EINTR). A mounted filesystem refuses new
+/// `recover` writes (ESHUTDOWN), waits for its running recoveries, marks its journal clean
+/// (read-write, not withdrawn), releases its journal lock and sends `remove`.
+pub async fn umount(sim: &Shared, name: &str) -> Response {
+    let generation = {
+        let mut s = lock(sim);
+        let Some(t) = s.tables.get_mut(name) else {
+            return Response::err(libc::EINVAL, format!("{name} is not mounted"));
+        };
+        if !t.mounted {
+            s.note(name, "umount while mounting: the mount fails");
+            s.send(name, KernelEventKind::Remove);
+            s.remove_table(name);
+            return Response::ok(format!("{name} unmounted (the mount failed)"));
+        }
+        t.unmounting = true;
+        t.ring();
+        let generation = t.generation;
+        s.note(name, "umount");
+        generation
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let _ = wait_table(sim, generation, Some(deadline), |t| {
+        t.replaying.is_empty().then_some(())
+    })
+    .await;
+    let mut s = lock(sim);
+    let Some(t) = s.table_mut(generation) else {
+        return Response::ok(format!("{name} unmounted"));
+    };
+    let clean = t.journal_live && !t.withdrawn;
+    let own = t.jdesc;
+    t.journal_live = false;
+    if let (true, Some(j)) = (clean, own) {
+        let _ = s.disk.set_dirty(name, j, false);
+    }
+    s.send(name, KernelEventKind::Remove);
+    s.remove_table(name);
+    Response::ok(format!("{name} unmounted"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_is_stable_and_kernel_shaped() {
+        let u = fs_uuid("clu:fs1");
+        assert_eq!(u, fs_uuid("clu:fs1"));
+        assert_ne!(u, fs_uuid("clu:fs2"));
+        assert_eq!(u.len(), 36);
+        assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
+        assert_eq!(u, u.to_uppercase());
+    }
+}
