@@ -142,7 +142,7 @@ fn replayers_of(c: &Cluster, survivors: &[u32], fs: &str, jid: u64) -> Vec<u32> 
 }
 
 #[test]
-fn s1_three_nodes_mount_with_distinct_jids_and_one_first_mounter() {
+fn s1_three_nodes_mount_at_once_with_distinct_jids_as_first_mounters() {
     let Some((_guard, c)) = cluster("s1", 3, 300) else {
         return;
     };
@@ -166,26 +166,24 @@ fn s1_three_nodes_mount_with_distinct_jids_and_one_first_mounter() {
     jids.sort();
     jids.dedup();
     assert_eq!(jids.len(), 3, "jids not distinct: {tables:?}");
-    let firsts: Vec<u32> = (1..=3)
-        .filter(|&id| tables[id as usize - 1]["first"] == 1)
-        .collect();
-    assert_eq!(firsts.len(), 1, "exactly one first mounter: {tables:?}");
-    // The others got their jid only after the first mounter's FIRSTMOUNT=Done.
-    let first = firsts[0];
-    let first_done = events(&c, first)
-        .into_iter()
-        .find(|(_, what)| what.contains("FIRSTMOUNT=Done"))
-        .map(|(t, _)| t)
-        .expect("first mounter sent FIRSTMOUNT=Done");
-    for id in (1..=3).filter(|&id| id != first) {
-        let jid_write = events(&c, id)
-            .into_iter()
-            .find(|(_, what)| what.starts_with("write jid="))
-            .map(|(t, _)| t)
-            .expect("jid written");
+    // Nobody's mount had completed when they were admitted: each is told first=1 at once (no
+    // jid waits for another mount: the kernels' mount lock runs them one after the other),
+    // writes `first` before `jid`, and reports FIRSTMOUNT=Done.
+    for id in 1..=3u32 {
+        let evs = events(&c, id);
+        let at = |prefix: &str| {
+            evs.iter()
+                .find(|(_, what)| what.starts_with(prefix))
+                .map(|(t, _)| *t)
+                .unwrap_or_else(|| panic!("node {id}: no {prefix}: {evs:?}"))
+        };
         assert!(
-            jid_write >= first_done,
-            "node {id} got its jid at {jid_write} before FIRSTMOUNT=Done at {first_done}"
+            at("write first=1") <= at("write jid="),
+            "node {id}: first before jid"
+        );
+        assert!(
+            evs.iter().any(|(_, what)| what.contains("FIRSTMOUNT=Done")),
+            "node {id} mounted as a first mounter: {evs:?}"
         );
     }
     let ls = c.ls(1).unwrap();
@@ -574,7 +572,13 @@ fn s11_spectator_next_to_a_rw_mount_needs_hostdata_first0() {
         "{:#}",
         refused.expect_err("a checking spectator mounts next to a rw node")
     );
-    assert!(err.contains("not clean"), "{err}");
+    // The daemon refuses it (EPERM) before the kernel's own check would, and says why.
+    assert!(err.contains("refused by jid=-1"), "{err}");
+    let log = std::fs::read_to_string(c.node_dir(2).join("gfs_controld.log")).unwrap_or_default();
+    assert!(
+        log.contains("hostdata=first=0"),
+        "the refusal says how to mount"
+    );
     c.kernel(
         2,
         &[

@@ -155,7 +155,11 @@ async fn each_notify_is_one_try_whose_answer_goes_back() {
         notified("fs1", 3, Err(libc::EAGAIN))
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(notifies(&sim.records(), "fs1", 3).len(), 1, "no retry by the adapter");
+    assert_eq!(
+        notifies(&sim.records(), "fs1", 3).len(),
+        1,
+        "no retry by the adapter"
+    );
     dlm.notify(table("fs1"), 3);
     assert_eq!(next_event(&mut events).await, notified("fs1", 3, Ok(())));
     assert_eq!(notifies(&sim.records(), "fs1", 3).len(), 2);

@@ -43,7 +43,8 @@ pub struct Sabotage {
     pub accept_stale_merge: bool,
     /// Give every mounter `first=0`, even when no mount has completed (breaks S5).
     pub skip_first_wait: bool,
-    /// Tell dlm_controld a failed node may be recovered before this node has blocked (breaks S8).
+    /// Tell dlm_controld a failed node may be recovered as soon as it fails, before this node has
+    /// blocked or the node is fenced (breaks S8).
     pub early_dlm_notify: bool,
 }
 
@@ -489,7 +490,14 @@ impl Node {
             // dlm_controld holds DLM recovery of the node's locks in every registered lockspace
             // until this node says it has blocked against it.
             for l in self.local.values_mut().filter(|l| l.dlm_registered) {
-                l.dlm_pending.insert(node);
+                if self.cfg.sabotage.early_dlm_notify {
+                    self.outputs.push_back(Output::DlmNotify {
+                        table: l.table.clone(),
+                        nodeid: node,
+                    });
+                } else {
+                    l.dlm_pending.insert(node);
+                }
             }
         }
         if failure && !was_stale {
@@ -1639,7 +1647,10 @@ impl Node {
         let phase = self.local.get(&key).map(|l| l.phase);
         if matches!(file, SysfsFile::First | SysfsFile::Jid)
             && errno == EBUSY
-            && matches!(phase, Some(Phase::JidWritten | Phase::Probing))
+            && matches!(
+                phase,
+                Some(Phase::JidWritten | Phase::Probing | Phase::Online)
+            )
         {
             self.became_kernel_managed(&key);
             return;
@@ -2036,7 +2047,7 @@ impl Node {
         let fs = self.rep.fs.get(table);
         let must_block = fs.is_some_and(|fs| fs.is_participant(me, &self.rep.members))
             && !matches!(l.phase, Phase::Withdrawn | Phase::Refused);
-        let blocked = l.block_confirmed || self.cfg.sabotage.early_dlm_notify;
+        let blocked = l.block_confirmed;
         if must_block && !blocked {
             return;
         }
@@ -2046,8 +2057,7 @@ impl Node {
             .iter()
             .copied()
             .filter(|n| {
-                self.cfg.sabotage.early_dlm_notify
-                    || self.fenced(*n)
+                self.fenced(*n)
                     || self.config_members.contains(n)
                     || (!self.rep.must_fence.contains(n)
                         && self.fence.get(n).is_none_or(FenceRecord::done))

@@ -20,8 +20,17 @@ pub mod demo;
 /// The configuration a sweep uses for `seed`: node and filesystem counts drawn from the seed
 /// unless fixed (3–7 nodes, 1–4 filesystems).
 pub fn sweep_config(seed: u64, nodes: Option<u32>, filesystems: Option<u32>) -> SimConfig {
+    sweep_config_in(
+        seed,
+        nodes.map_or((3, 7), |n| (n, n)),
+        filesystems.map_or((1, 4), |f| (f, f)),
+    )
+}
+
+/// A seed's configuration with its node and filesystem counts drawn from inclusive ranges.
+pub fn sweep_config_in(seed: u64, nodes: (u32, u32), filesystems: (u32, u32)) -> SimConfig {
     let mut rng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D));
-    let n = nodes.unwrap_or_else(|| rng.range(3, 7) as u32);
-    let f = filesystems.unwrap_or_else(|| rng.range(1, 4) as u32);
+    let n = rng.range(u64::from(nodes.0), u64::from(nodes.1)) as u32;
+    let f = rng.range(u64::from(filesystems.0), u64::from(filesystems.1)) as u32;
     SimConfig::new(seed, n, f)
 }

@@ -76,6 +76,17 @@ fn mounting_during_first_mounter_replay_breaks_s5() {
 }
 
 #[test]
+fn telling_dlm_controld_before_blocking_breaks_s8() {
+    expect(
+        Sabotage {
+            early_dlm_notify: true,
+            ..Default::default()
+        },
+        Rule::S8,
+    );
+}
+
+#[test]
 fn readmitting_a_stale_partition_breaks_s7() {
     expect(
         Sabotage {

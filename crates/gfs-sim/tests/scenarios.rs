@@ -728,3 +728,158 @@ fn mounts_and_unmounts_on_other_filesystems_carry_on_during_recovery() {
     settle(&mut s, 10_000);
     assert!(s.kernel(2, 2).is_some_and(|k| k.online));
 }
+
+fn trace_pos(s: &Scenario, needle: &str) -> Option<usize> {
+    s.trace().iter().position(|l| l.contains(needle))
+}
+
+#[test]
+fn kernel_managed_filesystems_are_left_alone() {
+    // Node 1's DLM offers recovery callbacks (dlm_controld's default): the kernel picks its
+    // journal and recovers by itself; the daemon must never write to it.
+    let mut s = Scenario::new(3, 1, 21);
+    s.kernel_managed(1, true);
+    s.mount(1, 1, RW);
+    settle(&mut s, 5_000);
+    assert!(
+        s.writes().iter().all(|w| w.node != 1),
+        "wrote to a kernel-managed mount: {:?}",
+        s.writes()
+    );
+    let fs = s.node(1).unwrap().filesystems();
+    assert!(fs[0].kernel_managed, "{fs:?}");
+    assert_eq!(fs[0].state, "kernel-managed");
+    assert!(s.kernel(1, 1).is_some_and(|k| k.online));
+}
+
+#[test]
+fn ebusy_on_first_means_kernel_managed_and_leaves_the_group() {
+    // recover_callbacks changed between the `add` uevent and the DLM join: the daemon took the
+    // mount for daemon-managed, and the kernel answers EBUSY to `first`.
+    let mut s = Scenario::new(3, 1, 22);
+    s.kernel_managed(2, true);
+    s.recover_callbacks_flip(2, true);
+    s.mount(1, 1, RW);
+    s.mount(2, 1, RW);
+    settle(&mut s, 5_000);
+    let first = writes(&s, 2, 1, SysfsFile::First);
+    assert_eq!(first.len(), 1, "{}", tail(&s));
+    assert_eq!(first[0].result, Err(16), "EBUSY");
+    // `jid` was queued behind `first` and is refused the same way.
+    assert!(writes(&s, 2, 1, SysfsFile::Jid)
+        .iter()
+        .all(|w| w.result == Err(16)));
+    let fs = s.node(2).unwrap().filesystems();
+    assert!(fs[0].kernel_managed);
+    // The group no longer counts node 2 as a mounter.
+    let rep = s.node(1).unwrap().replicated();
+    assert!(!rep.fs[&s.table(1)].mounters.contains_key(&2));
+}
+
+#[test]
+fn without_enable_fscontrol_a_daemon_managed_mount_is_refused() {
+    let mut s = Scenario::new(2, 1, 23);
+    s.dlm_without_fscontrol();
+    s.mount(1, 1, RW);
+    s.run_for(3_000);
+    assert_eq!(values(&s, 1, 1, SysfsFile::Jid), vec![-95], "EOPNOTSUPP");
+    assert!(s.kernel(1, 1).is_none(), "the mount failed");
+    assert!(
+        trace_pos(&s, "enable_fscontrol=1").is_some(),
+        "the error says how"
+    );
+}
+
+#[test]
+fn dlm_recovery_waits_until_every_survivor_blocked_and_the_node_is_fenced() {
+    let mut s = mounted(3, 1);
+    s.crash(3);
+    settle(&mut s, 10_000);
+    let recovered = trace_pos(&s, "dlm: sim:fs1 recovered the locks of n3").expect("recovery");
+    let fenced = trace_pos(&s, "fencer: n3 fenced").expect("fenced");
+    assert!(fenced < recovered, "DLM recovery before fencing");
+    for n in [1, 2] {
+        let blocked = trace_pos(&s, &format!("n{n} write sim:fs1 block=1")).expect("blocked");
+        let notified =
+            trace_pos(&s, &format!("n{n} dlm_controld: sim:fs1 notified for n3")).expect("notify");
+        assert!(
+            blocked < notified,
+            "n{n} told dlm_controld before it blocked"
+        );
+        assert!(notified <= recovered);
+    }
+    assert_eq!(s.dlm_pending_recoveries(), 0);
+}
+
+#[test]
+fn the_only_read_write_survivor_still_mounting_replays() {
+    // Node 1 (rw) and node 2 (ro) are mounted; node 3 (rw) is mounting when node 1 dies. Node 3
+    // must not be stopped mid-mount: it finishes its journal work and replays node 1's journal.
+    let mut s = Scenario::new(3, 1, 24);
+    s.mount(1, 1, RW);
+    s.run_for(2_000);
+    s.mount(2, 1, MountMode::Ro);
+    s.run_for(2_000);
+    s.mount(3, 1, RW);
+    for _ in 0..500 {
+        s.run_for(1);
+        if !writes(&s, 3, 1, SysfsFile::Jid).is_empty() {
+            break;
+        }
+    }
+    let j1 = jid(&s, 1, 1) as u32;
+    s.crash(1);
+    settle(&mut s, 20_000);
+    assert!(s.kernel(3, 1).is_some_and(|k| k.online));
+    assert!(
+        replays(&s, 1)
+            .iter()
+            .any(|r| r.0 == 3 && r.1 == j1 && r.2 == Some(true)),
+        "{:?}",
+        replays(&s, 1)
+    );
+    assert_unblocked(&s, &[2, 3], 1);
+}
+
+#[test]
+fn a_spectator_next_to_a_mount_needs_hostdata_first_0() {
+    let mut s = Scenario::new(3, 1, 25);
+    s.mount(1, 1, RW);
+    s.run_for(2_000);
+    // Keeping the kernel's first=1 it would check every journal, and node 1's is live.
+    s.mount_spectator_keeping_first(2, 1);
+    s.run_for(2_000);
+    assert_eq!(values(&s, 2, 1, SysfsFile::Jid), vec![-1], "EPERM");
+    assert!(s.kernel(2, 1).is_none());
+    assert!(trace_pos(&s, "hostdata=first=0").is_some());
+    // With -o spectator,hostdata=first=0 it mounts.
+    s.mount(3, 1, MountMode::Spectator);
+    settle(&mut s, 5_000);
+    assert!(s.kernel(3, 1).is_some_and(|k| k.online));
+    assert_eq!(values(&s, 3, 1, SysfsFile::Jid), vec![0]);
+}
+
+#[test]
+fn a_read_only_mount_is_refused_while_no_member_can_replay() {
+    // Node 1 (rw) dies; node 2 (ro) cannot replay its journal. A read-only mount now would
+    // hold the mount lock a read-write mounter needs: it is refused. A read-write mount goes
+    // ahead and replays.
+    let mut s = Scenario::new(4, 1, 26);
+    s.manual_fencing(false);
+    s.mount(1, 1, RW);
+    s.run_for(2_000);
+    s.mount(2, 1, MountMode::Ro);
+    s.run_for(2_000);
+    let j1 = jid(&s, 1, 1) as u32;
+    s.crash(1);
+    s.run_for(3_000);
+    s.mount(3, 1, MountMode::Ro);
+    s.run_for(3_000);
+    assert_eq!(values(&s, 3, 1, SysfsFile::Jid), vec![-117], "EUCLEAN");
+    s.mount(4, 1, RW);
+    settle(&mut s, 20_000);
+    assert!(replays(&s, 1)
+        .iter()
+        .any(|r| r.0 == 4 && r.1 == j1 && r.2 == Some(true)));
+    assert_unblocked(&s, &[2, 4], 1);
+}

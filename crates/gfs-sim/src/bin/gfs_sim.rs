@@ -7,8 +7,8 @@ use gfs_sim::{run, SimConfig};
 const USAGE: &str = "usage: gfs_sim [--seeds N] [--first-seed S] [--seed S] [--nodes K] [--filesystems F] [--trace] [--json] [--demo]
   --seeds N         run N seeds (default 100), from --first-seed (default 1)
   --seed S          run only seed S (replay a failure)
-  --nodes K         nodes per run (default 3..=7, drawn from the seed)
-  --filesystems F   filesystems per run (default 1..=4, drawn from the seed)
+  --nodes K         nodes per run, or a range A-B drawn from the seed (default 3-7)
+  --filesystems F   filesystems per run, or a range A-B drawn from the seed (default 1-4)
   --trace           print the full event trace of each run
   --json            print the summary as JSON
   --demo            print the recovery timeline of a 3-node cluster losing one node";
@@ -17,8 +17,8 @@ struct Args {
     seeds: u64,
     first_seed: u64,
     seed: Option<u64>,
-    nodes: Option<u32>,
-    filesystems: Option<u32>,
+    nodes: (u32, u32),
+    filesystems: (u32, u32),
     trace: bool,
     json: bool,
     demo: bool,
@@ -29,11 +29,26 @@ fn parse() -> Result<Args, String> {
         seeds: 100,
         first_seed: 1,
         seed: None,
-        nodes: None,
-        filesystems: None,
+        nodes: (3, 7),
+        filesystems: (1, 4),
         trace: false,
         json: false,
         demo: false,
+    };
+    let range = |name: &str, text: Option<String>| -> Result<(u32, u32), String> {
+        let text = text.ok_or(format!("{name} needs a value"))?;
+        let num = |t: &str| {
+            t.parse::<u32>()
+                .map_err(|_| format!("{name}: {t} is not a number"))
+        };
+        let (lo, hi) = match text.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(&text)?, num(&text)?),
+        };
+        if lo > hi {
+            return Err(format!("{name}: {lo} is above {hi}"));
+        }
+        Ok((lo, hi))
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -47,8 +62,8 @@ fn parse() -> Result<Args, String> {
             "--seeds" => a.seeds = value("--seeds")?,
             "--first-seed" => a.first_seed = value("--first-seed")?,
             "--seed" => a.seed = Some(value("--seed")?),
-            "--nodes" => a.nodes = Some(value("--nodes")? as u32),
-            "--filesystems" => a.filesystems = Some(value("--filesystems")? as u32),
+            "--nodes" => a.nodes = range("--nodes", it.next())?,
+            "--filesystems" => a.filesystems = range("--filesystems", it.next())?,
             "--trace" => a.trace = true,
             "--json" => a.json = true,
             "--demo" => a.demo = true,
@@ -56,8 +71,10 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if a.nodes.is_some_and(|n| !(1..=32).contains(&n))
-        || a.filesystems.is_some_and(|f| !(1..=64).contains(&f))
+    if !(1..=32).contains(&a.nodes.0)
+        || a.nodes.1 > 32
+        || !(1..=64).contains(&a.filesystems.0)
+        || a.filesystems.1 > 64
     {
         return Err("--nodes must be 1..=32 and --filesystems 1..=64".into());
     }
@@ -85,7 +102,7 @@ fn main() -> ExitCode {
     };
     let (mut steps, mut failures, mut replayed, mut stalled) = (0u64, 0u64, 0u64, 0u64);
     for seed in &seeds {
-        let cfg = gfs_sim::sweep_config(*seed, args.nodes, args.filesystems);
+        let cfg = gfs_sim::sweep_config_in(*seed, args.nodes, args.filesystems);
         let mut cfg: SimConfig = cfg;
         cfg.trace = args.trace;
         let out = run(cfg.clone());
@@ -110,13 +127,8 @@ fn main() -> ExitCode {
                 cfg.nodes, cfg.filesystems, v.rule, v.time, v.step, v.detail
             );
             eprintln!(
-                "replay with: gfs_sim --seed {seed} --trace{}{}",
-                args.nodes
-                    .map(|n| format!(" --nodes {n}"))
-                    .unwrap_or_default(),
-                args.filesystems
-                    .map(|f| format!(" --filesystems {f}"))
-                    .unwrap_or_default()
+                "replay with: gfs_sim --seed {seed} --trace --nodes {}-{} --filesystems {}-{}",
+                args.nodes.0, args.nodes.1, args.filesystems.0, args.filesystems.1
             );
             return ExitCode::from(1);
         }

@@ -230,13 +230,27 @@ impl World {
                 if m.kernel_managed {
                     // The kernel picks its journal and recovers by itself: nothing to model here
                     // but the mount completing without the daemon.
+                    // The DLM join ends any `first`/`jid` write waiting for it (EBUSY here).
                     m.state = KState::Online;
                     let (t, ro, sp) = (
                         m.table.clone(),
                         m.mode != MountMode::Rw,
                         m.mode == MountMode::Spectator,
                     );
-                    self.uevent(n, &t, KernelEventKind::Online { ro, spectator: sp });
+                    self.io_run(n, key);
+                    let kinc = self.nodes[&n].kinc;
+                    let d = self.rng.range(10, 100);
+                    self.schedule(
+                        d,
+                        Ev::Uevent {
+                            node: n,
+                            event: KernelEvent {
+                                table: t,
+                                kind: KernelEventKind::Online { ro, spectator: sp },
+                            },
+                            kinc,
+                        },
+                    );
                     return;
                 }
                 if m.mode == MountMode::Spectator && m.hostdata_first0 {
