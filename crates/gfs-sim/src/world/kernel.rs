@@ -76,8 +76,6 @@ pub(super) struct KMount {
     pub waiting_replays: BTreeSet<u32>,
     pub withdraw_acked: bool,
     pub unmount_requested: bool,
-    /// When the daemon asked for the `jid` write (its decision; the write may wait for the join).
-    pub jid_issued_at: Time,
 }
 
 /// One sysfs operation queued for a filesystem.
@@ -174,7 +172,6 @@ impl World {
                 waiting_replays: BTreeSet::new(),
                 withdraw_acked: false,
                 unmount_requested: false,
-                jid_issued_at: Time::ZERO,
             },
         );
         // The daemon reads recover_callbacks at `add`; a scenario may change it in between.
@@ -548,7 +545,6 @@ impl World {
                 .or_default();
             j.holder_withdrawn = true;
             j.dirty = true;
-            j.dirty_since = self.now;
             j.dirty_withdrawn = true;
             j.dirty_owner = j.holder;
         }
@@ -631,7 +627,6 @@ impl World {
                     // A withdrawn kernel stopped writing: its journal is as dirty as it was.
                     if !j.holder_withdrawn {
                         j.dirty = true;
-                        j.dirty_since = now;
                         j.dirty_withdrawn = false;
                         j.dirty_owner = Some((n, kinc));
                         dirty = true;
@@ -700,17 +695,6 @@ impl World {
 
     pub(super) fn io_submit(&mut self, n: NodeId, table: &Table, op: IoOp) {
         let key = table.to_string();
-        let now = self.now;
-        if let (
-            IoOp::Write {
-                file: SysfsFile::Jid,
-                ..
-            },
-            Some(m),
-        ) = (&op, self.mount_of(n, &key))
-        {
-            m.jid_issued_at = now;
-        }
         self.io.entry((n, key.clone())).or_default().push_back(op);
         self.io_run(n, &key);
     }

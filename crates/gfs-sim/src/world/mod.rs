@@ -266,8 +266,6 @@ struct JTruth {
     replaying: BTreeSet<NodeId>,
     /// Daemons that processed the failure of its writer (they must stay blocked: S3).
     known_by: BTreeSet<NodeId>,
-    /// When it last became dirty.
-    dirty_since: Time,
     /// Its lock is held by a dead kernel (its writer or a replayer) until DLM recovery.
     dead_locked: bool,
     dead_lock_by: Option<NodeId>,
@@ -1253,7 +1251,7 @@ impl World {
                 let state = self.nodes[&n]
                     .mounts
                     .get(&key)
-                    .map(|m| (m.state.clone(), m.mode, m.replays.is_empty()));
+                    .map(|m| (m.state, m.mode, m.replays.is_empty()));
                 match state {
                     None if self.rng.chance(p.mount / tables.len() as f64) => {
                         let mode = if self.rng.chance(p.spectator_share) {
