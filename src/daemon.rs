@@ -355,6 +355,9 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
             event = uevents.next() => match event {
                 Ok(Ok(event)) => d.kernel_event(event)?,
                 Ok(Err(gfs_core::UeventError::NotGfs2Dlm)) => {}
+                Ok(Err(gfs_core::UeventError::UnsupportedTable { name, add: true, why })) => {
+                    d.refuse_unsupported_table(name, why)
+                }
                 Ok(Err(e)) => tracing::warn!(error = %e, "dropped a gfs2 uevent"),
                 Err(KernelError::Overflow) => tracing::error!(
                     "the uevent socket overflowed: kernel events were lost; mounts or recoveries \
@@ -565,6 +568,23 @@ impl Daemon {
             }
             SysfsDone::Mode { ro: None, .. } => Ok(()),
         }
+    }
+
+    /// A mount of a lock table the daemon cannot handle would wait for `jid` forever: fail it.
+    /// The write blocks until the kernel's DLM join ends, so it runs on its own thread.
+    fn refuse_unsupported_table(&self, name: String, why: String) {
+        tracing::error!(
+            fs = %name,
+            "refusing the mount: {why} (lock tables are <cluster>:<fs> of letters, digits, '_', '.' and '-')"
+        );
+        let writer = SysfsWriter::new(&self.settings.sysfs_root);
+        std::thread::spawn(move || {
+            if let Err(errno) =
+                writer.write_named(&name, gfs_core::SysfsFile::Jid, -i64::from(libc::EINVAL))
+            {
+                tracing::warn!(fs = %name, errno, "could not fail the unsupported mount");
+            }
+        });
     }
 
     fn dlm_event(&mut self, event: DlmEvent) -> Result<(), DaemonError> {

@@ -76,7 +76,13 @@ impl SysfsWriter {
     /// On a real kernel a `first`/`jid` write blocks until the DLM join completes and a
     /// `recover` write until this node's own journal is ready.
     pub fn write(&self, table: &Table, file: SysfsFile, value: i64) -> Result<(), i32> {
-        let path = self.lock_module(&table.to_string()).join(file.name());
+        self.write_named(&table.to_string(), file, value)
+    }
+
+    /// [`SysfsWriter::write`] to the filesystem whose sysfs directory is `name` (a lock table
+    /// the daemon cannot parse, which it only ever refuses).
+    pub fn write_named(&self, name: &str, file: SysfsFile, value: i64) -> Result<(), i32> {
+        let path = self.lock_module(name).join(file.name());
         let mut f = loop {
             match OpenOptions::new()
                 .write(true)

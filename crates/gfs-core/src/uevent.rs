@@ -39,6 +39,14 @@ pub enum UeventError {
     NotGfs2Dlm,
     /// Ours, but malformed: dropped with a log line.
     Malformed(String),
+    /// A lock_dlm filesystem whose lock table this daemon cannot handle. The kernel takes any
+    /// table (mapping `/` to `_` in the sysfs name `name`); a mount (`add`) would wait for
+    /// `jid` forever, so the driver fails it with `jid=-EINVAL`.
+    UnsupportedTable {
+        name: String,
+        add: bool,
+        why: String,
+    },
 }
 
 impl std::fmt::Display for UeventError {
@@ -46,6 +54,9 @@ impl std::fmt::Display for UeventError {
         match self {
             UeventError::NotGfs2Dlm => f.write_str("not a gfs2 lock_dlm uevent"),
             UeventError::Malformed(why) => write!(f, "malformed gfs2 uevent: {why}"),
+            UeventError::UnsupportedTable { name, why, .. } => {
+                write!(f, "gfs2 lock table {name:?} not supported: {why}")
+            }
         }
     }
 }
@@ -97,9 +108,20 @@ pub fn parse_uevent(buf: &[u8]) -> Result<KernelEvent, UeventError> {
     }
     let table_text =
         get("LOCKTABLE").ok_or_else(|| UeventError::Malformed("no LOCKTABLE".into()))?;
-    let table = Table::parse(table_text)
-        .map_err(|e| UeventError::Malformed(format!("LOCKTABLE={table_text}: {e}")))?;
-    if &devpath[DEVPATH_PREFIX.len()..] != table_text {
+    let name = &devpath[DEVPATH_PREFIX.len()..];
+    let table = Table::parse(table_text).map_err(|e| {
+        // A sysfs name without `/`: the kernel's own, safe to write to.
+        if !name.is_empty() && !name.contains('/') && name != "." && name != ".." {
+            UeventError::UnsupportedTable {
+                name: name.to_owned(),
+                add: get("ACTION") == Some("add"),
+                why: format!("LOCKTABLE={table_text}: {e}"),
+            }
+        } else {
+            UeventError::Malformed(format!("LOCKTABLE={table_text}: {e}"))
+        }
+    })?;
+    if name != table_text {
         return Err(UeventError::Malformed(format!(
             "DEVPATH {devpath} does not name LOCKTABLE {table_text}"
         )));
@@ -265,6 +287,23 @@ mod tests {
         assert!(matches!(
             parse_uevent(mismatch),
             Err(UeventError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_mount_of_an_unsupported_table_is_reported_for_refusal() {
+        let add = b"add@/fs/gfs2/c:f x\0ACTION=add\0DEVPATH=/fs/gfs2/c:f x\0SUBSYSTEM=gfs2\0LOCKTABLE=c:f x\0LOCKPROTO=lock_dlm\0";
+        match parse_uevent(add) {
+            Err(UeventError::UnsupportedTable { name, add, .. }) => {
+                assert_eq!(name, "c:f x");
+                assert!(add);
+            }
+            other => panic!("{other:?}"),
+        }
+        let remove = b"remove@/fs/gfs2/c:f x\0ACTION=remove\0DEVPATH=/fs/gfs2/c:f x\0SUBSYSTEM=gfs2\0LOCKTABLE=c:f x\0LOCKPROTO=lock_dlm\0";
+        assert!(matches!(
+            parse_uevent(remove),
+            Err(UeventError::UnsupportedTable { add: false, .. })
         ));
     }
 
