@@ -1313,6 +1313,18 @@ impl Node {
                 }
             }
             KernelEventKind::Recovery { jid, done } => {
+                if self.local.get(&key).map(|l| l.phase) == Some(Phase::KernelManaged) {
+                    // Observed only: the kernel recovers a kernel-managed filesystem by itself.
+                    let what = if done { "replayed" } else { "could not replay" };
+                    self.log_full(
+                        Level::Info,
+                        Some(&key),
+                        None,
+                        Some(jid),
+                        format!("the kernel {what} a journal (kernel-managed)"),
+                    );
+                    return;
+                }
                 let retry = self.now.after(self.cfg.recover_retry_ms);
                 let attempts = self.journal_attempts(&key, jid);
                 let own = self.own_mounter(&key).cloned();
