@@ -4,11 +4,14 @@
 //!   server (one request line, one reply line per connection), and the `status --json` shape.
 //! * [`uevent`]: sending kernel-format uevents on `NETLINK_KOBJECT_UEVENT` group 1.
 //! * [`client`]: a blocking client for the simulator's unix socket.
+//! * [`cluster`]: a real corosync cluster in network namespaces, with kernel simulators.
+//! * [`vm`]: the real-kernel tier: QEMU VMs with Debian's gfs2 and dlm on a shared disk.
 
 pub mod client;
 pub mod cluster;
 pub mod proto;
 pub mod uevent;
+pub mod vm;
 
 /// Wall-clock milliseconds since the Unix epoch (the timeline's clock).
 pub fn now_ms() -> u64 {
