@@ -127,7 +127,9 @@ fn setup(agent_path: &Path) -> Result<()> {
         "mkdir -p {LOG_DIR} && mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 {LOG_TAG} {LOG_DIR}"
     ))?;
     sh_setup("mountpoint -q /sys/kernel/config || mount -t configfs configfs /sys/kernel/config")?;
-    // What udev's 51-dlm.rules would make: dlm_controld opens /dev/misc/dlm-*.
+    // What udev and systemd would make: bash's <(...) needs /dev/fd; dlm_controld opens
+    // /dev/misc/dlm-* (51-dlm.rules).
+    sh_setup("ln -sf /proc/self/fd /dev/fd && ln -sf /proc/self/fd/0 /dev/stdin && ln -sf /proc/self/fd/1 /dev/stdout && ln -sf /proc/self/fd/2 /dev/stderr")?;
     sh_setup("mkdir -p /dev/misc && for d in dlm-control dlm-monitor dlm_plock; do ln -sf ../$d /dev/misc/$d; done")?;
     let name = format!("node{node}");
     fs::write("/etc/hostname", format!("{name}\n"))?;

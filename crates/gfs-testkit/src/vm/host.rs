@@ -19,8 +19,10 @@ use super::proto::FENCE_PORT;
 use crate::now_ms;
 
 /// Every VM run registers here (`vm-<tag>`: owner pid, run directory), as the netns
-/// cluster tier does, so that the next run can reap what a killed one left.
-pub const REGISTRY: &str = "/run/gfs-testkit";
+/// cluster tier does in its own directory (whose reaper takes every entry for one of its
+/// clusters), so that the next run can reap what a killed one left. The agents' sockets and
+/// the machine lock live here too.
+pub const REGISTRY: &str = "/run/gfs-testkit-vm";
 /// Prefix of our network namespaces and of qemu's `-name`.
 pub const PREFIX: &str = "gfsvm";
 

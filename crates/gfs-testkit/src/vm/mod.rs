@@ -18,6 +18,7 @@ pub mod evidence;
 pub mod host;
 pub mod initramfs;
 pub mod proto;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -409,7 +410,7 @@ impl VmCluster {
         self.launch_qemu(id)?;
         self.connect_agent(id, Duration::from_secs(300))?;
         self.start_corosync(id)?;
-        let all: Vec<u32> = (1..=self.opts.nodes).collect();
+        let all = self.alive_nodes();
         self.wait_quorate(&all, Duration::from_secs(120))?;
         self.start_dlm_controld(id)?;
         self.start_gfs_controld(id)?;
@@ -538,8 +539,8 @@ impl VmCluster {
     }
 
     fn wait_quorate(&self, ids: &[u32], timeout: Duration) -> Result<()> {
-        let n = self.opts.nodes;
-        self.wait_until("corosync quorate with every node", timeout, || {
+        let n = ids.len();
+        self.wait_until("corosync quorate with every running node", timeout, || {
             ids.iter().all(|&id| {
                 self.sh(id, "corosync-quorumtool -s")
                     .map(|out| {
@@ -766,6 +767,50 @@ impl VmCluster {
             }
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Mounts read-write, one node after the other, wherever it is not mounted yet.
+    pub fn mount_all(&self) -> Result<()> {
+        for id in 1..=self.opts.nodes {
+            if !self.is_mounted(id) {
+                self.mount(id, "", Duration::from_secs(120))
+                    .with_context(|| format!("mounting on node {id}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Back to a known state after a scenario: every VM running with its services, nothing
+    /// mounted. A node that cannot unmount (a hung mount or recovery) is killed and booted
+    /// again.
+    pub fn reset(&mut self) -> Result<()> {
+        for id in 1..=self.opts.nodes {
+            if !self.vm_alive(id) {
+                self.nodes.entry(id).or_default().conn = None;
+                self.restart_vm(id)?;
+            }
+        }
+        for id in 1..=self.opts.nodes {
+            // A scenario may have left a daemon stopped.
+            let _ = self.signal_service(id, "gfs_controld", "CONT");
+        }
+        for id in 1..=self.opts.nodes {
+            if self.is_mounted(id) && self.umount(id).is_err() {
+                eprintln!("vm: node {id} cannot unmount: restarting it");
+                self.kill_vm(id)?;
+                self.restart_vm(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `fsck.gfs2 -n` on node `id` (nothing may be mounted anywhere): exit status and output.
+    pub fn fsck(&self, id: u32) -> Result<(i32, String)> {
+        self.sh_rc(
+            id,
+            &format!("fsck.gfs2 -n {DEVICE} 2>&1"),
+            Duration::from_secs(300),
+        )
     }
 
     pub fn alive_nodes(&self) -> Vec<u32> {
