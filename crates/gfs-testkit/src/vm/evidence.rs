@@ -27,7 +27,7 @@ impl VmCluster {
     ) -> Vec<Line> {
         self.log(id, log)
             .lines()
-            .filter_map(|l| parse(l))
+            .filter_map(&parse)
             .map(|(secs, text)| Line {
                 at_ms: self.host_ms(id, secs),
                 node: id,

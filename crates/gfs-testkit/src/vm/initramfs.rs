@@ -50,7 +50,7 @@ pub fn find_kernel() -> Result<(String, PathBuf)> {
         })
         .filter(|v| Path::new("/boot").join(format!("vmlinuz-{v}")).exists())
         .collect();
-    versions.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    versions.sort_by_key(|v| version_key(v));
     let v = versions
         .pop()
         .ok_or_else(|| anyhow!("no kernel with gfs2 and dlm modules and a /boot/vmlinuz image: install linux-image-amd64"))?;
@@ -150,9 +150,12 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.data.len() % 4 != 0 {
-            self.data.push(0);
-        }
+        self.pad_to(4);
+    }
+
+    fn pad_to(&mut self, align: usize) {
+        let len = self.data.len();
+        self.data.resize(len.div_ceil(align) * align, 0);
     }
 
     fn dir(&mut self, name: &str) {
@@ -165,9 +168,7 @@ impl Cpio {
 
     fn finish(mut self) -> Vec<u8> {
         self.entry("TRAILER!!!", 0, (0, 0), &[]);
-        while self.data.len() % 512 != 0 {
-            self.data.push(0);
-        }
+        self.pad_to(512);
         self.data
     }
 }
@@ -234,7 +235,7 @@ mod tests {
         c.file("a", 0o644, b"xyz");
         let data = c.finish();
         assert_eq!(&data[..6], b"070701");
-        assert_eq!(data.len() % 512, 0);
+        assert_eq!(data.len().div_ceil(512) * 512, data.len());
         assert!(data.windows(10).any(|w| w == b"TRAILER!!!"));
     }
 }

@@ -738,8 +738,11 @@ impl VmCluster {
         .map(|_| ())
     }
 
+    /// From /proc/mounts, which never touches the filesystem (a withdrawn or blocked one
+    /// would hang `mountpoint`).
     pub fn is_mounted(&self, id: u32) -> bool {
-        self.sh(id, &format!("mountpoint -q {MOUNTPOINT}")).is_ok()
+        self.sh(id, &format!("grep -q ' {MOUNTPOINT} gfs2 ' /proc/mounts"))
+            .is_ok()
     }
 
     /// `cat` of a lock_module file (block, jid, first, recover_done, recover_status, ...).
