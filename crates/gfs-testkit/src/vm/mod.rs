@@ -809,9 +809,15 @@ impl VmCluster {
 
     /// `fsck.gfs2 -n` on node `id` (nothing may be mounted anywhere): exit status and output.
     pub fn fsck(&self, id: u32) -> Result<(i32, String)> {
+        // Also kept in the node's log directory (fsck.log, appended per run).
         self.sh_rc(
             id,
-            &format!("fsck.gfs2 -n {DEVICE} 2>&1"),
+            &format!(
+                "fsck.gfs2 -n {DEVICE} > /tmp/fsck.out 2>&1; rc=$?; \
+                 {{ echo \"== $(date +%s.%N) fsck.gfs2 -n: exit $rc\"; cat /tmp/fsck.out; }} >> {}/fsck.log; \
+                 cat /tmp/fsck.out; exit $rc",
+                proto::LOG_DIR
+            ),
             Duration::from_secs(300),
         )
     }

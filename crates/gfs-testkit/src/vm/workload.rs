@@ -60,18 +60,37 @@ impl VmCluster {
     /// each fsync'ed; only then log `durable <k>` to `writer-<tag>.log`. Whatever the log says
     /// is durable must survive a crash.
     pub fn start_writer(&self, id: u32, dir: &str, tag: &str) -> Result<Job> {
+        self.start_writer_sized(id, dir, tag, 4096, false)
+    }
+
+    /// [`Self::start_writer`] with `t` files of `size` bytes; `jdata` makes every file of the
+    /// directory journaled data, so that each fsync puts all its blocks in the journal (many
+    /// dirty blocks to replay).
+    pub fn start_writer_sized(
+        &self,
+        id: u32,
+        dir: &str,
+        tag: &str,
+        size: u32,
+        jdata: bool,
+    ) -> Result<Job> {
         let d = format!("{MOUNTPOINT}/{dir}");
+        let j = if jdata {
+            format!("chattr +j {d} && ")
+        } else {
+            String::new()
+        };
         self.sh(
             id,
             &format!(
-                "mkdir -p {d} && cd {d} && : > counter && chattr +j counter && sync . counter"
+                "mkdir -p {d} && {j}cd {d} && : > counter && chattr +j counter && sync . counter"
             ),
         )?;
         let pid = self.spawn(
             id,
             &format!(
                 "cd {d} || exit 1; k=0; while :; do k=$((k+1)); echo line$k >> live.log; sync live.log; \
-                 t=t$((k % 40)); yes t$k | head -c 4096 > $t; sync $t; echo $k > counter; sync counter; \
+                 t=t$((k % 40)); yes t$k | head -c {size} > $t; sync $t; echo $k > counter; sync counter; \
                  echo \"$(date +%s.%N) durable $k\"; done"
             ),
             &format!("writer-{tag}.log"),
@@ -93,12 +112,23 @@ impl VmCluster {
     /// `counter` ≥ durable, and each `t` file whole (4 KiB of one `t<k>` line) and at least
     /// as new as its last durable write.
     pub fn check_writer_data(&self, id: u32, dir: &str, durable: u64) -> Result<String> {
+        self.check_writer_data_sized(id, dir, durable, 4096)
+    }
+
+    /// [`Self::check_writer_data`] for a writer with `t` files of `size` bytes.
+    pub fn check_writer_data_sized(
+        &self,
+        id: u32,
+        dir: &str,
+        durable: u64,
+        size: u32,
+    ) -> Result<String> {
         let d = format!("{MOUNTPOINT}/{dir}");
         let out = self.sh_timeout(
             id,
             &format!(
                 "cd {d} && awk '$0 != \"line\" NR {{ bad++ }} END {{ print NR, bad + 0 }}' live.log && cat counter && \
-                 for f in t*; do h=$(head -n1 $f); if cmp -s $f <(yes $h | head -c 4096); then w=whole; else w=torn; fi; \
+                 for f in t*; do h=$(head -n1 $f); if cmp -s $f <(yes $h | head -c {size}); then w=whole; else w=torn; fi; \
                  echo \"$f $(stat -c %s $f) $h $w\"; done"
             ),
             Duration::from_secs(120),
@@ -126,7 +156,7 @@ impl VmCluster {
             let k: u64 = f[2].trim_start_matches('t').parse().unwrap_or(0);
             // The newest durable write of this file.
             let want = (1..=durable).rev().find(|k| k % 40 == idx).unwrap_or(0);
-            if f[1] != "4096" || f[3] != "whole" || k < want || k % 40 != idx {
+            if f[1] != size.to_string() || f[3] != "whole" || k < want || k % 40 != idx {
                 bail!("node {id}: {d}/{} is torn or stale: size {}, first line {}, {} (newest durable write: t{want})", f[0], f[1], f[2], f[3]);
             }
         }
