@@ -502,41 +502,6 @@ fn s4_replayer_dies_mid_replay(c: &mut VmCluster) -> Result<Option<Recovery>> {
     }
     let second_kill_ms = c.kill_vm(replayer)?;
     eprintln!("killed the replayer node {replayer}");
-    let last = survivors
-        .iter()
-        .copied()
-        .find(|&id| id != replayer)
-        .unwrap_or(1);
-    c.sh(last, &format!("corosync-quorumtool -n {last} -v 2"))?;
-    // Kill the replayer as soon as its kernel starts replaying.
-    let deadline = Instant::now() + RECOVERY_TIMEOUT;
-    while kernel_has(
-        c,
-        replayer,
-        kill_ms,
-        &[&format!("jid={vjid}: Replaying journal")],
-    )
-    .is_empty()
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "node {replayer} never started replaying jid {vjid}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let second_kill_ms = c.kill_vm(replayer)?;
-    eprintln!("killed the replayer node {replayer}");
-    let finished_before_kill = kernel_has(
-        c,
-        replayer,
-        kill_ms,
-        &[&format!("jid={vjid}: Journal replayed")],
-    );
-    let last = survivors
-        .iter()
-        .copied()
-        .find(|&id| id != replayer)
-        .unwrap_or(1);
     let rjid = jids
         .iter()
         .find(|(id, _)| *id == replayer)

@@ -547,7 +547,7 @@ impl VmCluster {
                         out.lines()
                             .any(|l| l.starts_with("Quorate:") && l.contains("Yes"))
                             && out.lines().any(|l| {
-                                l.starts_with("Total votes:") && l.trim().ends_with(&n.to_string())
+                                l.starts_with("Nodes:") && l.trim().ends_with(&n.to_string())
                             })
                     })
                     .unwrap_or(false)
@@ -787,6 +787,13 @@ impl VmCluster {
     /// mounted. A node that cannot unmount (a hung mount or recovery) is killed and booted
     /// again.
     pub fn reset(&mut self) -> Result<()> {
+        for id in self.alive_nodes() {
+            // A scenario may have given a node more votes (corosync-quorumtool -v).
+            let _ = self.sh(
+                id,
+                &format!("corosync-quorumtool -n {id} -v 1 >/dev/null 2>&1; true"),
+            );
+        }
         for id in 1..=self.opts.nodes {
             if !self.vm_alive(id) {
                 self.nodes.entry(id).or_default().conn = None;
