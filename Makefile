@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo sim-demo check deps sim bench install
+.PHONY: demo sim-demo vm-demo vm-deps check deps sim bench install
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
 	libqb-dev pkg-config iproute2 util-linux
 
@@ -27,14 +27,36 @@ demo:
 		GFS_BIN_DIR=$(CURDIR)/target/release ./target/release/gfs_cluster_demo; \
 	fi
 
+# The real kernel: three QEMU VMs with Debian's gfs2 and dlm, corosync, dlm_controld and
+# gfs_controld on one shared disk lose a node; prints the kernel's recovery timeline, the
+# daemon's status and fsck.gfs2 (needs root; installs the VM packages if missing).
+vm-demo:
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "make vm-demo: the VMs need root (network namespace, taps); try make demo or make sim-demo" >&2; exit 1; \
+	fi
+	$(MAKE) -s deps
+	$(CARGO) build --release -q --workspace --bins
+	./target/release/gfs_vm_demo
+
+# The VM tier's packages (what tests/vm.rs and vm-demo need), as .ci/run installs them.
+# qemu-system-x86 is bookworm's 7.2; a newer qemu-utils (backports) conflicts with it, so
+# qemu-utils is pinned to the same version.
+VM_PACKAGES = qemu-system-x86 linux-image-amd64 gfs2-utils dlm-controld corosync busybox-static e2fsprogs
+vm-deps:
+	v=$$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $$2}'); \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
+		$(VM_PACKAGES) "qemu-utils=$$v" >/dev/null
+
 # The simulated cluster's recovery timeline (no root needed).
 sim-demo:
 	$(CARGO) run --release -q -p gfs-sim --bin gfs_sim -- --demo
 
 # Every test of the workspace: unit, property, scenario, seed sweep, sabotage, integration.
-# The binaries first: the cluster tests run gfs_controld, gfs_control and gfs_kernel_sim.
+# The binaries first: the cluster tests run gfs_controld, gfs_control and gfs_kernel_sim; the
+# VM tier (tests/vm.rs) runs the release ones inside its guests.
 check: deps
 	$(CARGO) build --workspace --bins
+	$(CARGO) build --release --workspace --bins
 	mkdir -p target
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/check.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \

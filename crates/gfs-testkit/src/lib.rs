@@ -5,12 +5,15 @@
 //! * [`uevent`]: sending kernel-format uevents on `NETLINK_KOBJECT_UEVENT` group 1.
 //! * [`client`]: a blocking client for the simulator's unix socket.
 //! * [`dlm_sim`]: a test double of dlm_controld's fs-control socket (`gfs_dlm_sim`).
+//! * [`cluster`]: a real corosync cluster in network namespaces, with kernel simulators.
+//! * [`vm`]: the real-kernel tier: QEMU VMs with Debian's gfs2 and dlm on a shared disk.
 
 pub mod client;
 pub mod cluster;
 pub mod dlm_sim;
 pub mod proto;
 pub mod uevent;
+pub mod vm;
 
 /// Wall-clock milliseconds since the Unix epoch (the timeline's clock).
 pub fn now_ms() -> u64 {
