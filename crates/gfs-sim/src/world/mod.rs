@@ -1253,7 +1253,7 @@ impl World {
                 let state = self.nodes[&n]
                     .mounts
                     .get(&key)
-                    .map(|m| (m.state.clone(), m.mode, m.replays.is_empty()));
+                    .map(|m| (m.state, m.mode, m.replays.is_empty()));
                 match state {
                     None if self.rng.chance(p.mount / tables.len() as f64) => {
                         let mode = if self.rng.chance(p.spectator_share) {
