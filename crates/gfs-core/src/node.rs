@@ -715,6 +715,11 @@ impl Node {
             }
         }
         self.replaying = false;
+        if self.is_stale() {
+            // The replay judged a merge that the sender's side lost: we hold its state and
+            // leave with it (stale_merge asked corosync to remove us).
+            return;
+        }
         // The STATE's own delivery marks us synced everywhere.
         let now = self.rep.confchgs;
         if let Some(m) = self.rep.members.get_mut(&self.cfg.nodeid) {
@@ -845,11 +850,12 @@ impl Node {
                     }
                     return;
                 }
-                // Virtual synchrony: a HELLO from a current member is from its current incarnation.
+                // Virtual synchrony: the sender is a member (it is in `rep.members`) of the
+                // configuration this HELLO was delivered in, so it is from its current
+                // incarnation. Not `config_members`: a joiner replaying its buffered history
+                // holds the latest configuration, which the sender may have left since.
                 let _ = config;
-                if self.config_members.contains(&sender) {
-                    self.stale_merge(sender, side);
-                }
+                self.stale_merge(sender, side);
             }
             Message::State { recipient, .. } => {
                 // The first STATE addressed to a member syncs it: it can apply a STATE answering

@@ -93,16 +93,20 @@ fn seeds_inject_faults_and_recover_journals() {
 /// - 52631: a fresh daemon synced by the other side during a merge was counted on ours (S6);
 /// - 2737: a STATE from a member that left before its delivery (the fix's first version);
 /// - 108244 (7 nodes, 3 filesystems): sides judged at different points of the stream when a
-///   fresh daemon was synced between two HELLOs of a merge (S6).
+///   fresh daemon was synced between two HELLOs of a merge (S6);
+/// - 900796 (13 nodes, 5 filesystems): a joiner replaying its buffered history skipped the merge
+///   verdict on HELLOs from members that had left by the time it synced (S6).
 #[test]
 fn regression_seeds() {
     for seed in [3741, 52631, 2737] {
         sweep(seed..seed + 1);
     }
-    let out = run(sweep_config(108244, Some(7), Some(3)));
-    assert!(
-        out.violation.is_none(),
-        "{:?}",
-        out.violation.map(|v| v.detail)
-    );
+    for (seed, nodes, filesystems) in [(108244, 7, 3), (900796, 13, 5)] {
+        let out = run(sweep_config(seed, Some(nodes), Some(filesystems)));
+        assert!(
+            out.violation.is_none(),
+            "seed {seed}: {:?}",
+            out.violation.map(|v| v.detail)
+        );
+    }
 }
