@@ -117,11 +117,16 @@ pub struct Recovery {
     pub events: Vec<Line>,
 }
 
-/// Does this daemon log line say it wrote `value` to `file`?
-fn sysfs_write(text: &str, file: &str, value: &str) -> bool {
+/// Does this daemon log line say it wrote `value` to `file`? The executor logs
+/// `sysfs write fs=gfs0 file="block" value=1 ms=48` (at debug); the fields are matched as
+/// whole words wherever they stand.
+pub fn sysfs_write(text: &str, file: &str, value: &str) -> bool {
+    let fields: Vec<&str> = text.split_whitespace().collect();
     text.contains("sysfs write")
-        && (text.contains(&format!("file={file} ")) || text.contains(&format!("file=\"{file}\"")))
-        && text.trim_end().ends_with(&format!("value={value}"))
+        && fields
+            .iter()
+            .any(|f| *f == format!("file={file}") || *f == format!("file=\"{file}\""))
+        && fields.iter().any(|f| *f == format!("value={value}"))
 }
 
 impl Recovery {
@@ -191,12 +196,12 @@ impl Recovery {
                 }
             }
             for l in c.daemon_lines(id, kill_ms) {
-                let failed_left = l.text.contains("CPG membership change group=gfs:controld")
+                let failed_left = l.text.contains("CPG membership change group=gfs:")
                     && failed.iter().any(|f| {
                         l.text
                             .split("left=")
                             .nth(1)
-                            .is_some_and(|left| left.contains(&f.to_string()))
+                            .is_some_and(|left| left.contains(&format!("({f},")))
                     });
                 let what = if failed_left {
                     first(&mut r.membership_ms, l.at_ms);
@@ -209,7 +214,10 @@ impl Recovery {
                     Some("block=0")
                 } else if l.text.contains("sysfs write") && l.text.contains("recover") {
                     Some("recover")
-                } else if l.text.contains("is fenced") || l.text.contains("fenced (by") {
+                } else if l.text.contains("is fenced")
+                    || l.text.contains("fenced (by")
+                    || l.text.contains("fenced (reported by")
+                {
                     Some("fenced")
                 } else if l.text.contains("gfs_core") && l.text.contains("WARN") {
                     Some("warning")
@@ -333,5 +341,10 @@ mod tests {
             "block",
             "1"
         ));
+        // The current executor's wording, with the write's duration after the value.
+        let line = "DEBUG gfs_controld::kernel::executor: sysfs write fs=gfs0 file=\"block\" value=1 ms=48";
+        assert!(sysfs_write(line, "block", "1"));
+        assert!(!sysfs_write(line, "block", "0"));
+        assert!(!sysfs_write(line, "jid", "1"));
     }
 }

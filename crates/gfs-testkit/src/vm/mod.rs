@@ -245,6 +245,11 @@ impl VmCluster {
         Path::new(host::REGISTRY).join(format!("{}-n{id}.sock", self.tag))
     }
 
+    /// qemu's QMP monitor of node `id` (disk throttling).
+    fn qmp_socket(&self, id: u32) -> PathBuf {
+        Path::new(host::REGISTRY).join(format!("{}-n{id}.qmp", self.tag))
+    }
+
     pub fn bin(&self, name: &str) -> String {
         self.opts.bin_dir.join(name).display().to_string()
     }
@@ -265,6 +270,7 @@ impl VmCluster {
         fs::create_dir_all(&dir)?;
         let _ = fs::remove_file(self.pidfile(id));
         let _ = fs::remove_file(self.ctl_socket(id));
+        let _ = fs::remove_file(self.qmp_socket(id));
         let subnet = &self.opts.subnet;
         let append = format!(
             "console=ttyS0 loglevel=4 panic=-1 rdinit=/init gfsvm.agent={} gfsvm.node={id} \
@@ -334,6 +340,8 @@ impl VmCluster {
             ),
             "-device".into(),
             "virtio-blk-pci,drive=shared,share-rw=on,serial=gfsshared".into(),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", self.qmp_socket(id).display()),
             "-no-reboot".into(),
             "-kernel".into(),
             self.kernel.display().to_string(),
@@ -416,6 +424,27 @@ impl VmCluster {
         self.start_gfs_controld(id)?;
         self.wait_daemons_synced(&all, Duration::from_secs(120))?;
         Ok(())
+    }
+
+    /// Power-cycles node `id`: kills its qemu, waits until the survivors have fenced it, and
+    /// boots it again. Fencing is a power switch that kills whatever qemu runs as that node,
+    /// so booting it before the fence lands would have the fence kill the new instance (as
+    /// a real power fence would).
+    pub fn power_cycle(&mut self, id: u32) -> Result<()> {
+        let at = self.kill_vm(id)?;
+        let fenced = self.wait_until(
+            &format!("node {id} to be fenced"),
+            Duration::from_secs(90),
+            || {
+                self.fence_records()
+                    .iter()
+                    .any(|f| f.nodeid == id && f.at_ms >= at)
+            },
+        );
+        if let Err(e) = fenced {
+            eprintln!("vm: {e:#}; booting node {id} again anyway");
+        }
+        self.restart_vm(id)
     }
 
     pub fn fence_records(&self) -> Vec<host::FenceRecord> {
@@ -787,30 +816,103 @@ impl VmCluster {
     /// mounted. A node that cannot unmount (a hung mount or recovery) is killed and booted
     /// again.
     pub fn reset(&mut self) -> Result<()> {
-        for id in self.alive_nodes() {
-            // A scenario may have given a node more votes (corosync-quorumtool -v).
-            let _ = self.sh(
-                id,
-                &format!("corosync-quorumtool -n {id} -v 1 >/dev/null 2>&1; true"),
-            );
-        }
         for id in 1..=self.opts.nodes {
             if !self.vm_alive(id) {
                 self.nodes.entry(id).or_default().conn = None;
                 self.restart_vm(id)?;
             }
         }
+        // Only now, with every node back: corosync refuses to take a vote away while that
+        // would leave the cluster inquorate (CS_ERR_INVALID_PARAM).
+        self.restore_votes()?;
         for id in 1..=self.opts.nodes {
-            // A scenario may have left a daemon stopped.
+            // A scenario may have left a daemon stopped or a disk throttled.
             let _ = self.signal_service(id, "gfs_controld", "CONT");
+            let _ = self.throttle_disk(id, None);
         }
         for id in 1..=self.opts.nodes {
             if self.is_mounted(id) && self.umount(id).is_err() {
                 eprintln!("vm: node {id} cannot unmount: restarting it");
-                self.kill_vm(id)?;
-                self.restart_vm(id)?;
+                self.power_cycle(id)?;
             }
         }
+        Ok(())
+    }
+
+    /// Gives node `id` `votes` corosync votes (`corosync-quorumtool -v`): what an operator
+    /// (or a quorum device) does to keep a shrinking cluster quorate.
+    pub fn set_votes(&self, id: u32, votes: u32) -> Result<()> {
+        self.sh(id, &format!("corosync-quorumtool -n {id} -v {votes}"))?;
+        Ok(())
+    }
+
+    /// Back to one vote per node and as many expected votes as nodes, so that any single
+    /// failure keeps the cluster quorate again. A node given more votes raised the
+    /// cluster's expected votes, which taking the votes back does not lower.
+    pub fn restore_votes(&self) -> Result<()> {
+        let n = self.opts.nodes;
+        let Some(&any) = self.alive_nodes().first() else {
+            return Ok(());
+        };
+        let status = self.sh(any, "corosync-quorumtool -s")?;
+        let field = |name: &str| -> Option<u32> {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split(':').nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        };
+        if field("Expected votes") == Some(n) && field("Total votes") == Some(n) {
+            return Ok(());
+        }
+        for id in self.alive_nodes() {
+            self.set_votes(id, 1)
+                .with_context(|| format!("restoring node {id}'s vote"))?;
+        }
+        self.sh(any, &format!("corosync-quorumtool -e {n}"))
+            .context("restoring the expected votes")?;
+        Ok(())
+    }
+
+    /// Throttles node `id`'s shared disk through qemu's monitor (`block_set_io_throttle`):
+    /// `Some((iops, bytes per second))`, or `None` to lift it.
+    pub fn throttle_disk(&self, id: u32, limit: Option<(u64, u64)>) -> Result<()> {
+        use std::io::{BufRead, BufReader, Write};
+        let (iops, bps) = limit.unwrap_or((0, 0));
+        let stream = std::os::unix::net::UnixStream::connect(self.qmp_socket(id))
+            .with_context(|| format!("node {id}: qemu's monitor"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut writer = stream;
+        // Skips the greeting and asynchronous events up to the command's own answer.
+        let mut answer = || -> Result<Value> {
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line)? == 0 {
+                    bail!("node {id}: qemu's monitor closed");
+                }
+                let v: Value = serde_json::from_str(&line)?;
+                if v.get("return").is_some() {
+                    return Ok(v);
+                }
+                if let Some(e) = v.get("error") {
+                    bail!("node {id}: qemu's monitor: {e}");
+                }
+            }
+        };
+        writeln!(writer, r#"{{"execute":"qmp_capabilities"}}"#)?;
+        answer()?;
+        let cmd = serde_json::json!({
+            "execute": "block_set_io_throttle",
+            "arguments": {
+                "device": "shared",
+                "bps": bps, "bps_rd": 0, "bps_wr": 0,
+                "iops": iops, "iops_rd": 0, "iops_wr": 0,
+            }
+        });
+        writeln!(writer, "{cmd}")?;
+        answer()?;
         Ok(())
     }
 
@@ -867,6 +969,7 @@ impl Drop for VmCluster {
             }
             host::kill_qemu(&self.pidfile(id), &host::qemu_name(&self.tag, id));
             let _ = fs::remove_file(self.ctl_socket(id));
+            let _ = fs::remove_file(self.qmp_socket(id));
         }
         self.fence = None;
         host::delete_network(&self.netns);
