@@ -1394,17 +1394,22 @@ impl World {
             self.schedule(d, Ev::Reboot(n));
         } else if !self.fence_ops.contains_key(&n) && !self.manual_fencing {
             // Pacemaker fences a node that left the membership uncleanly.
-            self.fence_ops.insert(
-                n,
-                FenceOp {
-                    requested_at: self.now,
-                },
-            );
-            let d = self
-                .rng
-                .range(self.profile.fence_delay.0, self.profile.fence_delay.1);
-            self.schedule(d, Ev::FenceDone(n));
+            self.start_fence(n);
         }
+    }
+
+    /// The fencing device starts powering `target` off; it is done after the profile's delay.
+    fn start_fence(&mut self, target: NodeId) {
+        self.fence_ops.insert(
+            target,
+            FenceOp {
+                requested_at: self.now,
+            },
+        );
+        let d = self
+            .rng
+            .range(self.profile.fence_delay.0, self.profile.fence_delay.1);
+        self.schedule(d, Ev::FenceDone(target));
     }
 
     fn reboot(&mut self, n: NodeId) {
@@ -1545,16 +1550,7 @@ impl World {
             );
             return;
         }
-        self.fence_ops.insert(
-            target,
-            FenceOp {
-                requested_at: self.now,
-            },
-        );
-        let d = self
-            .rng
-            .range(self.profile.fence_delay.0, self.profile.fence_delay.1);
-        self.schedule(d, Ev::FenceDone(target));
+        self.start_fence(target);
     }
 
     fn fence_done(&mut self, target: NodeId) {
