@@ -32,6 +32,9 @@ const MODULES: &[&str] = &[
     "dlm",
     "gfs2",
 ];
+/// Where a guest sees the host's whole root (its own /tmp, /run and /mnt are tmpfs).
+pub const HOST_ROOT: &str = "/run/host";
+
 /// Directories daemons write to: a tmpfs overlay on the read-only host directory.
 const OVERLAYS: &[&str] = &["/etc", "/var", "/root"];
 
@@ -113,7 +116,12 @@ fn setup(agent_path: &Path) -> Result<()> {
     std::env::set_var("HOME", "/root");
     std::env::set_var("LANG", "C");
     // /proc, /sys and /dev come mounted from the initramfs.
-    sh_setup("mount -t tmpfs -o mode=0755 run /run && mount -t tmpfs -o mode=1777 tmp /tmp && mount -t tmpfs mnt /mnt && mkdir -p /dev/shm /dev/pts && mount -t tmpfs -o mode=1777 shm /dev/shm && mount -t devpts devpts /dev/pts")?;
+    // The host's / stays reachable at HOST_ROOT before tmpfs covers /tmp and /mnt: the host's
+    // binaries may live there (a CI checkout under /tmp).
+    sh_setup(&format!(
+        "mount -t tmpfs -o mode=0755 run /run && mkdir -p {HOST_ROOT} && mount --bind / {HOST_ROOT}"
+    ))?;
+    sh_setup("mount -t tmpfs -o mode=1777 tmp /tmp && mount -t tmpfs mnt /mnt && mkdir -p /dev/shm /dev/pts && mount -t tmpfs -o mode=1777 shm /dev/shm && mount -t devpts devpts /dev/pts")?;
     for module in MODULES {
         sh_setup(&format!("modprobe {module}"))?;
     }
@@ -148,7 +156,10 @@ fn setup(agent_path: &Path) -> Result<()> {
     ))?;
     // gfs_controld's fence program: absolute path, called with NODEID NAME.
     fs::create_dir_all("/etc/gfsvm")?;
-    let fence = format!("#!/bin/sh\nexec {} fence \"$@\"\n", agent_path.display());
+    let fence = format!(
+        "#!/bin/sh\nexec {HOST_ROOT}{} fence \"$@\"\n",
+        agent_path.display()
+    );
     fs::write("/etc/gfsvm/fence", fence)?;
     sh_setup("chmod 0755 /etc/gfsvm/fence")?;
     Ok(())

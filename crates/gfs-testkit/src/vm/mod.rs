@@ -250,8 +250,14 @@ impl VmCluster {
         Path::new(host::REGISTRY).join(format!("{}-n{id}.qmp", self.tag))
     }
 
+    /// A host binary as the guests see it (through the host root: the build may live under a
+    /// directory the guest covers with tmpfs, such as /tmp).
     pub fn bin(&self, name: &str) -> String {
-        self.opts.bin_dir.join(name).display().to_string()
+        format!(
+            "{}{}",
+            agent::HOST_ROOT,
+            self.opts.bin_dir.join(name).display()
+        )
     }
 
     /// Where to look when something failed.
@@ -275,7 +281,8 @@ impl VmCluster {
         let append = format!(
             "console=ttyS0 loglevel=4 panic=-1 rdinit=/init gfsvm.agent={} gfsvm.node={id} \
              gfsvm.nodes={} gfsvm.subnet={subnet} gfsvm.host={subnet}.254",
-            self.bin("gfs_vm_agent"),
+            // Run by the initramfs, before the agent covers anything: the host path.
+            self.opts.bin_dir.join("gfs_vm_agent").display(),
             self.opts.nodes
         );
         let args: Vec<String> = vec![
