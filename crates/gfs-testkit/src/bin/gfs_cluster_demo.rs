@@ -176,25 +176,7 @@ fn membership_changes(c: &Cluster, id: u32) -> Vec<(u64, String)> {
 
 /// `2026-11-25T14:29:38.462982Z` as unix milliseconds (tracing's UTC timestamps).
 fn parse_rfc3339_ms(text: &str) -> Option<u64> {
-    let text = text.strip_suffix('Z')?;
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let sec: f64 = t.next()?.parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + min * 60;
-    Some((secs as f64 * 1000.0 + sec * 1000.0) as u64)
+    gfs_testkit::vm::evidence::parse_rfc3339(text).map(|s| (s * 1000.0) as u64)
 }
 
 #[cfg(test)]
