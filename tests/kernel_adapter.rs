@@ -9,9 +9,10 @@
 //! building it with cargo first if it is missing or older than its sources. It serves its files
 //! through FUSE (root and `/dev/fuse`), in the test's mount namespace.
 
+mod common;
+use common::TempDir;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use gfs_controld::core::{
@@ -23,28 +24,6 @@ const WAIT: Duration = Duration::from_secs(10);
 
 // ------------------------------------------------------------------------------------------
 // Helpers
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "gfs-kernel-adapter-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// [`root_or_skip`], and the simulator needs FUSE as well.
 fn fuse_or_skip(test: &str) -> bool {

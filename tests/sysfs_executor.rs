@@ -8,36 +8,15 @@
 //! the FUSE kernel simulator instead, only `SlowSysfs` changes: it must make one
 //! `<root>/<table>/lock_module/<file>` write take `hold` and hand out the root's writer.
 
+mod common;
+use common::TempDir;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gfs_controld::core::{SysfsFile, Table};
 use gfs_controld::kernel::{SysfsDone, SysfsExecutor, SysfsOp, SysfsWriter};
 use tokio::sync::mpsc::UnboundedReceiver;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "gfs-executor-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn table(fs: &str) -> Table {
     Table::parse(&format!("alpha:{fs}")).unwrap()

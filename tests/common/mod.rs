@@ -1,4 +1,4 @@
-//! Pieces shared by the control-socket tests: scratch directories and a fake daemon loop's
+//! Pieces shared by the integration tests: scratch directories and a fake daemon loop's
 //! canned answers.
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -11,6 +11,21 @@ use gfs_core::view::{
     TimelineEntry,
 };
 use gfs_core::MountMode;
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        TempDir(scratch_dir(tag))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 pub fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(

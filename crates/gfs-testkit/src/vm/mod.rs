@@ -83,13 +83,9 @@ impl Default for VmOptions {
 /// The release binaries: `GFS_BIN_DIR`, else `target/release` next to the running
 /// executable's profile directory (tests run from `target/<profile>/deps`).
 pub fn release_bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("GFS_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
-        dir.pop();
+    let dir = crate::cluster::bin_dir();
+    if std::env::var_os("GFS_BIN_DIR").is_some() {
+        return dir;
     }
     dir.parent().map(|t| t.join("release")).unwrap_or(dir)
 }
