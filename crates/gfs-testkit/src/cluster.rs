@@ -136,7 +136,7 @@ pub struct Cluster {
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
-fn run(cmd: &str) -> Result<()> {
+pub(crate) fn run(cmd: &str) -> Result<()> {
     let out = Command::new("sh")
         .args(["-c", cmd])
         .output()
@@ -239,44 +239,15 @@ impl Cluster {
     }
 
     fn create_network(&mut self) -> Result<()> {
-        let w = self.bridge_ns();
-        run(&format!("ip netns add {w}"))?;
-        run(&format!(
-            "ip -n {w} link add br0 type bridge && ip -n {w} link set br0 up && ip -n {w} link set lo up"
-        ))?;
+        create_network(&self.tag, self.opts.nodes)?;
         for id in 1..=self.opts.nodes {
-            let ns = self.netns(id);
-            let a = format!("{}a{id}", self.tag);
-            let b = format!("{}b{id}", self.tag);
-            run(&format!("ip netns add {ns}"))?;
-            run(&format!(
-                "ip link add {a} type veth peer name {b} && ip link set {a} netns {ns} && ip link set {b} netns {w}"
-            ))?;
-            run(&format!(
-                "ip -n {ns} link set {a} name eth0 && ip -n {ns} addr add 10.77.0.{id}/24 dev eth0 && \
-                 ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && \
-                 ip -n {w} link set {b} master br0 && ip -n {w} link set {b} up"
-            ))?;
             fs::create_dir_all(self.sysfs_root(id))?;
         }
         Ok(())
     }
 
     fn corosync_conf(&self) -> String {
-        let mut nodes = String::new();
-        for id in 1..=self.opts.nodes {
-            nodes.push_str(&format!(
-                "    node {{\n        ring0_addr: 10.77.0.{id}\n        nodeid: {id}\n        name: node{id}\n    }}\n"
-            ));
-        }
-        format!(
-            "totem {{\n    version: 2\n    cluster_name: {name}\n    transport: knet\n    token: {TOKEN_MS}\n    \
-             token_coefficient: 0\n    crypto_cipher: none\n    crypto_hash: none\n}}\n\
-             nodelist {{\n{nodes}}}\n\
-             quorum {{\n    provider: corosync_votequorum\n}}\n\
-             logging {{\n    to_stderr: yes\n    to_syslog: no\n    to_logfile: no\n}}\n",
-            name = self.opts.cluster_name
-        )
+        corosync_conf(&self.opts.cluster_name, self.opts.nodes)
     }
 
     fn log_file(&self, id: u32, what: &str) -> Result<fs::File> {
@@ -722,6 +693,49 @@ impl Cluster {
         }
         text
     }
+}
+
+/// The network of a test cluster: namespace `{tag}w` holds a bridge, and node `id`'s namespace
+/// `{tag}n{id}` has `eth0` at 10.77.0.`id` on it (addresses are per namespace, so clusters
+/// with different tags do not collide). Also used by the pacemaker tier.
+pub(crate) fn create_network(tag: &str, nodes: u32) -> Result<()> {
+    let w = format!("{tag}w");
+    run(&format!("ip netns add {w}"))?;
+    run(&format!(
+        "ip -n {w} link add br0 type bridge && ip -n {w} link set br0 up && ip -n {w} link set lo up"
+    ))?;
+    for id in 1..=nodes {
+        let ns = format!("{tag}n{id}");
+        let a = format!("{tag}a{id}");
+        let b = format!("{tag}b{id}");
+        run(&format!("ip netns add {ns}"))?;
+        run(&format!(
+            "ip link add {a} type veth peer name {b} && ip link set {a} netns {ns} && ip link set {b} netns {w}"
+        ))?;
+        run(&format!(
+            "ip -n {ns} link set {a} name eth0 && ip -n {ns} addr add 10.77.0.{id}/24 dev eth0 && \
+             ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && \
+             ip -n {w} link set {b} master br0 && ip -n {w} link set {b} up"
+        ))?;
+    }
+    Ok(())
+}
+
+/// corosync.conf for nodes 1..=`nodes` named `node{id}` at 10.77.0.`id` (see [`create_network`]).
+pub(crate) fn corosync_conf(cluster_name: &str, nodes: u32) -> String {
+    let mut list = String::new();
+    for id in 1..=nodes {
+        list.push_str(&format!(
+            "    node {{\n        ring0_addr: 10.77.0.{id}\n        nodeid: {id}\n        name: node{id}\n    }}\n"
+        ));
+    }
+    format!(
+        "totem {{\n    version: 2\n    cluster_name: {cluster_name}\n    transport: knet\n    token: {TOKEN_MS}\n    \
+         token_coefficient: 0\n    crypto_cipher: none\n    crypto_hash: none\n}}\n\
+         nodelist {{\n{list}}}\n\
+         quorum {{\n    provider: corosync_votequorum\n}}\n\
+         logging {{\n    to_stderr: yes\n    to_syslog: no\n    to_logfile: no\n}}\n"
+    )
 }
 
 /// Clusters in use, one file per cluster tag holding its owner's PID, so that a run killed
