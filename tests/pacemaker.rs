@@ -52,6 +52,8 @@ fn len(path: &Path) -> u64 {
 /// Where every log stood when a scenario began.
 struct Mark {
     t0: u64,
+    /// The survivors' long-lived processes when the scenario began.
+    survivors: Vec<(u32, String)>,
     pacemaker: Vec<u64>,
     daemon: Vec<u64>,
     fence: usize,
@@ -59,9 +61,11 @@ struct Mark {
 }
 
 impl Mark {
-    fn new(c: &PacemakerCluster) -> Mark {
+    fn new(c: &PacemakerCluster, victim: u32) -> Mark {
+        let survivors: Vec<u32> = c.ids().into_iter().filter(|&i| i != victim).collect();
         Mark {
             t0: now_ms(),
+            survivors: long_lived(c, &survivors),
             pacemaker: c.ids().iter().map(|&i| len(&c.pacemaker_log(i))).collect(),
             daemon: c.ids().iter().map(|&i| len(&c.daemon_log(i))).collect(),
             fence: c.fence_log().len(),
@@ -177,10 +181,39 @@ fn assert_recovered(
         c.pids(victim).is_empty(),
         "node{victim} still has processes after its fence"
     );
+    // Fencing node `victim` touched no process of another node.
+    assert_eq!(
+        long_lived(c, &survivors),
+        mark.survivors,
+        "the survivors' processes changed across the fence of node{victim}"
+    );
     // One power cut; a second run of the agent may only find the node off already.
     let cuts: Vec<_> = fences.iter().filter(|r| r.ok() && r.killed() > 0).collect();
     assert_eq!(cuts.len(), 1, "node{victim} cut more than once: {fences:?}");
     first_ok
+}
+
+/// The long-lived processes of the survivors: a fence of another node must not touch them.
+fn long_lived(c: &PacemakerCluster, ids: &[u32]) -> Vec<(u32, String)> {
+    const NAMES: [&str; 6] = [
+        "sleep",
+        "corosync",
+        "pacemakerd",
+        "gfs_controld",
+        "gfs_kernel_sim",
+        "gfs_dlm_sim",
+    ];
+    let mut found: Vec<(u32, String)> = ids
+        .iter()
+        .flat_map(|&id| c.pids(id))
+        .filter_map(|pid| {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let comm = comm.trim();
+            NAMES.contains(&comm).then(|| (pid, comm.to_owned()))
+        })
+        .collect();
+    found.sort();
+    found
 }
 
 fn jid_of(c: &PacemakerCluster, id: u32) -> u64 {
@@ -256,7 +289,7 @@ fn pacemaker_tier() {
     let jid = jid_of(&c, victim);
     let replays_before = replays(&c, &[1, 2], jid);
     let asker = c.daemon_pid(1).unwrap();
-    let mark = Mark::new(&c);
+    let mark = Mark::new(&c, victim);
     c.crash(victim).unwrap();
     let fence = assert_recovered(&mut c, &mark, victim, jid, replays_before);
     let pcmk = mark.pacemaker(&c);
@@ -273,12 +306,20 @@ fn pacemaker_tier() {
             .any(|l| l.contains("node fenced") && l.contains("nodeid=3")),
         "node 1's daemon never took node 3 as fenced"
     );
+    // Pacemaker schedules its own fence of the lost node too: it merges the two requests, or
+    // runs the agent again for a node already off (asserted above: one power cut).
+    let merged = pcmk
+        .lines()
+        .filter(|l| l.contains("Merging fencing action") && l.contains("node3"))
+        .count();
     step(
         &t,
         &format!(
-            "crash: fenced by {} after {} ms, recovered after {:.1} s; daemon request: {}",
+            "crash: fenced by {} after {} ms ({} agent runs, {merged} merged requests), recovered \
+             after {:.1} s; daemon request: {}",
             fence.host,
             fence.at_ms - mark.t0,
+            mark.fences(&c, victim).len(),
             mark.secs(),
             asked[0].trim()
         ),
@@ -293,7 +334,7 @@ fn pacemaker_tier() {
     let jid = jid_of(&c, victim);
     let replays_before = replays(&c, &[1, 2], jid);
     let daemons: Vec<u32> = [1, 2].iter().filter_map(|&i| c.daemon_pid(i)).collect();
-    let mark = Mark::new(&c);
+    let mark = Mark::new(&c, victim);
     let out = c
         .node_output(
             1,
@@ -372,7 +413,7 @@ fn pacemaker_tier() {
     let replays_before = replays(&c, &[1, 2], jid);
     let asker = c.daemon_pid(1).unwrap();
     c.set_fence_failures(8).unwrap();
-    let mark = Mark::new(&c);
+    let mark = Mark::new(&c, victim);
     c.crash(victim).unwrap();
     let mut reported: Option<String> = None;
     c.wait_for(
@@ -441,7 +482,7 @@ fn pacemaker_tier() {
     let jid = jid_of(&c, victim);
     let replays_before = replays(&c, &[1, 2], jid);
     let stopping = c.daemon_pid(victim).unwrap();
-    let mark = Mark::new(&c);
+    let mark = Mark::new(&c, victim);
     c.node_output(
         1,
         &[
@@ -465,6 +506,14 @@ fn pacemaker_tier() {
     assert!(
         refused.contains("refusing to exit"),
         "node 3's daemon did not say why it stays:\n{refused}"
+    );
+    // Pacemaker's scheduler fenced node 3 because the stop failed, not for another reason.
+    let pcmk = mark.pacemaker(&c);
+    assert!(
+        pcmk.lines().any(|l| l.contains("node3 will be fenced")
+            && l.contains(&format!("{RESOURCE}:"))
+            && l.contains("failed there")),
+        "pacemaker never decided to fence node 3 for its failed stop"
     );
     let after = fence.at_ms - mark.t0;
     assert!(

@@ -94,16 +94,14 @@ pub fn missing_prerequisite() -> Option<String> {
             ));
         }
     }
-    for user in ["hacluster"] {
-        let found = Command::new("id")
-            .arg(user)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            return Some(format!("user {user} is missing (pacemaker creates it)"));
-        }
+    let hacluster = Command::new("id")
+        .arg("hacluster")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !hacluster {
+        return Some("user hacluster is missing (the pacemaker package creates it)".into());
     }
     None
 }
