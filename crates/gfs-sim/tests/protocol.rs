@@ -3,8 +3,8 @@
 
 use gfs_core::wire::{self, Header, Message};
 use gfs_core::{
-    parse_uevent, Input, KernelEvent, KernelEventKind, Level, Node, NodeConfig, Output, SysfsFile,
-    Table, Time, DAEMON_GROUP,
+    parse_uevent, Input, KernelEvent, KernelEventKind, Level, Node, NodeConfig, Output, Peer,
+    SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
 /// Nodes in one CPG configuration; every multicast is delivered to all, in order.
@@ -39,8 +39,8 @@ impl Bus {
                 i,
                 Input::ConfChg {
                     group: DAEMON_GROUP.into(),
-                    members: ids.clone(),
-                    joined: ids.clone(),
+                    members: peers(&ids),
+                    joined: peers(&ids),
                     left: vec![],
                 },
             ));
@@ -70,7 +70,7 @@ impl Bus {
                                     j,
                                     Input::Deliver {
                                         group: group.clone(),
-                                        sender: id,
+                                        sender: daemon(id),
                                         payload: payload.clone(),
                                     },
                                 ));
@@ -111,8 +111,19 @@ impl Bus {
     }
 }
 
+/// Daemons run as process `1000 + nodeid` in these tests.
+fn daemon(id: u32) -> Peer {
+    Peer::new(id, 1000 + id)
+}
+
+fn peers(ids: &[u32]) -> Vec<Peer> {
+    ids.iter().map(|id| daemon(*id)).collect()
+}
+
 fn cfg(id: u32) -> NodeConfig {
-    NodeConfig::new(id, "alpha")
+    let mut c = NodeConfig::new(id, "alpha");
+    c.pid = 1000 + id;
+    c
 }
 
 fn add(table: &str) -> Input {
@@ -149,7 +160,7 @@ fn malformed_and_forged_messages_are_logged_and_change_nothing() {
             0,
             Input::Deliver {
                 group: DAEMON_GROUP.into(),
-                sender: 2,
+                sender: daemon(2),
                 payload: junk,
             },
         );
@@ -167,7 +178,7 @@ fn malformed_and_forged_messages_are_logged_and_change_nothing() {
         0,
         Input::Deliver {
             group: DAEMON_GROUP.into(),
-            sender: 2,
+            sender: daemon(2),
             payload: forged,
         },
     );
@@ -284,9 +295,9 @@ fn a_newer_daemon_talks_the_older_version_and_upgrades_when_it_leaves() {
         0,
         Input::ConfChg {
             group: DAEMON_GROUP.into(),
-            members: vec![1],
+            members: peers(&[1]),
             joined: vec![],
-            left: vec![(2, gfs_core::LeaveReason::Leave)],
+            left: vec![(daemon(2), gfs_core::LeaveReason::Leave)],
         },
     );
     assert_eq!(bus.nodes[0].status().protocol_version, 2);
