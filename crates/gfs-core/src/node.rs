@@ -563,7 +563,7 @@ impl Node {
         let n = self.foreign_seen.entry(peer.nodeid).or_default();
         *n += 1;
         let n = *n;
-        if n == 1 || n % 100 == 0 {
+        if n == 1 || n.is_multiple_of(100) {
             self.log_node(
                 Level::Warn,
                 peer.nodeid,
@@ -578,7 +578,10 @@ impl Node {
     /// A process in the daemon group holding mounts (or a mount in progress) in the group's
     /// state. Only such a node needs fencing when its daemon dies.
     fn holds_mounts(&self, node: NodeId) -> bool {
-        self.rep.fs.values().any(|fs| fs.mounters.contains_key(&node))
+        self.rep
+            .fs
+            .values()
+            .any(|fs| fs.mounters.contains_key(&node))
     }
 
     fn member_left(&mut self, node: NodeId, reason: LeaveReason, change: u64) {
@@ -913,7 +916,10 @@ impl Node {
                 self.log_node(
                     Level::Info,
                     peer.nodeid,
-                    format!("process {} is the node's gfs_controld, not process {old}", peer.pid),
+                    format!(
+                        "process {} is the node's gfs_controld, not process {old}",
+                        peer.pid
+                    ),
                 );
             }
             // A STATE from outside the state: see `apply`.
@@ -1174,8 +1180,7 @@ impl Node {
                         nodeid,
                         format!("ignored FENCED from node {sender}: node {fencer:?} runs the fencing backend"),
                     );
-                } else if sender != me
-                    && self.fenced_by_message(nodeid, failure, "FENCED", sender)
+                } else if sender != me && self.fenced_by_message(nodeid, failure, "FENCED", sender)
                 {
                     self.log_node(
                         Level::Info,
@@ -1953,7 +1958,13 @@ impl Node {
     /// A fence report delivered in the group's stream: it counts for the failures up to the
     /// configuration change it names, so a report about an earlier failure of a node that
     /// failed again since is stale. A current member is never taken as fenced.
-    fn fenced_by_message(&mut self, nodeid: NodeId, failure: u64, what: &str, from: NodeId) -> bool {
+    fn fenced_by_message(
+        &mut self,
+        nodeid: NodeId,
+        failure: u64,
+        what: &str,
+        from: NodeId,
+    ) -> bool {
         if self.daemon_in_group(nodeid) {
             return false;
         }

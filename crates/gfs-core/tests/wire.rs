@@ -157,7 +157,8 @@ fn message() -> impl Strategy<Value = Message> {
                 attempt,
             }
         }),
-        (1u32..400, any::<u64>()).prop_map(|(nodeid, failure)| Message::FenceAck { nodeid, failure }),
+        (1u32..400, any::<u64>())
+            .prop_map(|(nodeid, failure)| Message::FenceAck { nodeid, failure }),
         (1u32..400, any::<u64>()).prop_map(|(nodeid, failure)| Message::Fenced { nodeid, failure }),
     ]
 }

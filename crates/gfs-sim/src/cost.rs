@@ -8,8 +8,7 @@ use std::collections::VecDeque;
 
 use gfs_core::{
     Input, KernelEvent, KernelEventKind, LeaveReason, Node, NodeConfig, NodeId, Output, Peer,
-    SysfsFile,
-    Table, Time, DAEMON_GROUP,
+    SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

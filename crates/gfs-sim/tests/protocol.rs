@@ -166,10 +166,13 @@ impl Bus {
     /// Node index `i` mounts `alpha:fs1` read-write and its kernel completes the mount.
     fn mount(&mut self, i: usize) {
         self.input(i, add("alpha:fs1"));
-        self.input(i, kernel(KernelEventKind::Online {
-            ro: false,
-            spectator: false,
-        }));
+        self.input(
+            i,
+            kernel(KernelEventKind::Online {
+                ro: false,
+                spectator: false,
+            }),
+        );
     }
 
     fn recover_writes(&self) -> Vec<(u32, i64)> {
@@ -240,7 +243,11 @@ fn mounted_bus(n: u32) -> Bus {
 fn node3_crashed() -> Bus {
     let mut bus = mounted_bus(3);
     bus.nodes.truncate(2);
-    bus.confchg(peers(&[1, 2]), vec![], vec![(daemon(3), LeaveReason::NodeDown)]);
+    bus.confchg(
+        peers(&[1, 2]),
+        vec![],
+        vec![(daemon(3), LeaveReason::NodeDown)],
+    );
     assert_eq!(bus.fences, vec![(1, 3)], "the lowest member fences node 3");
     assert!(bus.recover_writes().is_empty(), "no replay before fencing");
     bus
@@ -268,7 +275,11 @@ fn a_foreign_process_joining_and_leaving_changes_nothing() {
     assert!(bus.fences.is_empty() && bus.kills.is_empty());
     assert!(bus.logged("not the node's gfs_controld"));
     for n in &bus.nodes {
-        assert!(n.filesystems()[0].state.contains("mounted"), "{:?}", n.filesystems()[0].state);
+        assert!(
+            n.filesystems()[0].state.contains("mounted"),
+            "{:?}",
+            n.filesystems()[0].state
+        );
     }
 }
 
@@ -279,11 +290,18 @@ fn a_foreign_process_exiting_fences_nothing() {
     let mut with = peers(&[1, 2, 3]);
     with.push(INTRUDER);
     bus.confchg(with, vec![INTRUDER], vec![]);
-    bus.confchg(peers(&[1, 2, 3]), vec![], vec![(INTRUDER, LeaveReason::ProcDown)]);
+    bus.confchg(
+        peers(&[1, 2, 3]),
+        vec![],
+        vec![(INTRUDER, LeaveReason::ProcDown)],
+    );
     assert_eq!(bus.digests(), before);
     assert!(bus.fences.is_empty(), "fenced: {:?}", bus.fences);
     assert!(bus.kills.is_empty(), "removed: {:?}", bus.kills);
-    assert!(!bus.writes.iter().any(|(_, f, v)| *f == SysfsFile::Block && *v == 1));
+    assert!(!bus
+        .writes
+        .iter()
+        .any(|(_, f, v)| *f == SysfsFile::Block && *v == 1));
 }
 
 #[test]
@@ -291,15 +309,25 @@ fn a_forged_fenced_is_ignored() {
     let mut bus = node3_crashed();
     // From a foreign process of node 2, claiming every failure of node 3.
     bus.deliver(INTRUDER, fenced(3, u64::MAX, 2));
-    assert!(bus.recover_writes().is_empty(), "replay started on a forged FENCED");
+    assert!(
+        bus.recover_writes().is_empty(),
+        "replay started on a forged FENCED"
+    );
     // From node 2's daemon, which does not run the fencing backend (node 1 does).
     bus.deliver(daemon(2), fenced(3, u64::MAX, 2));
-    assert!(bus.recover_writes().is_empty(), "replay started on a FENCED from a non-fencer");
+    assert!(
+        bus.recover_writes().is_empty(),
+        "replay started on a FENCED from a non-fencer"
+    );
     assert!(bus.logged("runs the fencing backend"));
     // The fencer's own report counts.
     let now = bus.now;
     bus.input(0, Input::Fenced { nodeid: 3, at: now });
-    assert_eq!(bus.recover_writes().len(), 1, "replay after the real fencing");
+    assert_eq!(
+        bus.recover_writes().len(),
+        1,
+        "replay after the real fencing"
+    );
 }
 
 #[test]
@@ -315,8 +343,18 @@ fn a_stale_fenced_of_an_earlier_failure_is_ignored() {
         .map(|(_, p)| p.clone())
         .expect("node 1 reported the fencing");
     let (replayer, jid) = bus.recover_writes()[0];
-    let i = bus.nodes.iter().position(|n| n.nodeid() == replayer).unwrap();
-    bus.input(i, kernel(KernelEventKind::Recovery { jid: jid as u32, done: true }));
+    let i = bus
+        .nodes
+        .iter()
+        .position(|n| n.nodeid() == replayer)
+        .unwrap();
+    bus.input(
+        i,
+        kernel(KernelEventKind::Recovery {
+            jid: jid as u32,
+            done: true,
+        }),
+    );
     // Node 3 comes back with a new daemon, mounts, and fails again.
     bus.start(cfg(3));
     bus.confchg(peers(&[1, 2, 3]), vec![daemon(3)], vec![]);
@@ -324,10 +362,18 @@ fn a_stale_fenced_of_an_earlier_failure_is_ignored() {
     bus.mount(2);
     bus.nodes.truncate(2);
     let replays = bus.recover_writes().len();
-    bus.confchg(peers(&[1, 2]), vec![], vec![(daemon(3), LeaveReason::NodeDown)]);
+    bus.confchg(
+        peers(&[1, 2]),
+        vec![],
+        vec![(daemon(3), LeaveReason::NodeDown)],
+    );
     // The report of the first failure, delivered again, must not count for the second.
     bus.deliver(daemon(1), first_fenced);
-    assert_eq!(bus.recover_writes().len(), replays, "replay on a stale FENCED");
+    assert_eq!(
+        bus.recover_writes().len(),
+        replays,
+        "replay on a stale FENCED"
+    );
     assert!(bus.logged("stale FENCED"));
 }
 
@@ -335,7 +381,11 @@ fn a_stale_fenced_of_an_earlier_failure_is_ignored() {
 fn a_daemon_death_without_mounts_fences_nothing() {
     let mut bus = Bus::new(vec![cfg(1), cfg(2), cfg(3)]);
     bus.nodes.truncate(2);
-    bus.confchg(peers(&[1, 2]), vec![], vec![(daemon(3), LeaveReason::ProcDown)]);
+    bus.confchg(
+        peers(&[1, 2]),
+        vec![],
+        vec![(daemon(3), LeaveReason::ProcDown)],
+    );
     assert!(bus.fences.is_empty(), "fenced: {:?}", bus.fences);
     assert!(bus.kills.is_empty(), "removed: {:?}", bus.kills);
     // Its next daemon joins as any new daemon does.
@@ -349,7 +399,11 @@ fn a_daemon_death_without_mounts_fences_nothing() {
 fn a_daemon_death_under_mounts_fences_the_node_without_removing_it() {
     let mut bus = mounted_bus(3);
     bus.nodes.truncate(2);
-    bus.confchg(peers(&[1, 2]), vec![], vec![(daemon(3), LeaveReason::ProcDown)]);
+    bus.confchg(
+        peers(&[1, 2]),
+        vec![],
+        vec![(daemon(3), LeaveReason::ProcDown)],
+    );
     assert_eq!(bus.fences, vec![(1, 3)]);
     assert!(bus.kills.is_empty(), "removed: {:?}", bus.kills);
     assert!(bus.recover_writes().is_empty());
@@ -379,7 +433,11 @@ fn a_restarted_daemon_syncs_while_a_foreign_process_is_joined() {
         vec![new3],
         vec![],
     );
-    assert!(bus.nodes[2].is_synced(), "the new daemon got the state: {:?}", bus.logs);
+    assert!(
+        bus.nodes[2].is_synced(),
+        "the new daemon got the state: {:?}",
+        bus.logs
+    );
     let d = bus.digests();
     assert!(d.windows(2).all(|w| w[0] == w[1]), "all agree");
     // The intruder leaving now is not the daemon leaving.

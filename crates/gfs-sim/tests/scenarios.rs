@@ -273,7 +273,9 @@ fn daemon_crash_is_a_failure_of_that_nodes_mounts() {
         "node 3 fenced"
     );
     assert!(
-        !s.trace().iter().any(|l| l.contains("asks corosync to kill")),
+        !s.trace()
+            .iter()
+            .any(|l| l.contains("asks corosync to kill")),
         "nobody asks corosync to remove node 3"
     );
     assert_eq!(replays(&s, 1), vec![(1, j3, Some(true))]);
@@ -296,7 +298,10 @@ fn daemon_crash_on_a_node_without_mounts_fences_nothing() {
     // Its daemon starts again and rejoins; the others never blocked.
     assert!(s.node(3).is_some_and(|n| n.is_synced()), "node 3 rejoined");
     for n in [1, 2] {
-        assert!(values(&s, n, 1, SysfsFile::Block).is_empty(), "n{n} blocked");
+        assert!(
+            values(&s, n, 1, SysfsFile::Block).is_empty(),
+            "n{n} blocked"
+        );
     }
     assert!(s.replays().is_empty());
 }

@@ -204,7 +204,10 @@ enum Ev {
     /// A foreign process in the daemon group sends a forged message.
     ForeignSend(Peer),
     /// A foreign process leaves the daemon group (cleanly, or by exiting).
-    ForeignGo { peer: Peer, clean: bool },
+    ForeignGo {
+        peer: Peer,
+        clean: bool,
+    },
     FaultTick,
     WorkTick,
     EndFaults,
@@ -1204,7 +1207,9 @@ impl World {
         let pid = self.next_foreign_pid;
         self.next_foreign_pid += 1;
         let peer = Peer::new(n, pid);
-        self.log(format!("FAULT foreign process {peer} joins the daemon group"));
+        self.log(format!(
+            "FAULT foreign process {peer} joins the daemon group"
+        ));
         self.nodes.get_mut(&n).expect("node").foreign = Some(pid);
         if let Some(c) = self.nodes[&n].comp {
             self.group_change(c, None);
