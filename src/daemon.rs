@@ -280,6 +280,9 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
 
     let clock = Clock::new();
     let mut cfg = NodeConfig::new(nodeid, &cluster_name);
+    // corosync identifies group members by (nodeid, pid): the core acts on this process's own
+    // leave only, and tells the node's other processes in the group apart from this daemon.
+    cfg.pid = std::process::id();
     cfg.cluster_nodes = node_names.keys().copied().collect();
     cfg.max_journals = settings.max_journals;
     cfg.recover_retry_ms = settings.recover_retry.as_millis() as u64;
@@ -748,12 +751,12 @@ impl Daemon {
                 tracing::warn!(group = %group, error = %e, "leaving the CPG group failed");
             }
         }
-        let me = self.node.nodeid();
+        let me = gfs_core::Peer::new(self.node.nodeid(), std::process::id());
         let deadline = tokio::time::Instant::now() + LEAVE_WAIT;
         while !groups.is_empty() {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(CpgEvent::ConfChg { group, left, .. }))
-                    if left.iter().any(|(n, _)| *n == me) =>
+                    if left.iter().any(|(p, _)| *p == me) =>
                 {
                     groups.retain(|g| *g != group);
                 }
