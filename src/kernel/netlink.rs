@@ -61,6 +61,7 @@ pub struct UeventListener {
     test: Option<TestSocket>,
     buf: Vec<u8>,
     refused: u64,
+    accepted: u64,
     refusal_log: RateLimit,
     daemon_euid: u32,
 }
@@ -135,6 +136,7 @@ impl UeventListener {
             test: None,
             buf: vec![0; MAX_UEVENT],
             refused: 0,
+            accepted: 0,
             refusal_log: RateLimit::standard(),
             daemon_euid: nix::unistd::geteuid().as_raw(),
         })
@@ -197,6 +199,11 @@ impl UeventListener {
     /// test socket, not root).
     pub fn refused(&self) -> u64 {
         self.refused
+    }
+
+    /// How many datagrams passed the sender check (of any subsystem).
+    pub fn accepted(&self) -> u64 {
+        self.accepted
     }
 
     /// The next gfs2 lock_dlm uevent.
@@ -276,6 +283,7 @@ impl UeventListener {
                 }
                 continue;
             }
+            self.accepted += 1;
             if truncated {
                 if data.windows(9).any(|w| w == b"/fs/gfs2/") {
                     return Ok(Err(UeventError::Malformed(format!(
