@@ -39,6 +39,8 @@ const LEAVE_WAIT: Duration = Duration::from_secs(3);
 /// How often pending fencing is checked against `fence_warn` (and slow sysfs operations are
 /// reported).
 const FENCE_WARN_CHECK: Duration = Duration::from_secs(1);
+/// The most a `gfs_control dump` reply carries of the debug ring (the newest lines).
+const MAX_DUMP_BYTES: usize = 2 << 20;
 /// When the mount's read-only state is read again after an `online` uevent, which carries the
 /// state from before a remount (the kernel applies the new flags after sending it).
 const MODE_CHECKS: [Duration; 3] = [
@@ -811,7 +813,7 @@ impl Daemon {
                 }
                 Reply::Filesystems(filesystems)
             }
-            Request::Dump {} => Reply::Dump(self.ring.lines()),
+            Request::Dump {} => Reply::Dump(self.ring.lines_within(MAX_DUMP_BYTES)),
             Request::Version {} => Reply::Version(VersionInfo::current()),
             Request::FenceAck { nodeid } => {
                 tracing::warn!(nodeid, "operator fence-ack for node {nodeid}");

@@ -31,6 +31,19 @@ struct FakeDaemon {
 
 impl FakeDaemon {
     fn start(tag: &str) -> FakeDaemon {
+        // A short read timeout keeps the silent-client test quick.
+        let options = server::ServeOptions {
+            read_timeout: Duration::from_secs(1),
+            ..server::ServeOptions::default()
+        };
+        FakeDaemon::start_with(tag, options, answer)
+    }
+
+    fn start_with(
+        tag: &str,
+        options: server::ServeOptions,
+        answer: fn(&Request) -> Reply,
+    ) -> FakeDaemon {
         let dir = scratch_dir(tag);
         let socket = dir.join("run").join("gfs_controld.sock");
         let listener = server::bind(&socket).unwrap();
@@ -49,11 +62,6 @@ impl FakeDaemon {
                         let _ = reply.send(answer(&request));
                     }
                 });
-                // A short read timeout keeps the silent-client test quick.
-                let options = server::ServeOptions {
-                    read_timeout: Duration::from_secs(1),
-                    ..server::ServeOptions::default()
-                };
                 let _ = server::serve_with(listener, tx, options).await;
             });
         });
@@ -226,6 +234,83 @@ fn a_silent_client_does_not_stall_others() {
     let mut reply = String::new();
     (&idle).read_to_string(&mut reply).unwrap();
     assert!(error_of(reply.trim_end()).contains("timed out"), "{reply}");
+}
+
+/// A dump far larger than a socket's buffers.
+fn huge_dump(request: &Request) -> Reply {
+    match request {
+        Request::Dump {} => Reply::Dump(vec!["x".repeat(1000); 8000]),
+        other => answer(other),
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_its_reply_is_dropped_after_the_write_timeout() {
+    let options = server::ServeOptions {
+        write_timeout: Duration::from_secs(1),
+        ..server::ServeOptions::default()
+    };
+    let daemon = FakeDaemon::start_with("noread", options, huge_dump);
+    let full = proto::encode_reply(&huge_dump(&Request::Dump {})).len();
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    stream
+        .write_all(proto::encode_request(&Request::Dump {}).as_bytes())
+        .unwrap();
+    // Wait for the reply to start (encoding 8 MB takes a while in a debug build), taking a
+    // single byte; then do not read: the server's write blocks on full buffers.
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = first.to_vec();
+    let _ = stream.read_to_end(&mut got);
+    assert!(
+        got.len() < full,
+        "the server still held the whole reply ({} of {full} bytes) after its write timeout",
+        got.len()
+    );
+    // The server goes on.
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
+}
+
+#[test]
+fn connections_over_the_cap_are_refused_at_once_and_the_server_goes_on() {
+    let options = server::ServeOptions {
+        read_timeout: Duration::from_secs(2),
+        max_connections: 4,
+        ..server::ServeOptions::default()
+    };
+    let daemon = FakeDaemon::start_with("cap", options, answer);
+    let idle: Vec<UnixStream> = (0..4)
+        .map(|_| UnixStream::connect(&daemon.socket).unwrap())
+        .collect();
+    // Let the server take them all before the fifth arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let mut over = UnixStream::connect(&daemon.socket).unwrap();
+    over.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reply = String::new();
+    over.read_to_string(&mut reply).unwrap();
+    assert!(
+        error_of(reply.trim_end()).contains("serving 4 connections already"),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    // Once the idle ones time out, requests are served again.
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
+    assert_eq!(daemon.handled.load(Ordering::SeqCst), 1);
 }
 
 #[test]
