@@ -429,6 +429,9 @@ pub static KEYS: &[Key] = &[
     },
 ];
 
+/// Settings for the test kit only: the example file and the packaging never mention them.
+pub const TEST_ONLY_KEYS: &[&str] = &["uevent_test_socket"];
+
 /// The setting called `name`, if there is one.
 pub fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|key| key.name == name)
