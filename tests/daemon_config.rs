@@ -721,7 +721,10 @@ fn the_example_file_lists_every_setting_at_its_default() {
         .collect();
     let entries = Settings::parse_file(&uncommented, Path::new("example")).unwrap();
     for name in config::TEST_ONLY_KEYS {
-        assert!(!text.contains(name), "the example file mentions the test-only {name}");
+        assert!(
+            !text.contains(name),
+            "the example file mentions the test-only {name}"
+        );
     }
     for key in KEYS
         .iter()

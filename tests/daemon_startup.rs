@@ -112,17 +112,26 @@ fn unreadable_kinds_of_config_file_are_refused_clearly() {
         stderr
     };
     let zero = run(Path::new("/dev/zero"));
-    assert!(zero.contains("/dev/zero is not a regular file (a device)"), "{zero}");
+    assert!(
+        zero.contains("/dev/zero is not a regular file (a device)"),
+        "{zero}"
+    );
 
     let fifo = dir.join("fifo.conf");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let fifo_err = run(&fifo);
-    assert!(fifo_err.contains("is not a regular file (a FIFO)"), "{fifo_err}");
+    assert!(
+        fifo_err.contains("is not a regular file (a FIFO)"),
+        "{fifo_err}"
+    );
 
     let big = dir.join("big.conf");
     std::fs::write(&big, "#".repeat(2 << 20)).unwrap();
     let big_err = run(&big);
-    assert!(big_err.contains("is larger than 1048576 bytes"), "{big_err}");
+    assert!(
+        big_err.contains("is larger than 1048576 bytes"),
+        "{big_err}"
+    );
 
     let latin1 = dir.join("latin1.conf");
     std::fs::write(&latin1, b"log_level=info\n# caf\xe9\nfence_warn=30s\n").unwrap();
@@ -202,13 +211,19 @@ fn a_startup_failure_after_daemonizing_exits_non_zero() {
         .args(["-g", "0"])
         .arg(format!("--config={}", conf.display()))
         .arg(format!("--sysfs_root={}", dir.join("sysfs").display()))
-        .arg(format!("--control_socket={}", dir.join("ctl.sock").display()))
+        .arg(format!(
+            "--control_socket={}",
+            dir.join("ctl.sock").display()
+        ))
         .arg(format!("--pid_file={}", dir.join("pid").display()))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("another gfs_controld is running"), "{stderr}");
+    assert!(
+        stderr.contains("another gfs_controld is running"),
+        "{stderr}"
+    );
     drop(pid_file);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -224,7 +239,10 @@ fn stray_signals_do_not_kill_the_daemon() {
         .arg("--foreground")
         .arg(format!("--config={}", conf.display()))
         .arg(format!("--sysfs_root={}", dir.join("sysfs").display()))
-        .arg(format!("--control_socket={}", dir.join("ctl.sock").display()))
+        .arg(format!(
+            "--control_socket={}",
+            dir.join("ctl.sock").display()
+        ))
         .arg(format!("--pid_file={}", dir.join("pid").display()))
         .arg("--fencing=manual")
         .stderr(std::process::Stdio::null())
@@ -232,9 +250,16 @@ fn stray_signals_do_not_kill_the_daemon() {
         .unwrap();
     // Until the pid file exists, the handlers may not be installed yet.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(dir.join("pid")).unwrap_or_default().trim() != child.id().to_string() {
+    while std::fs::read_to_string(dir.join("pid"))
+        .unwrap_or_default()
+        .trim()
+        != child.id().to_string()
+    {
         assert!(std::time::Instant::now() < deadline, "no pid file");
-        assert!(child.try_wait().unwrap().is_none(), "the daemon exited early");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the daemon exited early"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);

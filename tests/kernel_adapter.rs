@@ -363,7 +363,13 @@ fn listener_drops_netlink_uevents_not_sent_by_the_kernel() {
             let t = "clu:fs1";
             let mut spoofs = vec![
                 ev(t, KernelEventKind::Recovery { jid: 2, done: true }),
-                ev(t, KernelEventKind::Recovery { jid: 2, done: false }),
+                ev(
+                    t,
+                    KernelEventKind::Recovery {
+                        jid: 2,
+                        done: false,
+                    },
+                ),
                 ev(t, KernelEventKind::Offline),
                 ev(t, KernelEventKind::Remove),
                 ev(t, KernelEventKind::FirstMountDone),
@@ -380,27 +386,47 @@ fn listener_drops_netlink_uevents_not_sent_by_the_kernel() {
             // The kernel's uevents for new network devices in this namespace: port id 0 and
             // root credentials, so taken (and then skipped as not gfs2).
             let ip = Command::new("ip")
-                .args(["link", "add", "gfsv0", "type", "veth", "peer", "name", "gfsv1"])
+                .args([
+                    "link", "add", "gfsv0", "type", "veth", "peer", "name", "gfsv1",
+                ])
                 .status()
                 .expect("run ip");
             assert!(ip.success(), "ip link add … type veth failed");
             expect_nothing(&mut l, 500).await;
-            assert_eq!(l.refused(), spoofs.len() as u64, "a kernel uevent was refused");
-            assert!(l.accepted() >= 2, "the kernel's veth uevents did not arrive");
+            assert_eq!(
+                l.refused(),
+                spoofs.len() as u64,
+                "a kernel uevent was refused"
+            );
+            assert!(
+                l.accepted() >= 2,
+                "the kernel's veth uevents did not arrive"
+            );
         });
         let text = log.text();
         let lines: Vec<&str> = text
             .lines()
             .filter(|l| l.contains("dropped a uevent not sent by the kernel") && l.contains("clu:"))
             .collect();
-        assert!(!lines.is_empty(), "no log line for a spoofed uevent: {text}");
+        assert!(
+            !lines.is_empty(),
+            "no log line for a spoofed uevent: {text}"
+        );
         assert!(lines.len() <= 10, "not rate-limited: {} lines", lines.len());
         assert!(lines[0].contains("WARN"), "{}", lines[0]);
         assert!(lines[0].contains("change@/fs/gfs2/clu:fs1"), "{}", lines[0]);
         // The sender is named: its netlink port id (not 0) and credentials.
-        assert!(lines[0].contains("port=") && !lines[0].contains("port=0 "), "{}", lines[0]);
+        assert!(
+            lines[0].contains("port=") && !lines[0].contains("port=0 "),
+            "{}",
+            lines[0]
+        );
         assert!(lines[0].contains("uid=0"), "{}", lines[0]);
-        assert!(lines[0].contains(&format!("pid={}", std::process::id())), "{}", lines[0]);
+        assert!(
+            lines[0].contains(&format!("pid={}", std::process::id())),
+            "{}",
+            lines[0]
+        );
     });
 }
 
@@ -490,7 +516,11 @@ fn listener_does_not_hear_other_namespaces() {
             let mine = ev("x:mine", KernelEventKind::Remove);
             send_uevent(&format_uevent(&mine)).unwrap();
             expect_nothing(&mut l, 500).await;
-            assert_eq!(l.refused(), 1, "only this namespace's (userspace) uevent arrives");
+            assert_eq!(
+                l.refused(),
+                1,
+                "only this namespace's (userspace) uevent arrives"
+            );
         })
     });
 }
@@ -755,7 +785,12 @@ fn simulator_single_node_behaves_as_linux_6_1() {
             let mut server = Server::start(
                 &bin,
                 &tmp.0,
-                &["--replay-ms", "50", "--uevent-socket", path.to_str().unwrap()],
+                &[
+                    "--replay-ms",
+                    "50",
+                    "--uevent-socket",
+                    path.to_str().unwrap(),
+                ],
             );
             let sim = &server.sim;
             let w = server.writer();

@@ -216,7 +216,8 @@ pub async fn serve_with(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                let out_of_fds =
+                    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
                 if let Verdict::Log { suppressed } = accept_errors.check(Instant::now()) {
                     tracing::warn!(error = %e, suppressed, "control socket accept failed");
                 }
@@ -237,7 +238,12 @@ pub async fn serve_with(
         // Checked here, where the log limit lives; the refusal is written without waiting.
         if let Err((refusal, uid, pid)) = check_peer(&stream) {
             if let Verdict::Log { suppressed } = refusals.check(Instant::now()) {
-                tracing::warn!(uid, pid, suppressed, "control connection refused: {refusal}");
+                tracing::warn!(
+                    uid,
+                    pid,
+                    suppressed,
+                    "control connection refused: {refusal}"
+                );
             }
             let _ = stream.try_write(encode_reply(&Reply::Error(refusal)).as_bytes());
             continue;

@@ -237,7 +237,9 @@ impl UeventListener {
                     source,
                 })?;
                 let res = guard.try_io(|fd| match source {
-                    Source::Netlink => receive::<NetlinkAddr>(fd.as_raw_fd(), buf, |a| Some(a.pid())),
+                    Source::Netlink => {
+                        receive::<NetlinkAddr>(fd.as_raw_fd(), buf, |a| Some(a.pid()))
+                    }
                     Source::Test => receive::<UnixAddr>(fd.as_raw_fd(), buf, |_| None),
                 });
                 match res {
@@ -324,11 +326,7 @@ fn receive<A: SockaddrLike>(
             }
         }
     }
-    Ok((
-        msg.bytes,
-        msg.flags.contains(MsgFlags::MSG_TRUNC),
-        sender,
-    ))
+    Ok((msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC), sender))
 }
 
 /// The first field of a uevent (`ACTION@DEVPATH`), cut short and printable, for a log line.

@@ -179,7 +179,12 @@ fn unix_datagram() -> std::io::Result<OwnedFd> {
 fn send_test(fd: &OwnedFd, dest: &UnixAddr, bytes: &[u8]) -> std::io::Result<()> {
     match send_all(fd, bytes, dest) {
         // Nobody listening: the kernel's multicast does not fail then either.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ECONNREFUSED)) => {
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+            ) =>
+        {
             Ok(())
         }
         other => other,
