@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use gfs_controld::cli::{self, DaemonArgs, Startup};
 use gfs_controld::config::Settings;
-use gfs_controld::{daemon, fence, logging};
+use gfs_controld::{daemon, fence, logging, process};
 use std::path::Path;
 
 fn main() -> ExitCode {
@@ -32,12 +32,12 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     if settings.enable_fencing && settings.fencing.starts_with('/') {
         fence::check_program(Path::new(&settings.fencing))?;
     }
-    daemon::ignore_stray_signals()?;
+    process::ignore_stray_signals().context("cannot install signal handlers")?;
     let readiness = if settings.foreground {
-        daemon::Readiness::foreground()
+        process::Readiness::foreground()
     } else {
         // Before the runtime and its threads exist. The parent exits when we are ready.
-        daemon::daemonize().context("cannot daemonize")?
+        process::daemonize().context("cannot daemonize")?
     };
     let _pid_file = daemon::PidFile::acquire(&settings.pid_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
