@@ -313,6 +313,92 @@ fn connections_over_the_cap_are_refused_at_once_and_the_server_goes_on() {
     assert_eq!(daemon.handled.load(Ordering::SeqCst), 1);
 }
 
+/// Everything logged by this test binary.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_log() -> &'static Captured {
+    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Captured::default();
+        let me = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || me.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        log
+    })
+}
+
+/// D10: a flood of connections from a user who may not talk to the daemon (the socket's
+/// permissions loosened by hand) is refused, each with an answer, and logged at a bounded rate.
+#[test]
+fn refused_users_are_logged_at_a_bounded_rate() {
+    let python = std::path::Path::new("/usr/bin/python3");
+    let root = nix::unistd::geteuid().is_root();
+    if !root || !python.exists() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        assert!(
+            std::env::var_os("CI").is_none() || !root,
+            "needs /usr/bin/python3 and setpriv"
+        );
+        eprintln!("skipped: needs root, /usr/bin/python3 and setpriv");
+        return;
+    }
+    let log = captured_log();
+    let daemon = FakeDaemon::start("refused");
+    let mut dir = daemon.socket.parent().unwrap().to_owned();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    while dir.starts_with(&daemon.dir) {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir.pop();
+    }
+    let script = format!(
+        "import socket\nn = 0\nfor _ in range(200):\n    s = socket.socket(socket.AF_UNIX)\n    \
+         s.connect({:?})\n    try:\n        s.sendall(b'{{}}\\n')\n    except OSError:\n        pass\n    n += b'permission denied' in s.makefile('rb').readline()\n\
+         print(n)\n",
+        daemon.socket.display().to_string()
+    );
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "200", "every refused client gets an answer");
+    assert_eq!(daemon.handled.load(Ordering::SeqCst), 0);
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("control connection refused") && l.contains("uid=65534"))
+        .count();
+    assert!(
+        (1..=10).contains(&lines),
+        "{lines} log lines for 200 refusals"
+    );
+    // Root still gets through.
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
+}
+
 #[test]
 fn bind_creates_a_private_socket_and_replaces_a_stale_one() {
     let dir = scratch_dir("bind");
