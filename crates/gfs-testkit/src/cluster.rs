@@ -306,6 +306,12 @@ impl Cluster {
         self.node_dir(id).join("configfs")
     }
 
+    /// The daemon's `uevent_test_socket`, where the node's kernel simulator sends its uevents
+    /// (the daemon takes netlink uevents only from the kernel).
+    pub fn uevent_socket(&self, id: u32) -> PathBuf {
+        self.node_dir(id).join("uevents.sock")
+    }
+
     fn start_kernel(&mut self, id: u32) -> Result<()> {
         // The simulator serves the node's sysfs through FUSE: it enters only the node's network
         // namespace (`ip netns exec` would also give it a private mount namespace, where the
@@ -323,7 +329,9 @@ impl Cluster {
             .arg("--shared")
             .arg(self.shared_disk())
             .arg("--configfs-root")
-            .arg(self.configfs_root(id));
+            .arg(self.configfs_root(id))
+            .arg("--uevent-socket")
+            .arg(self.uevent_socket(id));
         let child = self.spawn(id, "kernel", cmd)?;
         self.nodes.entry(id).or_default().kernel = Some(child);
         let socket = self.kernel_socket(id);
@@ -384,6 +392,10 @@ impl Cluster {
             .arg(format!(
                 "--pid_file={}",
                 self.node_dir(id).join("gfs_controld.pid").display()
+            ))
+            .arg(format!(
+                "--uevent_test_socket={}",
+                self.uevent_socket(id).display()
             ))
             .arg(format!(
                 "--fencing={}",
