@@ -393,6 +393,13 @@ async fn fence_with_pacemaker<A: FencerApi>(
         // seen as completed, never as neither.
         let pending = query(true).await > 0;
         let last_fenced = query(false).await;
+        tracing::debug!(
+            nodeid,
+            last_fenced,
+            pending,
+            "pacemaker's fencing history of node {nodeid}: last fenced at {last_fenced}, a fence \
+             under way: {pending}"
+        );
         note_uncounted(nodeid, last_fenced, failed_at, &mut noted);
         let history = FenceHistory {
             last_fenced,
