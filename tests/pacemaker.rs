@@ -10,7 +10,8 @@
 //!    fence when its first look finds one under way; the node is fenced (pacemaker may merge
 //!    the daemon's request with its own), the survivors replay and unblock;
 //! 3. pacemaker fences a node before anyone notices (`stonith_admin --reboot`): the daemons
-//!    take that fence from `stonith_api_time` and no daemon asks for another;
+//!    take that fence from `stonith_api_time` and none makes pacemaker fence the node again
+//!    (a request while pacemaker's fence is still pending is merged into it);
 //! 4. the fence device fails several times: the daemon retries, `gfs_control status` shows
 //!    the error meanwhile, and recovery follows the fence that worked;
 //! 5. the clone is stopped on a node with a filesystem mounted: as the agent documents, the
@@ -194,27 +195,41 @@ fn assert_recovered(
     first_ok
 }
 
-/// Fails if a survivor's daemon (`daemons`, their PIDs) asked pacemaker's fencer to fence
-/// `victim` since `mark`, when pacemaker had fenced it already (`why`): on real hardware that
-/// is a second power cycle.
-fn assert_no_daemon_request(
+/// Fails if a survivor's daemon (`daemons`, their PIDs) made pacemaker fence `victim` again
+/// since `mark`, after pacemaker had fenced it on its own (`why`): on real hardware that is a
+/// second power cycle. A request the fencer merged into its own fence still pending is no
+/// second fence (the daemon waits for a pending fence only so long); one it ran is. Returns
+/// how many requests were merged.
+fn assert_no_second_fence(
     c: &PacemakerCluster,
     mark: &Mark,
     daemons: &[u32],
     victim: u32,
     why: &str,
-) {
+) -> usize {
     let pcmk = mark.pacemaker(c);
-    let asked: Vec<String> = daemons
-        .iter()
-        .flat_map(|&pid| daemon_requests(&pcmk, pid, victim))
-        .collect();
-    assert!(
-        asked.is_empty(),
-        "a daemon asked for a second fence of node{victim} after {why}:\n{}\n{}",
-        asked.join("\n"),
-        c.diagnostics()
-    );
+    let mut merged = 0;
+    for &pid in daemons {
+        let asked = daemon_requests(&pcmk, pid, victim);
+        let merges = pcmk
+            .lines()
+            .filter(|l| {
+                l.contains("Merging fencing action")
+                    && l.contains(&format!(
+                        "targeting node{victim} originating from client stonith-api.{pid} "
+                    ))
+            })
+            .count();
+        assert!(
+            asked.len() <= merges,
+            "a daemon (pid {pid}) asked for a second fence of node{victim} after {why} \
+             ({merges} of its requests merged into pacemaker's):\n{}\n{}",
+            asked.join("\n"),
+            c.diagnostics()
+        );
+        merged += merges;
+    }
+    merged
 }
 
 /// Whether the daemon's log says it waited for a fence pacemaker had under way.
@@ -390,7 +405,7 @@ fn pacemaker_tier() {
     // The daemon must take pacemaker's fence from its history and not ask for another. The
     // fencer records that fence only when the ring re-forms, the moment the daemons see the
     // node leave, so the daemon waits for a fence pacemaker has under way before it asks.
-    assert_no_daemon_request(&c, &mark, &daemons, victim, "pacemaker's own reboot");
+    let merged = assert_no_second_fence(&c, &mark, &daemons, victim, "pacemaker's own reboot");
     let waited = waited_for_pacemaker(&mark.daemon(&c, 1));
     assert!(
         mark.daemon(&c, 1)
@@ -401,8 +416,9 @@ fn pacemaker_tier() {
     step(
         &t,
         &format!(
-            "prefenced: agent ran {} ms after the request, no daemon request (the daemon waited \
-             for pacemaker's pending fence: {waited}), recovered after {:.1} s {}",
+            "prefenced: agent ran {} ms after the request, no second fence (the daemon waited \
+             for pacemaker's pending fence: {waited}; requests merged into it: {merged}), \
+             recovered after {:.1} s {}",
             fence.at_ms - mark.t0,
             mark.secs(),
             out.trim()
@@ -528,13 +544,17 @@ fn pacemaker_tier() {
         "node 3 fenced {after} ms after the stop began, before the stop timed out"
     );
     // Pacemaker's fence for the failed stop is the survivors' evidence too: no second one.
-    assert_no_daemon_request(&c, &mark, &daemons, victim, "the fence for the failed stop");
+    // (Its agent kills the daemon before corosync, so the survivors may see the daemon go a
+    // token timeout before pacemaker records the fence; a request then is merged into it.)
+    let merged =
+        assert_no_second_fence(&c, &mark, &daemons, victim, "the fence for the failed stop");
     let waited = waited_for_pacemaker(&mark.daemon(&c, 1));
     step(
         &t,
         &format!(
-            "stop with fs1 mounted: daemon stayed, fenced {after} ms after the ban, no daemon \
-             request (waited for pacemaker's pending fence: {waited}), recovered after {:.1} s",
+            "stop with fs1 mounted: daemon stayed, fenced {after} ms after the ban, no second \
+             fence (waited for pacemaker's pending fence: {waited}; requests merged into it: \
+             {merged}), recovered after {:.1} s",
             mark.secs()
         ),
     );
