@@ -415,15 +415,11 @@ impl Daemon {
 
     fn execute(&mut self, output: Output) -> Result<(), DaemonError> {
         match output {
+            // The daemon group, once at start: without it the daemon can do nothing, so a
+            // failed join is fatal there (and only there: no other group is ever joined).
             Output::JoinGroup { group } => {
                 tracing::debug!(group = %group, "joining CPG group");
                 self.cpg.join(&group)?;
-            }
-            Output::LeaveGroup { group } => {
-                tracing::debug!(group = %group, "leaving CPG group");
-                if let Err(e) = self.cpg.leave(&group) {
-                    tracing::warn!(group = %group, error = %e, "leaving the CPG group failed");
-                }
             }
             Output::Mcast { group, payload } => self.cpg.mcast(&group, payload)?,
             // Off the loop: the result comes back through `sysfs_done`.

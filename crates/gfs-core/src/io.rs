@@ -88,10 +88,9 @@ pub enum Input {
 /// Everything a node asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Output {
+    /// Join the daemon group (once, at start; the only CPG group: per-filesystem holders are
+    /// part of the replicated state, so no corosync resources grow with the filesystems).
     JoinGroup {
-        group: String,
-    },
-    LeaveGroup {
         group: String,
     },
     /// Multicast in agreed order. The driver must keep the order of sends, retrying on TRY_AGAIN.

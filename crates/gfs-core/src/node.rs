@@ -339,8 +339,6 @@ impl Node {
                 if group == DAEMON_GROUP {
                     self.on_confchg(members, joined, left);
                 }
-                // Mount groups are joined so corosync tools show who holds what; every decision
-                // comes from the daemon group's single ordered stream (see DESIGN in lib.rs).
             }
             Input::Deliver {
                 group,
@@ -1367,8 +1365,6 @@ impl Node {
                 if matches!(l.phase, Phase::JidWritten | Phase::Online) {
                     l.phase = Phase::Withdrawn;
                     l.recovering.clear();
-                    let group = l.table.mount_group();
-                    self.outputs.push_back(Output::LeaveGroup { group });
                     self.log(
                         Level::Warn,
                         Some(&key),
@@ -1399,9 +1395,6 @@ impl Node {
                     });
                 }
                 if announced {
-                    self.outputs.push_back(Output::LeaveGroup {
-                        group: l.table.mount_group(),
-                    });
                     self.send(Message::Unmount { table: key.clone() });
                 }
                 self.log(Level::Info, Some(&key), "unmounted".into());
@@ -1612,9 +1605,6 @@ impl Node {
             .get(table)
             .is_some_and(|fs| fs.mounters.contains_key(&self.cfg.nodeid))
         {
-            self.outputs.push_back(Output::LeaveGroup {
-                group: t.mount_group(),
-            });
             self.send(Message::Unmount {
                 table: table.to_owned(),
             });
@@ -1630,8 +1620,6 @@ impl Node {
         *seq += 1;
         l.mount_seq = *seq;
         let mode = l.mode;
-        let group = l.table.mount_group();
-        self.outputs.push_back(Output::JoinGroup { group });
         self.send(Message::Mount {
             table: table.to_owned(),
             mode,
@@ -1751,9 +1739,6 @@ impl Node {
             self.outputs
                 .push_back(Output::DlmUnregister { table: t.clone() });
         }
-        self.outputs.push_back(Output::LeaveGroup {
-            group: t.mount_group(),
-        });
         self.send(Message::Unmount {
             table: table.to_owned(),
         });

@@ -1080,7 +1080,6 @@ impl World {
                 }
                 None
             }
-            Output::LeaveGroup { .. } => None,
             Output::Mcast { group: _, payload } => {
                 self.messages += 1;
                 if std::env::var("GFS_SIM_DEBUG").is_ok() {
