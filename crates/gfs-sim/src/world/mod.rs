@@ -1786,7 +1786,7 @@ impl World {
                 .values()
                 .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
                 .flat_map(|(id, d)| {
-                    let status = d.core.status();
+                    let status = d.core.status(self.now);
                     let fence = status
                         .fence_waits
                         .iter()
