@@ -1,7 +1,7 @@
 //! `cargo bench --bench scale`: what many filesystems cost a node. A real 3-node corosync
 //! cluster in network namespaces (`gfs_testkit::cluster`) mounts `GFS_SCALE_FS` (default 256)
 //! filesystems on every node through `gfs_kernel_sim`; before and after, for each node, it
-//! prints corosync's RSS, the libqb IPC buffers corosync's clients hold in /dev/shm, and the
+//! prints corosync's RSS, the libqb IPC files corosync has mapped (/dev/shm), and the
 //! daemon's RSS and open file descriptors; then the daemon's wakeups (context switches) over
 //! 10 s of idleness. Prints, does not assert (the cluster test `idle_daemon_sleeps` asserts the
 //! wakeups).
@@ -110,6 +110,7 @@ fn bench() -> Result<()> {
     let c = Cluster::start(opts).context("bringing up the cluster")?;
     std::thread::sleep(Duration::from_secs(2));
     let before = usage(&c)?;
+    let shm_before = shm_total_kib();
     let idle_before = idle_wakeups(&c)?;
 
     let started = Instant::now();
@@ -134,6 +135,7 @@ fn bench() -> Result<()> {
     let mounted_in = started.elapsed();
     std::thread::sleep(Duration::from_secs(2));
     let after = usage(&c)?;
+    let shm_after = shm_total_kib();
     let idle_after = idle_wakeups(&c)?;
     let ls_started = Instant::now();
     let ls = c.ls(1)?;
@@ -161,6 +163,11 @@ fn bench() -> Result<()> {
             extra as f64 / 1024.0
         );
     }
+    println!(
+        "/dev/shm on the host (every cluster's libqb IPC files): {} before, {} after",
+        mib(shm_before),
+        mib(shm_after)
+    );
     println!("idle daemon wakeups per second over {} s", IDLE.as_secs());
     for ((id, b), (_, a)) in idle_before.iter().zip(&idle_after) {
         println!("  node {id}: {b:.1} with no filesystems, {a:.1} with {nfs}");
@@ -170,4 +177,16 @@ fn bench() -> Result<()> {
         ls_took.as_millis()
     );
     Ok(())
+}
+
+/// Allocated size of everything in /dev/shm (other processes' files included: compare the two).
+fn shm_total_kib() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/dev/shm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.blocks() * 512 / 1024)
+        .sum()
 }

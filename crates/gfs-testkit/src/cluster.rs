@@ -891,8 +891,7 @@ impl Drop for Cluster {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NodeUsage {
     pub corosync_rss_kib: u64,
-    /// libqb IPC buffers of this corosync's clients in /dev/shm (`qb-<corosync pid>-*`),
-    /// as allocated (the files are sparse).
+    /// libqb IPC files (/dev/shm) this corosync has mapped, as allocated (they are sparse).
     pub corosync_shm_kib: u64,
     pub daemon_rss_kib: u64,
     pub daemon_fds: usize,
@@ -908,14 +907,19 @@ fn proc_status_kib(pid: u32, key: &str) -> Result<u64> {
 }
 
 fn qb_shm_kib(server_pid: u32) -> u64 {
+    use std::collections::BTreeSet;
     use std::os::unix::fs::MetadataExt;
-    let prefix = format!("qb-{server_pid}-");
-    fs::read_dir("/dev/shm")
+    // Corosync runs in a mount namespace of its own: find its IPC files through its maps and
+    // stat them through its root.
+    let maps = fs::read_to_string(format!("/proc/{server_pid}/maps")).unwrap_or_default();
+    let files: BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.contains("/qb-"))
+        .collect();
+    files
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .filter_map(|e| e.metadata().ok())
+        .filter_map(|path| fs::metadata(format!("/proc/{server_pid}/root{path}")).ok())
         .map(|m| m.blocks() * 512 / 1024)
         .sum()
 }
