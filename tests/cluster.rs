@@ -746,6 +746,14 @@ fn s15_idle_daemon_sleeps_and_a_hanging_fence_is_reported() {
     let first = waited(&c).unwrap();
     std::thread::sleep(Duration::from_secs(5));
     let later = waited(&c).expect("still waiting");
-    assert!(later >= first + 4_000, "status showed {first} ms, then {later} ms");
-    assert!(warnings() >= 2, "{} fence_warn errors in {} ms", warnings(), later);
+    assert!(
+        later >= first + 4_000,
+        "status showed {first} ms, then {later} ms"
+    );
+    assert!(
+        warnings() >= 2,
+        "{} fence_warn errors in {} ms",
+        warnings(),
+        later
+    );
 }
