@@ -37,9 +37,6 @@ use crate::process::Readiness;
 const COROSYNC_RETRY: Duration = Duration::from_secs(2);
 /// How long a clean shutdown waits for corosync to confirm that we left our groups.
 const LEAVE_WAIT: Duration = Duration::from_secs(3);
-/// How often pending fencing is checked against `fence_warn` (and slow sysfs operations are
-/// reported).
-const FENCE_WARN_CHECK: Duration = Duration::from_secs(1);
 /// The most a `gfs_control dump` reply carries of the debug ring (the newest lines).
 const MAX_DUMP_BYTES: usize = 2 << 20;
 /// When the mount's read-only state is read again after an `online` uevent, which carries the
@@ -211,8 +208,6 @@ struct Daemon {
     acks: HashMap<u64, oneshot::Sender<Reply>>,
     next_request: u64,
     last_quorate: Option<bool>,
-    /// Fence waits already reported loudly, with when, so the warning repeats at `fence_warn`.
-    fence_warned: HashMap<u32, Instant>,
 }
 
 /// Runs the daemon until a clean shutdown (Ok) or a fatal error.
@@ -289,6 +284,7 @@ pub async fn run(
     cfg.require_quorum = settings.enable_quorum;
     cfg.startup_fence_delay_ms = settings.startup_fence_delay.as_millis() as u64;
     cfg.merge_wait_ms = settings.merge_wait.as_millis() as u64;
+    cfg.fence_warn_ms = settings.fence_warn.as_millis() as u64;
     cfg.timeline_keep = settings.timeline_keep;
     tracing::info!(
         nodeid,
@@ -318,7 +314,6 @@ pub async fn run(
         acks: HashMap::new(),
         next_request: 1,
         last_quorate: None,
-        fence_warned: HashMap::new(),
     };
     d.sync_quorum()?;
     d.drive()?;
@@ -326,16 +321,12 @@ pub async fn run(
     readiness.ready();
     tracing::info!("gfs_controld ready");
 
-    let mut fence_check = tokio::time::interval(FENCE_WARN_CHECK);
-    fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // No periodic tick: every timer is a deadline (the core's, or a slow sysfs operation's),
+    // so an idle daemon does not wake up at all.
     loop {
         let deadline = d.node.poll_timeout().map(|t| d.clock.instant(t));
-        let timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        let timer = sleep_until(deadline);
+        let slow_sysfs = sleep_until(d.executor.next_slow_warning());
         // Biased: membership and messages first, so the core's view of the group is as fresh
         // as possible when kernel events and operator requests are judged.
         tokio::select! {
@@ -383,10 +374,7 @@ pub async fn run(
                 };
                 return Err(DaemonError::ControlStopped(reason));
             }
-            _ = fence_check.tick() => {
-                d.warn_slow_fencing();
-                d.executor.warn_slow();
-            }
+            _ = slow_sysfs => d.executor.warn_slow(),
             _ = timer => d.feed(Input::Timeout)?,
         }
     }
@@ -397,6 +385,13 @@ pub async fn run(
     let _ = std::fs::remove_file(&d.settings.socket_path);
     tracing::info!("gfs_controld stopped");
     Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Daemon {
@@ -421,15 +416,11 @@ impl Daemon {
 
     fn execute(&mut self, output: Output) -> Result<(), DaemonError> {
         match output {
+            // The daemon group, once at start: without it the daemon can do nothing, so a
+            // failed join is fatal there (and only there: no other group is ever joined).
             Output::JoinGroup { group } => {
                 tracing::debug!(group = %group, "joining CPG group");
                 self.cpg.join(&group)?;
-            }
-            Output::LeaveGroup { group } => {
-                tracing::debug!(group = %group, "leaving CPG group");
-                if let Err(e) = self.cpg.leave(&group) {
-                    tracing::warn!(group = %group, error = %e, "leaving the CPG group failed");
-                }
             }
             Output::Mcast { group, payload } => self.cpg.mcast(&group, payload)?,
             // Off the loop: the result comes back through `sysfs_done`.
@@ -654,7 +645,6 @@ impl Daemon {
         match event {
             FenceEvent::Fenced { nodeid, at } => {
                 tracing::info!(nodeid, "node {nodeid} is fenced");
-                self.fence_warned.remove(&nodeid);
                 let at = self.clock.core_time(at);
                 self.feed(Input::Fenced { nodeid, at })
             }
@@ -665,39 +655,10 @@ impl Daemon {
         }
     }
 
-    fn warn_slow_fencing(&mut self) {
-        let limit = self.settings.fence_warn;
-        let now = Instant::now();
-        let waits = self.node.status().fence_waits;
-        self.fence_warned
-            .retain(|nodeid, _| waits.iter().any(|w| w.nodeid == *nodeid));
-        for wait in waits {
-            if Duration::from_millis(wait.waiting_ms) < limit {
-                continue;
-            }
-            let due = self
-                .fence_warned
-                .get(&wait.nodeid)
-                .is_none_or(|last| now.duration_since(*last) >= limit);
-            if due {
-                self.fence_warned.insert(wait.nodeid, now);
-                tracing::error!(
-                    nodeid = wait.nodeid,
-                    waiting_s = wait.waiting_ms / 1000,
-                    last_error = wait.last_error.as_deref().unwrap_or("none"),
-                    "journal recovery is still waiting for node {} to be fenced; filesystems stay \
-                     blocked. If the node is certainly down, run `gfs_control fence-ack {}`",
-                    wait.nodeid,
-                    wait.nodeid
-                );
-            }
-        }
-    }
-
     fn control(&mut self, request: ControlRequest) -> Result<(), DaemonError> {
         let ControlRequest { request, reply } = request;
         let answer = match request {
-            Request::Status {} => Reply::Status(self.node.status()),
+            Request::Status {} => Reply::Status(self.node.status(self.clock.now())),
             Request::Ls { fs } => {
                 let mut filesystems = self.node.filesystems();
                 if let Some(wanted) = fs {

@@ -733,3 +733,61 @@ fn s14_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
     });
     no_violations(&c, &[1, 2]);
 }
+
+/// An idle daemon sleeps (no periodic tick), and a fencing that hangs is reported by the core's
+/// own timer at `fence_warn` while `gfs_control status` shows the wait growing.
+#[test]
+fn s15_idle_daemon_sleeps_and_a_hanging_fence_is_reported() {
+    let opts = ClusterOptions {
+        nodes: 3,
+        replay_ms: 100,
+        daemon_args: vec!["--fence_warn=2s".into()],
+        ..ClusterOptions::default()
+    };
+    let Some((_guard, mut c)) = cluster_with("s15", opts) else {
+        return;
+    };
+    mount_all(&c, &[1, 2, 3], "fs1");
+    std::thread::sleep(Duration::from_secs(2));
+    let before = c.daemon_context_switches(1).unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    let wakeups = c.daemon_context_switches(1).unwrap() - before;
+    // The daemon used to wake twice a second for a fence check; now only for events.
+    assert!(wakeups <= 10, "{wakeups} wakeups in 10 s of idleness");
+
+    c.set_fence_delay(60_000).unwrap();
+    c.crash_node(3);
+    let log = c.node_dir(1).join("gfs_controld.log");
+    let warnings = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("for node 3 to be fenced"))
+            .count()
+    };
+    let waited = |c: &Cluster| {
+        c.status(1).ok().and_then(|s| {
+            s["fence_waits"]
+                .as_array()?
+                .iter()
+                .find(|w| w["nodeid"] == 3)?["waiting_ms"]
+                .as_u64()
+        })
+    };
+    settle_until(&mut c, "node 1 waits for node 3's fencing", |c| {
+        waited(c).is_some()
+    });
+    let first = waited(&c).unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let later = waited(&c).expect("still waiting");
+    assert!(
+        later >= first + 4_000,
+        "status showed {first} ms, then {later} ms"
+    );
+    assert!(
+        warnings() >= 2,
+        "{} fence_warn errors in {} ms",
+        warnings(),
+        later
+    );
+}

@@ -133,6 +133,11 @@ fn the_unit_file_runs_the_daemon_as_its_command_line_expects() {
     );
     assert_eq!(one(&unit, "SendSIGKILL"), "no");
     assert_eq!(one(&unit, "OOMScoreAdjust"), "-1000");
+    // Above systemd's default soft limit of 1024, which a burst of control clients reached.
+    let nofile: u64 = one(&unit, "LimitNOFILE")
+        .parse()
+        .expect("LimitNOFILE is a number");
+    assert!(nofile >= 4096, "LimitNOFILE={nofile}");
 
     // The control socket lives in the runtime directory systemd makes.
     let runtime = one(&unit, "RuntimeDirectory");

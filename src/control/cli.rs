@@ -261,8 +261,20 @@ pub fn render_status(status: &StatusView) -> String {
         ],
     );
     text.push('\n');
+    if !status.quorum_waits.is_empty() {
+        // Inquorate: fencing is not even asked for, so the fencing backend and fence-ack are
+        // the wrong places to look.
+        let _ = writeln!(
+            text,
+            "fencing: waiting for quorum (node {} to be fenced once this partition is quorate; \
+             nothing is fenced or replayed before)",
+            node_list(&status.quorum_waits)
+        );
+    }
     if status.fence_waits.is_empty() {
-        text.push_str("fencing: nothing pending\n");
+        if status.quorum_waits.is_empty() {
+            text.push_str("fencing: nothing pending\n");
+        }
     } else {
         text.push_str("fencing pending\n");
         let rows: Vec<Vec<String>> = status

@@ -188,8 +188,17 @@ impl SysfsExecutor {
         self.queued.values().map(VecDeque::len).sum()
     }
 
+    /// When [`SysfsExecutor::warn_slow`] has something to report next (`None` while nothing runs,
+    /// so an idle daemon sets no timer for it).
+    pub fn next_slow_warning(&self) -> Option<Instant> {
+        self.running
+            .values()
+            .map(|r| r.reported.unwrap_or(r.since) + SLOW_OP)
+            .min()
+    }
+
     /// Reports operations that have been in the kernel for [`SLOW_OP`] or longer (once, then
-    /// again every [`SLOW_OP`]). Call it periodically.
+    /// again every [`SLOW_OP`]). Call it at [`SysfsExecutor::next_slow_warning`].
     pub fn warn_slow(&mut self) {
         let now = Instant::now();
         for (table, r) in &mut self.running {

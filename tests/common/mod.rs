@@ -57,6 +57,7 @@ pub fn canned_status() -> StatusView {
             requested: true,
             last_error: Some("fence agent timed out".to_owned()),
         }],
+        quorum_waits: vec![],
         filesystems: 1,
         recoveries: vec![
             RecoveryTimeline {

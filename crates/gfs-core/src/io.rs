@@ -89,17 +89,11 @@ pub enum Input {
 /// Everything a node asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Output {
-    JoinGroup {
-        group: String,
-    },
-    LeaveGroup {
-        group: String,
-    },
+    /// Join the daemon group (once, at start; the only CPG group: per-filesystem holders are
+    /// part of the replicated state, so no corosync resources grow with the filesystems).
+    JoinGroup { group: String },
     /// Multicast in agreed order. The driver must keep the order of sends, retrying on TRY_AGAIN.
-    Mcast {
-        group: String,
-        payload: Vec<u8>,
-    },
+    Mcast { group: String, payload: Vec<u8> },
     /// Write `value` (decimal ASCII) to `<root>/<table>/lock_module/<file>`; answer with `Input::WriteDone`.
     Write {
         table: Table,
@@ -108,28 +102,18 @@ pub enum Output {
     },
     /// Read `<root>/<table>/lock_module/<file>` (after every earlier write and read of that
     /// filesystem); answer with `Input::ReadDone`.
-    Read {
-        table: Table,
-        file: SysfsFile,
-    },
+    Read { table: Table, file: SysfsFile },
     /// Register the filesystem's lockspace (the table's fs part) with dlm_controld, so that DLM
     /// recovery of a failed node waits for [`Output::DlmNotify`]. The driver keeps the
     /// registration across dlm_controld restarts and answers once with `Input::DlmRegistered`.
-    DlmRegister {
-        table: Table,
-    },
+    DlmRegister { table: Table },
     /// Drop the registration (unmount).
-    DlmUnregister {
-        table: Table,
-    },
+    DlmUnregister { table: Table },
     /// Tell dlm_controld that this node has blocked the filesystem against `nodeid`'s failure, so
     /// DLM recovery of that node's locks may go ahead. One attempt: answer with
     /// `Input::DlmNotified` (the core decides whether to ask again: a retry after the node
     /// rejoined would be taken for its next failure).
-    DlmNotify {
-        table: Table,
-        nodeid: NodeId,
-    },
+    DlmNotify { table: Table, nodeid: NodeId },
     /// Ask the fencing backend to fence `nodeid`, which failed at `failed_at`; the backend answers
     /// with `Input::Fenced` (a fence time at or after `failed_at` counts) or `Input::FenceFailed`.
     Fence {
@@ -137,10 +121,7 @@ pub enum Output {
         failed_at: crate::Time,
     },
     /// Ask corosync to remove a node from the cluster (a stale merge only).
-    KillNode {
-        nodeid: NodeId,
-        reason: String,
-    },
+    KillNode { nodeid: NodeId, reason: String },
     /// Answer to `Input::FenceAck`.
     Reply {
         request: u64,

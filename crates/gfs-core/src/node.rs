@@ -72,6 +72,9 @@ pub struct NodeConfig {
     /// After quorum returns, wait this long for the membership change that brought it (a
     /// partition merge must be resolved before anyone replays: S2, S7).
     pub merge_wait_ms: u64,
+    /// Waiting longer than this for a failed node's fencing (or, while inquorate, for quorum)
+    /// logs an error, repeated at this interval; 0 never warns.
+    pub fence_warn_ms: u64,
     pub timeline_keep: usize,
     pub sabotage: Sabotage,
 }
@@ -91,6 +94,7 @@ impl NodeConfig {
             require_quorum: true,
             merge_wait_ms: 5000,
             startup_fence_delay_ms: 10_000,
+            fence_warn_ms: 60_000,
             timeline_keep: 16,
             sabotage: Sabotage::default(),
         }
@@ -185,6 +189,8 @@ struct FenceRecord {
     requested: bool,
     retry_at: Option<Time>,
     last_error: Option<String>,
+    /// When the slow-fencing warning was last logged for this wait.
+    warned_at: Option<Time>,
 }
 
 impl FenceRecord {
@@ -197,6 +203,9 @@ pub struct Node {
     cfg: NodeConfig,
     now: Time,
     quorate: bool,
+    /// When quorum last changed: fencing (and so a wait for it) starts only in a quorate
+    /// partition, and a wait for quorum starts when it is lost.
+    quorum_changed_at: Time,
     /// Quorum came back and the membership change that brought it is not processed yet.
     quorum_hold_until: Option<Time>,
     /// When this daemon got the group state (startup fencing waits from here).
@@ -238,6 +247,7 @@ impl Node {
             cfg,
             now,
             quorate: false,
+            quorum_changed_at: now,
             quorum_hold_until: None,
             synced_at: now,
             config_members: Vec::new(),
@@ -288,10 +298,15 @@ impl Node {
         let startup = (!self.rep.must_fence.is_empty() && self.is_synced())
             .then(|| self.synced_at.after(self.cfg.startup_fence_delay_ms))
             .filter(|t| *t > self.now);
+        let warnings = self
+            .fence_waits()
+            .into_iter()
+            .filter_map(|(_, f)| self.fence_warn_due(f));
         retries
             .chain(fences)
             .chain(self.quorum_hold_until)
             .chain(startup)
+            .chain(warnings)
             .min()
     }
 
@@ -354,8 +369,6 @@ impl Node {
                 if group == DAEMON_GROUP {
                     self.on_confchg(members, joined, left);
                 }
-                // Mount groups are joined so corosync tools show who holds what; every decision
-                // comes from the daemon group's single ordered stream (see DESIGN in lib.rs).
             }
             Input::Deliver {
                 group,
@@ -376,6 +389,7 @@ impl Node {
                     if quorate {
                         self.quorum_hold_until = Some(self.now.after(self.cfg.merge_wait_ms));
                     }
+                    self.quorum_changed_at = self.now;
                 }
                 self.quorate = quorate;
             }
@@ -440,6 +454,7 @@ impl Node {
             }
         }
         self.drive();
+        self.warn_slow_fencing();
     }
 
     // ----- daemon group -------------------------------------------------------------------
@@ -622,6 +637,7 @@ impl Node {
                 requested: false,
                 retry_at: None,
                 last_error: None,
+                warned_at: None,
             });
             rec.failed_at = self.now;
             rec.failed_change = Some(change);
@@ -808,6 +824,7 @@ impl Node {
                 requested: false,
                 retry_at: None,
                 last_error: None,
+                warned_at: None,
             });
         }
         self.log(
@@ -882,6 +899,7 @@ impl Node {
                 requested: false,
                 retry_at: None,
                 last_error: None,
+                warned_at: None,
             });
         }
         self.seed_dlm_pending();
@@ -1538,8 +1556,6 @@ impl Node {
                 if matches!(l.phase, Phase::JidWritten | Phase::Online) {
                     l.phase = Phase::Withdrawn;
                     l.recovering.clear();
-                    let group = l.table.mount_group();
-                    self.outputs.push_back(Output::LeaveGroup { group });
                     self.log(
                         Level::Warn,
                         Some(&key),
@@ -1548,8 +1564,16 @@ impl Node {
                     self.send(Message::Withdraw { table: key });
                 }
             }
-            KernelEventKind::Remove => {
-                let Some(l) = self.local.remove(&key) else {
+            KernelEventKind::Remove => self.mount_gone(&key, "unmounted"),
+        }
+    }
+
+    /// This node's mount of `key` ended (`remove`, or its sysfs directory is gone): the group
+    /// drops it, so no node keeps a filesystem nobody holds.
+    fn mount_gone(&mut self, key: &str, why: &str) {
+        {
+            {
+                let Some(l) = self.local.remove(key) else {
                     return;
                 };
                 // The group must hear of it if it heard of the mount (a mount refused for the
@@ -1557,7 +1581,7 @@ impl Node {
                 let in_group = self
                     .rep
                     .fs
-                    .get(&key)
+                    .get(key)
                     .is_some_and(|fs| fs.mounters.contains_key(&self.cfg.nodeid));
                 let announced = match l.phase {
                     Phase::Announced | Phase::Probing | Phase::JidWritten | Phase::Online => true,
@@ -1570,12 +1594,11 @@ impl Node {
                     });
                 }
                 if announced {
-                    self.outputs.push_back(Output::LeaveGroup {
-                        group: l.table.mount_group(),
+                    self.send(Message::Unmount {
+                        table: key.to_owned(),
                     });
-                    self.send(Message::Unmount { table: key.clone() });
                 }
-                self.log(Level::Info, Some(&key), "unmounted".into());
+                self.log(Level::Info, Some(key), why.into());
             }
         }
     }
@@ -1783,9 +1806,6 @@ impl Node {
             .get(table)
             .is_some_and(|fs| fs.mounters.contains_key(&self.cfg.nodeid))
         {
-            self.outputs.push_back(Output::LeaveGroup {
-                group: t.mount_group(),
-            });
             self.send(Message::Unmount {
                 table: table.to_owned(),
             });
@@ -1801,8 +1821,6 @@ impl Node {
         *seq += 1;
         l.mount_seq = *seq;
         let mode = l.mode;
-        let group = l.table.mount_group();
-        self.outputs.push_back(Output::JoinGroup { group });
         self.send(Message::Mount {
             table: table.to_owned(),
             mode,
@@ -1846,6 +1864,25 @@ impl Node {
         }
         if file == SysfsFile::First && phase == Some(Phase::Probing) {
             return; // a spectator's kernel refuses `first`: the write only waited for the DLM join
+        }
+        // ENODEV: the filesystem's sysfs directory is gone, so the mount is (its `remove` uevent
+        // was lost, or the `add` was no real mount). Left in the group it would stay there for
+        // good, and a first mounter that never finishes holds every later mount. A mount still
+        // registering or announced has written nothing, so the result is an earlier mount's.
+        if errno == ENODEV
+            && phase.is_some_and(|p| {
+                !matches!(p, Phase::Registering | Phase::Pending | Phase::Announced)
+            })
+        {
+            self.mount_gone(
+                &key,
+                &format!(
+                    "the filesystem's sysfs directory is gone ({}={value} failed with ENODEV): \
+                     treating it as unmounted",
+                    file.name()
+                ),
+            );
+            return;
         }
         self.log(
             Level::Error,
@@ -1924,9 +1961,6 @@ impl Node {
             self.outputs
                 .push_back(Output::DlmUnregister { table: t.clone() });
         }
-        self.outputs.push_back(Output::LeaveGroup {
-            group: t.mount_group(),
-        });
         self.send(Message::Unmount {
             table: table.to_owned(),
         });
@@ -1988,10 +2022,73 @@ impl Node {
             requested: false,
             retry_at: None,
             last_error: None,
+            warned_at: None,
         });
         rec.fenced_at = Some(now);
         rec.last_error = None;
         true
+    }
+
+    /// Failed nodes some decision here waits to see fenced, and their records.
+    fn fence_waits(&self) -> Vec<(NodeId, &FenceRecord)> {
+        self.fence_needs()
+            .into_iter()
+            .filter_map(|n| self.fence.get(&n).filter(|f| !f.done()).map(|f| (n, f)))
+            .collect()
+    }
+
+    /// Since when this wait is for fencing (quorate) or for quorum (inquorate): an inquorate
+    /// partition fences nothing, so the time without quorum is not a fencing delay.
+    fn wait_since(&self, f: &FenceRecord) -> Time {
+        if self.cfg.require_quorum {
+            f.failed_at.max(self.quorum_changed_at)
+        } else {
+            f.failed_at
+        }
+    }
+
+    /// When the slow-fencing warning for this wait is due next (first after `fence_warn`, then
+    /// every `fence_warn`); `None` when warnings are off.
+    fn fence_warn_due(&self, f: &FenceRecord) -> Option<Time> {
+        if self.cfg.fence_warn_ms == 0 {
+            return None;
+        }
+        let since = self.wait_since(f);
+        let base = f.warned_at.filter(|w| *w >= since).unwrap_or(since);
+        Some(base.after(self.cfg.fence_warn_ms))
+    }
+
+    /// Logs every fence wait that has lasted `fence_warn` since it began or was last reported.
+    /// Driven by `poll_timeout`, so it fires on time even when nothing else happens.
+    fn warn_slow_fencing(&mut self) {
+        let now = self.now;
+        let due: Vec<(NodeId, u64, Option<String>)> = self
+            .fence_waits()
+            .into_iter()
+            .filter(|(_, f)| self.fence_warn_due(f).is_some_and(|t| t <= now))
+            .map(|(n, f)| (n, now.since(self.wait_since(f)), f.last_error.clone()))
+            .collect();
+        for (n, waited_ms, last_error) in due {
+            if let Some(f) = self.fence.get_mut(&n) {
+                f.warned_at = Some(now);
+            }
+            let waited_s = waited_ms / 1000;
+            let message = if self.quorum_ok() {
+                format!(
+                    "journal recovery has waited {waited_s}s for node {n} to be fenced (last \
+                     fencing error: {}); filesystems stay blocked. Check the fencing backend; if \
+                     the node is certainly down, run `gfs_control fence-ack {n}`",
+                    last_error.as_deref().unwrap_or("none")
+                )
+            } else {
+                format!(
+                    "journal recovery has waited {waited_s}s for quorum: this partition is \
+                     inquorate, so node {n} is not fenced and no journal is replayed until it \
+                     regains quorum; filesystems stay blocked"
+                )
+            };
+            self.log_node(Level::Error, n, message);
+        }
     }
 
     fn on_fence_ack_request(&mut self, request: u64, nodeid: NodeId) {
@@ -2147,6 +2244,7 @@ impl Node {
                     requested: false,
                     retry_at: None,
                     last_error: None,
+                    warned_at: None,
                 });
                 if fencer && !f.done() && !f.requested && f.retry_at.is_none() {
                     f.requested = true;
@@ -2571,7 +2669,12 @@ impl Node {
 
     // ----- views ---------------------------------------------------------------------------
 
-    pub fn status(&self) -> StatusView {
+    /// The status as of `now` (the driver's current time: the core's own clock moves only with
+    /// inputs, and a wait must show as long as it really is).
+    pub fn status(&self, now: Time) -> StatusView {
+        let now = now.max(self.now);
+        let quorum_ok = self.quorum_ok();
+        let waits = self.fence_waits();
         StatusView {
             nodeid: self.cfg.nodeid,
             cluster_name: self.cfg.cluster_name.clone(),
@@ -2591,17 +2694,22 @@ impl Node {
                 .filter(|(_, m)| m.stale)
                 .map(|(id, _)| *id)
                 .collect(),
-            fence_waits: self
-                .fence_needs()
-                .into_iter()
-                .filter_map(|n| self.fence.get(&n).filter(|f| !f.done()).map(|f| (n, f)))
+            // Inquorate, nothing is fenced: those nodes wait for quorum, not for fencing.
+            fence_waits: waits
+                .iter()
+                .filter(|_| quorum_ok)
                 .map(|(n, f)| FenceWaitView {
-                    nodeid: n,
+                    nodeid: *n,
                     failed_at_ms: f.failed_at.millis(),
-                    waiting_ms: self.now.since(f.failed_at),
+                    waiting_ms: now.since(self.wait_since(f)),
                     requested: f.requested,
                     last_error: f.last_error.clone(),
                 })
+                .collect(),
+            quorum_waits: waits
+                .iter()
+                .filter(|_| !quorum_ok)
+                .map(|(n, _)| *n)
                 .collect(),
             filesystems: self.local.len(),
             recoveries: self.timelines.iter().cloned().collect(),
@@ -2671,11 +2779,13 @@ impl Node {
         if !missing.is_empty() {
             return format!("members to block: {missing:?}");
         }
-        if let Some(n) = d.fence.iter().find(|n| !self.fenced(**n)) {
-            return format!("fencing of node {n}");
-        }
+        // Inquorate, nothing is fenced or replayed: the operator must look at quorum, not at
+        // the fencing backend or fence-ack.
         if !self.quorum_ok() {
             return "quorum".into();
+        }
+        if let Some(n) = d.fence.iter().find(|n| !self.fenced(**n)) {
+            return format!("fencing of node {n}");
         }
         match d.replayer {
             Some(r) => format!("replay on node {r}"),

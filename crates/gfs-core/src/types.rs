@@ -7,8 +7,6 @@ pub type Jid = u32;
 
 /// The daemon-wide CPG group.
 pub const DAEMON_GROUP: &str = "gfs:controld";
-/// Prefix of the per-filesystem CPG groups: `gfs:mount:<fsname>`.
-pub const MOUNT_GROUP_PREFIX: &str = "gfs:mount:";
 /// Longest filesystem name (the DLM lockspace name limit).
 pub const MAX_FSNAME_LEN: usize = 64;
 /// Longest lock table `<cluster>:<fs>` (the on-disk superblock field, NUL excluded).
@@ -166,10 +164,6 @@ impl Table {
 
     pub fn fs(&self) -> &str {
         &self.fs
-    }
-
-    pub fn mount_group(&self) -> String {
-        format!("{MOUNT_GROUP_PREFIX}{}", self.fs)
     }
 }
 

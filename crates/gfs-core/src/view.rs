@@ -17,7 +17,12 @@ pub struct StatusView {
     pub members: Vec<NodeId>,
     /// Members that came back from a partition with stale state and are being removed (S7).
     pub stale_members: Vec<NodeId>,
+    /// Failed nodes waiting to be fenced (only while quorate: an inquorate partition fences
+    /// nothing, see `quorum_waits`). `waiting_ms` is as of the status request.
     pub fence_waits: Vec<FenceWaitView>,
+    /// Failed nodes to be fenced once this inquorate partition regains quorum.
+    #[serde(default)]
+    pub quorum_waits: Vec<NodeId>,
     pub filesystems: usize,
     pub recoveries: Vec<RecoveryTimeline>,
 }
@@ -26,6 +31,7 @@ pub struct StatusView {
 pub struct FenceWaitView {
     pub nodeid: NodeId,
     pub failed_at_ms: u64,
+    /// How long fencing has been waited for: since the failure, or since quorum returned.
     pub waiting_ms: u64,
     pub requested: bool,
     pub last_error: Option<String>,

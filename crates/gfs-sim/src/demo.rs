@@ -37,7 +37,7 @@ pub fn run_demo() -> String {
     // The survivors' own timeline, as `gfs_control status` shows it.
     if let Some(t) = s
         .node(1)
-        .and_then(|n| n.status().recoveries.last().cloned())
+        .and_then(|n| n.status(s.now()).recoveries.last().cloned())
     {
         for e in &t.events {
             let at = e.at_ms.saturating_sub(crash_at.millis());

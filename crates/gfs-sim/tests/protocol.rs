@@ -13,6 +13,8 @@ struct Bus {
     now: Time,
     logs: Vec<(u32, Level, String)>,
     writes: Vec<(u32, SysfsFile, i64)>,
+    /// Writes the kernel refuses: (nodeid, file) → errno.
+    refuse: Vec<((u32, SysfsFile), i32)>,
     replies: Vec<Result<String, String>>,
     /// Every multicast, by sender node.
     sent: Vec<(u32, Vec<u8>)>,
@@ -35,6 +37,7 @@ impl Bus {
             now: Time::ZERO,
             logs: Vec::new(),
             writes: Vec::new(),
+            refuse: Vec::new(),
             replies: Vec::new(),
             sent: Vec::new(),
             fences: Vec::new(),
@@ -93,13 +96,17 @@ impl Bus {
                         Output::Log(r) => self.logs.push((id, r.level, r.message)),
                         Output::Write { table, file, value } => {
                             self.writes.push((id, file, value));
+                            let result = match self.refuse.iter().find(|(k, _)| *k == (id, file)) {
+                                Some((_, errno)) => Err(*errno),
+                                None => Ok(()),
+                            };
                             next.push((
                                 i,
                                 Input::WriteDone {
                                     table,
                                     file,
                                     value,
-                                    result: Ok(()),
+                                    result,
                                 },
                             ));
                         }
@@ -185,6 +192,27 @@ impl Bus {
 
     fn logged(&self, what: &str) -> bool {
         self.logs.iter().any(|(_, _, m)| m.contains(what))
+    }
+
+    /// Let time pass to `until`, feeding `Input::Timeout` to each node when its
+    /// `poll_timeout` comes (as a driver's timer would), and nothing else.
+    fn advance_to(&mut self, until: Time) {
+        loop {
+            let due = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| n.poll_timeout().map(|t| (t, i)))
+                .filter(|(t, _)| *t <= until)
+                .min();
+            let Some((t, i)) = due else {
+                self.now = self.now.max(until);
+                return;
+            };
+            // `inputs` steps the clock by 1 ms before each input.
+            self.now = Time(t.millis().max(self.now.millis() + 1) - 1);
+            self.input(i, Input::Timeout);
+        }
     }
 
     fn digests(&self) -> Vec<Option<u64>> {
@@ -467,7 +495,7 @@ fn three_nodes_form_one_group_and_agree() {
     let d = bus.digests();
     assert!(d.iter().all(|x| x.is_some()), "all synced");
     assert!(d.windows(2).all(|w| w[0] == w[1]), "all agree");
-    assert_eq!(bus.nodes[0].status().protocol_version, 1);
+    assert_eq!(bus.nodes[0].status(bus.now).protocol_version, 1);
 }
 
 #[test]
@@ -606,11 +634,11 @@ fn a_newer_daemon_talks_the_older_version_and_upgrades_when_it_leaves() {
     new.proto_max = 2;
     let mut bus = Bus::new(vec![new, cfg(2)]);
     assert_eq!(
-        bus.nodes[0].status().protocol_version,
+        bus.nodes[0].status(bus.now).protocol_version,
         1,
         "mixed cluster runs version 1"
     );
-    assert_eq!(bus.nodes[1].status().protocol_version, 1);
+    assert_eq!(bus.nodes[1].status(bus.now).protocol_version, 1);
     // Messages of the running version are stamped with it.
     bus.input(0, add("alpha:fs1"));
     // The old daemon leaves cleanly: the group renegotiates to the newest common version.
@@ -624,7 +652,7 @@ fn a_newer_daemon_talks_the_older_version_and_upgrades_when_it_leaves() {
             left: vec![(daemon(2), LeaveReason::Leave)],
         },
     );
-    assert_eq!(bus.nodes[0].status().protocol_version, 2);
+    assert_eq!(bus.nodes[0].status(bus.now).protocol_version, 2);
 }
 
 #[test]
@@ -643,4 +671,171 @@ fn a_daemon_that_cannot_speak_the_groups_version_stays_out() {
         .logs
         .iter()
         .any(|(id, l, m)| *id == 2 && *l == Level::Error && m.contains("needs at least 2")));
+}
+
+fn uevent(table: &str, kind: KernelEventKind) -> Input {
+    Input::Kernel(KernelEvent {
+        table: Table::parse(table).unwrap(),
+        kind,
+    })
+}
+
+fn online(table: &str) -> Input {
+    uevent(
+        table,
+        KernelEventKind::Online {
+            ro: false,
+            spectator: false,
+        },
+    )
+}
+
+/// Every node of the bus mounts `table`, node 1 first.
+fn mount_everywhere(bus: &mut Bus, table: &str) {
+    for i in 0..bus.nodes.len() {
+        bus.input(i, add(table));
+        bus.input(i, online(table));
+    }
+    for n in &bus.nodes {
+        let fs = n.filesystems();
+        assert!(
+            fs[0].members.iter().all(|m| m.state == "mounted"),
+            "n{} {:?}",
+            n.nodeid(),
+            fs[0].members
+        );
+    }
+}
+
+/// Node 3 of three fails with fs1 mounted everywhere; the survivors' fencing never answers.
+fn node_3_fails(quorate_after: bool) -> Bus {
+    let mut bus = Bus::new(vec![cfg(1), cfg(2), cfg(3)]);
+    mount_everywhere(&mut bus, "alpha:fs1");
+    bus.nodes.truncate(2);
+    let mut inputs = Vec::new();
+    for i in 0..2 {
+        if !quorate_after {
+            inputs.push((
+                i,
+                Input::Quorum {
+                    quorate: quorate_after,
+                },
+            ));
+        }
+        inputs.push((
+            i,
+            Input::ConfChg {
+                group: DAEMON_GROUP.into(),
+                members: peers(&[1, 2]),
+                joined: vec![],
+                left: vec![(daemon(3), gfs_core::LeaveReason::NodeDown)],
+            },
+        ));
+    }
+    bus.inputs(inputs);
+    bus
+}
+
+#[test]
+fn a_hanging_fence_is_reported_by_a_core_timer_and_status_shows_the_real_wait() {
+    let mut bus = node_3_fails(true);
+    let failed = bus.now;
+    let warn = cfg(1).fence_warn_ms;
+    let warnings = |bus: &Bus| {
+        bus.logs
+            .iter()
+            .filter(|(id, l, m)| {
+                *id == 1 && *l == Level::Error && m.contains("for node 3 to be fenced")
+            })
+            .count()
+    };
+    // Nothing arrives while fencing hangs: time passes only through the core's own deadlines.
+    assert!(bus.nodes[0]
+        .poll_timeout()
+        .is_some_and(|t| t <= failed.after(warn)));
+    bus.advance_to(failed.after(warn - 10));
+    assert_eq!(warnings(&bus), 0, "warned early");
+    let early = bus.nodes[0].status(bus.now).fence_waits;
+    assert_eq!(early.len(), 1);
+    assert!(early[0].waiting_ms >= warn - 20, "{early:?}");
+    // A status asked later shows the later wait, though the core saw no input since.
+    let later = bus.nodes[0].status(failed.after(warn + 5_000)).fence_waits;
+    assert!(later[0].waiting_ms >= warn + 4_990, "{later:?}");
+    bus.advance_to(failed.after(warn + 10));
+    assert_eq!(warnings(&bus), 1, "{:?}", bus.logs);
+    assert!(bus
+        .logs
+        .iter()
+        .any(|(_, _, m)| m.contains("gfs_control fence-ack 3")));
+    // Repeated every fence_warn, not every input.
+    bus.advance_to(failed.after(3 * warn + 100));
+    assert_eq!(warnings(&bus), 3);
+    // Fenced: no more warnings and no more deadlines for it.
+    bus.input(
+        0,
+        Input::Fenced {
+            nodeid: 3,
+            at: bus.now,
+        },
+    );
+    bus.advance_to(failed.after(10 * warn));
+    assert_eq!(warnings(&bus), 3);
+    assert!(bus.nodes[0].status(bus.now).fence_waits.is_empty());
+}
+
+#[test]
+fn an_inquorate_partition_says_it_waits_for_quorum_not_fencing() {
+    let mut bus = node_3_fails(false);
+    let lost = bus.now;
+    let status = bus.nodes[1].status(bus.now);
+    assert!(status.fence_waits.is_empty(), "{status:?}");
+    assert_eq!(status.quorum_waits, vec![3]);
+    let fs = bus.nodes[1].filesystems();
+    assert_eq!(fs[0].state, "recovering jid 2: waiting for quorum");
+    assert_eq!(fs[0].dirty_journals[0].waiting_for, "quorum");
+    let warn = cfg(1).fence_warn_ms;
+    bus.advance_to(lost.after(warn + 10));
+    let said: Vec<&String> = bus
+        .logs
+        .iter()
+        .filter(|(_, l, _)| *l == Level::Error)
+        .map(|(_, _, m)| m)
+        .collect();
+    assert!(!said.is_empty(), "no warning while inquorate");
+    for m in said {
+        assert!(m.contains("for quorum"), "{m}");
+        assert!(!m.contains("fence-ack"), "{m}");
+    }
+    // Quorum returns: now it is a wait for fencing, counted from then.
+    bus.inputs(vec![
+        (0, Input::Quorum { quorate: true }),
+        (1, Input::Quorum { quorate: true }),
+    ]);
+    let back = bus.now;
+    let waits = bus.nodes[0].status(back.after(1_000)).fence_waits;
+    assert_eq!(waits.len(), 1);
+    assert!(waits[0].waiting_ms <= 1_002, "{waits:?}");
+}
+
+#[test]
+fn a_mount_whose_sysfs_directory_vanished_is_dropped_everywhere() {
+    let mut bus = Bus::new(vec![cfg(1), cfg(2)]);
+    // The kernel's directory is gone before the daemon's `jid` write (the `remove` uevent was
+    // lost, or the `add` was not a real mount).
+    bus.refuse.push(((1, SysfsFile::Jid), 19));
+    bus.input(0, add("alpha:ghost"));
+    for n in &bus.nodes {
+        assert!(
+            n.filesystems().is_empty(),
+            "n{} still lists {:?}",
+            n.nodeid(),
+            n.filesystems()
+        );
+    }
+    assert!(bus.nodes[0].can_shutdown());
+    let digests = bus.digests();
+    assert_eq!(digests[0], digests[1]);
+    // Another node can then mount it as a first mounter.
+    bus.input(1, add("alpha:ghost"));
+    assert!(bus.writes.contains(&(2, SysfsFile::First, 1)));
 }

@@ -560,7 +560,7 @@ fn manual_fencing_waits_for_fence_ack() {
         s.replays().is_empty(),
         "replayed without fencing or acknowledgement"
     );
-    let waits = s.node(1).expect("n1").status().fence_waits;
+    let waits = s.node(1).expect("n1").status(s.now()).fence_waits;
     assert_eq!(waits.iter().map(|w| w.nodeid).collect::<Vec<_>>(), vec![3]);
     // An operator confirms node 3 is down; acknowledging a live member is refused.
     s.fence_ack(2, 1);

@@ -564,6 +564,53 @@ impl Cluster {
             .ok_or_else(|| anyhow!("node {id} does not hold {table}: {status}"))
     }
 
+    /// The pid of node `id`'s daemon, while it runs.
+    pub fn daemon_pid(&self, id: u32) -> Option<u32> {
+        self.nodes.get(&id)?.daemon.as_ref().map(Child::id)
+    }
+
+    /// The pid of node `id`'s corosync, while it runs.
+    pub fn corosync_pid(&self, id: u32) -> Option<u32> {
+        self.nodes.get(&id)?.corosync.as_ref().map(Child::id)
+    }
+
+    /// Resource use of node `id`'s corosync and daemon, for scale figures.
+    pub fn usage(&self, id: u32) -> Result<NodeUsage> {
+        let corosync = self
+            .corosync_pid(id)
+            .ok_or_else(|| anyhow!("node {id}: corosync is not running"))?;
+        let daemon = self
+            .daemon_pid(id)
+            .ok_or_else(|| anyhow!("node {id}: the daemon is not running"))?;
+        Ok(NodeUsage {
+            corosync_rss_kib: proc_status_kib(corosync, "VmRSS")?,
+            corosync_shm_kib: qb_shm_kib(corosync),
+            daemon_rss_kib: proc_status_kib(daemon, "VmRSS")?,
+            daemon_fds: fs::read_dir(format!("/proc/{daemon}/fd"))?.count(),
+        })
+    }
+
+    /// Context switches of node `id`'s daemon so far, summed over its threads: each one is a
+    /// wakeup (voluntary: it slept and was woken; involuntary: preempted while running).
+    pub fn daemon_context_switches(&self, id: u32) -> Result<u64> {
+        let pid = self
+            .daemon_pid(id)
+            .ok_or_else(|| anyhow!("node {id}: the daemon is not running"))?;
+        let mut total = 0;
+        for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+            let status = fs::read_to_string(task?.path().join("status")).unwrap_or_default();
+            total += status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:")
+                        || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok(total)
+    }
+
     /// Node crash: corosync, the daemon and the kernel simulator all die at once.
     pub fn crash_node(&mut self, id: u32) {
         if let Some(node) = self.nodes.get_mut(&id) {
@@ -867,4 +914,41 @@ impl Drop for Cluster {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// One node's corosync and daemon resource use (see [`Cluster::usage`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeUsage {
+    pub corosync_rss_kib: u64,
+    /// libqb IPC files (/dev/shm) this corosync has mapped, as allocated (they are sparse).
+    pub corosync_shm_kib: u64,
+    pub daemon_rss_kib: u64,
+    pub daemon_fds: usize,
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("no {key} in /proc/{pid}/status"))
+}
+
+fn qb_shm_kib(server_pid: u32) -> u64 {
+    use std::collections::BTreeSet;
+    use std::os::unix::fs::MetadataExt;
+    // Corosync runs in a mount namespace of its own: find its IPC files through its maps and
+    // stat them through its root.
+    let maps = fs::read_to_string(format!("/proc/{server_pid}/maps")).unwrap_or_default();
+    let files: BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .filter(|path| path.contains("/qb-"))
+        .collect();
+    files
+        .into_iter()
+        .filter_map(|path| fs::metadata(format!("/proc/{server_pid}/root{path}")).ok())
+        .map(|m| m.blocks() * 512 / 1024)
+        .sum()
 }

@@ -1134,7 +1134,6 @@ impl World {
                 }
                 None
             }
-            Output::LeaveGroup { .. } => None,
             Output::Mcast { group: _, payload } => {
                 self.messages += 1;
                 if std::env::var("GFS_SIM_DEBUG").is_ok() {
@@ -1944,7 +1943,7 @@ impl World {
                 .values()
                 .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
                 .flat_map(|(id, d)| {
-                    let status = d.core.status();
+                    let status = d.core.status(self.now);
                     let fence = status
                         .fence_waits
                         .iter()
