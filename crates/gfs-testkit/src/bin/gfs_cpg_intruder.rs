@@ -194,7 +194,7 @@ fn retry<T>(what: &str, mut call: impl FnMut() -> Result<T, CsError>) -> Result<
 
 fn hex(text: &str) -> Result<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         bail!("odd number of hex digits");
     }
     (0..text.len())
