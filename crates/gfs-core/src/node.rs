@@ -2686,7 +2686,14 @@ impl Node {
             protocol_max: self.cfg.proto_max,
             synced: self.is_synced(),
             quorate: self.quorate,
-            members: self.config_members.clone(),
+            // Nodes whose daemon is in the group: another process of a node whose daemon is
+            // gone keeps the node in the CPG group, not among the members.
+            members: self
+                .config_members
+                .iter()
+                .copied()
+                .filter(|&n| self.daemon_in_group(n))
+                .collect(),
             stale_members: self
                 .rep
                 .members

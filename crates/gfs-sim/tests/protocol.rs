@@ -452,6 +452,15 @@ fn a_restarted_daemon_syncs_while_a_foreign_process_is_joined() {
         vec![],
         vec![(daemon(3), LeaveReason::Leave)],
     );
+    // The intruder keeps node 3 in the CPG group, not among the daemons `status` shows.
+    for n in &bus.nodes {
+        assert_eq!(
+            n.status(bus.now).members,
+            vec![1, 2],
+            "status of node {}",
+            n.nodeid()
+        );
+    }
     let mut again = cfg(3);
     again.pid = 4242;
     bus.start(again);

@@ -421,6 +421,29 @@ impl Cluster {
         })
     }
 
+    /// Runs one of the test binaries (`gfs_cpg_intruder`, ...) in node `id`'s network
+    /// namespace as the daemon runs there, with stdout piped to the caller and stderr appended
+    /// to `<program>.log` in the node's directory. Its pid is not given to the fence agent:
+    /// such a tool is a corosync client and exits when fencing kills the node's corosync.
+    pub fn spawn_in_node(&self, id: u32, program: &str, args: &[&str]) -> Result<Child> {
+        let path = bin_dir().join(program);
+        if !path.exists() {
+            bail!(
+                "{} is missing (run `cargo build --workspace --bins` first)",
+                path.display()
+            );
+        }
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns(id)])
+            .arg(path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(self.log_file(id, program)?)
+            .spawn()
+            .with_context(|| format!("starting {program} on node {id}"))
+    }
+
     /// The test fencing agent: `fence_agent NODEID NAME`. It waits for the delay in
     /// `fence_delay_ms` (tests make fencing slow), kills every process of the victim node, and
     /// appends `<unix ms> <nodeid>` to `fence.log`.
