@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use gfs_controld::config::Settings;
-use gfs_controld::control::proto::{encode_reply, encode_request, Reply, Request, VersionInfo};
+use gfs_controld::control::proto::{
+    encode_reply, encode_request, reply_payload, Reply, Request, VersionInfo,
+};
 use gfs_core::view::{
     FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
     TimelineEntry,
@@ -280,15 +282,24 @@ pub fn control() -> Vec<Seed> {
         Reply::Version(VersionInfo::current()),
         Reply::Error("no such node".into()),
     ];
-    let requests = requests
-        .iter()
-        .map(|r| (format!("request-{}", r.name()), encode_request(r)));
-    let replies = replies
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (format!("reply-{i}"), encode_reply(r)));
-    requests
-        .chain(replies)
+    let mut seeds = Vec::new();
+    for r in &requests {
+        let line = encode_request(r);
+        // The target also wraps each input in an envelope: the bare request is a seed too.
+        let bare = line
+            .strip_prefix("{\"version\":1,\"request\":")
+            .and_then(|rest| rest.strip_suffix("}\n"))
+            .expect("the request envelope as documented")
+            .to_owned();
+        seeds.push((format!("request-{}", r.name()), line));
+        seeds.push((format!("request-{}-bare", r.name()), bare));
+    }
+    for (i, r) in replies.iter().enumerate() {
+        seeds.push((format!("reply-{i}"), encode_reply(r)));
+        seeds.push((format!("reply-{i}-bare"), reply_payload(r).to_string()));
+    }
+    seeds
+        .into_iter()
         .map(|(name, line)| (name, line.into_bytes()))
         .collect()
 }
