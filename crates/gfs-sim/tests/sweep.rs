@@ -124,7 +124,8 @@ fn sixteen_nodes_eight_filesystems_are_judged_on_finished_work() {
         assert!(
             out.violation.is_none(),
             "seed {seed} (16 nodes, 8 filesystems): {:?}",
-            out.violation.map(|v| format!("{} at {}: {}", v.rule, v.time, v.detail))
+            out.violation
+                .map(|v| format!("{} at {}: {}", v.rule, v.time, v.detail))
         );
         let last_work = out
             .trace
