@@ -26,7 +26,9 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing"
 echo "fuzz: building ${TARGETS[*]} ($TRIPLE, release, sancov)"
-cargo build --release --locked --target "$TRIPLE" $(printf -- '--bin %s ' "${TARGETS[@]}")
+# Its own target directory whatever CARGO_TARGET_DIR says: the binaries are run from there.
+cargo build --release --locked --target "$TRIPLE" --target-dir "$FUZZ_DIR/target" \
+	$(printf -- '--bin %s ' "${TARGETS[@]}")
 BIN=$FUZZ_DIR/target/$TRIPLE/release
 
 failed=0
