@@ -352,13 +352,30 @@ impl Cluster {
             .arg("--shared")
             .arg(self.shared_disk())
             .arg("--configfs-root")
-            .arg(self.configfs_root(id));
+            .arg(self.configfs_root(id))
+            .arg("--record")
+            .arg(self.kernel_record_path(id));
         let child = self.spawn(id, "kernel", cmd)?;
         self.nodes.entry(id).or_default().kernel = Some(child);
         let socket = self.kernel_socket(id);
         self.wait_for("kernel simulator socket", Duration::from_secs(10), |_| {
             socket.exists()
         })
+    }
+
+    /// Where node `id`'s kernel simulators (every instance: the file is appended to across
+    /// restarts) record their timelines as they happen.
+    pub fn kernel_record_path(&self, id: u32) -> PathBuf {
+        self.node_dir(id).join("kernel.jsonl")
+    }
+
+    /// Every record node `id`'s kernel simulators wrote, also those of killed instances.
+    pub fn kernel_records(&self, id: u32) -> Vec<crate::proto::Entry> {
+        fs::read_to_string(self.kernel_record_path(id))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Starts node `id`'s dlm_controld double on the abstract `@dlmc_sock` of its namespace.
@@ -439,8 +456,9 @@ impl Cluster {
     }
 
     /// The test fencing agent: `fence_agent NODEID NAME`. It waits for the delay in
-    /// `fence_delay_ms` (tests make fencing slow), kills every process of the victim node, and
-    /// appends `<unix ms> <nodeid>` to `fence.log`.
+    /// `fence_delay_ms` (tests make fencing slow), fails while `fence_fail` exists and for as
+    /// many runs as `fence_fail_count` says (each such run appends to `fence_fail.log`), else
+    /// kills every process of the victim node and appends `<unix ms> <nodeid>` to `fence.log`.
     fn write_fence_agent(&self) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.dir.display();
@@ -451,6 +469,9 @@ impl Cluster {
              delay=$(cat \"$d/fence_delay_ms\" 2>/dev/null || echo 0)\n\
              [ \"$delay\" -gt 0 ] && sleep $(awk \"BEGIN{{print $delay/1000}}\")\n\
              [ -e \"$d/fence_fail\" ] && exit 1\n\
+             n=$(cat \"$d/fence_fail_count\" 2>/dev/null || echo 0)\n\
+             if [ \"$n\" -gt 0 ]; then echo $((n-1)) > \"$d/fence_fail_count\"; \
+             echo \"$(date +%s%3N) $1\" >> \"$d/fence_fail.log\"; exit 1; fi\n\
              [ -f \"$d/n$1/pids\" ] && for p in $(cat \"$d/n$1/pids\"); do kill -9 \"$p\" 2>/dev/null; done\n\
              echo \"$(date +%s%3N) $1\" >> \"$d/fence.log\"\n\
              exit 0\n"
@@ -467,16 +488,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the fence agent fail its next `n` runs (exit 1 without fencing), whatever node
+    /// they are for.
+    pub fn set_fence_failures(&self, n: u32) -> Result<()> {
+        fs::write(self.dir.join("fence_fail_count"), n.to_string())?;
+        Ok(())
+    }
+
+    /// `(unix ms, nodeid)` of every run of the fence agent that failed on purpose.
+    pub fn fence_failures(&self) -> Vec<(u64, u32)> {
+        parse_fence_log(&self.dir.join("fence_fail.log"))
+    }
+
     /// `(unix ms, nodeid)` of every fencing the agent carried out.
     pub fn fence_log(&self) -> Vec<(u64, u32)> {
-        fs::read_to_string(self.dir.join("fence.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut parts = l.split_whitespace();
-                Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-            })
-            .collect()
+        parse_fence_log(&self.dir.join("fence.log"))
     }
 
     fn quorate_by_tool(&self, id: u32) -> bool {
@@ -571,6 +597,16 @@ impl Cluster {
         self.kernel(id, &["umount", &self.table(fs)]).map(|_| ())
     }
 
+    /// Starts an unmount without waiting (for unmounts during recovery).
+    pub fn umount_async(&self, id: u32, fs: &str) -> Result<Child> {
+        Ok(Command::new(bin_dir().join("gfs_kernel_sim"))
+            .args(["umount", &self.table(fs), "--socket"])
+            .arg(self.kernel_socket(id))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
     /// The kernel simulator's view of `fs` on node `id`.
     pub fn kernel_table(&self, id: u32, fs: &str) -> Result<Value> {
         let status = self.kernel_status(id)?;
@@ -607,6 +643,33 @@ impl Cluster {
             let _ = child.wait();
         }
         self.forget_dead_pids(id);
+    }
+
+    /// Only corosync dies: the daemon loses its CPG and quorum connections.
+    pub fn kill_corosync(&mut self, id: u32) {
+        if let Some(child) = self.nodes.get_mut(&id).and_then(|n| n.corosync.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.forget_dead_pids(id);
+    }
+
+    /// Brings a crashed, fenced or removed node back as after a reboot: whatever of it still
+    /// runs is killed, then corosync (waiting until it is quorate), the kernel simulator (no
+    /// mounts), the dlm_controld double and the daemon start again. The caller waits for the
+    /// daemon to sync.
+    pub fn restart_node(&mut self, id: u32) -> Result<()> {
+        self.crash_node(id);
+        detach_fuse(&self.sysfs_root(id));
+        self.start_corosync(id)?;
+        self.wait_for(
+            &format!("node {id}'s corosync quorate"),
+            Duration::from_secs(60),
+            |c| c.quorate_by_tool(id),
+        )?;
+        self.start_kernel(id)?;
+        self.start_dlm(id)?;
+        self.start_daemon(id)
     }
 
     /// Rewrites the fence agent's pid list with the node's live processes only, so that a
@@ -722,6 +785,18 @@ impl Cluster {
         }
         text
     }
+}
+
+/// `<unix ms> <nodeid>` lines.
+fn parse_fence_log(path: &Path) -> Vec<(u64, u32)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Clusters in use, one file per cluster tag holding its owner's PID, so that a run killed

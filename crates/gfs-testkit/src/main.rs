@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! gfs_kernel_sim serve --root DIR --socket PATH [--replay-ms N] [--join-ms N] [--shared DIR]
-//!                      [--configfs-root DIR] [--recover-callbacks 0|1]
+//!                      [--configfs-root DIR] [--recover-callbacks 0|1] [--record FILE]
 //! gfs_kernel_sim [--socket PATH] mount <table> [--spectator] [--ro] [--timeout-ms N]
 //!                      [--journals N] [--join-ms N] [--hostdata-first0]
 //! gfs_kernel_sim [--socket PATH] umount <table>
@@ -174,6 +174,11 @@ enum Cmd {
         /// The DLM's recover_callbacks: 1 = the kernel manages recovery (DLM-ops mode).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
         recover_callbacks: u32,
+        /// Append every timeline entry and violation to FILE as JSON lines when it happens
+        /// (`gfs_testkit::proto::Entry`; a write's end is a second line with its result), so
+        /// the record survives this process.
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
     /// Mount a filesystem; returns when `online` was sent, or fails with the mount's errno.
     Mount {
@@ -246,6 +251,7 @@ struct ServeOptions {
     shared: Option<PathBuf>,
     configfs_root: Option<PathBuf>,
     recover_callbacks: u32,
+    record: Option<PathBuf>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -261,6 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             shared,
             configfs_root,
             recover_callbacks,
+            record,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -273,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 shared,
                 configfs_root,
                 recover_callbacks,
+                record,
             }))?;
             return Ok(0);
         }
@@ -436,6 +444,14 @@ async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&o.socket);
     let listener =
         UnixListener::bind(&o.socket).with_context(|| format!("bind {}", o.socket.display()))?;
+    if let Some(path) = &o.record {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("record file {}", path.display()))?;
+        lock(&sim).record = Some(file);
+    }
     {
         let mut s = lock(&sim);
         let what = format!(
