@@ -213,6 +213,9 @@ pub struct CycleRecords {
     pub victims: Vec<Victim>,
     /// (table, fs name) of every filesystem.
     pub tables: Vec<(String, String)>,
+    /// (node, table) of every mount complete at the fault: S8 binds these (a node still
+    /// mounting has no `jid` yet, so its kernel takes no locks until the daemon writes one).
+    pub online_at_fault: Vec<(u32, String)>,
     /// When the check runs: open replays end here at the latest.
     pub now_ms: u64,
 }
@@ -425,6 +428,9 @@ pub fn check_cycle(r: &CycleRecords) -> Vec<String> {
             else {
                 continue;
             };
+            if !r.online_at_fault.contains(&(*node, table.clone())) {
+                continue;
+            }
             let blocked_at = r.kernel.get(node).and_then(|entries| {
                 entries
                     .iter()
@@ -640,6 +646,20 @@ impl Soak {
         }
     }
 
+    /// (node, table) of every complete mount on `nodes`.
+    fn online_tables(&self, nodes: &[u32]) -> Vec<(u32, String)> {
+        let c = self.cluster.as_ref().expect("the cluster is up");
+        let mut out = Vec::new();
+        for &id in nodes {
+            for fs in &self.fss {
+                if c.kernel_table(id, fs).is_ok_and(|t| t["mounted"] == true) {
+                    out.push((id, c.table(fs)));
+                }
+            }
+        }
+        out
+    }
+
     /// The journals node `id` holds now (table, jid) of read-write mounts.
     fn journals_of(&self, id: u32) -> Vec<(String, u32)> {
         let c = self.cluster.as_ref().expect("the cluster is up");
@@ -690,6 +710,7 @@ impl Soak {
             })
             .collect();
         let survivors: Vec<u32> = (1..=n).filter(|i| !plan.victims.contains(i)).collect();
+        let online_at_fault = self.online_tables(&survivors);
         {
             let c = self.cluster();
             c.set_fence_delay(plan.fence_delay_ms)?;
@@ -756,6 +777,7 @@ impl Soak {
                 .iter()
                 .map(|fs| (self.cluster.as_ref().unwrap().table(fs), fs.clone()))
                 .collect(),
+            online_at_fault,
             ..CycleRecords::default()
         };
         let deadline = Instant::now() + self.opts.bound;
@@ -994,6 +1016,7 @@ mod tests {
                 journals: vec![("t:fs1".into(), 2)],
             }],
             tables: vec![("t:fs1".into(), "fs1".into())],
+            online_at_fault: vec![(1, "t:fs1".into()), (2, "t:fs1".into())],
             now_ms: 3000,
             ..CycleRecords::default()
         };
@@ -1062,6 +1085,9 @@ mod tests {
         let mut r = good();
         r.dlm.get_mut(&2).unwrap()[0].t_ms = 1400;
         assert!(check_cycle(&r).iter().any(|f| f.starts_with("S8:")));
+        // A node still mounting at the fault has no jid: its kernel waits, S8 does not bind.
+        r.online_at_fault.retain(|(n, _)| *n != 2);
+        assert!(!check_cycle(&r).iter().any(|f| f.starts_with("S8:")));
 
         let mut r = good();
         r.kernel
