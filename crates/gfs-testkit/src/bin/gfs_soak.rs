@@ -49,8 +49,10 @@ fn main() -> anyhow::Result<()> {
         bound: Duration::from_secs(args.bound_secs),
         replay_ms: args.replay_ms,
     });
-    let report = soak.run()?;
-    if !report.ok() {
+    let ok = soak.run()?.ok();
+    // The cluster goes with the soak: exit(3) would skip its teardown.
+    drop(soak);
+    if !ok {
         eprintln!("gfs_soak: FAILED (seed {seed}): rerun with --seed {seed}");
         std::process::exit(1);
     }
