@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo sim-demo vm-demo vm-deps check deps sim bench install
+.PHONY: demo sim-demo vm-demo vm-deps check deps sim bench install soak
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
 	libqb-dev pkg-config iproute2 util-linux
 
@@ -61,6 +61,15 @@ check: deps
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/check.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 		END { printf "check: %d passed, %d failed\n", passed, failed }' target/check.log
+
+# The chaos soak on a real 5-node corosync cluster (root): CYCLES seeded random faults, safety
+# checks on the kernels' records after each, a 60 s bound on every recovery. SEED replays a
+# run's choices (default: from the clock; printed first).
+CYCLES ?= 50
+SEED ?=
+soak: deps
+	$(CARGO) build --release -q --workspace --bins
+	./target/release/gfs_soak --cycles $(CYCLES) $(if $(SEED),--seed $(SEED))
 
 # A longer seeded sweep than the tests run.
 sim:

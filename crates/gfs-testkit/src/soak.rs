@@ -309,9 +309,7 @@ pub fn all_replayed_at(r: &CycleRecords) -> Option<u64> {
         for (table, jid) in &v.journals {
             let at = reps
                 .iter()
-                .filter(|p| {
-                    p.done && &p.table == table && p.jid == *jid && p.end >= r.fault_ms
-                })
+                .filter(|p| p.done && &p.table == table && p.jid == *jid && p.end >= r.fault_ms)
                 .map(|p| p.end)
                 .min()?;
             last = last.max(at);
@@ -379,8 +377,7 @@ pub fn check_cycle(r: &CycleRecords) -> Vec<String> {
     }
     for &node in &victim_ids {
         for e in r.kernel.get(&node).into_iter().flatten() {
-            if e.t_ms >= r.fault_ms && e.end_ms.is_none() && e.what.starts_with("write recover=")
-            {
+            if e.t_ms >= r.fault_ms && e.end_ms.is_none() && e.what.starts_with("write recover=") {
                 found.push(format!(
                     "S1: failed node {node} wrote {} for {} at {} (inquorate or cut off)",
                     e.what, e.table, e.t_ms
@@ -390,9 +387,10 @@ pub fn check_cycle(r: &CycleRecords) -> Vec<String> {
     }
     // S3: nobody writes block=0 for a filesystem while a failed node's journal of it waits.
     for (node, entries) in &r.kernel {
-        for e in entries.iter().filter(|e| {
-            e.t_ms >= r.fault_ms && e.end_ms.is_none() && e.what == "write block=0"
-        }) {
+        for e in entries
+            .iter()
+            .filter(|e| e.t_ms >= r.fault_ms && e.end_ms.is_none() && e.what == "write block=0")
+        {
             for v in &r.victims {
                 for (table, jid) in v.journals.iter().filter(|(t, _)| *t == e.table) {
                     let replayed = reps.iter().any(|p| {
@@ -443,7 +441,7 @@ pub fn check_cycle(r: &CycleRecords) -> Vec<String> {
                     .filter_map(|e| e.end_ms)
                     .min()
             });
-            if !blocked_at.is_some_and(|b| b <= n.t_ms) {
+            if blocked_at.is_none_or(|b| b > n.t_ms) {
                 found.push(format!(
                     "S8: node {node} notified dlm_controld about node {:?} for {} at {} before \
                      its block=1 ({blocked_at:?})",
@@ -688,18 +686,15 @@ impl Soak {
             let fs = plan.fs.clone();
             self.cluster().umount(other, &fs)?;
             // The clean leave settles before the fault, so the mount is a new one.
-            self.cluster().wait_for(
-                "the unmount to leave the group",
-                REPAIR,
-                |c| {
+            self.cluster()
+                .wait_for("the unmount to leave the group", REPAIR, |c| {
                     c.ls(1).is_ok_and(|ls| {
                         ls.as_array().into_iter().flatten().any(|f| {
                             f["name"] == fs.as_str()
                                 && f["members"].as_array().map(|m| m.len()) == Some(n as usize - 1)
                         })
                     })
-                },
-            )?;
+                })?;
         }
         let victims: Vec<Victim> = plan
             .victims
@@ -953,31 +948,28 @@ impl Soak {
             }
         }
         // No fencing may still be on its way to a node about to start again.
-        self.cluster()
-            .wait_for("no fencing pending", REPAIR, |c| {
-                (1..=n).all(|id| {
-                    !c.daemon_alive(id)
-                        || c.status(id).is_ok_and(|s| {
-                            s["fence_waits"]
-                                .as_array()
-                                .is_none_or(|w| w.is_empty())
-                        })
-                })
-            })?;
+        self.cluster().wait_for("no fencing pending", REPAIR, |c| {
+            (1..=n).all(|id| {
+                !c.daemon_alive(id)
+                    || c.status(id)
+                        .is_ok_and(|s| s["fence_waits"].as_array().is_none_or(|w| w.is_empty()))
+            })
+        })?;
         for id in 1..=n {
             let c = self.cluster();
             if !(c.corosync_alive(id) && c.daemon_alive(id)) {
                 c.restart_node(id)?;
             }
         }
-        self.cluster().wait_for("every daemon synced", REPAIR, |c| {
-            (1..=n).all(|id| {
-                c.status(id).is_ok_and(|s| {
-                    s["synced"] == true
-                        && s["members"].as_array().map(|m| m.len()) == Some(n as usize)
+        self.cluster()
+            .wait_for("every daemon synced", REPAIR, |c| {
+                (1..=n).all(|id| {
+                    c.status(id).is_ok_and(|s| {
+                        s["synced"] == true
+                            && s["members"].as_array().map(|m| m.len()) == Some(n as usize)
+                    })
                 })
-            })
-        })?;
+            })?;
         for id in 1..=n {
             self.cluster()
                 .kernel(id, &["set", "--fail-next-replays", "0"])?;
@@ -1116,10 +1108,7 @@ mod tests {
             .push(entry(1900, "t:fs1", "replay start jid=2"));
         r.killed.push((2000, 2));
         let found = check_cycle(&r);
-        assert!(
-            !found.iter().any(|f| f.starts_with("S2:")),
-            "{found:?}"
-        );
+        assert!(!found.iter().any(|f| f.starts_with("S2:")), "{found:?}");
         // Without the kill it would still be running at node 1's replay.
         r.killed.pop();
         assert!(check_cycle(&r).iter().any(|f| f.starts_with("S2:")));
@@ -1127,8 +1116,12 @@ mod tests {
 
     #[test]
     fn the_rng_replays_from_its_seed() {
-        let a: Vec<u64> = (0..5).scan(Rng::new(7), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..5).scan(Rng::new(7), |r, _| Some(r.next_u64())).collect();
+        let a: Vec<u64> = (0..5)
+            .scan(Rng::new(7), |r, _| Some(r.next_u64()))
+            .collect();
+        let b: Vec<u64> = (0..5)
+            .scan(Rng::new(7), |r, _| Some(r.next_u64()))
+            .collect();
         assert_eq!(a, b);
     }
 }

@@ -13,7 +13,10 @@ use gfs_testkit::cluster::missing_prerequisite;
 use gfs_testkit::soak::{Soak, SoakOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "gfs_soak", about = "Chaos soak: random faults on a real corosync cluster")]
+#[command(
+    name = "gfs_soak",
+    about = "Chaos soak: random faults on a real corosync cluster"
+)]
 struct Args {
     /// The RNG seed (default: from the clock; printed first either way).
     #[arg(long)]
@@ -40,7 +43,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(why) = missing_prerequisite() {
         anyhow::bail!("gfs_soak cannot run: {why}");
     }
-    let seed = args.seed.unwrap_or_else(|| gfs_testkit::now_ms() % 1_000_000);
+    let seed = args
+        .seed
+        .unwrap_or_else(|| gfs_testkit::now_ms() % 1_000_000);
     let mut soak = Soak::new(SoakOptions {
         seed,
         cycles: args.cycles,
