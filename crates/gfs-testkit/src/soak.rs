@@ -482,6 +482,9 @@ struct Plan {
     /// Another node: unmounted before and mounting after the fault, or unmounting after it.
     other: Option<u32>,
     fs: String,
+    /// How long after the fault the mount or unmount starts: before the failure is detected
+    /// (~2 s at token 1000 ms), while the survivors block, fence or replay.
+    start_after_ms: u64,
     fence_delay_ms: u64,
     fence_failures: u32,
 }
@@ -490,7 +493,10 @@ impl Plan {
     fn describe(&self) -> String {
         let mut s = format!("{} victims={:?}", self.kind.name(), self.victims);
         if let Some(o) = self.other {
-            s.push_str(&format!(" other=node{o} fs={}", self.fs));
+            s.push_str(&format!(
+                " other=node{o} fs={} after={}ms",
+                self.fs, self.start_after_ms
+            ));
         }
         if self.fence_delay_ms > 0 {
             s.push_str(&format!(" fence_delay={}ms", self.fence_delay_ms));
@@ -630,6 +636,11 @@ impl Soak {
             FaultKind::PartitionMerge => 15_000,
             _ => 0,
         };
+        let start_after_ms = if other.is_some() {
+            self.rng.range(0, 3_000)
+        } else {
+            0
+        };
         let fence_failures = match kind {
             FaultKind::FailingFence => self.rng.range(1, 3) as u32,
             _ => 0,
@@ -639,6 +650,7 @@ impl Soak {
             victims,
             other,
             fs,
+            start_after_ms,
             fence_delay_ms,
             fence_failures,
         }
@@ -746,11 +758,13 @@ impl Soak {
         match plan.kind {
             FaultKind::MountDuringRecovery => {
                 let other = plan.other.expect("planned");
+                std::thread::sleep(Duration::from_millis(plan.start_after_ms));
                 let child = self.cluster().mount_async(other, &plan.fs)?;
                 children.push((format!("mount {} on node {other}", plan.fs), child));
             }
             FaultKind::UnmountDuringRecovery => {
                 let other = plan.other.expect("planned");
+                std::thread::sleep(Duration::from_millis(plan.start_after_ms));
                 let child = self.cluster().umount_async(other, &plan.fs)?;
                 children.push((format!("umount {} on node {other}", plan.fs), child));
             }
