@@ -27,7 +27,7 @@ fn soak_five_fault_cycles_break_no_safety_rule_and_all_recover() {
         nodes: 5,
         filesystems: 2,
         bound: Duration::from_secs(60),
-        replay_ms: 300,
+        ..SoakOptions::default()
     });
     let report = soak
         .run()

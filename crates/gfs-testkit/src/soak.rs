@@ -121,6 +121,8 @@ pub struct SoakOptions {
     /// Every fault must end with all survivors unblocked within this bound, else a hang.
     pub bound: Duration,
     pub replay_ms: u64,
+    /// Extra daemon options (`--key=value`): `--enable_fencing=0` shows the checks catch S1.
+    pub daemon_args: Vec<String>,
 }
 
 impl Default for SoakOptions {
@@ -132,6 +134,7 @@ impl Default for SoakOptions {
             filesystems: 2,
             bound: Duration::from_secs(60),
             replay_ms: 300,
+            daemon_args: Vec::new(),
         }
     }
 }
@@ -549,6 +552,7 @@ impl Soak {
             nodes: self.opts.nodes,
             replay_ms: self.opts.replay_ms,
             cluster_name: "gfssoak".into(),
+            daemon_args: self.opts.daemon_args.clone(),
             ..ClusterOptions::default()
         })?;
         self.cluster = Some(c);

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! gfs_soak [--seed N] [--cycles C] [--nodes N] [--filesystems F] [--bound-secs S]
+//!          [--replay-ms MS] [--daemon-arg OPTION]...
 //! ```
 //! Prints the seed first, a line per cycle (fault, targets, times, checks) and a summary;
 //! exits 1 when a safety rule was broken or a recovery hung. See `gfs_testkit::soak`.
@@ -36,6 +37,10 @@ struct Args {
     /// Duration of one journal replay in the kernel simulators.
     #[arg(long, default_value_t = 300)]
     replay_ms: u64,
+    /// An extra gfs_controld option for every daemon (repeatable), e.g. `--daemon-arg
+    /// --enable_fencing=0` to see the checks report S1.
+    #[arg(long = "daemon-arg", allow_hyphen_values = true)]
+    daemon_args: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         filesystems: args.filesystems,
         bound: Duration::from_secs(args.bound_secs),
         replay_ms: args.replay_ms,
+        daemon_args: args.daemon_args,
     });
     let ok = soak.run()?.ok();
     // The cluster goes with the soak: exit(3) would skip its teardown.
