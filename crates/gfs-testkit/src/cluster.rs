@@ -691,7 +691,7 @@ impl Cluster {
                 }
             }
         }
-        let _ = fs::write(self.node_dir(id).join("pids"), live);
+        let _ = replace_file(&self.node_dir(id).join("pids"), &live);
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to node `id`'s daemon.
@@ -785,6 +785,14 @@ impl Cluster {
         }
         text
     }
+}
+
+/// Replaces `path`'s contents at once: a new file renamed over it, so that a reader (the fence
+/// agent) sees the old contents or the new, never the truncated file in between.
+fn replace_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, contents)?;
+    fs::rename(&tmp, path)
 }
 
 /// `<unix ms> <nodeid>` lines.
@@ -915,5 +923,44 @@ impl Drop for Cluster {
         if std::env::var_os("GFS_KEEP_CLUSTER_DIR").is_none() && !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fence agent reads a node's pid list whenever a daemon fences it, also while the
+    /// harness rewrites the list (a daemon kill makes both happen within milliseconds): a
+    /// reader must see the old list or the new one, never an empty file, or the agent kills
+    /// nothing, reports the node fenced, and its kernel keeps the journal lock (soak seed 102,
+    /// cycle 17: a daemon kill whose recovery hung on "Busy").
+    #[test]
+    fn a_reader_never_sees_the_pid_list_empty_while_it_is_rewritten() {
+        let dir = std::env::temp_dir().join(format!("gfs-pids-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pids");
+        replace_file(&path, "101\n202\n").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut empty = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if fs::read_to_string(&path).unwrap_or_default().is_empty() {
+                        empty += 1;
+                    }
+                }
+                empty
+            })
+        };
+        for i in 0..3_000 {
+            let list = if i % 2 == 0 { "101\n202\n" } else { "101\n" };
+            replace_file(&path, list).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let empty = reader.join().unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(empty, 0, "the reader saw an empty pid list {empty} times");
     }
 }
