@@ -6,13 +6,24 @@ SHELL := /bin/bash
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
 	libqb-dev pkg-config iproute2 util-linux
 
+# The pacemaker tier (tests/pacemaker.rs): pacemaker's daemons, its command-line tools and
+# libstonithd (the daemon's fencing=pacemaker backend); xmllint for ocf-tester.
+PACEMAKER_PACKAGES = pacemaker pacemaker-cli-utils libxml2-utils
+
 # corosync and the libraries the daemon links: installed with apt when missing (as root).
+# Pacemaker too, for the pacemaker tier; without root that tier skips, so it is not required.
 deps:
 	@command -v corosync >/dev/null && command -v pkg-config >/dev/null && pkg-config --exists libcpg || \
 	if [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(COROSYNC_PACKAGES) >/dev/null; \
 	else \
 		echo "corosync and its -dev libraries are missing: apt-get install $(COROSYNC_PACKAGES)" >&2; exit 1; \
+	fi
+	@command -v pacemakerd >/dev/null && command -v stonith_admin >/dev/null && command -v xmllint >/dev/null || \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PACEMAKER_PACKAGES) >/dev/null; \
+	else \
+		echo "note: the pacemaker tier needs root and: apt-get install $(PACEMAKER_PACKAGES)" >&2; \
 	fi
 
 # A real 3-node corosync cluster in network namespaces recovers from a node failure (needs root;
@@ -52,8 +63,9 @@ sim-demo:
 	$(CARGO) run --release -q -p gfs-sim --bin gfs_sim -- --demo
 
 # Every test of the workspace: unit, property, scenario, seed sweep, sabotage, integration.
-# The binaries first: the cluster tests run gfs_controld, gfs_control and gfs_kernel_sim; the
-# VM tier (tests/vm.rs) runs the release ones inside its guests.
+# The binaries first: the cluster tests run gfs_controld, gfs_control and gfs_kernel_sim (the
+# pacemaker tier, tests/pacemaker.rs, through pacemaker's OCF clone); the VM tier
+# (tests/vm.rs) runs the release ones inside its guests.
 check: deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) build --release --workspace --bins

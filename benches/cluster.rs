@@ -278,7 +278,7 @@ async fn join_with(peer: u32) -> Result<(CpgGroups, UnboundedReceiver<CpgEvent>)
         if let CpgEvent::ConfChg { group, members, .. } =
             next_event(&mut events, "the peer's join").await?
         {
-            if group == GROUP && members.contains(&peer) {
+            if group == GROUP && members.iter().any(|p| p.nodeid == peer) {
                 return Ok((cpg, events));
             }
         }
@@ -318,7 +318,7 @@ fn cpg_ping(c: &Cluster, pinger: u32, ponger: u32, pings: usize) -> Result<Ping>
             else {
                 continue;
             };
-            if sender != pinger {
+            if sender.nodeid != pinger {
                 continue;
             }
             let at = ns_since(base);
@@ -349,7 +349,7 @@ fn cpg_ping(c: &Cluster, pinger: u32, ponger: u32, pings: usize) -> Result<Ping>
                 else {
                     continue;
                 };
-                if sender != ponger {
+                if sender.nodeid != ponger {
                     continue;
                 }
                 if let Some((PONG, s, pong_sent)) = decode(&payload) {

@@ -29,6 +29,12 @@ fn parse_dlm_socket(value: &str) -> Result<DlmAddress, String> {
     apply_checked("dlm_socket", value, |s| s.dlm_socket.clone())
 }
 
+/// Kept as text: an empty value (off) must still override the file.
+fn parse_test_socket(value: &str) -> Result<String, String> {
+    apply_checked("uevent_test_socket", value, |_| ())?;
+    Ok(value.trim().to_owned())
+}
+
 fn parse_bool(value: &str) -> Result<bool, String> {
     config::parse_bool(value).map_err(|expected| format!("expected {expected}"))
 }
@@ -163,6 +169,9 @@ pub struct DaemonArgs {
 
     #[arg(long = "pid_file", value_name = "PATH", help = key_help("pid_file"), value_parser = parse_path("pid_file"))]
     pub pid_file: Option<PathBuf>,
+
+    #[arg(long = "uevent_test_socket", value_name = "PATH", help = key_help("uevent_test_socket"), value_parser = parse_test_socket)]
+    pub uevent_test_socket: Option<String>,
 }
 
 impl DaemonArgs {
@@ -195,6 +204,9 @@ impl DaemonArgs {
         set(&mut settings.recover_retry, &self.recover_retry);
         set(&mut settings.timeline_keep, &self.timeline_keep);
         set(&mut settings.pid_file, &self.pid_file);
+        if let Some(path) = &self.uevent_test_socket {
+            settings.uevent_test_socket = (!path.is_empty()).then(|| PathBuf::from(path));
+        }
         if let Some(max) = self.max_journals {
             // The parser bounds it by gfs_core::MAX_JOURNALS.
             settings.max_journals = u32::try_from(max).unwrap_or(gfs_core::MAX_JOURNALS);

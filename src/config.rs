@@ -14,6 +14,12 @@ use crate::dlm::DlmAddress;
 /// The configuration file read when `--config` is not given; it need not exist.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gfs_controld.conf";
 
+/// A configuration file larger than this is refused: real ones are a few kilobytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Values, keys and lines quoted in error messages are cut to this many characters.
+pub const MAX_QUOTED_CHARS: usize = 80;
+
 /// The levels `log_level` accepts, least verbose first.
 pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
@@ -67,6 +73,9 @@ pub struct Settings {
     pub foreground: bool,
     /// The file holding the daemon's process id.
     pub pid_file: PathBuf,
+    /// Test kit only: a unix datagram socket that also takes uevents (from the kernel
+    /// simulator), since only the kernel's own netlink uevents are trusted.
+    pub uevent_test_socket: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -93,6 +102,7 @@ impl Default for Settings {
             max_journals: gfs_core::MAX_JOURNALS,
             foreground: false,
             pid_file: PathBuf::from("/run/gfs_controld.pid"),
+            uevent_test_socket: None,
         }
     }
 }
@@ -106,6 +116,12 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{} is not a regular file ({kind}); refusing to read it", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error("{} is larger than {MAX_CONFIG_BYTES} bytes; refusing to read it", path.display())]
+    TooLarge { path: PathBuf },
+    #[error("{}:{line}: not valid UTF-8", path.display())]
+    NotUtf8 { path: PathBuf, line: usize },
     #[error("{}:{line}: expected key=value, found {text:?}", path.display())]
     Syntax {
         path: PathBuf,
@@ -205,7 +221,7 @@ pub static KEYS: &[Key] = &[
         value_name: "PATH",
         help: "Unix socket gfs_control talks to",
         apply: |s, v| {
-            s.socket_path = parse_absolute_path(v)?;
+            s.socket_path = parse_socket_path(v)?;
             Ok(())
         },
         show: |s| s.socket_path.display().to_string(),
@@ -392,7 +408,29 @@ pub static KEYS: &[Key] = &[
         },
         show: |s| s.pid_file.display().to_string(),
     },
+    Key {
+        name: "uevent_test_socket",
+        value_name: "PATH",
+        help: "Test kit only: also take uevents from local processes on this socket (empty: off)",
+        apply: |s, v| {
+            s.uevent_test_socket = if v.is_empty() {
+                None
+            } else {
+                Some(parse_socket_path(v)?)
+            };
+            Ok(())
+        },
+        show: |s| {
+            s.uevent_test_socket
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        },
+    },
 ];
+
+/// Settings for the test kit only: the example file and the packaging never mention them.
+pub const TEST_ONLY_KEYS: &[&str] = &["uevent_test_socket"];
 
 /// The setting called `name`, if there is one.
 pub fn key(name: &str) -> Option<&'static Key> {
@@ -422,10 +460,11 @@ impl Settings {
     pub fn load(args: &DaemonArgs) -> Result<Settings, ConfigError> {
         let mut settings = Settings::default();
         let (path, explicit) = args.config_path();
-        match std::fs::read_to_string(&path) {
+        match read_config_file(&path) {
             Ok(text) => settings.apply_file(&text, &path)?,
-            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(ConfigError::Io { path, source }),
+            Err(ConfigError::Io { source, .. })
+                if !explicit && source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
         args.apply_to(&mut settings);
         Ok(settings)
@@ -448,7 +487,7 @@ impl Settings {
                     path: path.to_owned(),
                     line: entry.line,
                     key: entry.key.clone(),
-                    value: entry.value.clone(),
+                    value: clip(&entry.value),
                     expected,
                 })?;
         }
@@ -470,7 +509,7 @@ impl Settings {
                 return Err(ConfigError::Syntax {
                     path: path.to_owned(),
                     line,
-                    text: trimmed.to_owned(),
+                    text: clip(trimmed),
                 });
             };
             let name = name.trim();
@@ -478,14 +517,14 @@ impl Settings {
                 return Err(ConfigError::Syntax {
                     path: path.to_owned(),
                     line,
-                    text: trimmed.to_owned(),
+                    text: clip(trimmed),
                 });
             }
             if key(name).is_none() {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),
                     line,
-                    key: name.to_owned(),
+                    key: clip(name),
                 });
             }
             if let Some(first) = entries.iter().find(|entry| entry.key == name) {
@@ -512,6 +551,68 @@ impl Settings {
             let _ = writeln!(text, "{}={}", key.name, key.show(self));
             text
         })
+    }
+}
+
+/// Reads a configuration file: a regular file (a FIFO would block, `/dev/zero` never end) of at
+/// most [`MAX_CONFIG_BYTES`], in UTF-8 (the error names the first bad line).
+pub fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let io = |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    // Non-blocking: opening a FIFO for reading would otherwise wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let kind = file.metadata().map_err(io)?.file_type();
+    let what = if kind.is_file() {
+        None
+    } else if kind.is_dir() {
+        Some("a directory")
+    } else if kind.is_fifo() {
+        Some("a FIFO")
+    } else if kind.is_char_device() || kind.is_block_device() {
+        Some("a device")
+    } else if kind.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
+    };
+    if let Some(kind) = what {
+        return Err(ConfigError::NotAFile {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        ConfigError::NotUtf8 {
+            path: path.to_owned(),
+            line: valid.iter().filter(|b| **b == b'\n').count() + 1,
+        }
+    })
+}
+
+/// `text` cut to [`MAX_QUOTED_CHARS`] characters for an error message: a 100 MB value must
+/// not become a 100 MB log line.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+        None => text.to_owned(),
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
     }
 }
 
@@ -556,7 +657,23 @@ fn parse_absolute_path(value: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// `auto`, `pacemaker`, `manual` or an absolute program path; checked for syntax only.
+/// The longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// An absolute path short enough to bind a unix socket to.
+fn parse_socket_path(value: &str) -> Result<PathBuf, String> {
+    let path = parse_absolute_path(value)?;
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(format!(
+            "an absolute path of at most {MAX_SOCKET_PATH} bytes (a unix socket's limit), not {}",
+            path.as_os_str().len()
+        ));
+    }
+    Ok(path)
+}
+
+/// `auto`, `pacemaker`, `manual` or an absolute program path; checked for syntax only (the
+/// daemon checks at startup that the program exists: [`crate::fence::check_program`]).
 pub fn parse_fencing(value: &str) -> Result<String, String> {
     let value = value.trim();
     match value {

@@ -31,6 +31,7 @@ use crate::kernel::{
     SysfsWriter, UeventListener,
 };
 use crate::logging::DebugRing;
+use crate::process::Readiness;
 
 /// How often startup retries reaching corosync.
 const COROSYNC_RETRY: Duration = Duration::from_secs(2);
@@ -39,6 +40,8 @@ const LEAVE_WAIT: Duration = Duration::from_secs(3);
 /// How often pending fencing is checked against `fence_warn` (and slow sysfs operations are
 /// reported).
 const FENCE_WARN_CHECK: Duration = Duration::from_secs(1);
+/// The most a `gfs_control dump` reply carries of the debug ring (the newest lines).
+const MAX_DUMP_BYTES: usize = 2 << 20;
 /// When the mount's read-only state is read again after an `online` uevent, which carries the
 /// state from before a remount (the kernel applies the new flags after sending it).
 const MODE_CHECKS: [Duration; 3] = [
@@ -160,20 +163,6 @@ impl Drop for PidFile {
     }
 }
 
-/// Detaches from the terminal for init systems that expect it (pacemaker's stock `controld`
-/// agent runs the daemon and waits for it to return). Must run before any thread exists.
-/// stderr stays open so that logs still reach whoever started us.
-pub fn daemonize() -> std::io::Result<()> {
-    nix::unistd::daemon(false, true).map_err(std::io::Error::from)?;
-    let null = File::open("/dev/null")?;
-    // SAFETY: dup2 onto stdin/stdout; both fds are valid.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(null.as_raw_fd(), 1);
-    }
-    Ok(())
-}
-
 /// Startup checks that need no corosync: a filesystem mounted before the daemon starts
 /// has members' journals nobody tracks (SPEC §3).
 pub fn check_existing_mounts(settings: &Settings) -> Result<(), DaemonError> {
@@ -227,9 +216,16 @@ struct Daemon {
 }
 
 /// Runs the daemon until a clean shutdown (Ok) or a fatal error.
-pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError> {
+pub async fn run(
+    settings: Settings,
+    ring: DebugRing,
+    mut readiness: Readiness,
+) -> Result<(), DaemonError> {
     // Listen for uevents before anything can mount, so no `add` is missed.
-    let mut uevents = UeventListener::bind()?;
+    let mut uevents = match &settings.uevent_test_socket {
+        None => UeventListener::bind()?,
+        Some(path) => UeventListener::bind_with_test_socket(path)?,
+    };
 
     let cluster_name =
         corosync::connect_with_retry("cmap", COROSYNC_RETRY, corosync::cmap::cluster_name).await;
@@ -272,6 +268,9 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(DaemonError::Signal)?;
+    let mut sigusr2 = signal(SignalKind::user_defined2()).map_err(DaemonError::Signal)?;
 
     let (executor, mut sysfs_done) = SysfsExecutor::new(SysfsWriter::new(&settings.sysfs_root));
     let (dlm, mut dlm_events) =
@@ -280,6 +279,9 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
 
     let clock = Clock::new();
     let mut cfg = NodeConfig::new(nodeid, &cluster_name);
+    // corosync identifies group members by (nodeid, pid): the core acts on this process's own
+    // leave only, and tells the node's other processes in the group apart from this daemon.
+    cfg.pid = std::process::id();
     cfg.cluster_nodes = node_names.keys().copied().collect();
     cfg.max_journals = settings.max_journals;
     cfg.recover_retry_ms = settings.recover_retry.as_millis() as u64;
@@ -321,6 +323,7 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
     d.sync_quorum()?;
     d.drive()?;
     crate::systemd::notify("READY=1\nSTATUS=running");
+    readiness.ready();
     tracing::info!("gfs_controld ready");
 
     let mut fence_check = tokio::time::interval(FENCE_WARN_CHECK);
@@ -339,6 +342,9 @@ pub async fn run(settings: Settings, ring: DebugRing) -> Result<(), DaemonError>
             biased;
             _ = sigterm.recv() => { if d.shutdown_requested("SIGTERM") { break; } }
             _ = sigint.recv() => { if d.shutdown_requested("SIGINT") { break; } }
+            _ = sighup.recv() => ignored_signal("SIGHUP"),
+            _ = sigusr1.recv() => ignored_signal("SIGUSR1"),
+            _ = sigusr2.recv() => ignored_signal("SIGUSR2"),
             event = cpg_events.recv() => match event {
                 Some(event) => d.cpg_event(event)?,
                 None => return Err(DaemonError::GroupLost { group: "all".into(), reason: "CPG event channel closed".into() }),
@@ -703,7 +709,7 @@ impl Daemon {
                 }
                 Reply::Filesystems(filesystems)
             }
-            Request::Dump {} => Reply::Dump(self.ring.lines()),
+            Request::Dump {} => Reply::Dump(self.ring.lines_within(MAX_DUMP_BYTES)),
             Request::Version {} => Reply::Version(VersionInfo::current()),
             Request::FenceAck { nodeid } => {
                 tracing::warn!(nodeid, "operator fence-ack for node {nodeid}");
@@ -748,12 +754,12 @@ impl Daemon {
                 tracing::warn!(group = %group, error = %e, "leaving the CPG group failed");
             }
         }
-        let me = self.node.nodeid();
+        let me = gfs_core::Peer::new(self.node.nodeid(), std::process::id());
         let deadline = tokio::time::Instant::now() + LEAVE_WAIT;
         while !groups.is_empty() {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(CpgEvent::ConfChg { group, left, .. }))
-                    if left.iter().any(|(n, _)| *n == me) =>
+                    if left.iter().any(|(p, _)| *p == me) =>
                 {
                     groups.retain(|g| *g != group);
                 }
@@ -762,6 +768,16 @@ impl Daemon {
             }
         }
     }
+}
+
+/// SIGHUP does not reload the configuration: most settings shape the running protocol state,
+/// so a restart (with no filesystem mounted) applies changes.
+fn ignored_signal(name: &str) {
+    tracing::warn!(
+        signal = name,
+        "{name} ignored: gfs_controld does not reload its configuration; restart it (with no \
+         gfs2 filesystem mounted) to apply changes, and stop it with SIGTERM"
+    );
 }
 
 /// Turns a core log record into a tracing event with structured fields.

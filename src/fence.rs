@@ -109,6 +109,28 @@ pub enum FenceError {
     LibraryUnavailable { tried: String, reason: String },
     #[error("invalid fencing setting {0:?}: expected auto, pacemaker, manual or an absolute program path")]
     BadSetting(String),
+    #[error("fence program {}: {reason}", path.display())]
+    BadProgram { path: PathBuf, reason: String },
+}
+
+/// A fence program must exist and be executable when the daemon starts: a typo would otherwise
+/// surface only at the first node failure, with filesystems blocked while fencing retries.
+pub fn check_program(path: &std::path::Path) -> Result<(), FenceError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |reason: String| FenceError::BadProgram {
+        path: path.to_owned(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".to_owned()));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(bad("not executable".to_owned()));
+    }
+    // The mode bits may allow it while the filesystem does not (noexec).
+    nix::unistd::access(path, nix::unistd::AccessFlags::X_OK)
+        .map_err(|e| bad(format!("not executable: {e}")))
 }
 
 /// Starts fencing requests and reports their outcome.

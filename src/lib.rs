@@ -11,6 +11,8 @@ pub mod dlm;
 pub mod fence;
 pub mod kernel;
 pub mod logging;
+pub mod process;
+pub mod ratelimit;
 pub mod systemd;
 
 pub use gfs_core as core;

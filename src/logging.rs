@@ -67,6 +67,31 @@ impl DebugRing {
         self.locked().iter().cloned().collect()
     }
 
+    /// The newest lines that fit in `max_bytes`, oldest first, after a line saying how many
+    /// older ones were left out (if any): what `gfs_control dump` gets, so a huge ring cannot
+    /// make every dump reply huge.
+    pub fn lines_within(&self, max_bytes: usize) -> Vec<String> {
+        let lines = self.locked();
+        let mut used = 0;
+        let mut kept = 0;
+        for line in lines.iter().rev() {
+            used += line.len() + 1;
+            if used > max_bytes {
+                break;
+            }
+            kept += 1;
+        }
+        let skipped = lines.len() - kept;
+        let mut out = Vec::with_capacity(kept + 1);
+        if skipped > 0 {
+            out.push(format!(
+                "({skipped} older lines not shown: a dump is limited to {max_bytes} bytes)"
+            ));
+        }
+        out.extend(lines.iter().skip(skipped).cloned());
+        out
+    }
+
     /// A tracing layer that writes every event it sees into this ring.
     pub fn layer(&self) -> RingLayer {
         RingLayer { ring: self.clone() }
@@ -229,6 +254,21 @@ mod tests {
             tracing::debug!("kept");
         });
         assert_eq!(ring.lines().len(), 1);
+    }
+
+    #[test]
+    fn a_dump_keeps_the_newest_lines_within_its_limit() {
+        let ring = DebugRing::new(1000);
+        for i in 0..1000 {
+            ring.push(format!("line {i:04}"));
+        }
+        // Each line is 9 bytes plus a newline: 100 bytes hold the newest ten.
+        let dump = ring.lines_within(100);
+        assert_eq!(dump.len(), 11, "{dump:?}");
+        assert!(dump[0].contains("990 older lines not shown"), "{}", dump[0]);
+        assert_eq!(dump[1], "line 0990");
+        assert_eq!(dump[10], "line 0999");
+        assert_eq!(ring.lines_within(1 << 20), ring.lines());
     }
 
     #[test]

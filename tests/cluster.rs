@@ -486,12 +486,46 @@ fn s8_two_filesystems_recover_together() {
     no_violations(&c, &[1, 3]);
 }
 
+/// Sends `bytes` on netlink's uevent group in node `id`'s network namespace, from this
+/// (userspace, root) process, as an attacker with CAP_NET_ADMIN there could.
+fn spoof_uevent(c: &Cluster, id: u32, bytes: Vec<u8>) {
+    let ns = format!("/run/netns/{}", c.netns(id));
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&ns).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        gfs_testkit::uevent::send_uevent(&bytes).unwrap();
+    })
+    .join()
+    .unwrap();
+}
+
 #[test]
 fn s9_sigterm_is_refused_while_mounted_and_clean_after_unmount() {
     let Some((_guard, mut c)) = cluster("s9", 3, 300) else {
         return;
     };
     mount_all(&c, &[1, 2, 3], "fs1");
+    // A `remove` from userspace on netlink would take the mount out of the group (and let
+    // SIGTERM through below): only the kernel's uevents count.
+    let table = gfs_testkit::uevent::render(
+        &gfs_core::KernelEvent {
+            table: gfs_core::Table::parse(&c.table("fs1")).unwrap(),
+            kind: gfs_core::KernelEventKind::Remove,
+        },
+        Some(2),
+    );
+    spoof_uevent(&c, 3, table);
+    settle_until(&mut c, "the spoofed uevent to be dropped", |c| {
+        daemon_log(c, 3).contains("dropped a uevent not sent by the kernel")
+    });
+    // SIGHUP and SIGUSR1 are logged and ignored.
+    c.signal_daemon(3, libc::SIGHUP).unwrap();
+    c.signal_daemon(3, libc::SIGUSR1).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(c.daemon_alive(3), "SIGHUP or SIGUSR1 killed the daemon");
+    let log = daemon_log(&c, 3);
+    assert!(log.contains("SIGHUP ignored"), "{log}");
+    assert!(log.contains("SIGUSR1 ignored"), "{log}");
     c.signal_daemon(3, libc::SIGTERM).unwrap();
     std::thread::sleep(Duration::from_secs(1));
     assert!(

@@ -31,6 +31,19 @@ struct FakeDaemon {
 
 impl FakeDaemon {
     fn start(tag: &str) -> FakeDaemon {
+        // A short read timeout keeps the silent-client test quick.
+        let options = server::ServeOptions {
+            read_timeout: Duration::from_secs(1),
+            ..server::ServeOptions::default()
+        };
+        FakeDaemon::start_with(tag, options, answer)
+    }
+
+    fn start_with(
+        tag: &str,
+        options: server::ServeOptions,
+        answer: fn(&Request) -> Reply,
+    ) -> FakeDaemon {
         let dir = scratch_dir(tag);
         let socket = dir.join("run").join("gfs_controld.sock");
         let listener = server::bind(&socket).unwrap();
@@ -49,11 +62,6 @@ impl FakeDaemon {
                         let _ = reply.send(answer(&request));
                     }
                 });
-                // A short read timeout keeps the silent-client test quick.
-                let options = server::ServeOptions {
-                    read_timeout: Duration::from_secs(1),
-                    ..server::ServeOptions::default()
-                };
                 let _ = server::serve_with(listener, tx, options).await;
             });
         });
@@ -226,6 +234,169 @@ fn a_silent_client_does_not_stall_others() {
     let mut reply = String::new();
     (&idle).read_to_string(&mut reply).unwrap();
     assert!(error_of(reply.trim_end()).contains("timed out"), "{reply}");
+}
+
+/// A dump far larger than a socket's buffers.
+fn huge_dump(request: &Request) -> Reply {
+    match request {
+        Request::Dump {} => Reply::Dump(vec!["x".repeat(1000); 8000]),
+        other => answer(other),
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_its_reply_is_dropped_after_the_write_timeout() {
+    let options = server::ServeOptions {
+        write_timeout: Duration::from_secs(1),
+        ..server::ServeOptions::default()
+    };
+    let daemon = FakeDaemon::start_with("noread", options, huge_dump);
+    let full = proto::encode_reply(&huge_dump(&Request::Dump {})).len();
+    let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+    stream
+        .write_all(proto::encode_request(&Request::Dump {}).as_bytes())
+        .unwrap();
+    // Wait for the reply to start (encoding 8 MB takes a while in a debug build), taking a
+    // single byte; then do not read: the server's write blocks on full buffers.
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got = first.to_vec();
+    let _ = stream.read_to_end(&mut got);
+    assert!(
+        got.len() < full,
+        "the server still held the whole reply ({} of {full} bytes) after its write timeout",
+        got.len()
+    );
+    // The server goes on.
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
+}
+
+#[test]
+fn connections_over_the_cap_are_refused_at_once_and_the_server_goes_on() {
+    let options = server::ServeOptions {
+        read_timeout: Duration::from_secs(2),
+        max_connections: 4,
+        ..server::ServeOptions::default()
+    };
+    let daemon = FakeDaemon::start_with("cap", options, answer);
+    let idle: Vec<UnixStream> = (0..4)
+        .map(|_| UnixStream::connect(&daemon.socket).unwrap())
+        .collect();
+    // Let the server take them all before the fifth arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let mut over = UnixStream::connect(&daemon.socket).unwrap();
+    over.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut reply = String::new();
+    over.read_to_string(&mut reply).unwrap();
+    assert!(
+        error_of(reply.trim_end()).contains("serving 4 connections already"),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+    // Once the idle ones time out, requests are served again.
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
+    assert_eq!(daemon.handled.load(Ordering::SeqCst), 1);
+}
+
+/// Everything logged by this test binary.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_log() -> &'static Captured {
+    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Captured::default();
+        let me = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || me.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        log
+    })
+}
+
+/// D10: a flood of connections from a user who may not talk to the daemon (the socket's
+/// permissions loosened by hand) is refused, each with an answer, and logged at a bounded rate.
+#[test]
+fn refused_users_are_logged_at_a_bounded_rate() {
+    let python = std::path::Path::new("/usr/bin/python3");
+    let root = nix::unistd::geteuid().is_root();
+    if !root || !python.exists() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        assert!(
+            std::env::var_os("CI").is_none() || !root,
+            "needs /usr/bin/python3 and setpriv"
+        );
+        eprintln!("skipped: needs root, /usr/bin/python3 and setpriv");
+        return;
+    }
+    let log = captured_log();
+    let daemon = FakeDaemon::start("refused");
+    let mut dir = daemon.socket.parent().unwrap().to_owned();
+    std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    while dir.starts_with(&daemon.dir) {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir.pop();
+    }
+    let script = format!(
+        "import socket\nn = 0\nfor _ in range(200):\n    s = socket.socket(socket.AF_UNIX)\n    \
+         s.connect({:?})\n    try:\n        s.sendall(b'{{}}\\n')\n    except OSError:\n        pass\n    n += b'permission denied' in s.makefile('rb').readline()\n\
+         print(n)\n",
+        daemon.socket.display().to_string()
+    );
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(python)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "200", "every refused client gets an answer");
+    assert_eq!(daemon.handled.load(Ordering::SeqCst), 0);
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("control connection refused") && l.contains("uid=65534"))
+        .count();
+    assert!(
+        (1..=10).contains(&lines),
+        "{lines} log lines for 200 refusals"
+    );
+    // Root still gets through.
+    assert_eq!(
+        daemon.ask(&Request::Status {}),
+        Reply::Status(canned_status())
+    );
 }
 
 #[test]

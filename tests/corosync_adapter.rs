@@ -248,7 +248,15 @@ async fn wait_confchg(
                 members,
                 joined,
                 left,
-            } if g == group && pred(&members, &joined, &left) => return others,
+            } if g == group
+                && pred(
+                    &members.iter().map(|p| p.nodeid).collect::<Vec<_>>(),
+                    &joined.iter().map(|p| p.nodeid).collect::<Vec<_>>(),
+                    &left.iter().map(|(p, r)| (p.nodeid, *r)).collect::<Vec<_>>(),
+                ) =>
+            {
+                return others
+            }
             CpgEvent::Lost { group, reason } => {
                 panic!("lost {group} while waiting for {what}: {reason}")
             }
@@ -345,7 +353,8 @@ fn adapters_against_real_corosync() {
                     sender,
                     payload: p,
                 } => {
-                    assert_eq!(sender, 1);
+                    // corosync reports the sending process, not only its node.
+                    assert_eq!(sender, gfs_core::Peer::new(1, std::process::id()));
                     let (next, tag) = if group == a {
                         (&mut next_a, b'a')
                     } else if group == b {
@@ -394,7 +403,7 @@ fn adapters_against_real_corosync() {
             before,
             vec![CpgEvent::Deliver {
                 group: b.to_string(),
-                sender: 1,
+                sender: gfs_core::Peer::new(1, std::process::id()),
                 payload: b"last".to_vec()
             }]
         );
@@ -425,13 +434,16 @@ fn adapters_against_real_corosync() {
         }
         let into = CpgEvent::Deliver {
             group: a.into(),
-            sender: 1,
+            sender: gfs_core::Peer::new(1, 7),
             payload: vec![1],
         }
         .into_input();
         assert!(matches!(
             into,
-            Some(gfs_core::Input::Deliver { sender: 1, .. })
+            Some(gfs_core::Input::Deliver {
+                sender: gfs_core::Peer { nodeid: 1, pid: 7 },
+                ..
+            })
         ));
         assert!(CpgEvent::Lost {
             group: a.into(),

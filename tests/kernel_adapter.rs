@@ -19,6 +19,7 @@ use gfs_controld::core::{
     format_uevent, KernelEvent, KernelEventKind, SysfsFile, Table, UeventError,
 };
 use gfs_controld::kernel::{send_uevent, KernelError, SysfsWriter, UeventListener};
+use gfs_testkit::uevent::{send_test_uevent, UeventSender};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -298,19 +299,155 @@ fn writer_lists_existing_tables() {
 // ------------------------------------------------------------------------------------------
 // Netlink
 
+/// A listener with a test socket in `dir`; the socket's path.
+fn test_listener(dir: &Path) -> (UeventListener, PathBuf) {
+    let path = dir.join("uevents.sock");
+    (UeventListener::bind_with_test_socket(&path).unwrap(), path)
+}
+
+/// Waits `for_ms` for the listener to hand out anything (it must not).
+async fn expect_nothing(l: &mut UeventListener, for_ms: u64) {
+    if let Ok(got) = tokio::time::timeout(Duration::from_millis(for_ms), l.next()).await {
+        panic!("expected nothing, got {got:?}");
+    }
+}
+
+/// Everything logged by this test binary (a global subscriber: a thread-local one misses
+/// events while other tests run).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_log() -> &'static Captured {
+    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = Captured::default();
+        let me = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || me.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        log
+    })
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Every spoofed uevent of the robustness report (D2), sent from userspace on netlink as root
+/// in the daemon's namespace: none reaches the daemon, each is logged (rate-limited) with its
+/// sender. The kernel's own uevents (a dummy interface's, here) are not refused.
 #[test]
-fn listener_receives_uevent_sent_in_namespace() {
-    if !root_or_skip("listener_receives_uevent_sent_in_namespace") {
+fn listener_drops_netlink_uevents_not_sent_by_the_kernel() {
+    if !root_or_skip("listener_drops_netlink_uevents_not_sent_by_the_kernel") {
         return;
     }
     in_netns(|| {
+        let log = captured_log();
         runtime().block_on(async {
             let mut l = UeventListener::bind().unwrap();
+            let t = "clu:fs1";
+            let mut spoofs = vec![
+                ev(t, KernelEventKind::Recovery { jid: 2, done: true }),
+                ev(
+                    t,
+                    KernelEventKind::Recovery {
+                        jid: 2,
+                        done: false,
+                    },
+                ),
+                ev(t, KernelEventKind::Offline),
+                ev(t, KernelEventKind::Remove),
+                ev(t, KernelEventKind::FirstMountDone),
+            ];
+            spoofs.extend((0..200).map(|i| add(&format!("clu:spoof{i}"), false, false)));
+            for e in &spoofs {
+                send_uevent(&format_uevent(e)).unwrap();
+            }
+            expect_nothing(&mut l, 1000).await;
+            assert_eq!(l.refused(), spoofs.len() as u64);
+
+            assert_eq!(l.accepted(), 0);
+
+            // The kernel's uevents for new network devices in this namespace: port id 0 and
+            // root credentials, so taken (and then skipped as not gfs2).
+            let ip = Command::new("ip")
+                .args([
+                    "link", "add", "gfsv0", "type", "veth", "peer", "name", "gfsv1",
+                ])
+                .status()
+                .expect("run ip");
+            assert!(ip.success(), "ip link add … type veth failed");
+            expect_nothing(&mut l, 500).await;
+            assert_eq!(
+                l.refused(),
+                spoofs.len() as u64,
+                "a kernel uevent was refused"
+            );
+            assert!(
+                l.accepted() >= 2,
+                "the kernel's veth uevents did not arrive"
+            );
+        });
+        let text = log.text();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("dropped a uevent not sent by the kernel") && l.contains("clu:"))
+            .collect();
+        assert!(
+            !lines.is_empty(),
+            "no log line for a spoofed uevent: {text}"
+        );
+        assert!(lines.len() <= 10, "not rate-limited: {} lines", lines.len());
+        assert!(lines[0].contains("WARN"), "{}", lines[0]);
+        assert!(lines[0].contains("change@/fs/gfs2/clu:fs1"), "{}", lines[0]);
+        // The sender is named: its netlink port id (not 0) and credentials.
+        assert!(
+            lines[0].contains("port=") && !lines[0].contains("port=0 "),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("uid=0"), "{}", lines[0]);
+        assert!(
+            lines[0].contains(&format!("pid={}", std::process::id())),
+            "{}",
+            lines[0]
+        );
+    });
+}
+
+#[test]
+fn test_socket_takes_kernel_format_uevents() {
+    if !root_or_skip("test_socket_takes_kernel_format_uevents") {
+        return;
+    }
+    in_netns(|| {
+        let tmp = TempDir::new("uevsock");
+        runtime().block_on(async {
+            let (mut l, path) = test_listener(&tmp.0);
+            let meta = std::fs::metadata(&path).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
             let want = ev("clu:fs1", KernelEventKind::Recovery { jid: 2, done: true });
-            send_uevent(&format_uevent(&want)).unwrap();
+            send_test_uevent(&path, &format_uevent(&want)).unwrap();
             expect_event(&mut l, &want).await;
             // The research note's literal example (no LOCKTABLE/LOCKPROTO: malformed for us).
-            send_uevent(
+            send_test_uevent(
+                &path,
                 b"change@/fs/gfs2/NAME:fs1\0ACTION=change\0DEVPATH=/fs/gfs2/NAME:fs1\0\
                   SUBSYSTEM=gfs2\0RECOVERY=Done\0JID=2\0",
             )
@@ -319,7 +456,10 @@ fn listener_receives_uevent_sent_in_namespace() {
                 next_event(&mut l).await,
                 Err(UeventError::Malformed(_))
             ));
-        })
+            assert_eq!(l.refused(), 0);
+        });
+        // Gone with the listener.
+        assert!(!tmp.0.join("uevents.sock").exists());
     });
 }
 
@@ -329,33 +469,29 @@ fn listener_skips_foreign_events_and_reports_malformed_ones() {
         return;
     }
     in_netns(|| {
+        let tmp = TempDir::new("uevforeign");
         runtime().block_on(async {
-            let mut l = UeventListener::bind().unwrap();
+            let (mut l, path) = test_listener(&tmp.0);
+            let send = |bytes: &[u8]| send_test_uevent(&path, bytes).unwrap();
             // Other subsystems, a lock_nolock gfs2, garbage, udev-style: skipped silently.
-            send_uevent(
-                b"add@/kernel/dlm/fs1\0ACTION=add\0DEVPATH=/kernel/dlm/fs1\0SUBSYSTEM=dlm\0",
-            )
-            .unwrap();
-            send_uevent(
+            send(b"add@/kernel/dlm/fs1\0ACTION=add\0DEVPATH=/kernel/dlm/fs1\0SUBSYSTEM=dlm\0");
+            send(
                 b"add@/fs/gfs2/a:b\0ACTION=add\0DEVPATH=/fs/gfs2/a:b\0SUBSYSTEM=gfs2\0\
                   LOCKTABLE=a:b\0LOCKPROTO=lock_nolock\0",
-            )
-            .unwrap();
-            send_uevent(b"\xff\xfe garbage").unwrap();
-            send_uevent(b"libudev\0\xfe\xed\xca\xfe").unwrap();
-            send_uevent(
+            );
+            send(b"\xff\xfe garbage");
+            send(b"libudev\0\xfe\xed\xca\xfe");
+            send(
                 b"add@/devices/virtual/net/lo\0ACTION=add\0DEVPATH=/devices/virtual/net/lo\0\
                   SUBSYSTEM=net\0",
-            )
-            .unwrap();
+            );
             // A gfs2 lock_dlm event with a bad value: inner Err.
-            send_uevent(
+            send(
                 b"change@/fs/gfs2/a:b\0ACTION=change\0DEVPATH=/fs/gfs2/a:b\0SUBSYSTEM=gfs2\0\
                   LOCKTABLE=a:b\0LOCKPROTO=lock_dlm\0JID=1\0RECOVERY=Maybe\0",
-            )
-            .unwrap();
+            );
             let good = ev("a:b", KernelEventKind::Offline);
-            send_uevent(&format_uevent(&good)).unwrap();
+            send(&format_uevent(&good));
             match next_event(&mut l).await {
                 Err(UeventError::Malformed(why)) => assert!(why.contains("RECOVERY"), "{why}"),
                 other => panic!("expected the malformed gfs2 event first, got {other:?}"),
@@ -373,13 +509,18 @@ fn listener_does_not_hear_other_namespaces() {
     in_netns(|| {
         runtime().block_on(async {
             let mut l = UeventListener::bind().unwrap();
-            // Sent from a second private namespace: must not arrive here.
+            // Sent from a second private namespace: must not even arrive here.
             in_netns(|| {
                 send_uevent(&format_uevent(&ev("x:other", KernelEventKind::Remove))).unwrap();
             });
             let mine = ev("x:mine", KernelEventKind::Remove);
             send_uevent(&format_uevent(&mine)).unwrap();
-            expect_event(&mut l, &mine).await;
+            expect_nothing(&mut l, 500).await;
+            assert_eq!(
+                l.refused(),
+                1,
+                "only this namespace's (userspace) uevent arrives"
+            );
         })
     });
 }
@@ -390,8 +531,9 @@ fn listener_next_is_cancel_safe() {
         return;
     }
     in_netns(|| {
+        let tmp = TempDir::new("uevcancel");
         runtime().block_on(async {
-            let mut l = UeventListener::bind().unwrap();
+            let (mut l, path) = test_listener(&tmp.0);
             // Cancelled while waiting: nothing is lost afterwards.
             for _ in 0..3 {
                 tokio::select! {
@@ -410,8 +552,10 @@ fn listener_next_is_cancel_safe() {
                     )
                 })
                 .collect();
+            // Its own thread: a unix datagram socket's queue is short and we read only below.
+            let sender = UeventSender::to_test_socket(&path).unwrap();
             for e in &events {
-                send_uevent(&format_uevent(e)).unwrap();
+                sender.send_raw(&format_uevent(e)).unwrap();
             }
             for e in &events {
                 expect_event(&mut l, e).await;
@@ -426,31 +570,32 @@ fn listener_reports_overflow_and_keeps_working() {
         return;
     }
     in_netns(|| {
+        let tmp = TempDir::new("uevoverflow");
         runtime().block_on(async {
-            let mut l = UeventListener::bind().unwrap();
-            // Far more than the (forced, 8 MiB) receive buffer holds, unread.
+            let (mut l, path) = test_listener(&tmp.0);
+            // Far more than the (forced, 8 MiB) receive buffer holds, unread. Userspace can
+            // still fill the queue, so an overflow is reported even though each is dropped.
             let flood = format_uevent(&ev("c:flood", KernelEventKind::Offline));
             for _ in 0..60_000 {
                 send_uevent(&flood).unwrap();
             }
             let mut overflowed = false;
-            let mut received = 0u32;
-            // Drain: the overflow is reported once, the queued events still arrive.
+            // Drain: the overflow is reported once, the queued spoofs are refused.
             loop {
                 match tokio::time::timeout(Duration::from_millis(500), l.next()).await {
                     Err(_) => break,
                     Ok(Err(KernelError::Overflow)) => overflowed = true,
                     Ok(Err(e)) => panic!("socket failed: {e}"),
-                    Ok(Ok(Ok(_))) => received += 1,
-                    Ok(Ok(Err(e))) => panic!("flood event did not parse: {e}"),
+                    Ok(Ok(got)) => panic!("a userspace uevent got through: {got:?}"),
                 }
             }
-            assert!(overflowed, "no overflow reported after {received} events");
-            // Still usable once drained (the kernel drops everything while congested).
+            let refused = l.refused();
+            assert!(overflowed, "no overflow reported after {refused} refusals");
+            assert!(refused > 0 && refused < 60_000, "{refused}");
+            // Still usable once drained.
             let marker = ev("c:marker", KernelEventKind::Remove);
-            send_uevent(&format_uevent(&marker)).unwrap();
+            send_test_uevent(&path, &format_uevent(&marker)).unwrap();
             expect_event(&mut l, &marker).await;
-            assert!(received > 0 && received < 60_000, "{received}");
         })
     });
 }
@@ -636,8 +781,17 @@ fn simulator_single_node_behaves_as_linux_6_1() {
     in_netns(move || {
         let tmp = TempDir::new("sim");
         runtime().block_on(async move {
-            let mut l = UeventListener::bind().unwrap();
-            let mut server = Server::start(&bin, &tmp.0, &["--replay-ms", "50"]);
+            let (mut l, path) = test_listener(&tmp.0);
+            let mut server = Server::start(
+                &bin,
+                &tmp.0,
+                &[
+                    "--replay-ms",
+                    "50",
+                    "--uevent-socket",
+                    path.to_str().unwrap(),
+                ],
+            );
             let sim = &server.sim;
             let w = server.writer();
             let t = table("clu:fs1");

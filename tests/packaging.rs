@@ -92,6 +92,27 @@ fn words(settings: &BTreeMap<String, Vec<String>>, key: &str) -> BTreeSet<String
 }
 
 #[test]
+fn nothing_packaged_opens_the_test_uevent_socket() {
+    // Only the test kit may take uevents from a process (uevent_test_socket): whatever the
+    // packages install or run must never set it.
+    for file in [
+        "packaging/systemd/gfs_controld.service",
+        "packaging/default/gfs_controld",
+        "packaging/gfs_controld.conf",
+        "packaging/ocf/gfs_controld",
+        "packaging/rpm/gfs-controld.spec",
+        "packaging/debian/rules",
+        "packaging/install.sh",
+    ] {
+        let text = read(file);
+        assert!(
+            !text.contains("uevent_test_socket") && !text.contains("uevent-socket"),
+            "{file} mentions the test-only uevent socket"
+        );
+    }
+}
+
+#[test]
 fn the_unit_file_runs_the_daemon_as_its_command_line_expects() {
     let unit = unit_settings(&read("packaging/systemd/gfs_controld.service"));
     assert_eq!(one(&unit, "Type"), "notify");

@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use gfs_controld::cli::{self, DaemonArgs, Startup};
 use gfs_controld::config::Settings;
-use gfs_controld::{daemon, logging};
+use gfs_controld::{daemon, fence, logging, process};
+use std::path::Path;
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
@@ -28,15 +29,21 @@ fn main() -> ExitCode {
 fn run(settings: Settings) -> anyhow::Result<()> {
     let ring = logging::init(&settings.log_level, settings.debug_ring_lines)?;
     daemon::check_existing_mounts(&settings)?;
-    if !settings.foreground {
-        // Before the runtime and its threads exist.
-        daemon::daemonize().context("cannot daemonize")?;
+    if settings.enable_fencing && settings.fencing.starts_with('/') {
+        fence::check_program(Path::new(&settings.fencing))?;
     }
+    process::ignore_stray_signals().context("cannot install signal handlers")?;
+    let readiness = if settings.foreground {
+        process::Readiness::foreground()
+    } else {
+        // Before the runtime and its threads exist. The parent exits when we are ready.
+        process::daemonize().context("cannot daemonize")?
+    };
     let _pid_file = daemon::PidFile::acquire(&settings.pid_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(daemon::run(settings, ring))?;
+    runtime.block_on(daemon::run(settings, ring, readiness))?;
     Ok(())
 }

@@ -68,7 +68,17 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
-    send_line(&mut stream, encode_request(request).as_bytes()).map_err(io_error)?;
+    match send_line(&mut stream, encode_request(request).as_bytes()) {
+        Ok(()) => {}
+        // Refused before the request was read (not allowed, or too many connections): the
+        // daemon's answer is waiting to be read.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) => {}
+        Err(e) => return Err(io_error(e)),
+    }
     let mut line = Vec::new();
     BufReader::new(io::Read::take(&stream, MAX_REPLY_BYTES))
         .read_until(b'\n', &mut line)

@@ -4,13 +4,15 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::proto::{decode_request, encode_reply, Reply, Request, MAX_REQUEST_BYTES};
+use crate::ratelimit::{RateLimit, Verdict};
 
 /// A parsed request on its way to the daemon loop, with the channel for its answer.
 #[derive(Debug)]
@@ -26,6 +28,11 @@ pub struct ServeOptions {
     pub read_timeout: Duration,
     /// How long the daemon loop may take to take the request and answer it.
     pub reply_timeout: Duration,
+    /// How long a client may take to read the reply: one that never reads must not hold the
+    /// reply's memory and its descriptor for as long as it lives.
+    pub write_timeout: Duration,
+    /// Connections served at once; more are refused at once (and logged at a bounded rate).
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
@@ -33,9 +40,15 @@ impl Default for ServeOptions {
         ServeOptions {
             read_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(5),
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
+
+/// The default cap on concurrent control connections: `gfs_control` and the OCF agent's
+/// monitor need a handful; the cap keeps descriptors for corosync and the kernel.
+pub const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -188,27 +201,77 @@ pub async fn serve_with(
             source,
         })?;
     tracing::debug!(socket = %path.display(), "control socket listening");
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let mut refusals = RateLimit::standard();
+    let mut full = RateLimit::standard();
+    let mut accept_errors = RateLimit::standard();
+    // Closed to make room for one accept when the process runs out of descriptors, so that the
+    // connection waiting in the backlog can be taken and closed instead of spinning on EMFILE.
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = requests.closed() => return Ok(()),
         };
-        match accepted {
-            Ok((stream, _)) => {
-                let requests = requests.clone();
-                // One task per connection: a slow or stuck client cannot hold up the others.
-                tokio::spawn(async move {
-                    if let Err(e) = handle_connection(stream, requests, options).await {
-                        tracing::debug!(error = %e, "control connection ended early");
-                    }
-                });
-            }
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
-                // Typically EMFILE/ENFILE: back off instead of spinning, and keep serving.
-                tracing::warn!(error = %e, "control socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let out_of_fds =
+                    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                if let Verdict::Log { suppressed } = accept_errors.check(Instant::now()) {
+                    tracing::warn!(error = %e, suppressed, "control socket accept failed");
+                }
+                if out_of_fds && reserve.take().is_some() {
+                    if let Ok(Ok((stream, _))) =
+                        tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
+                    {
+                        drop(stream);
+                    }
+                    reserve = std::fs::File::open("/dev/null").ok();
+                } else {
+                    // Back off instead of spinning, and keep serving.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
             }
+        };
+        // Checked here, where the log limit lives; the refusal is written without waiting.
+        if let Err((refusal, uid, pid)) = check_peer(&stream) {
+            if let Verdict::Log { suppressed } = refusals.check(Instant::now()) {
+                tracing::warn!(
+                    uid,
+                    pid,
+                    suppressed,
+                    "control connection refused: {refusal}"
+                );
+            }
+            let _ = stream.try_write(encode_reply(&Reply::Error(refusal)).as_bytes());
+            continue;
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Verdict::Log { suppressed } = full.check(Instant::now()) {
+                tracing::warn!(
+                    limit = options.max_connections,
+                    suppressed,
+                    "control connection refused: {} connections are open already",
+                    options.max_connections
+                );
+            }
+            let busy = format!(
+                "the daemon is serving {} connections already; try again",
+                options.max_connections
+            );
+            let _ = stream.try_write(encode_reply(&Reply::Error(busy)).as_bytes());
+            continue;
+        };
+        let requests = requests.clone();
+        // One task per connection: a slow or stuck client cannot hold up the others.
+        tokio::spawn(async move {
+            if let Err(e) = handle_connection(stream, requests, options).await {
+                tracing::debug!(error = %e, "control connection ended early");
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -218,38 +281,50 @@ async fn handle_connection(
     options: ServeOptions,
 ) -> io::Result<()> {
     let (read_half, mut write_half) = stream.into_split();
-    let reply = match check_peer(&write_half) {
+    let reply = match read_request(read_half, options.read_timeout).await {
         Err(refusal) => Reply::Error(refusal),
-        Ok(()) => match read_request(read_half, options.read_timeout).await {
-            Err(refusal) => Reply::Error(refusal),
-            Ok(request) => forward(request, &requests, options.reply_timeout).await,
-        },
+        Ok(request) => forward(request, &requests, options.reply_timeout).await,
     };
     if let Reply::Error(message) = &reply {
         tracing::debug!(error = %message, "control request refused");
     }
-    write_half
-        .write_all(encode_reply(&reply).as_bytes())
-        .await?;
-    write_half.shutdown().await
+    let bytes = encode_reply(&reply);
+    drop(reply);
+    let write = async {
+        write_half.write_all(bytes.as_bytes()).await?;
+        write_half.shutdown().await
+    };
+    match tokio::time::timeout(options.write_timeout, write).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the client did not read the reply ({} bytes) within {} s",
+                bytes.len(),
+                options.write_timeout.as_secs()
+            ),
+        )),
+    }
 }
 
-/// `Err` carries the refusal sent to the client.
-fn check_peer(stream: &tokio::net::unix::OwnedWriteHalf) -> Result<(), String> {
+/// `Err` carries the refusal sent to the client, and the peer's uid and pid.
+fn check_peer(stream: &UnixStream) -> Result<(), (String, Option<u32>, Option<i32>)> {
     let daemon_euid = nix::unistd::geteuid().as_raw();
-    let credentials = stream
-        .as_ref()
-        .peer_cred()
-        .map_err(|e| format!("cannot read the peer credentials of the connection: {e}"))?;
+    let credentials = stream.peer_cred().map_err(|e| {
+        (
+            format!("cannot read the peer credentials of the connection: {e}"),
+            None,
+            None,
+        )
+    })?;
     if peer_allowed(credentials.uid(), daemon_euid) {
         Ok(())
     } else {
-        tracing::warn!(
-            uid = credentials.uid(),
-            pid = credentials.pid(),
-            "control connection refused"
-        );
-        Err("permission denied: gfs_control must run as root".to_owned())
+        Err((
+            "permission denied: gfs_control must run as root".to_owned(),
+            Some(credentials.uid()),
+            credentials.pid(),
+        ))
     }
 }
 

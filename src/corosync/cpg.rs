@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use gfs_core::{Input, LeaveReason};
+use gfs_core::{Input, LeaveReason, Peer};
 use rust_corosync::cpg;
 use rust_corosync::{CsError, DispatchFlags, NodeId};
 use tokio::io::unix::AsyncFd;
@@ -46,15 +46,17 @@ const RETRY_MAX: Duration = Duration::from_millis(100);
 /// Events from CPG, already mapped to core types.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CpgEvent {
+    /// Members are processes: any process corosync lets use its IPC may join a group, so the
+    /// core tells a node's daemon from other processes by pid.
     ConfChg {
         group: String,
-        members: Vec<u32>,
-        joined: Vec<u32>,
-        left: Vec<(u32, LeaveReason)>,
+        members: Vec<Peer>,
+        joined: Vec<Peer>,
+        left: Vec<(Peer, LeaveReason)>,
     },
     Deliver {
         group: String,
-        sender: u32,
+        sender: Peer,
         payload: Vec<u8>,
     },
     /// The handle of `group` died (corosync went away, dispatch error): the daemon must treat
@@ -99,7 +101,7 @@ enum Raw {
         left: Vec<(u32, u32, u32)>,
     },
     Deliver {
-        sender: u32,
+        sender: Peer,
         payload: Vec<u8>,
     },
 }
@@ -120,14 +122,14 @@ fn on_deliver(
     handle: &cpg::Handle,
     _group: String,
     nodeid: NodeId,
-    _pid: u32,
+    pid: u32,
     msg: &[u8],
     _len: usize,
 ) {
     send_raw(
         handle,
         Raw::Deliver {
-            sender: nodeid.into(),
+            sender: Peer::new(nodeid.into(), pid),
             payload: msg.to_vec(),
         },
     );
@@ -637,11 +639,11 @@ impl GroupTask {
                     );
                     let event = CpgEvent::ConfChg {
                         group: self.group.clone(),
-                        members: members.iter().map(|&(n, _)| n).collect(),
-                        joined: joined.iter().map(|&(n, _)| n).collect(),
+                        members: members.iter().map(|&(n, p)| Peer::new(n, p)).collect(),
+                        joined: joined.iter().map(|&(n, p)| Peer::new(n, p)).collect(),
                         left: left
                             .iter()
-                            .map(|&(n, _, reason)| (n, leave_reason(reason)))
+                            .map(|&(n, p, reason)| (Peer::new(n, p), leave_reason(reason)))
                             .collect(),
                     };
                     if we_left {

@@ -13,7 +13,7 @@ mod sysfs;
 
 pub use configfs::{recover_callbacks, RecoverCallbacks};
 pub use executor::{SysfsDone, SysfsExecutor, SysfsOp, MAX_WORKERS, SLOW_OP};
-pub use netlink::{send_uevent, UeventListener};
+pub use netlink::{netlink_sender_is_kernel, send_uevent, UeventListener, UeventSender};
 pub use sysfs::{parse_mounted_ro, ExistingTable, SysfsWriter};
 
 /// A failure of the kernel adapters themselves (not of a single uevent, not of a sysfs write:
@@ -35,6 +35,14 @@ pub enum KernelError {
          filesystem state may be stale"
     )]
     Overflow,
+    /// The test kit's uevent socket (`uevent_test_socket`) could not be set up.
+    #[error("uevent test socket {}: cannot {op}: {source}", path.display())]
+    TestSocket {
+        path: std::path::PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// A uevent could not be sent whole.
     #[error("uevent of {len} bytes was sent short ({sent} bytes)")]
     ShortSend { len: usize, sent: usize },

@@ -13,7 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::types::{Jid, LeaveReason, NodeId, SysfsFile, Table};
+use crate::types::{Jid, LeaveReason, NodeId, Peer, SysfsFile, Table};
 use crate::uevent::KernelEvent;
 
 /// Everything that can happen to a node.
@@ -21,17 +21,18 @@ use crate::uevent::KernelEvent;
 pub enum Input {
     /// A CPG configuration change in `group` (the member list is the new one). The driver reads
     /// quorum synchronously and feeds any change as `Input::Quorum` first, so the core's quorum
-    /// view is never older than its membership view.
+    /// view is never older than its membership view. Members are processes (node id and pid,
+    /// as corosync reports them): the core admits one instance per node as its daemon.
     ConfChg {
         group: String,
-        members: Vec<NodeId>,
-        joined: Vec<NodeId>,
-        left: Vec<(NodeId, LeaveReason)>,
+        members: Vec<Peer>,
+        joined: Vec<Peer>,
+        left: Vec<(Peer, LeaveReason)>,
     },
-    /// A CPG message delivered in agreed order in `group`.
+    /// A CPG message delivered in agreed order in `group`, from the process `sender`.
     Deliver {
         group: String,
-        sender: NodeId,
+        sender: Peer,
         payload: Vec<u8>,
     },
     /// The corosync quorum service's view of this node's partition.
@@ -135,7 +136,7 @@ pub enum Output {
         nodeid: NodeId,
         failed_at: crate::Time,
     },
-    /// Ask corosync to remove a node from the cluster (stale merge, dead daemon on a live node).
+    /// Ask corosync to remove a node from the cluster (a stale merge only).
     KillNode {
         nodeid: NodeId,
         reason: String,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::io::{Input, Level, LogRecord, Output};
 use crate::state::{MState, Replicated};
 use crate::time::Time;
-use crate::types::{Jid, LeaveReason, MountMode, NodeId, SysfsFile, Table, DAEMON_GROUP};
+use crate::types::{Jid, LeaveReason, MountMode, NodeId, Peer, SysfsFile, Table, DAEMON_GROUP};
 use crate::uevent::{KernelEvent, KernelEventKind};
 use crate::view::{
     FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
@@ -51,6 +51,9 @@ pub struct Sabotage {
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub nodeid: NodeId,
+    /// This daemon's process id as corosync reports it in the daemon group (the driver's
+    /// `getpid()`): our own leave is the one of this instance, not of any process on the node.
+    pub pid: u32,
     pub cluster_name: String,
     /// The cluster's configured nodes (corosync nodelist), for startup fencing; empty disables it.
     pub cluster_nodes: Vec<NodeId>,
@@ -77,6 +80,7 @@ impl NodeConfig {
     pub fn new(nodeid: NodeId, cluster_name: &str) -> Self {
         NodeConfig {
             nodeid,
+            pid: 0,
             cluster_name: cluster_name.to_owned(),
             cluster_nodes: Vec::new(),
             proto_min: wire::PROTOCOL_MIN,
@@ -113,10 +117,10 @@ enum Sync {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Buffered {
-    Msg(NodeId, Message),
+    Msg(Peer, Message),
     ConfChg {
-        joined: Vec<NodeId>,
-        left: Vec<(NodeId, LeaveReason)>,
+        joined: Vec<Peer>,
+        left: Vec<(Peer, LeaveReason)>,
     },
 }
 
@@ -174,6 +178,9 @@ struct LocalFs {
 #[derive(Clone, Debug)]
 struct FenceRecord {
     failed_at: Time,
+    /// The configuration change (`Replicated::confchgs`) that reported the failure, when this
+    /// daemon saw it; a FENCED or FENCE_ACK about an earlier failure is stale.
+    failed_change: Option<u64>,
     fenced_at: Option<Time>,
     requested: bool,
     retry_at: Option<Time>,
@@ -195,10 +202,16 @@ pub struct Node {
     /// When this daemon got the group state (startup fencing waits from here).
     synced_at: Time,
     config_members: Vec<NodeId>,
+    /// The processes in the daemon group (node ids in `config_members` may be there because
+    /// of a process that is not the node's daemon).
+    cpg_members: Vec<Peer>,
+    /// Messages and membership events ignored per node because they came from a process other
+    /// than the node's admitted daemon (the log is rate-limited on this count).
+    foreign_seen: BTreeMap<NodeId, u64>,
     /// The corosync membership last reported (daemons or not).
     cluster_members: BTreeSet<NodeId>,
-    /// HELLOs seen since the last configuration change: (synced, proto_min, proto_max).
-    hellos: BTreeMap<NodeId, (bool, u16, u16)>,
+    /// HELLOs seen since the last configuration change: (pid, synced, proto_min, proto_max).
+    hellos: BTreeMap<NodeId, (u32, bool, u16, u16)>,
     sync: Sync,
     rep: Replicated,
     local: BTreeMap<String, LocalFs>,
@@ -228,6 +241,8 @@ impl Node {
             quorum_hold_until: None,
             synced_at: now,
             config_members: Vec::new(),
+            cpg_members: Vec::new(),
+            foreign_seen: BTreeMap::new(),
             cluster_members: BTreeSet::new(),
             hellos: BTreeMap::new(),
             sync: Sync::Unsynced {
@@ -431,17 +446,21 @@ impl Node {
 
     fn on_confchg(
         &mut self,
-        members: Vec<NodeId>,
-        joined: Vec<NodeId>,
-        left: Vec<(NodeId, LeaveReason)>,
+        members: Vec<Peer>,
+        joined: Vec<Peer>,
+        left: Vec<(Peer, LeaveReason)>,
     ) {
-        let me = self.cfg.nodeid;
-        if left.iter().any(|(n, _)| *n == me) {
+        let me = self.me();
+        if left.iter().any(|(p, _)| *p == me) {
             return; // our own leave: the daemon is exiting
         }
         let mut members = members;
         members.sort_unstable();
-        self.config_members = members;
+        members.dedup();
+        let mut nodes: Vec<NodeId> = members.iter().map(|p| p.nodeid).collect();
+        nodes.dedup();
+        self.cpg_members = members;
+        self.config_members = nodes;
         self.hellos.clear();
         // From here the HELLO gate covers any merge this change brought.
         self.quorum_hold_until = None;
@@ -467,23 +486,118 @@ impl Node {
         }
     }
 
-    fn apply_confchg(&mut self, joined: &[NodeId], left: &[(NodeId, LeaveReason)]) {
-        for (n, reason) in left {
-            self.member_left(*n, *reason);
+    /// Applies a configuration change to the replicated state. Each node has one admitted daemon
+    /// instance: the process that joined while the node had none (or, if that one never said
+    /// HELLO, the process of the node that does). Joins and leaves of any other process change
+    /// nothing, so a foreign process in the group can neither fake a failure nor a member.
+    fn apply_confchg(&mut self, joined: &[Peer], left: &[(Peer, LeaveReason)]) {
+        let change = self.rep.confchgs + 1;
+        let mut changed = false;
+        for (p, reason) in left {
+            let Some(m) = self.rep.members.get_mut(&p.nodeid) else {
+                self.ignore_foreign(*p, format!("leave ({reason:?})"));
+                continue;
+            };
+            if m.pid != p.pid {
+                self.ignore_foreign(*p, format!("leave ({reason:?})"));
+                continue;
+            }
+            changed = true;
+            // The instance admitted at its join never spoke: if another process of the node is
+            // still in the group, that one may be the daemon (it is judged by its HELLO).
+            let heir = (m.proto_max == 0)
+                .then(|| self.cpg_members.iter().find(|q| q.nodeid == p.nodeid))
+                .flatten();
+            if let Some(q) = heir {
+                m.pid = q.pid;
+                continue;
+            }
+            self.member_left(p.nodeid, *reason, change);
         }
-        self.rep.confchgs += 1;
-        let now = self.rep.confchgs;
-        for n in joined {
-            self.rep.members.entry(*n).or_default().joined_at = now;
+        let mut admitted = false;
+        for p in joined {
+            if self.rep.members.contains_key(&p.nodeid) {
+                self.ignore_foreign(*p, "join".into());
+                continue;
+            }
+            self.rep.members.insert(
+                p.nodeid,
+                crate::state::Member {
+                    pid: p.pid,
+                    joined_at: change,
+                    ..Default::default()
+                },
+            );
+            admitted = true;
         }
-        if !joined.is_empty() {
+        if !(changed || admitted) {
+            return; // only processes other than daemons came or went
+        }
+        self.rep.confchgs = change;
+        if admitted {
             self.send_hello(0);
         }
         self.settle_all();
     }
 
-    fn member_left(&mut self, node: NodeId, reason: LeaveReason) {
+    /// This daemon as corosync reports it in the group.
+    fn me(&self) -> Peer {
+        Peer::new(self.cfg.nodeid, self.cfg.pid)
+    }
+
+    /// `node`'s admitted daemon is in the group. Before we hold the group's state, any process
+    /// of the node counts (the admitted instances are not known yet).
+    fn daemon_in_group(&self, node: NodeId) -> bool {
+        if !self.is_synced() {
+            return self.config_members.contains(&node);
+        }
+        self.rep
+            .members
+            .get(&node)
+            .is_some_and(|m| self.cpg_members.contains(&Peer::new(node, m.pid)))
+    }
+
+    /// A membership event or message of a process that is not its node's daemon: ignored, and
+    /// logged for the first one per node and every 100th after (deterministic rate limit).
+    fn ignore_foreign(&mut self, peer: Peer, what: String) {
+        let n = self.foreign_seen.entry(peer.nodeid).or_default();
+        *n += 1;
+        let n = *n;
+        if n == 1 || n.is_multiple_of(100) {
+            self.log_node(
+                Level::Warn,
+                peer.nodeid,
+                format!(
+                    "ignored {what} of process {} on node {}: not the node's gfs_controld ({n} ignored from this node)",
+                    peer.pid, peer.nodeid
+                ),
+            );
+        }
+    }
+
+    /// A process in the daemon group holding mounts (or a mount in progress) in the group's
+    /// state. Only such a node needs fencing when its daemon dies.
+    fn holds_mounts(&self, node: NodeId) -> bool {
+        self.rep
+            .fs
+            .values()
+            .any(|fs| fs.mounters.contains_key(&node))
+    }
+
+    fn member_left(&mut self, node: NodeId, reason: LeaveReason, change: u64) {
         let was_stale = self.rep.members.get(&node).is_some_and(|m| m.stale);
+        // A daemon that died on a node holding nothing leaves no journal and no lock behind: the
+        // node stays in the cluster and its daemon may simply start again.
+        let reason = if reason == LeaveReason::ProcDown && !self.holds_mounts(node) {
+            self.log_node(
+                Level::Warn,
+                node,
+                "gfs_controld died on a node that holds no gfs2 mount: nothing to fence".into(),
+            );
+            LeaveReason::Leave
+        } else {
+            reason
+        };
         let fx = self.rep.remove_member(node, reason.is_failure());
         let failure = reason.is_failure() || !fx.dirtied.is_empty();
         if reason.is_failure() {
@@ -503,27 +617,21 @@ impl Node {
         if failure && !was_stale {
             let rec = self.fence.entry(node).or_insert(FenceRecord {
                 failed_at: self.now,
+                failed_change: Some(change),
                 fenced_at: None,
                 requested: false,
                 retry_at: None,
                 last_error: None,
             });
             rec.failed_at = self.now;
+            rec.failed_change = Some(change);
             rec.fenced_at = None;
             rec.requested = false;
             rec.retry_at = None;
         }
-        if reason == LeaveReason::ProcDown
-            && !self.replaying
-            && self.lowest_active() == Some(self.cfg.nodeid)
-        {
-            // The daemon died but the node and its mounts live on: have corosync remove it so
-            // it gets fenced, as the historical daemon did.
-            self.outputs.push_back(Output::KillNode {
-                nodeid: node,
-                reason: "gfs_controld died while the node stays in the cluster".into(),
-            });
-        }
+        // A daemon that died under live mounts (PROCDOWN) is fenced like a failed node: its node
+        // stays in corosync until the fencing backend acts. Asking corosync to remove it as well
+        // would stall the ring (and pacemaker's fencer with it) for a token timeout.
         if !fx.dirtied.is_empty() {
             let epoch = self.rep.epoch;
             let tables: BTreeSet<String> = fx.dirtied.iter().map(|(t, _, _)| t.clone()).collect();
@@ -581,14 +689,15 @@ impl Node {
         });
     }
 
-    fn on_deliver(&mut self, sender: NodeId, payload: &[u8]) {
+    fn on_deliver(&mut self, peer: Peer, payload: &[u8]) {
+        let sender = peer.nodeid;
         let (header, msg) = match wire::decode_up_to(payload, self.cfg.proto_max) {
             Ok(x) => x,
             Err(e) => {
                 self.log_node(
                     Level::Warn,
                     sender,
-                    format!("dropped a malformed message: {e}"),
+                    format!("dropped a malformed message from process {}: {e}", peer.pid),
                 );
                 return;
             }
@@ -598,8 +707,8 @@ impl Node {
                 Level::Warn,
                 sender,
                 format!(
-                    "dropped a message claiming to come from node {}",
-                    header.sender
+                    "dropped a message claiming to come from node {} (process {})",
+                    header.sender, peer.pid
                 ),
             );
             return;
@@ -613,28 +722,30 @@ impl Node {
         } = &msg
         {
             if *config == self.config_members {
+                // The first HELLO of a node counts: that process is the one the group forms with.
                 self.hellos
-                    .insert(sender, (*synced, *proto_min, *proto_max));
+                    .entry(sender)
+                    .or_insert((peer.pid, *synced, *proto_min, *proto_max));
             }
         }
+        let me = self.me();
         match &mut self.sync {
             Sync::Stale => {}
-            Sync::Synced => self.apply(sender, msg),
+            Sync::Synced => self.apply_from(peer, msg),
             Sync::Unsynced {
                 attempt,
                 buffer,
                 hello_pos,
             } => {
-                let me = self.cfg.nodeid;
                 match msg {
-                    Message::Hello { attempt: a, .. } if sender == me && a <= *attempt => {
+                    Message::Hello { attempt: a, .. } if peer == me && a <= *attempt => {
                         hello_pos.insert(a, buffer.len());
                     }
                     Message::State {
                         recipient,
                         attempt: a,
                         snapshot,
-                    } if recipient == me => match hello_pos.get(&a) {
+                    } if recipient == me.nodeid => match hello_pos.get(&a) {
                         Some(pos) => {
                             let replay = buffer.split_off(*pos);
                             self.adopt(snapshot, replay, sender);
@@ -648,7 +759,7 @@ impl Node {
                     },
                     other => {
                         if !hello_pos.is_empty() {
-                            buffer.push(Buffered::Msg(sender, other));
+                            buffer.push(Buffered::Msg(peer, other));
                         }
                     }
                 }
@@ -667,13 +778,17 @@ impl Node {
             .config_members
             .iter()
             .all(|n| self.hellos.contains_key(n));
-        if !all_said_hello || self.hellos.values().any(|(synced, _, _)| *synced) {
+        if !all_said_hello || self.hellos.values().any(|(_, synced, _, _)| *synced) {
             return;
         }
-        let ranges: BTreeMap<NodeId, (u16, u16)> = self
+        let ranges: BTreeMap<NodeId, (u32, u16, u16)> = self
             .config_members
             .iter()
-            .filter_map(|n| self.hellos.get(n).map(|(_, min, max)| (*n, (*min, *max))))
+            .filter_map(|n| {
+                self.hellos
+                    .get(n)
+                    .map(|(pid, _, min, max)| (*n, (*pid, *min, *max)))
+            })
             .collect();
         let must_fence: BTreeSet<NodeId> = self
             .cfg
@@ -687,6 +802,8 @@ impl Node {
         for n in &must_fence {
             self.fence.entry(*n).or_insert(FenceRecord {
                 failed_at: self.now,
+                // Absent since before the group formed: any fence report counts.
+                failed_change: Some(0),
                 fenced_at: None,
                 requested: false,
                 retry_at: None,
@@ -710,7 +827,7 @@ impl Node {
         self.replaying = true;
         for entry in replay {
             match entry {
-                Buffered::Msg(sender, msg) => self.apply(sender, msg),
+                Buffered::Msg(sender, msg) => self.apply_from(sender, msg),
                 Buffered::ConfChg { joined, left } => self.apply_confchg(&joined, &left),
             }
         }
@@ -760,6 +877,7 @@ impl Node {
         for n in needs {
             self.fence.entry(n).or_insert(FenceRecord {
                 failed_at: self.now,
+                failed_change: None,
                 fenced_at: None,
                 requested: false,
                 retry_at: None,
@@ -785,6 +903,33 @@ impl Node {
             .iter()
             .find(|(id, m)| m.synced && !m.stale && self.config_members.contains(id))
             .map(|(id, _)| *id)
+    }
+
+    /// Apply a message if it comes from its node's admitted daemon (synced nodes only).
+    fn apply_from(&mut self, peer: Peer, msg: Message) {
+        match self.rep.members.get_mut(&peer.nodeid) {
+            Some(m) if m.pid == peer.pid => {}
+            Some(m) if m.proto_max == 0 && matches!(msg, Message::Hello { .. }) => {
+                // The process admitted at its join never said HELLO; this one of the same node
+                // does: it is the daemon (the other one is ignored from now on).
+                let old = std::mem::replace(&mut m.pid, peer.pid);
+                self.log_node(
+                    Level::Info,
+                    peer.nodeid,
+                    format!(
+                        "process {} is the node's gfs_controld, not process {old}",
+                        peer.pid
+                    ),
+                );
+            }
+            // A STATE from outside the state: see `apply`.
+            None if matches!(msg, Message::State { .. }) => {}
+            _ => {
+                self.ignore_foreign(peer, msg.name().into());
+                return;
+            }
+        }
+        self.apply(peer.nodeid, msg);
     }
 
     /// Apply one delivered message to the replicated state (synced nodes only).
@@ -1010,9 +1155,14 @@ impl Node {
                     }
                 }
             }
-            Message::Recovered { table, jid, done } => self.on_recovered(&table, jid, done, sender),
-            Message::FenceAck { nodeid } => {
-                if self.fenced_by_message(nodeid) {
+            Message::Recovered {
+                table,
+                jid,
+                done,
+                attempt,
+            } => self.on_recovered(&table, jid, done, attempt, sender),
+            Message::FenceAck { nodeid, failure } => {
+                if self.fenced_by_message(nodeid, failure, "FENCE_ACK", sender) {
                     self.log_node(
                         Level::Warn,
                         nodeid,
@@ -1021,8 +1171,17 @@ impl Node {
                     self.timeline_note(nodeid, format!("node {nodeid} fence-acked by operator"));
                 }
             }
-            Message::Fenced { nodeid } => {
-                if sender != me && self.fenced_by_message(nodeid) {
+            Message::Fenced { nodeid, failure } => {
+                // Only the member that runs the fencing backend reports fencing.
+                let fencer = self.lowest_active();
+                if fencer != Some(sender) {
+                    self.log_node(
+                        Level::Warn,
+                        nodeid,
+                        format!("ignored FENCED from node {sender}: node {fencer:?} runs the fencing backend"),
+                    );
+                } else if sender != me && self.fenced_by_message(nodeid, failure, "FENCED", sender)
+                {
                     self.log_node(
                         Level::Info,
                         nodeid,
@@ -1129,13 +1288,24 @@ impl Node {
         }
     }
 
-    fn on_recovered(&mut self, table: &str, jid: Jid, done: bool, sender: NodeId) {
+    fn on_recovered(&mut self, table: &str, jid: Jid, done: bool, attempt: u32, sender: NodeId) {
         let Some(fs) = self.rep.fs.get_mut(table) else {
             return;
         };
         let Some(d) = fs.dirty.get_mut(&jid) else {
             return;
         };
+        if d.replayer == Some(sender) && d.attempts != attempt {
+            let current = d.attempts;
+            self.log_full(
+                Level::Warn,
+                Some(table),
+                Some(sender),
+                Some(jid),
+                format!("ignored a stale replay result (attempt {attempt}, the journal is at attempt {current})"),
+            );
+            return;
+        }
         if d.replayer != Some(sender) {
             self.log_full(
                 Level::Debug,
@@ -1358,6 +1528,7 @@ impl Node {
                     table: key,
                     jid,
                     done,
+                    attempt: attempts,
                 });
             }
             KernelEventKind::Offline => {
@@ -1432,7 +1603,7 @@ impl Node {
                     .filter(|(_, f)| !f.done())
                     .map(|(n, _)| *n),
             )
-            .filter(|n| !self.config_members.contains(n))
+            .filter(|n| !self.daemon_in_group(*n))
             .collect();
         for l in self.local.values_mut().filter(|l| l.dlm_registered) {
             l.dlm_pending.extend(failed.iter().copied());
@@ -1532,7 +1703,7 @@ impl Node {
             .cluster_members
             .difference(&members)
             .copied()
-            .filter(|n| !self.config_members.contains(n))
+            .filter(|n| !self.daemon_in_group(*n))
             .collect();
         self.cluster_members = members;
         // Members of the group are notified when the group sees them fail (after fencing);
@@ -1545,7 +1716,7 @@ impl Node {
     fn on_dlm_notified(&mut self, table: Table, nodeid: NodeId, result: Result<(), i32>) {
         let key = table.to_string();
         let retry = self.now.after(500);
-        let back = self.config_members.contains(&nodeid);
+        let back = self.daemon_in_group(nodeid);
         let Some(l) = self.local.get_mut(&key) else {
             return;
         };
@@ -1710,6 +1881,7 @@ impl Node {
                             table: key,
                             jid: value as Jid,
                             done: true,
+                            attempt: attempts,
                         });
                         return;
                     }
@@ -1721,6 +1893,7 @@ impl Node {
                             table: key,
                             jid: value as Jid,
                             done: false,
+                            attempt: attempts,
                         });
                     }
                 }
@@ -1769,26 +1942,48 @@ impl Node {
             f.fenced_at = Some(at);
         }
         let asked = std::mem::replace(&mut f.requested, false);
+        let answered = f.failed_change;
         if f.done() {
             f.last_error = None;
             self.log_node(Level::Info, nodeid, "fenced".into());
             self.timeline_note(nodeid, format!("node {nodeid} fenced"));
-            // The others did not ask their backends: tell them.
+            // The others did not ask their backends: tell them, naming the failure it answers.
             if asked && self.is_synced() {
-                self.send(Message::Fenced { nodeid });
+                let failure = answered.unwrap_or(self.rep.confchgs);
+                self.send(Message::Fenced { nodeid, failure });
             }
         }
     }
 
-    /// A fence report delivered in the group's stream: it comes after the failure it answers,
-    /// so it counts for that failure. A current member is never taken as fenced.
-    fn fenced_by_message(&mut self, nodeid: NodeId) -> bool {
-        if self.config_members.contains(&nodeid) {
+    /// A fence report delivered in the group's stream: it counts for the failures up to the
+    /// configuration change it names, so a report about an earlier failure of a node that
+    /// failed again since is stale. A current member is never taken as fenced.
+    fn fenced_by_message(
+        &mut self,
+        nodeid: NodeId,
+        failure: u64,
+        what: &str,
+        from: NodeId,
+    ) -> bool {
+        if self.daemon_in_group(nodeid) {
             return false;
+        }
+        if let Some(latest) = self.fence.get(&nodeid).and_then(|f| f.failed_change) {
+            if latest > failure {
+                self.log_full(
+                    Level::Warn,
+                    None,
+                    Some(nodeid),
+                    None,
+                    format!("ignored a stale {what} from node {from}: it answers the failure at change {failure}, the node failed again at change {latest}"),
+                );
+                return false;
+            }
         }
         let now = self.now;
         let rec = self.fence.entry(nodeid).or_insert(FenceRecord {
             failed_at: now,
+            failed_change: None,
             fenced_at: None,
             requested: false,
             retry_at: None,
@@ -1802,10 +1997,11 @@ impl Node {
     fn on_fence_ack_request(&mut self, request: u64, nodeid: NodeId) {
         let result = if !self.is_synced() {
             Err("this daemon has not joined the group yet".to_owned())
-        } else if self.config_members.contains(&nodeid) {
+        } else if self.daemon_in_group(nodeid) {
             Err(format!("node {nodeid} is a member of the daemon group: refusing to acknowledge it as fenced"))
         } else {
-            self.send(Message::FenceAck { nodeid });
+            let failure = self.rep.confchgs;
+            self.send(Message::FenceAck { nodeid, failure });
             Ok(format!(
                 "fence acknowledgement for node {nodeid} sent to the group"
             ))
@@ -1884,8 +2080,10 @@ impl Node {
     }
 
     fn membership_settled_ignoring_quorum(&self) -> bool {
+        // Every node's admitted daemon in the group; other processes are not waited for.
         self.config_members
             .iter()
+            .filter(|n| !self.is_synced() || self.daemon_in_group(**n))
             .all(|n| self.rep.members.get(n).is_some_and(|m| m.proto_max > 0))
     }
 
@@ -1938,12 +2136,13 @@ impl Node {
             let fencer = self.lowest_active() == Some(self.cfg.nodeid);
             let needs = self.fence_needs();
             for n in needs {
-                if self.config_members.contains(&n) {
+                if self.daemon_in_group(n) {
                     continue;
                 }
                 let now = self.now;
                 let f = self.fence.entry(n).or_insert(FenceRecord {
                     failed_at: now,
+                    failed_change: None,
                     fenced_at: None,
                     requested: false,
                     retry_at: None,
@@ -2076,7 +2275,7 @@ impl Node {
             .copied()
             .filter(|n| {
                 self.fenced(*n)
-                    || self.config_members.contains(n)
+                    || self.daemon_in_group(*n)
                     || (!self.rep.must_fence.contains(n)
                         && self.fence.get(n).is_none_or(FenceRecord::done))
             })
@@ -2220,6 +2419,7 @@ impl Node {
                     table: table.to_owned(),
                     jid,
                     done: false,
+                    attempt: attempts,
                 });
             }
             return;

@@ -29,6 +29,10 @@ pub struct Replicated {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Member {
+    /// The process corosync reported when this node's daemon joined the group: the one
+    /// instance whose messages and leave count for the node (another process on the node that
+    /// joins the group is not its daemon).
+    pub pid: u32,
     /// 0 until the member's HELLO is delivered.
     pub proto_min: u16,
     pub proto_max: u16,
@@ -208,15 +212,19 @@ pub struct Effects {
 }
 
 impl Replicated {
-    pub fn bootstrap(members: &BTreeMap<NodeId, (u16, u16)>, must_fence: BTreeSet<NodeId>) -> Self {
+    pub fn bootstrap(
+        members: &BTreeMap<NodeId, (u32, u16, u16)>,
+        must_fence: BTreeSet<NodeId>,
+    ) -> Self {
         let mut s = Replicated {
             must_fence,
             ..Default::default()
         };
-        for (id, (min, max)) in members {
+        for (id, (pid, min, max)) in members {
             s.members.insert(
                 *id,
                 Member {
+                    pid: *pid,
                     proto_min: *min,
                     proto_max: *max,
                     synced: true,

@@ -14,6 +14,27 @@ pub const MAX_FSNAME_LEN: usize = 64;
 /// Longest lock table `<cluster>:<fs>` (the on-disk superblock field, NUL excluded).
 pub const MAX_TABLE_LEN: usize = 63;
 
+/// A member of a CPG group as corosync reports it: one process on one node. Any process that
+/// may use corosync's IPC can join the daemon group, so a node's daemon is one particular
+/// instance, not the node id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Peer {
+    pub nodeid: NodeId,
+    pub pid: u32,
+}
+
+impl Peer {
+    pub fn new(nodeid: NodeId, pid: u32) -> Peer {
+        Peer { nodeid, pid }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.nodeid, self.pid)
+    }
+}
+
 /// Why a member left a CPG group (corosync's `cpg_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum LeaveReason {

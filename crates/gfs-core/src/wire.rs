@@ -99,19 +99,26 @@ pub enum Message {
     Stopped {
         epoch: u64,
     },
+    /// The result of a replay the group assigned; `attempt` is the journal's failed-attempt count
+    /// when it was assigned, so a late result of an earlier assignment is recognised as stale.
     Recovered {
         table: String,
         jid: Jid,
         done: bool,
+        attempt: u32,
     },
+    /// An operator confirmed `nodeid` is down; it covers every failure of that node up to
+    /// configuration change `failure` (the sender's count when it sent it).
     FenceAck {
         nodeid: NodeId,
+        failure: u64,
     },
-    /// The member that requested fencing reports that its backend fenced `nodeid`: only one
-    /// member runs the fencing backend, and its result reaches the others in stream order, after
-    /// the failure it answers.
+    /// The member that requested fencing reports that its backend fenced `nodeid` after its
+    /// failure at configuration change `failure`: only one member runs the fencing backend, and
+    /// a report about an earlier failure than the receiver's latest one is stale.
     Fenced {
         nodeid: NodeId,
+        failure: u64,
     },
 }
 
@@ -194,12 +201,21 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
         | Message::Unmount { table }
         | Message::Withdraw { table } => body.str(table),
         Message::Stopped { epoch } => body.u64(*epoch),
-        Message::Recovered { table, jid, done } => {
+        Message::Recovered {
+            table,
+            jid,
+            done,
+            attempt,
+        } => {
             body.str(table);
             body.u32(*jid);
             body.bool(*done);
+            body.u32(*attempt);
         }
-        Message::FenceAck { nodeid } | Message::Fenced { nodeid } => body.u32(*nodeid),
+        Message::FenceAck { nodeid, failure } | Message::Fenced { nodeid, failure } => {
+            body.u32(*nodeid);
+            body.u64(*failure);
+        }
     }
     let mut out = Writer::default();
     out.u32(MAGIC);
@@ -271,9 +287,16 @@ pub fn decode_up_to(buf: &[u8], max: u16) -> Result<(Header, Message), WireError
             table: r.table()?,
             jid: r.jid()?,
             done: r.bool()?,
+            attempt: r.u32()?,
         },
-        11 => Message::FenceAck { nodeid: r.u32()? },
-        12 => Message::Fenced { nodeid: r.u32()? },
+        11 => Message::FenceAck {
+            nodeid: r.u32()?,
+            failure: r.u64()?,
+        },
+        12 => Message::Fenced {
+            nodeid: r.u32()?,
+            failure: r.u64()?,
+        },
         other => return Err(WireError::UnknownType(other)),
     };
     if !r.0.is_empty() {
@@ -296,6 +319,7 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
     w.u32(s.members.len() as u32);
     for (id, m) in &s.members {
         w.u32(*id);
+        w.u32(m.pid);
         w.u16(m.proto_min);
         w.u16(m.proto_max);
         w.bool(m.synced);
@@ -346,6 +370,7 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
     for _ in 0..r.count()? {
         let id = r.u32()?;
         let m = Member {
+            pid: r.u32()?,
             proto_min: r.u16()?,
             proto_max: r.u16()?,
             synced: r.bool()?,

@@ -82,9 +82,11 @@ fn replicated() -> impl Strategy<Value = Replicated> {
         any::<bool>(),
         proptest::option::of(1u32..400),
         (any::<u64>(), any::<u64>()),
+        any::<u32>(),
     )
         .prop_map(
-            |(a, b, synced, stale, synced_by, (joined_at, synced_at))| Member {
+            |(a, b, synced, stale, synced_by, (joined_at, synced_at), pid)| Member {
+                pid,
                 proto_min: a,
                 proto_max: b,
                 synced,
@@ -147,13 +149,17 @@ fn message() -> impl Strategy<Value = Message> {
         table().prop_map(|table| Message::Withdraw { table }),
         (table(), mode()).prop_map(|(table, mode)| Message::Remount { table, mode }),
         any::<u64>().prop_map(|epoch| Message::Stopped { epoch }),
-        (table(), jid(), any::<bool>()).prop_map(|(table, jid, done)| Message::Recovered {
-            table,
-            jid,
-            done
+        (table(), jid(), any::<bool>(), any::<u32>()).prop_map(|(table, jid, done, attempt)| {
+            Message::Recovered {
+                table,
+                jid,
+                done,
+                attempt,
+            }
         }),
-        (1u32..400).prop_map(|nodeid| Message::FenceAck { nodeid }),
-        (1u32..400).prop_map(|nodeid| Message::Fenced { nodeid }),
+        (1u32..400, any::<u64>())
+            .prop_map(|(nodeid, failure)| Message::FenceAck { nodeid, failure }),
+        (1u32..400, any::<u64>()).prop_map(|(nodeid, failure)| Message::Fenced { nodeid, failure }),
     ]
 }
 

@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 
 use gfs_core::{
-    Input, KernelEvent, KernelEventKind, LeaveReason, Node, NodeConfig, NodeId, Output, SysfsFile,
-    Table, Time, DAEMON_GROUP,
+    Input, KernelEvent, KernelEventKind, LeaveReason, Node, NodeConfig, NodeId, Output, Peer,
+    SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +53,7 @@ impl Cluster {
                                 j,
                                 Input::Deliver {
                                     group: group.clone(),
-                                    sender: me,
+                                    sender: Peer::new(me, 0),
                                     payload: payload.clone(),
                                 },
                                 depth + 1,
@@ -145,8 +145,8 @@ pub fn recovery_cost(nodes: u32, filesystems: u32) -> RecoveryCost {
     let mut start = all(&|_| Input::Quorum { quorate: true });
     start.extend(all(&|_| Input::ConfChg {
         group: DAEMON_GROUP.into(),
-        members: ids.clone(),
-        joined: ids.clone(),
+        members: ids.iter().map(|n| Peer::new(*n, 0)).collect(),
+        joined: ids.iter().map(|n| Peer::new(*n, 0)).collect(),
         left: vec![],
     }));
     c.run(start);
@@ -175,9 +175,9 @@ pub fn recovery_cost(nodes: u32, filesystems: u32) -> RecoveryCost {
                 i,
                 Input::ConfChg {
                     group: DAEMON_GROUP.into(),
-                    members: survivors.clone(),
+                    members: survivors.iter().map(|n| Peer::new(*n, 0)).collect(),
                     joined: vec![],
-                    left: vec![(nodes, LeaveReason::NodeDown)],
+                    left: vec![(Peer::new(nodes, 0), LeaveReason::NodeDown)],
                 },
                 0,
             )

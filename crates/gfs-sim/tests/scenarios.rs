@@ -265,16 +265,45 @@ fn daemon_crash_is_a_failure_of_that_nodes_mounts() {
     let j3 = jid(&s, 3, 1) as u32;
     s.daemon_crash(3);
     settle(&mut s, 15_000);
-    // The survivors had corosync remove node 3 so it got fenced; only then was its journal
-    // (still being written by its live kernel until then) replayed.
+    // The survivors had node 3 fenced (it stayed in corosync until then: removing it as well
+    // would stall the ring and pacemaker's fencer); only then was its journal (still being
+    // written by its live kernel until then) replayed.
     assert!(
-        s.trace()
+        s.trace().iter().any(|l| l.contains("fencer: n3 fenced")),
+        "node 3 fenced"
+    );
+    assert!(
+        !s.trace()
             .iter()
-            .any(|l| l.contains("asks corosync to kill n3")),
-        "node 3 kicked"
+            .any(|l| l.contains("asks corosync to kill")),
+        "nobody asks corosync to remove node 3"
     );
     assert_eq!(replays(&s, 1), vec![(1, j3, Some(true))]);
     assert_unblocked(&s, &[1, 2], 1);
+}
+
+#[test]
+fn daemon_crash_on_a_node_without_mounts_fences_nothing() {
+    let mut s = mounted(3, 1);
+    s.umount(3, 1);
+    settle(&mut s, 5_000);
+    s.daemon_crash(3);
+    settle(&mut s, 15_000);
+    assert!(
+        !s.trace()
+            .iter()
+            .any(|l| l.contains("asks corosync to kill") || l.contains("fencer: n3")),
+        "a daemon death on a node holding nothing neither removes nor fences it"
+    );
+    // Its daemon starts again and rejoins; the others never blocked.
+    assert!(s.node(3).is_some_and(|n| n.is_synced()), "node 3 rejoined");
+    for n in [1, 2] {
+        assert!(
+            values(&s, n, 1, SysfsFile::Block).is_empty(),
+            "n{n} blocked"
+        );
+    }
+    assert!(s.replays().is_empty());
 }
 
 #[test]

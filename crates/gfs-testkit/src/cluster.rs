@@ -136,7 +136,7 @@ pub struct Cluster {
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
-fn run(cmd: &str) -> Result<()> {
+pub(crate) fn run(cmd: &str) -> Result<()> {
     let out = Command::new("sh")
         .args(["-c", cmd])
         .output()
@@ -239,44 +239,15 @@ impl Cluster {
     }
 
     fn create_network(&mut self) -> Result<()> {
-        let w = self.bridge_ns();
-        run(&format!("ip netns add {w}"))?;
-        run(&format!(
-            "ip -n {w} link add br0 type bridge && ip -n {w} link set br0 up && ip -n {w} link set lo up"
-        ))?;
+        create_network(&self.tag, self.opts.nodes)?;
         for id in 1..=self.opts.nodes {
-            let ns = self.netns(id);
-            let a = format!("{}a{id}", self.tag);
-            let b = format!("{}b{id}", self.tag);
-            run(&format!("ip netns add {ns}"))?;
-            run(&format!(
-                "ip link add {a} type veth peer name {b} && ip link set {a} netns {ns} && ip link set {b} netns {w}"
-            ))?;
-            run(&format!(
-                "ip -n {ns} link set {a} name eth0 && ip -n {ns} addr add 10.77.0.{id}/24 dev eth0 && \
-                 ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && \
-                 ip -n {w} link set {b} master br0 && ip -n {w} link set {b} up"
-            ))?;
             fs::create_dir_all(self.sysfs_root(id))?;
         }
         Ok(())
     }
 
     fn corosync_conf(&self) -> String {
-        let mut nodes = String::new();
-        for id in 1..=self.opts.nodes {
-            nodes.push_str(&format!(
-                "    node {{\n        ring0_addr: 10.77.0.{id}\n        nodeid: {id}\n        name: node{id}\n    }}\n"
-            ));
-        }
-        format!(
-            "totem {{\n    version: 2\n    cluster_name: {name}\n    transport: knet\n    token: {TOKEN_MS}\n    \
-             token_coefficient: 0\n    crypto_cipher: none\n    crypto_hash: none\n}}\n\
-             nodelist {{\n{nodes}}}\n\
-             quorum {{\n    provider: corosync_votequorum\n}}\n\
-             logging {{\n    to_stderr: yes\n    to_syslog: no\n    to_logfile: no\n}}\n",
-            name = self.opts.cluster_name
-        )
+        corosync_conf(&self.opts.cluster_name, self.opts.nodes)
     }
 
     fn log_file(&self, id: u32, what: &str) -> Result<fs::File> {
@@ -335,6 +306,12 @@ impl Cluster {
         self.node_dir(id).join("configfs")
     }
 
+    /// The daemon's `uevent_test_socket`, where the node's kernel simulator sends its uevents
+    /// (the daemon takes netlink uevents only from the kernel).
+    pub fn uevent_socket(&self, id: u32) -> PathBuf {
+        self.node_dir(id).join("uevents.sock")
+    }
+
     fn start_kernel(&mut self, id: u32) -> Result<()> {
         // The simulator serves the node's sysfs through FUSE: it enters only the node's network
         // namespace (`ip netns exec` would also give it a private mount namespace, where the
@@ -353,6 +330,8 @@ impl Cluster {
             .arg(self.shared_disk())
             .arg("--configfs-root")
             .arg(self.configfs_root(id))
+            .arg("--uevent-socket")
+            .arg(self.uevent_socket(id))
             .arg("--record")
             .arg(self.kernel_record_path(id));
         let child = self.spawn(id, "kernel", cmd)?;
@@ -430,6 +409,10 @@ impl Cluster {
             .arg(format!(
                 "--pid_file={}",
                 self.node_dir(id).join("gfs_controld.pid").display()
+            ))
+            .arg(format!(
+                "--uevent_test_socket={}",
+                self.uevent_socket(id).display()
             ))
             .arg(format!(
                 "--fencing={}",
@@ -805,6 +788,49 @@ fn parse_fence_log(path: &Path) -> Vec<(u64, u32)> {
             Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
         })
         .collect()
+}
+
+/// The network of a test cluster: namespace `{tag}w` holds a bridge, and node `id`'s namespace
+/// `{tag}n{id}` has `eth0` at 10.77.0.`id` on it (addresses are per namespace, so clusters
+/// with different tags do not collide). Also used by the pacemaker tier.
+pub(crate) fn create_network(tag: &str, nodes: u32) -> Result<()> {
+    let w = format!("{tag}w");
+    run(&format!("ip netns add {w}"))?;
+    run(&format!(
+        "ip -n {w} link add br0 type bridge && ip -n {w} link set br0 up && ip -n {w} link set lo up"
+    ))?;
+    for id in 1..=nodes {
+        let ns = format!("{tag}n{id}");
+        let a = format!("{tag}a{id}");
+        let b = format!("{tag}b{id}");
+        run(&format!("ip netns add {ns}"))?;
+        run(&format!(
+            "ip link add {a} type veth peer name {b} && ip link set {a} netns {ns} && ip link set {b} netns {w}"
+        ))?;
+        run(&format!(
+            "ip -n {ns} link set {a} name eth0 && ip -n {ns} addr add 10.77.0.{id}/24 dev eth0 && \
+             ip -n {ns} link set eth0 up && ip -n {ns} link set lo up && \
+             ip -n {w} link set {b} master br0 && ip -n {w} link set {b} up"
+        ))?;
+    }
+    Ok(())
+}
+
+/// corosync.conf for nodes 1..=`nodes` named `node{id}` at 10.77.0.`id` (see [`create_network`]).
+pub(crate) fn corosync_conf(cluster_name: &str, nodes: u32) -> String {
+    let mut list = String::new();
+    for id in 1..=nodes {
+        list.push_str(&format!(
+            "    node {{\n        ring0_addr: 10.77.0.{id}\n        nodeid: {id}\n        name: node{id}\n    }}\n"
+        ));
+    }
+    format!(
+        "totem {{\n    version: 2\n    cluster_name: {cluster_name}\n    transport: knet\n    token: {TOKEN_MS}\n    \
+         token_coefficient: 0\n    crypto_cipher: none\n    crypto_hash: none\n}}\n\
+         nodelist {{\n{list}}}\n\
+         quorum {{\n    provider: corosync_votequorum\n}}\n\
+         logging {{\n    to_stderr: yes\n    to_syslog: no\n    to_logfile: no\n}}\n"
+    )
 }
 
 /// Clusters in use, one file per cluster tag holding its owner's PID, so that a run killed

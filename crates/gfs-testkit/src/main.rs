@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! gfs_kernel_sim serve --root DIR --socket PATH [--replay-ms N] [--join-ms N] [--shared DIR]
-//!                      [--configfs-root DIR] [--recover-callbacks 0|1] [--record FILE]
+//!                      [--configfs-root DIR] [--recover-callbacks 0|1] [--uevent-socket PATH]
+//!                      [--record FILE]
 //! gfs_kernel_sim [--socket PATH] mount <table> [--spectator] [--ro] [--timeout-ms N]
 //!                      [--journals N] [--join-ms N] [--hostdata-first0]
 //! gfs_kernel_sim [--socket PATH] umount <table>
@@ -25,7 +26,9 @@
 //! The mount is made in the server's mount namespace: start it without a private one (e.g.
 //! `nsenter --net=/run/netns/N`, not `ip netns exec`) so the daemon and the test see it. Uevents
 //! go to `NETLINK_KOBJECT_UEVENT` group 1 of the server's network namespace (CAP_NET_ADMIN
-//! there). Clients talk to it on the unix socket `PATH` (one JSON request line, one JSON reply
+//! there), or with `--uevent-socket PATH` to that unix datagram socket: gfs_controld takes
+//! netlink uevents only from the kernel, and from a simulator only on its `uevent_test_socket`
+//! (a uevent sent while nobody listens there is lost, as the kernel's are). Clients talk to it on the unix socket `PATH` (one JSON request line, one JSON reply
 //! line: `gfs_testkit::proto`). SIGTERM/SIGINT: every table goes (no uevents: power-off),
 //! the FUSE filesystem is detached, the socket removed; exit 0. A server that is killed leaves
 //! a dead FUSE mount (ENOTCONN): the next `serve` on `DIR` detaches it.
@@ -174,6 +177,10 @@ enum Cmd {
         /// The DLM's recover_callbacks: 1 = the kernel manages recovery (DLM-ops mode).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1))]
         recover_callbacks: u32,
+        /// Send uevents to this unix datagram socket (gfs_controld's `uevent_test_socket`)
+        /// instead of netlink, where gfs_controld takes only the kernel's own.
+        #[arg(long)]
+        uevent_socket: Option<PathBuf>,
         /// Append every timeline entry and violation to FILE as JSON lines when it happens
         /// (`gfs_testkit::proto::Entry`; a write's end is a second line with its result), so
         /// the record survives this process.
@@ -251,6 +258,7 @@ struct ServeOptions {
     shared: Option<PathBuf>,
     configfs_root: Option<PathBuf>,
     recover_callbacks: u32,
+    uevent_socket: Option<PathBuf>,
     record: Option<PathBuf>,
 }
 
@@ -267,6 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             shared,
             configfs_root,
             recover_callbacks,
+            uevent_socket,
             record,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -280,6 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 shared,
                 configfs_root,
                 recover_callbacks,
+                uevent_socket,
                 record,
             }))?;
             return Ok(0);
@@ -413,7 +423,10 @@ async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     });
     let disk = SharedDisk::new(&disk_dir)
         .with_context(|| format!("shared disk {}", disk_dir.display()))?;
-    let sender = UeventSender::new().context("NETLINK_KOBJECT_UEVENT sender socket")?;
+    let sender = match &o.uevent_socket {
+        Some(path) => UeventSender::to_test_socket(path).context("uevent test socket sender")?,
+        None => UeventSender::new().context("NETLINK_KOBJECT_UEVENT sender socket")?,
+    };
     let sim: Shared = Sim::new(Config {
         replay_ms: o.replay_ms,
         join_ms: o.join_ms,

@@ -1,21 +1,36 @@
 //! Kernel-format uevents sent on `NETLINK_KOBJECT_UEVENT`, multicast group 1, in the current
-//! network namespace (needs CAP_NET_ADMIN over it).
+//! network namespace (needs CAP_NET_ADMIN over it), or to a daemon's `uevent_test_socket`.
+//!
+//! gfs_controld trusts only uevents the kernel sent (netlink port id 0), so those sent here on
+//! netlink are dropped by it: the kernel simulator sends to the daemon's test socket instead.
 
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 
 use gfs_core::{format_uevent, KernelEvent, KernelEventKind};
 use nix::errno::Errno;
 use nix::sys::socket::{
     bind, sendto, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+    SockaddrLike, UnixAddr,
 };
 
-/// A socket that sends uevents the way the kernel does.
+/// A socket that sends uevents laid out as the kernel does.
 #[derive(Debug)]
 pub struct UeventSender {
-    fd: OwnedFd,
+    target: Target,
+}
+
+#[derive(Debug)]
+enum Target {
+    Netlink(OwnedFd),
+    /// A thread sends to the test socket: a unix datagram send blocks while the receiver's
+    /// queue is full (the kernel's multicast never does), and the caller may hold locks the
+    /// receiver waits for.
+    Test(std::sync::mpsc::Sender<Vec<u8>>),
 }
 
 impl UeventSender {
+    /// Sends on netlink, from userspace (gfs_controld drops these).
     pub fn new() -> std::io::Result<UeventSender> {
         let fd = socket(
             AddressFamily::Netlink,
@@ -24,24 +39,38 @@ impl UeventSender {
             SockProtocol::NetlinkKObjectUEvent,
         )?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))?;
-        Ok(UeventSender { fd })
+        Ok(UeventSender {
+            target: Target::Netlink(fd),
+        })
     }
 
-    /// Sends raw bytes as one datagram to group 1.
-    pub fn send_raw(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let dest = NetlinkAddr::new(0, 1);
-        loop {
-            match sendto(self.fd.as_raw_fd(), bytes, &dest, MsgFlags::empty()) {
-                Ok(n) if n == bytes.len() => return Ok(()),
-                Ok(n) => {
-                    return Err(std::io::Error::other(format!(
-                        "short uevent send: {n} of {} bytes",
-                        bytes.len()
-                    )))
+    /// Sends to the unix datagram socket `path` (a daemon's `uevent_test_socket`), in order,
+    /// from a thread of its own.
+    pub fn to_test_socket(path: &Path) -> std::io::Result<UeventSender> {
+        let fd = unix_datagram()?;
+        let dest = UnixAddr::new(path)?;
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::Builder::new()
+            .name("uevent-sender".into())
+            .spawn(move || {
+                for bytes in rx {
+                    if let Err(e) = send_test(&fd, &dest, &bytes) {
+                        eprintln!("uevent to the test socket not sent: {e}");
+                    }
                 }
-                Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
+            })?;
+        Ok(UeventSender {
+            target: Target::Test(tx),
+        })
+    }
+
+    /// Sends raw bytes as one datagram to group 1 (or queues it for the test socket).
+    pub fn send_raw(&self, bytes: &[u8]) -> std::io::Result<()> {
+        match &self.target {
+            Target::Netlink(fd) => send_all(fd, bytes, &NetlinkAddr::new(0, 1)),
+            Target::Test(queue) => queue
+                .send(bytes.to_vec())
+                .map_err(|_| std::io::Error::other("the uevent sender thread is gone")),
         }
     }
 
@@ -128,7 +157,52 @@ pub fn render(event: &KernelEvent, journal_id: Option<i64>) -> Vec<u8> {
     bytes
 }
 
-/// One-shot [`UeventSender::send_raw`].
+/// One-shot [`UeventSender::send_raw`] on netlink.
 pub fn send_uevent(bytes: &[u8]) -> std::io::Result<()> {
     UeventSender::new()?.send_raw(bytes)
+}
+
+/// Sends one datagram to a daemon's test socket, now (blocks while its queue is full).
+pub fn send_test_uevent(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    send_test(&unix_datagram()?, &UnixAddr::new(path)?, bytes)
+}
+
+fn unix_datagram() -> std::io::Result<OwnedFd> {
+    Ok(socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
+}
+
+fn send_test(fd: &OwnedFd, dest: &UnixAddr, bytes: &[u8]) -> std::io::Result<()> {
+    match send_all(fd, bytes, dest) {
+        // Nobody listening: the kernel's multicast does not fail then either.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn send_all(fd: &OwnedFd, bytes: &[u8], dest: &dyn SockaddrLike) -> std::io::Result<()> {
+    loop {
+        match sendto(fd.as_raw_fd(), bytes, dest, MsgFlags::empty()) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => {
+                return Err(std::io::Error::other(format!(
+                    "short uevent send: {n} of {} bytes",
+                    bytes.len()
+                )))
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use gfs_core::{
-    wire, Input, KernelEvent, LeaveReason, MountMode, Node, NodeConfig, NodeId, Output, Sabotage,
-    SysfsFile, Table, Time, DAEMON_GROUP,
+    wire, Input, KernelEvent, LeaveReason, MountMode, Node, NodeConfig, NodeId, Output, Peer,
+    Sabotage, SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
 use crate::rng::Rng;
@@ -16,6 +16,9 @@ use kernel::{DlmRecovery, IoOp, KMount, KState};
 const CLUSTER: &str = "sim";
 /// No workload in the last stretch of a run (L1 judges operations that had time to finish).
 const WORKLOAD_QUIET_MS: u64 = 30_000;
+/// Processes that join the daemon group without being gfs_controld get pids from here on
+/// (daemons' pids stay below), so the checkers can tell them apart.
+const FOREIGN_PID_BASE: u32 = 1_000_000;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -198,6 +201,13 @@ enum Ev {
     },
     Reboot(NodeId),
     DaemonStart(NodeId),
+    /// A foreign process in the daemon group sends a forged message.
+    ForeignSend(Peer),
+    /// A foreign process leaves the daemon group (cleanly, or by exiting).
+    ForeignGo {
+        peer: Peer,
+        clean: bool,
+    },
     FaultTick,
     WorkTick,
     EndFaults,
@@ -208,14 +218,14 @@ enum Ev {
 enum Entry {
     ConfChg {
         id: u64,
-        members: Vec<NodeId>,
-        joined: Vec<NodeId>,
-        left: Vec<(NodeId, LeaveReason)>,
+        members: Vec<Peer>,
+        joined: Vec<Peer>,
+        left: Vec<(Peer, LeaveReason)>,
         quorate: bool,
     },
     Msg {
         id: u64,
-        sender: NodeId,
+        sender: Peer,
         payload: Vec<u8>,
     },
     Quorum(bool),
@@ -224,6 +234,7 @@ enum Entry {
 struct Daemon {
     core: Node,
     inc: u64,
+    pid: u32,
     joined: bool,
     timer: Option<Time>,
 }
@@ -233,6 +244,8 @@ struct SimNode {
     corosync: bool,
     comp: Option<u64>,
     daemon: Option<Daemon>,
+    /// A process in the daemon group that is not gfs_controld (fault: foreign joiner).
+    foreign: Option<u32>,
     /// Kernel instance counter: bumps on every boot.
     kinc: u64,
     kernel_dead_at: Option<Time>,
@@ -242,7 +255,7 @@ struct SimNode {
     deliver_pending: bool,
     /// Quorum of the configuration this daemon last processed (its own view of its partition).
     vs_quorate: bool,
-    group_view: Vec<NodeId>,
+    group_view: Vec<Peer>,
     /// Failures of daemon incarnations this node's lineage saw, with the stream entry that told.
     saw_fail: BTreeMap<(NodeId, u64), u64>,
     /// The last stream entry this daemon processed (entries are numbered in commit order).
@@ -295,7 +308,7 @@ impl JTruth {
 
 struct Comp {
     members: BTreeSet<NodeId>,
-    inflight: VecDeque<(NodeId, Vec<u8>)>,
+    inflight: VecDeque<(Peer, Vec<u8>)>,
     commit_pending: bool,
 }
 
@@ -354,6 +367,10 @@ struct World {
     kernel_managed_nodes: BTreeSet<NodeId>,
     /// Nodes whose daemon reads recover_callbacks wrong at `add` (changed in between).
     recover_callbacks_flips: BTreeSet<NodeId>,
+    /// Foreign joiners: their own generator, so that seeds without them run as before.
+    foreign_rng: Rng,
+    foreign_chance: f64,
+    next_foreign_pid: u32,
 }
 
 /// One sysfs write a daemon made.
@@ -426,6 +443,7 @@ impl World {
             .map(|i| Table::parse(&format!("{CLUSTER}:fs{i}")).expect("valid table"))
             .collect();
         let journals_per_fs = cfg.nodes + rng.range(0, 2) as u32;
+        let seed_foreign = cfg.seed ^ 0x0f0e_1d2c_3b4a_5968;
         let mut w = World {
             cfg,
             rng,
@@ -469,7 +487,13 @@ impl World {
             busy_replays: BTreeSet::new(),
             kernel_managed_nodes: BTreeSet::new(),
             recover_callbacks_flips: BTreeSet::new(),
+            foreign_rng: Rng::new(seed_foreign),
+            foreign_chance: 0.0,
+            next_foreign_pid: FOREIGN_PID_BASE,
         };
+        if w.cfg.faults && w.foreign_rng.chance(0.5) {
+            w.foreign_chance = w.foreign_rng.range(1, 100) as f64 / 100.0 * 0.01;
+        }
         w.dlm_fscontrol = w.cfg.dlm_fscontrol;
         for id in 1..=w.cfg.nodes {
             w.nodes.insert(
@@ -479,6 +503,7 @@ impl World {
                     corosync: true,
                     comp: None,
                     daemon: None,
+                    foreign: None,
                     kinc: 1,
                     kernel_dead_at: None,
                     kernel_killed_by_fence: false,
@@ -592,13 +617,10 @@ impl World {
         // Messages in flight in the old components. Each sender's messages stay in order: once
         // one is carried past the change, all its later ones are too.
         for (_, comp) in old {
-            let mut carried: BTreeSet<NodeId> = BTreeSet::new();
+            let mut carried: BTreeSet<Peer> = BTreeSet::new();
             for (sender, payload) in comp.inflight {
-                let sender_daemon_up = self.nodes[&sender]
-                    .daemon
-                    .as_ref()
-                    .is_some_and(|d| d.joined);
-                match new_of.get(&sender).copied() {
+                let sender_daemon_up = self.in_group(sender);
+                match new_of.get(&sender.nodeid).copied() {
                     Some(c) if sender_daemon_up => {
                         if !carried.contains(&sender) && self.rng.chance(0.5) {
                             let targets: Vec<NodeId> = comp
@@ -620,7 +642,7 @@ impl World {
                                 .members
                                 .iter()
                                 .copied()
-                                .filter(|n| new_of.contains_key(n) && *n != sender)
+                                .filter(|n| new_of.contains_key(n) && *n != sender.nodeid)
                                 .collect();
                             self.commit_to(&targets, sender, payload);
                         }
@@ -658,22 +680,37 @@ impl World {
         self.dlm_check();
     }
 
+    /// The process is in the daemon group: a joined daemon, or a foreign process.
+    fn in_group(&self, p: Peer) -> bool {
+        let node = &self.nodes[&p.nodeid];
+        node.daemon
+            .as_ref()
+            .is_some_and(|d| d.joined && d.pid == p.pid)
+            || node.foreign == Some(p.pid)
+    }
+
     /// Recompute the daemon group's membership in a component and queue a configuration change
-    /// for every member whose view changed. `procdown` names a daemon that just died.
-    fn group_change(&mut self, comp: u64, procdown: Option<NodeId>) {
-        let members: Vec<NodeId> = self.comps[&comp]
-            .members
-            .iter()
-            .copied()
-            .filter(|n| self.nodes[n].daemon.as_ref().is_some_and(|d| d.joined))
-            .collect();
+    /// for every daemon whose view changed. `gone` names a process that just left or died on a
+    /// node whose corosync lives on.
+    fn group_change(&mut self, comp: u64, gone: Option<(Peer, LeaveReason)>) {
+        let mut members: Vec<Peer> = Vec::new();
+        for n in &self.comps[&comp].members {
+            let node = &self.nodes[n];
+            if let Some(d) = node.daemon.as_ref().filter(|d| d.joined) {
+                members.push(Peer::new(*n, d.pid));
+            }
+            if let Some(pid) = node.foreign {
+                members.push(Peer::new(*n, pid));
+            }
+        }
+        members.sort_unstable();
         let quorate = self.quorate(&self.comps[&comp].members);
-        let mut by_view: BTreeMap<Vec<NodeId>, Vec<NodeId>> = BTreeMap::new();
-        for n in &members {
+        let mut by_view: BTreeMap<Vec<Peer>, Vec<NodeId>> = BTreeMap::new();
+        for p in members.iter().filter(|p| p.pid < FOREIGN_PID_BASE) {
             by_view
-                .entry(self.nodes[n].group_view.clone())
+                .entry(self.nodes[&p.nodeid].group_view.clone())
                 .or_default()
-                .push(*n);
+                .push(p.nodeid);
         }
         for (view, receivers) in by_view {
             // Quorum may change without the group changing (a node without a daemon left).
@@ -689,24 +726,25 @@ impl World {
                 }
                 continue;
             }
-            let joined: Vec<NodeId> = members
+            let joined: Vec<Peer> = members
                 .iter()
                 .copied()
-                .filter(|n| !view.contains(n))
+                .filter(|p| !view.contains(p))
                 .collect();
-            let left: Vec<(NodeId, LeaveReason)> = view
+            let left: Vec<(Peer, LeaveReason)> = view
                 .iter()
                 .copied()
-                .filter(|n| !members.contains(n))
-                .map(|n| {
-                    let reason = if Some(n) == procdown
-                        || self.nodes[&n].corosync && self.nodes[&n].comp == Some(comp)
-                    {
-                        LeaveReason::ProcDown
-                    } else {
-                        LeaveReason::NodeDown
+                .filter(|p| !members.contains(p))
+                .map(|p| {
+                    let n = p.nodeid;
+                    let reason = match gone {
+                        Some((g, r)) if g == p => r,
+                        _ if self.nodes[&n].corosync && self.nodes[&n].comp == Some(comp) => {
+                            LeaveReason::ProcDown
+                        }
+                        _ => LeaveReason::NodeDown,
                     };
-                    (n, reason)
+                    (p, reason)
                 })
                 .collect();
             let id = self.next_entry;
@@ -738,7 +776,7 @@ impl World {
         }
     }
 
-    fn commit_to(&mut self, targets: &[NodeId], sender: NodeId, payload: Vec<u8>) {
+    fn commit_to(&mut self, targets: &[NodeId], sender: Peer, payload: Vec<u8>) {
         let id = self.next_entry;
         self.next_entry += 1;
         for n in targets {
@@ -785,7 +823,7 @@ impl World {
                     return;
                 };
                 c.commit_pending = false;
-                let batch: Vec<(NodeId, Vec<u8>)> = c.inflight.drain(..).collect();
+                let batch: Vec<(Peer, Vec<u8>)> = c.inflight.drain(..).collect();
                 let members: Vec<NodeId> = c.members.iter().copied().collect();
                 for (sender, payload) in batch {
                     self.commit_to(&members, sender, payload);
@@ -846,6 +884,8 @@ impl World {
             Ev::ModeRead { node, table, kinc } => self.mode_read(node, &table, kinc),
             Ev::Reboot(n) => self.reboot(n),
             Ev::DaemonStart(n) => self.daemon_start(n),
+            Ev::ForeignSend(peer) => self.foreign_send(peer),
+            Ev::ForeignGo { peer, clean } => self.foreign_go(peer, clean),
             Ev::FaultTick => {
                 if self.faults_on {
                     self.inject_fault();
@@ -894,7 +934,13 @@ impl World {
             } => {
                 node.vs_quorate = quorate;
                 // S7 is about members that held state when they were seen to fail.
-                let dinc: Vec<(NodeId, u64)> = left
+                // Foreign processes are nobody's daemon: their leaves fail nothing.
+                let daemon_left: Vec<(NodeId, LeaveReason)> = left
+                    .iter()
+                    .filter(|(p, _)| p.pid < FOREIGN_PID_BASE)
+                    .map(|(p, r)| (p.nodeid, *r))
+                    .collect();
+                let dinc: Vec<(NodeId, u64)> = daemon_left
                     .iter()
                     .filter(|(_, r)| r.is_failure())
                     .filter_map(|(x, _)| {
@@ -906,7 +952,7 @@ impl World {
                     })
                     .collect();
                 // The daemons that processed this change know its failed members' journals need replay.
-                for (x, _) in left.iter().filter(|(_, r)| r.is_failure()) {
+                for (x, _) in daemon_left.iter().filter(|(_, r)| r.is_failure()) {
                     for j in self.journals.values_mut() {
                         let live_holder = j.in_use_by(*x);
                         if live_holder || j.dirty_owner.is_some_and(|(h, _)| h == *x) {
@@ -938,19 +984,27 @@ impl World {
                 if let Ok((_, msg)) = wire::decode(&payload) {
                     if let wire::Message::Withdraw { table } = &msg {
                         for ((t, _), j) in self.journals.iter_mut() {
-                            if t == table && j.dirty_owner.is_some_and(|(h, _)| h == sender) {
+                            if sender.pid < FOREIGN_PID_BASE
+                                && t == table
+                                && j.dirty_owner.is_some_and(|(h, _)| h == sender.nodeid)
+                            {
                                 j.known_by.insert(n);
                             }
                         }
                     }
                     if matches!(&msg, wire::Message::State { recipient, .. } if *recipient == n) {
-                        self.state_from = Some((sender, id));
+                        self.state_from = Some((sender.nodeid, id));
                     }
                     let name = match &msg {
                         wire::Message::State { recipient, .. } => format!("STATE for n{recipient}"),
                         other => format!("{other:?}"),
                     };
-                    self.log(format!("n{n} <- n{sender} {name}"));
+                    let from = if sender.pid < FOREIGN_PID_BASE {
+                        format!("n{}", sender.nodeid)
+                    } else {
+                        format!("n{} (foreign process {})", sender.nodeid, sender.pid)
+                    };
+                    self.log(format!("n{n} <- {from} {name}"));
                 }
                 self.feed_tracked(
                     n,
@@ -1087,9 +1141,10 @@ impl World {
                     let what = wire::decode(&payload).map(|(_, m)| m.name()).unwrap_or("?");
                     self.log(format!("n{n} mcast {what}"));
                 }
+                let pid = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.pid);
                 if let Some(c) = self.nodes[&n].comp {
                     if let Some(comp) = self.comps.get_mut(&c) {
-                        comp.inflight.push_back((n, payload));
+                        comp.inflight.push_back((Peer::new(n, pid), payload));
                     }
                     self.schedule_commit(c);
                 }
@@ -1137,6 +1192,99 @@ impl World {
 
     // ----- faults and workload ---------------------------------------------------------------
 
+    /// A process that is not gfs_controld joins the daemon group on a node (any process corosync
+    /// lets use its IPC can): it may send a forged message, then leaves or exits. The daemons
+    /// must change nothing for it.
+    fn foreign_join(&mut self) {
+        let up: Vec<NodeId> = self
+            .up_nodes()
+            .into_iter()
+            .filter(|n| self.nodes[n].foreign.is_none())
+            .collect();
+        let Some(n) = self.foreign_rng.pick(&up) else {
+            return;
+        };
+        let pid = self.next_foreign_pid;
+        self.next_foreign_pid += 1;
+        let peer = Peer::new(n, pid);
+        self.log(format!(
+            "FAULT foreign process {peer} joins the daemon group"
+        ));
+        self.nodes.get_mut(&n).expect("node").foreign = Some(pid);
+        if let Some(c) = self.nodes[&n].comp {
+            self.group_change(c, None);
+        }
+        if self.foreign_rng.chance(0.7) {
+            let d = self.foreign_rng.range(10, 2000);
+            self.schedule(d, Ev::ForeignSend(peer));
+        }
+        let d = self.foreign_rng.range(100, 5000);
+        let clean = self.foreign_rng.chance(0.5);
+        self.schedule(d, Ev::ForeignGo { peer, clean });
+    }
+
+    /// A forged message in the name of the foreign process's node: a FENCED for a node that
+    /// is down (claiming every failure), a FENCE_ACK, or a replay result.
+    fn foreign_send(&mut self, peer: Peer) {
+        if self.nodes[&peer.nodeid].foreign != Some(peer.pid) {
+            return;
+        }
+        let down: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|x| !x.corosync)
+            .map(|x| x.id)
+            .collect();
+        let target = self.foreign_rng.pick(&down).unwrap_or(peer.nodeid);
+        let table = self.tables[0].to_string();
+        let msg = match self.foreign_rng.range(0, 2) {
+            0 => wire::Message::Fenced {
+                nodeid: target,
+                failure: u64::MAX,
+            },
+            1 => wire::Message::FenceAck {
+                nodeid: target,
+                failure: u64::MAX,
+            },
+            _ => wire::Message::Recovered {
+                table,
+                jid: self.foreign_rng.range(0, 3) as u32,
+                done: true,
+                attempt: 0,
+            },
+        };
+        self.log(format!("FAULT foreign process {peer} sends {}", msg.name()));
+        let header = wire::Header {
+            version: wire::PROTOCOL_MIN,
+            sender: peer.nodeid,
+            change: 0,
+        };
+        let payload = wire::encode(&header, &msg);
+        if let Some(c) = self.nodes[&peer.nodeid].comp {
+            if let Some(comp) = self.comps.get_mut(&c) {
+                comp.inflight.push_back((peer, payload));
+            }
+            self.schedule_commit(c);
+        }
+    }
+
+    fn foreign_go(&mut self, peer: Peer, clean: bool) {
+        let node = self.nodes.get_mut(&peer.nodeid).expect("node");
+        if node.foreign != Some(peer.pid) {
+            return;
+        }
+        node.foreign = None;
+        let reason = if clean {
+            LeaveReason::Leave
+        } else {
+            LeaveReason::ProcDown
+        };
+        self.log(format!("FAULT foreign process {peer} leaves ({reason:?})"));
+        if let Some(c) = self.nodes[&peer.nodeid].comp {
+            self.group_change(c, Some((peer, reason)));
+        }
+    }
+
     fn up_nodes(&self) -> Vec<NodeId> {
         self.nodes
             .values()
@@ -1147,6 +1295,9 @@ impl World {
 
     fn inject_fault(&mut self) {
         let p = self.profile.clone();
+        if self.foreign_chance > 0.0 && self.foreign_rng.chance(self.foreign_chance) {
+            self.foreign_join();
+        }
         let up = self.up_nodes();
         if self.rng.chance(p.crash) && up.len() > 1 {
             if let Some(n) = self.rng.pick(&up) {
@@ -1334,6 +1485,7 @@ impl World {
         self.forget_daemon(n);
         let node = self.nodes.get_mut(&n).expect("node");
         node.daemon = None;
+        node.foreign = None;
         node.queue.clear();
         node.group_view.clear();
         let was_up = node.corosync;
@@ -1366,11 +1518,11 @@ impl World {
         // Its queued sysfs operations die with it (dlm_controld keeps its registrations).
         self.io.retain(|(x, _), _| *x != n);
         let node = self.nodes.get_mut(&n).expect("node");
-        node.daemon = None;
+        let pid = node.daemon.take().map_or(0, |d| d.pid);
         node.queue.clear();
         node.group_view.clear();
         if let Some(c) = node.comp {
-            self.group_change(c, Some(n));
+            self.group_change(c, Some((Peer::new(n, pid), LeaveReason::ProcDown)));
         }
         let d = self.rng.range(500, 5000);
         self.schedule(d, Ev::DaemonStart(n));
@@ -1384,6 +1536,7 @@ impl World {
         let node = self.nodes.get_mut(&n).expect("node");
         node.corosync = false;
         node.daemon = None;
+        node.foreign = None;
         node.queue.clear();
         node.group_view.clear();
         self.leave_component(n);
@@ -1475,9 +1628,13 @@ impl World {
         cfg.sabotage = self.cfg.sabotage;
         cfg.max_journals = self.cfg.max_journals;
         let inc = (n as u64) << 32 | node.daemon_inc_counter;
+        // Each incarnation is a new process.
+        let pid = 100 + node.daemon_inc_counter as u32;
+        cfg.pid = pid;
         node.daemon = Some(Daemon {
             core: Node::new(cfg, self.now),
             inc,
+            pid,
             joined: false,
             timer: None,
         });
