@@ -313,6 +313,10 @@ impl Cluster {
     }
 
     fn start_kernel(&mut self, id: u32) -> Result<()> {
+        // A killed simulator leaves its socket behind: waiting for that one would start the
+        // daemon before the new FUSE mount exists, and the daemon's private mount namespace
+        // would never see it (its writes fail ENODEV; soak seed 202, cycle 17's restart).
+        let _ = fs::remove_file(self.kernel_socket(id));
         // The simulator serves the node's sysfs through FUSE: it enters only the node's network
         // namespace (`ip netns exec` would also give it a private mount namespace, where the
         // FUSE mount would be invisible to the daemon and the test).
