@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo sim-demo vm-demo vm-deps check deps sim bench install fuzz fuzz-short
+.PHONY: demo sim-demo vm-demo vm-deps check deps sim bench install fuzz fuzz-short soak
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
 	libqb-dev pkg-config iproute2 util-linux
 
@@ -86,6 +86,15 @@ fuzz:
 # make check's share: 20 s per target, corpora kept in target/fuzz between runs.
 fuzz-short:
 	FUZZ_SECONDS=20 FUZZ_RUNS= nice fuzz/run.sh $(FUZZ_TARGETS)
+
+# The chaos soak on a real 5-node corosync cluster (root): CYCLES seeded random faults, safety
+# checks on the kernels' records after each, a 60 s bound on every recovery. SEED replays a
+# run's choices (default: from the clock; printed first).
+CYCLES ?= 50
+SEED ?=
+soak: deps
+	$(CARGO) build --release -q --workspace --bins
+	./target/release/gfs_soak --cycles $(CYCLES) $(if $(SEED),--seed $(SEED))
 
 # A longer seeded sweep than the tests run.
 sim:
