@@ -26,6 +26,7 @@ const TABLE: &str = "gfstest:fs1";
 
 fn snapshot() -> Replicated {
     let member = |id: u32, synced_by: Option<u32>| Member {
+        pid: 1000 + id,
         proto_min: 1,
         proto_max: 1,
         synced: true,
@@ -68,7 +69,9 @@ fn snapshot() -> Replicated {
         epoch: 7,
         confchgs: 3,
         members: BTreeMap::from([(1, member(1, None)), (2, member(2, Some(1)))]),
-        must_fence: BTreeSet::from([3]),
+        must_fence: BTreeSet::from([3, 5]),
+        must_fence_since: BTreeMap::from([(3, 2)]),
+        fenced: BTreeSet::from([5]),
         fs: BTreeMap::from([(TABLE.to_owned(), fs)]),
     }
 }
@@ -110,14 +113,24 @@ pub fn wire() -> Vec<Seed> {
             table: table(),
             mode: MountMode::Ro,
         },
-        Message::Stopped { epoch: 7 },
+        Message::Stopped {
+            epoch: 7,
+            tables: vec![table()],
+        },
         Message::Recovered {
             table: table(),
             jid: 2,
             done: true,
+            attempt: 1,
         },
-        Message::FenceAck { nodeid: 3 },
-        Message::Fenced { nodeid: 3 },
+        Message::FenceAck {
+            nodeid: 3,
+            failure: 4,
+        },
+        Message::Fenced {
+            nodeid: 3,
+            failure: 4,
+        },
     ];
     messages
         .into_iter()
@@ -211,6 +224,7 @@ fn status_view() -> StatusView {
         quorate: true,
         members: vec![1, 2],
         stale_members: vec![4],
+        quorum_waits: vec![5],
         fence_waits: vec![FenceWaitView {
             nodeid: 3,
             failed_at_ms: 1000,

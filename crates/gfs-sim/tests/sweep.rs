@@ -147,12 +147,11 @@ fn sixteen_nodes_eight_filesystems_are_judged_on_finished_work() {
 /// mounting `sim:fs3` (its `jid` written) and, as no member can replay yet, is left unblocked;
 /// it blocks `sim:fs5` and sends one STOPPED (epoch 11). Node 6's JOURNAL_READY for `sim:fs3`
 /// is delivered before that STOPPED, making a replayer exist, and `Message::Stopped` in
-/// node.rs judges `is_participant(sender)` on the state at delivery, not at sending: node 4 is
-/// recorded as stopped on `sim:fs3`, the barrier completes, and node 6 replays journal 0 while
-/// node 4's kernel holds `sim:fs3` unblocked (S3 at 48.020 s). Ignored until the core is fixed:
-/// `cargo test -p gfs-sim --test sweep -- --ignored`.
+/// node.rs judged `is_participant(sender)` on the state at delivery, not at sending: node 4 was
+/// recorded as stopped on `sim:fs3`, the barrier completed, and node 6 replayed journal 0 while
+/// node 4's kernel held `sim:fs3` unblocked (S3 at 48.020 s). STOPPED now names the
+/// filesystems its sender had blocked.
 #[test]
-#[ignore = "protocol defect: a STOPPED sent before a JOURNAL_READY counts for the filesystem it made eligible (S3)"]
 fn seed_1889_six_nodes_six_filesystems() {
     let out = run(gfs_sim::sweep_config_in(1889, (3, 16), (1, 8)));
     assert!(
