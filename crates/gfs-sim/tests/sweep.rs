@@ -161,3 +161,19 @@ fn seed_1889_six_nodes_six_filesystems() {
             .map(|v| format!("{} at {}: {}", v.rule, v.time, v.detail))
     );
 }
+
+/// A liveness defect of the same sweep: members that synced after node 7's failure had been
+/// fenced never learnt of the fence (fence records were each member's own), so they neither
+/// told dlm_controld they had blocked against it nor got their mounts past the mount lock
+/// (L1: ten mounts in WaitGlock, DLM recovery of n7 waiting for nodes 4 and 8). The group's
+/// state now records the fences it agreed on.
+#[test]
+fn seed_4010_fifteen_nodes_one_filesystem() {
+    let out = run(gfs_sim::sweep_config_in(4010, (3, 16), (1, 8)));
+    assert!(
+        out.violation.is_none(),
+        "seed 4010: {:?}",
+        out.violation
+            .map(|v| format!("{} at {}: {}", v.rule, v.time, v.detail))
+    );
+}

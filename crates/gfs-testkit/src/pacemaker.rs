@@ -41,6 +41,10 @@ pub const CLONE: &str = "gfs-clone";
 /// it vanishes with the node when the node is fenced, as `/sys/fs/gfs2` does.
 const NODE_SYSFS: &str = "/run/gfs2";
 const NODE_CONFIGFS: &str = "/run/gfs2-configfs";
+/// The daemon's test-only `uevent_test_socket`, in each node's private /run (one clone
+/// parameter serves every node): the daemon takes netlink uevents only from the kernel, and the
+/// kernel simulator is a process.
+const NODE_UEVENT_SOCKET: &str = "/run/gfs_controld-uevents.sock";
 
 /// Runs of this tier in use: one file per tag holding the owner's PID (see [`reap_abandoned`]).
 const REGISTRY: &str = "/run/gfs-testkit-pacemaker";
@@ -471,7 +475,8 @@ impl PacemakerCluster {
             .arg(self.opts.replay_ms.to_string())
             .arg("--shared")
             .arg(self.shared_disk())
-            .args(["--configfs-root", NODE_CONFIGFS]);
+            .args(["--configfs-root", NODE_CONFIGFS])
+            .args(["--uevent-socket", NODE_UEVENT_SOCKET]);
         let child = self.spawn(id, "kernel", cmd)?;
         self.children.push(child);
         let mut cmd = self.node_command(id, bin_dir().join("gfs_dlm_sim"));
@@ -527,7 +532,7 @@ impl PacemakerCluster {
         let bin = bin_dir();
         let args = format!(
             "--sysfs_root={NODE_SYSFS} --configfs_root={NODE_CONFIGFS} --fencing=pacemaker \
-             --fence_retry=1s --fence_timeout=60s --log_level=debug"
+             --uevent_test_socket={NODE_UEVENT_SOCKET} --fence_retry=1s --fence_timeout=60s --log_level=debug"
         );
         let provider = self
             .ocf_dir
