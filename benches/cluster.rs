@@ -16,9 +16,10 @@
 //!    filesystem unblocked last) and the rest: coordination, itself split into configuration
 //!    change -> fencing request, agent returned -> replay start, and replay end -> last `block=0`.
 //!    The test double's share of coordination is subtracted explicitly: the simulator's own step
-//!    from a replay's end to its uevent (from its timeline), and two sysfs operations through its
-//!    FUSE file system (the `recover` and the last `block=0` write), each costed as the median
-//!    of timed reads of a `lock_module` file from this process (real sysfs: microseconds).
+//!    from a replay's end to its uevent (from its timeline), and two bursts of sysfs operations
+//!    through its FUSE file system (the `recover` writes and the `block=0` writes, one per
+//!    filesystem), each costed as F parallel reads of `lock_module` files from this process
+//!    (its one FUSE thread serves them one by one; real sysfs: microseconds, in parallel).
 //!    Printed per run and as median / worst per F: daemon coordination / floor, and
 //!    coordination(F) / coordination(first F) of the same run (this is a shared machine: ratios
 //!    within one run are what count). Corosync's failure detection (kill -> configuration change,
@@ -160,9 +161,12 @@ fn bench() -> Result<()> {
                 format!("failure of node {VICTIM} with {nfs} filesystem(s), run {run}")
             })?;
             r.one_way = Stats::of(&ping.one_way_us).median as i64;
-            let op = sysfs_op_cost(&c, nfs)?;
-            r.double_sysfs = SYSFS_OPS_ON_PATH * op;
-            println!("run {run}: F={nfs:<3} {} (fuse sysfs op {op}us)", r.line());
+            let burst = sysfs_burst_cost(&c, nfs)?;
+            r.double_sysfs = SYSFS_BURSTS_ON_PATH * burst;
+            println!(
+                "run {run}: F={nfs:<3} {} (fuse sysfs burst of {nfs}: {burst}us)",
+                r.line()
+            );
             let coord = r.daemon_coordination();
             let base = *base.get_or_insert(coord);
             scaling
@@ -252,22 +256,51 @@ fn bench() -> Result<()> {
     Ok(())
 }
 
-/// Sysfs operations on the critical path after fencing: the replayer's `recover` write and
-/// the last `block=0` write (the timelines stamp both when the simulator handles them).
-const SYSFS_OPS_ON_PATH: i64 = 2;
+/// Bursts of sysfs operations on the critical path after fencing: the replayer's `recover`
+/// writes and the survivors' `block=0` writes (the timelines stamp both when the simulator
+/// handles them), one per filesystem each.
+const SYSFS_BURSTS_ON_PATH: i64 = 2;
 
-/// What one sysfs operation costs through the kernel simulator's FUSE file system (lookups,
-/// open, read, release, each a round trip through its one FUSE thread), measured from here:
-/// the median of timed reads of `lock_module/block` on node 1. A real sysfs read or write is
-/// a few microseconds, so this whole figure counts as the test double's.
-fn sysfs_op_cost(c: &Cluster, nfs: usize) -> Result<i64> {
-    let table = c.table(&format!("b{:02}", nfs - 1));
-    let path = c.sysfs_root(1).join(&table).join("lock_module/block");
-    let mut samples = Vec::with_capacity(200);
-    for _ in 0..200 {
-        let t = Instant::now();
-        std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-        samples.push(t.elapsed().as_micros() as u64);
+/// What a burst of one sysfs operation per filesystem costs through the kernel simulator's FUSE
+/// file system (lookups, open, read, release: each a round trip through its one FUSE thread,
+/// so a burst is served one filesystem after the other), measured from here: `nfs` threads
+/// wait at a barrier, then each reads its filesystem's `lock_module/block` on node 1; the time
+/// from the barrier to the last read's end, median of 5 bursts. A real sysfs operation takes
+/// microseconds and filesystems' operations run in parallel, so this counts as the test
+/// double's (slightly too much: the threads' own wake-ups are in it).
+fn sysfs_burst_cost(c: &Cluster, nfs: usize) -> Result<i64> {
+    let paths: Vec<std::path::PathBuf> = (0..nfs)
+        .map(|i| {
+            c.sysfs_root(1)
+                .join(c.table(&format!("b{i:02}")))
+                .join("lock_module/block")
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(nfs + 1));
+        let threads: Vec<_> = paths
+            .iter()
+            .cloned()
+            .map(|path| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || -> Result<Instant> {
+                    barrier.wait();
+                    std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+                    Ok(Instant::now())
+                })
+            })
+            .collect();
+        // Let every thread reach the barrier before the clock starts.
+        std::thread::sleep(Duration::from_millis(20));
+        barrier.wait();
+        let start = Instant::now();
+        let mut last = start;
+        for t in threads {
+            let end = t.join().map_err(|_| anyhow!("reader thread panicked"))??;
+            last = last.max(end);
+        }
+        samples.push((last - start).as_micros() as u64);
     }
     Ok(Stats::of(&samples).median as i64)
 }
