@@ -406,10 +406,17 @@ impl Daemon {
         self.drive()
     }
 
-    /// Executes outputs in order until the core and the local follow-up inputs are quiet.
+    /// Executes outputs in order (fencing requests first) until the core and the local
+    /// follow-up inputs are quiet; sysfs operations go to the executor at the end.
     fn drive(&mut self) -> Result<(), DaemonError> {
         loop {
-            while let Some(output) = self.node.poll_output() {
+            let mut outputs: Vec<Output> = std::iter::from_fn(|| self.node.poll_output()).collect();
+            // Fencing is the longest step of a recovery and depends on nothing else the core
+            // asked for with it: start it before the F log lines and writes of a failure.
+            let fences: Vec<Output> = outputs
+                .extract_if(.., |o| matches!(o, Output::Fence { .. }))
+                .collect();
+            for output in fences.into_iter().chain(outputs) {
                 self.execute(output)?;
             }
             match self.pending.pop_front() {
