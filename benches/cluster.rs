@@ -266,22 +266,26 @@ const SYSFS_BURSTS_ON_PATH: i64 = 2;
 
 /// What a burst of one sysfs operation per filesystem costs through the kernel simulator's FUSE
 /// file system (lookups, open, read, release: each a round trip through its one FUSE thread,
-/// so a burst is served one filesystem after the other), measured from here: `nfs` threads
-/// wait at a barrier, then each reads its filesystem's `lock_module/block` on node 1; the time
+/// so a burst is served one filesystem after the other), measured from here: a thread per
+/// filesystem and survivor waits at a barrier, then reads its `lock_module/block`; the time
 /// from the barrier to the last read's end, median of 5 bursts. A real sysfs operation takes
 /// microseconds and filesystems' operations run in parallel, so this counts as the test
 /// double's (slightly too much: the threads' own wake-ups are in it).
 fn sysfs_burst_cost(c: &Cluster, nfs: usize) -> Result<i64> {
-    let paths: Vec<std::path::PathBuf> = (0..nfs)
-        .map(|i| {
-            c.sysfs_root(1)
-                .join(c.table(&format!("b{i:02}")))
-                .join("lock_module/block")
+    // Both survivors at once, as in a recovery (their simulators share this machine's cores).
+    let paths: Vec<std::path::PathBuf> = SURVIVORS
+        .iter()
+        .flat_map(|&id| {
+            (0..nfs).map(move |i| {
+                c.sysfs_root(id)
+                    .join(c.table(&format!("b{i:02}")))
+                    .join("lock_module/block")
+            })
         })
         .collect();
     let mut samples = Vec::new();
     for _ in 0..5 {
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(nfs + 1));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(paths.len() + 1));
         let threads: Vec<_> = paths
             .iter()
             .cloned()
