@@ -410,13 +410,12 @@ impl Daemon {
     /// follow-up inputs are quiet; sysfs operations go to the executor at the end.
     fn drive(&mut self) -> Result<(), DaemonError> {
         loop {
-            let mut outputs: Vec<Output> = std::iter::from_fn(|| self.node.poll_output()).collect();
             // Fencing is the longest step of a recovery and depends on nothing else the core
             // asked for with it: start it before the F log lines and writes of a failure.
-            let fences: Vec<Output> = outputs
-                .extract_if(.., |o| matches!(o, Output::Fence { .. }))
-                .collect();
-            for output in fences.into_iter().chain(outputs) {
+            let (fences, rest): (Vec<Output>, Vec<Output>) =
+                std::iter::from_fn(|| self.node.poll_output())
+                    .partition(|o| matches!(o, Output::Fence { .. }));
+            for output in fences.into_iter().chain(rest) {
                 self.execute(output)?;
             }
             match self.pending.pop_front() {
