@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo sim-demo vm-demo vm-deps check deps sim bench install
+.PHONY: demo sim-demo vm-demo vm-deps check deps sim bench install fuzz fuzz-short soak
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
 	libqb-dev pkg-config iproute2 util-linux
 
@@ -73,6 +73,28 @@ check: deps
 	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/check.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 		END { printf "check: %d passed, %d failed\n", passed, failed }' target/check.log
+	$(MAKE) fuzz-short
+
+# Coverage-guided fuzzing of the decoders of untrusted input (CPG wire, uevents, control
+# protocol, config file) with libFuzzer on the stable toolchain; prints each target's
+# execution count. FUZZ_SECONDS per target (or FUZZ_RUNS inputs each); FUZZ_TARGETS to pick.
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= wire uevent control config
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) nice fuzz/run.sh $(FUZZ_TARGETS)
+
+# make check's share: 20 s per target, corpora kept in target/fuzz between runs.
+fuzz-short:
+	FUZZ_SECONDS=20 FUZZ_RUNS= nice fuzz/run.sh $(FUZZ_TARGETS)
+
+# The chaos soak on a real 5-node corosync cluster (root): CYCLES seeded random faults, safety
+# checks on the kernels' records after each, a 60 s bound on every recovery. SEED replays a
+# run's choices (default: from the clock; printed first).
+CYCLES ?= 50
+SEED ?=
+soak: deps
+	$(CARGO) build --release -q --workspace --bins
+	./target/release/gfs_soak --cycles $(CYCLES) $(if $(SEED),--seed $(SEED))
 
 # A longer seeded sweep than the tests run.
 sim:

@@ -356,13 +356,42 @@ fn s4_daemon_crash_is_a_failure_of_that_nodes_mounts() {
     };
     mount_all(&c, &[1, 2, 3], "fs1");
     let jid3 = jid_of(&c, 3, "fs1");
+    // A slow fence agent, so that whoever takes node 3 out can be told apart: the fencing
+    // backend after the delay, or corosync at once (a kill_node request).
+    c.set_fence_delay(5_000).unwrap();
     c.kill_daemon(3);
-    wait_recovered(&mut c, &[1, 2], "fs1", &[jid3]);
+    settle_until(&mut c, "the survivors to wait for node 3's fencing", |c| {
+        [1, 2].iter().all(|&id| {
+            c.ls(id)
+                .map(|ls| waits_for_fencing_of_3(&ls[0]))
+                .unwrap_or(false)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(
-        c.fence_log().iter().any(|(_, n)| *n == 3),
-        "node 3 fenced before its journal was replayed"
+        c.fence_log().is_empty(),
+        "the fence agent finished early: raise the delay"
     );
+    assert!(
+        c.corosync_alive(3),
+        "node 3 was removed from corosync instead of waiting for its fence"
+    );
+    wait_recovered(&mut c, &[1, 2], "fs1", &[jid3]);
+    let fenced_at = c
+        .fence_log()
+        .iter()
+        .find(|(_, n)| *n == 3)
+        .map(|(t, _)| *t)
+        .expect("node 3 fenced through the backend before its journal was replayed");
+    let replayer = replayers_of(&c, &[1, 2], "fs1", jid3)[0];
+    let replay_at = events(&c, replayer)
+        .into_iter()
+        .find(|(_, w)| w == &format!("write recover={jid3}"))
+        .map(|(t, _)| t)
+        .expect("recover written");
+    assert!(replay_at >= fenced_at, "replay before the fence");
     assert!(!c.corosync_alive(3), "fencing took the whole node down");
+    assert!(!asked_corosync_to_remove(&c, &[1, 2]));
     assert_eq!(replayers_of(&c, &[1, 2], "fs1", jid3).len(), 1);
     no_violations(&c, &[1, 2]);
 }
@@ -734,17 +763,394 @@ fn s14_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
     no_violations(&c, &[1, 2]);
 }
 
+// ----- foreign processes in the daemon group (gfs_controld(8): peers are processes) ---------
+
+/// A `gfs_cpg_intruder` running on a node: a process that is not gfs_controld, in
+/// `gfs:controld`. Killed on drop, so a failing test does not leave it in the group.
+struct Intruder {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Its pid as corosync reports it to the group.
+    pid: u32,
+}
+
+impl Intruder {
+    /// Starts it on node `id` and waits until corosync has reported its join.
+    fn start(c: &Cluster, id: u32, args: &[&str]) -> Intruder {
+        let mut child = c
+            .spawn_in_node(id, "gfs_cpg_intruder", args)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut intruder = Intruder {
+            child,
+            lines,
+            pid: 0,
+        };
+        let joined = intruder.wait_line(c, "joined ");
+        intruder.pid = joined
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("pid="))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {joined:?}"));
+        intruder
+    }
+
+    /// Waits for the next stdout line starting with `prefix` (each step prints one).
+    fn wait_line(&mut self, c: &Cluster, prefix: &str) -> String {
+        let deadline = std::time::Instant::now() + SETTLE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "gfs_cpg_intruder never printed {prefix:?} (exit: {:?})\n{}",
+                    self.child.try_wait(),
+                    c.diagnostics()
+                ),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for gfs_cpg_intruder")
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Intruder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemons' log says they ignored `pid`'s join on `node` as a process that is not the node's
+/// gfs_controld.
+fn logged_foreign_join(c: &Cluster, id: u32, pid: u32, node: u32) -> bool {
+    daemon_log(c, id).contains(&format!(
+        "ignored join of process {pid} on node {node}: not the node's gfs_controld"
+    ))
+}
+
+/// What `node`'s kernel simulator was told to write, in order (`write block=1`, ...).
+fn writes(c: &Cluster, id: u32) -> Vec<(u64, String)> {
+    events(c, id)
+        .into_iter()
+        .filter(|(_, w)| w.starts_with("write "))
+        .collect()
+}
+
+fn status_members(c: &Cluster, id: u32) -> Vec<u64> {
+    c.status(id)
+        .map(|s| jids(&s["members"]))
+        .unwrap_or_default()
+}
+
+/// `gfs_control ls`'s line for a filesystem whose recovery waits for node 3's fence.
+fn waits_for_fencing_of_3(fs: &Value) -> bool {
+    fs["state"]
+        .as_str()
+        .is_some_and(|s| s.ends_with("waiting for fencing of node 3"))
+}
+
+/// The daemons asked corosync to remove a node (cfg kill_node) instead of having it fenced.
+fn asked_corosync_to_remove(c: &Cluster, ids: &[u32]) -> bool {
+    ids.iter()
+        .any(|&id| daemon_log(c, id).contains("asking corosync to remove node"))
+}
+
+/// Research finding P1/P2 (robustness.md D1): a process joining `gfs:controld` and leaving made
+/// the others block fs1 forever waiting for a fence of a live node; one exiting without a leave
+/// got a healthy node removed by corosync and fenced.
+#[test]
+fn s15_a_foreign_process_joining_leaving_or_exiting_changes_nothing() {
+    let Some((_guard, mut c)) = cluster("s15", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2, 3], "fs1");
+    let writes_before: Vec<usize> = (1..=3).map(|id| writes(&c, id).len()).collect();
+
+    // On node 2: joins, stays while another filesystem is mounted (the daemons' messages still
+    // count), then leaves cleanly.
+    let mut leaver = Intruder::start(&c, 2, &["--end", "leave", "--hold-ms", "2000"]);
+    mount_all(&c, &[1, 3], "fs2");
+    leaver.wait_line(&c, "left");
+    assert!(leaver.wait_exit().success());
+    // On node 3: joins and exits without leaving; corosync reports PROCDOWN, as for a daemon
+    // killed with SIGKILL.
+    let mut exiter = Intruder::start(&c, 3, &["--end", "exit", "--hold-ms", "500"]);
+    exiter.wait_line(&c, "exiting");
+    assert!(exiter.wait_exit().success());
+    // A PROCDOWN reaches the daemons at once; the defect removed the node within about a
+    // second. Give the daemons time to act on it.
+    std::thread::sleep(Duration::from_secs(3));
+
+    for id in 1..=3u32 {
+        assert!(c.corosync_alive(id), "node {id}'s corosync was removed");
+        assert!(c.daemon_alive(id), "node {id}'s daemon died");
+        let status = c.status(id).unwrap();
+        assert_eq!(status["synced"], true, "node {id}: {status}");
+        assert_eq!(status_members(&c, id), vec![1, 2, 3], "node {id}: {status}");
+        assert!(
+            status["fence_waits"].as_array().is_some_and(Vec::is_empty),
+            "node {id} waits for fencing: {status}"
+        );
+        let ls = c.ls(id).unwrap();
+        for fs in ls.as_array().unwrap() {
+            if fs["name"] == "fs1" {
+                assert_eq!(fs["state"], "mounted", "node {id}: {fs}");
+                assert_eq!(fs["members"].as_array().map(Vec::len), Some(3), "{fs}");
+            }
+        }
+        // fs1 saw nothing at all: the writes since are fs2's mount (node 1 and 3) only.
+        let new: Vec<(u64, String)> = writes(&c, id)
+            .into_iter()
+            .skip(writes_before[id as usize - 1])
+            .collect();
+        assert!(
+            !new.iter()
+                .any(|(_, w)| w.starts_with("write block=") || w.starts_with("write recover=")),
+            "node {id} blocked or replayed: {new:?}"
+        );
+        assert!(
+            logged_foreign_join(&c, id, leaver.pid, 2)
+                && logged_foreign_join(&c, id, exiter.pid, 3),
+            "node {id} did not log the foreign processes:\n{}",
+            daemon_log(&c, id)
+        );
+        assert!(
+            !daemon_log(&c, id).contains("malformed"),
+            "node {id} dropped messages"
+        );
+    }
+    assert!(c.fence_log().is_empty(), "fenced: {:?}", c.fence_log());
+    assert!(!asked_corosync_to_remove(&c, &[1, 2, 3]));
+    assert!(
+        c.kernel_table(2, "fs2").is_err(),
+        "node 2 never mounted fs2"
+    );
+    no_violations(&c, &[1, 2, 3]);
+}
+
+/// Research finding P4: a well-formed FENCED multicast by another process released a crashed
+/// node's journal 17.7 s before the fence agent ran. Forged here from the fencing member's node
+/// itself (node 1, where only the pid tells it from the daemon) and from node 2, each with a
+/// FENCE_ACK too, all claiming every failure of node 3.
+#[test]
+fn s16_forged_fence_reports_release_no_journal_before_the_fence() {
+    let Some((_guard, mut c)) = cluster("s16", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2, 3], "fs1");
+    let jid3 = jid_of(&c, 3, "fs1");
+    // Long enough to cover the forgers' joins on a loaded machine.
+    c.set_fence_delay(10_000).unwrap();
+    c.crash_node(3);
+    settle_until(&mut c, "the survivors to wait for node 3's fencing", |c| {
+        [1, 2].iter().all(|&id| {
+            c.ls(id)
+                .map(|ls| waits_for_fencing_of_3(&ls[0]))
+                .unwrap_or(false)
+        })
+    });
+    let mut forgers = Vec::new();
+    for node in [1, 2] {
+        let mut forger = Intruder::start(
+            &c,
+            node,
+            &["--fenced", "3", "--fence-ack", "3", "--hold-ms", "1000"],
+        );
+        forger.wait_line(&c, "sent FENCED");
+        forger.wait_line(&c, "sent FENCE_ACK");
+        forgers.push(forger);
+    }
+    for forger in &mut forgers {
+        forger.wait_line(&c, "left");
+    }
+    // Each forger saw its reports delivered in the group's ordered stream, so every daemon got
+    // them too.
+    for (node, forger) in [1u32, 2].into_iter().zip(&forgers) {
+        let seen = std::fs::read_to_string(c.node_dir(node).join("gfs_cpg_intruder.log"))
+            .unwrap_or_default();
+        for what in ["FENCED", "FENCE_ACK"] {
+            assert!(
+                seen.contains(&format!("deliver from {node}/{}: {what}", forger.pid)),
+                "node {node}'s forger saw no {what} delivered:\n{seen}"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        c.fence_log().is_empty(),
+        "the fence agent finished before the forged reports were judged: raise the delay"
+    );
+    for id in [1, 2] {
+        let replays: Vec<_> = writes(&c, id)
+            .into_iter()
+            .filter(|(_, w)| w.starts_with("write recover="))
+            .collect();
+        assert!(
+            replays.is_empty(),
+            "node {id} replayed on a forged report: {replays:?}"
+        );
+        let ls = c.ls(id).unwrap();
+        assert!(waits_for_fencing_of_3(&ls[0]), "node {id}: {ls}");
+    }
+
+    wait_recovered(&mut c, &[1, 2], "fs1", &[jid3]);
+    let fenced_at = c
+        .fence_log()
+        .iter()
+        .find(|(_, n)| *n == 3)
+        .map(|(t, _)| *t)
+        .expect("node 3 fenced");
+    let replayers = replayers_of(&c, &[1, 2], "fs1", jid3);
+    assert_eq!(replayers.len(), 1, "{replayers:?}");
+    let replay_at = writes(&c, replayers[0])
+        .into_iter()
+        .find(|(_, w)| w == &format!("write recover={jid3}"))
+        .map(|(t, _)| t)
+        .expect("recover written");
+    assert!(
+        replay_at >= fenced_at,
+        "replay started at {replay_at}, {} ms before the fence at {fenced_at}",
+        fenced_at - replay_at
+    );
+    for id in [1, 2] {
+        for (node, forger) in [1, 2].into_iter().zip(&forgers) {
+            assert!(
+                logged_foreign_join(&c, id, forger.pid, node),
+                "node {id} did not log the forger on node {node}"
+            );
+        }
+    }
+    no_violations(&c, &[1, 2]);
+}
+
+/// Research finding P6: while another process was in the group, a restarted daemon could not
+/// sync (its HELLOs were undecodable) until that process died. Here one such process stays on
+/// the node that answers joiners (node 1) and one on the restarted node itself.
+#[test]
+fn s17_a_daemon_restarted_next_to_foreign_processes_syncs_promptly() {
+    let Some((_guard, mut c)) = cluster("s17", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2], "fs1");
+    let mut stayers = vec![
+        Intruder::start(&c, 1, &["--end", "stay"]),
+        Intruder::start(&c, 3, &["--end", "stay"]),
+    ];
+    c.signal_daemon(3, libc::SIGTERM).unwrap();
+    settle_until(&mut c, "node 3's daemon to exit", |c| {
+        c.daemon_exit(3).is_some()
+    });
+    assert!(c.daemon_exit(3).unwrap().success());
+    settle_until(&mut c, "node 3 gone from the daemon group", |c| {
+        status_members(c, 1) == vec![1, 2]
+    });
+
+    let restarted = std::time::Instant::now();
+    c.start_daemon(3).unwrap();
+    settle_until(&mut c, "the restarted daemon to sync", |c| {
+        c.status(3)
+            .map(|s| s["synced"] == true && jids(&s["members"]) == vec![1, 2, 3])
+            .unwrap_or(false)
+    });
+    let took = restarted.elapsed();
+    eprintln!("s17: the restarted daemon synced {took:?} after its start");
+    // It takes well under a second when idle; the bound leaves room for a loaded machine.
+    assert!(took < Duration::from_secs(15), "synced only after {took:?}");
+
+    mount_all(&c, &[3], "fs1");
+    let mut all_jids: Vec<u64> = (1..=3).map(|id| jid_of(&c, id, "fs1")).collect();
+    all_jids.sort();
+    all_jids.dedup();
+    assert_eq!(all_jids.len(), 3, "distinct jids");
+    for id in 1..=3 {
+        assert_eq!(status_members(&c, id), vec![1, 2, 3], "node {id}");
+    }
+    for stayer in &mut stayers {
+        assert!(stayer.running(), "the foreign process was dropped from CPG");
+    }
+    assert!(c.fence_log().is_empty(), "fenced: {:?}", c.fence_log());
+    no_violations(&c, &[1, 2, 3]);
+}
+
+/// Research finding S5 (robustness.md D5): a daemon killed on a node that held no mount got
+/// that node's corosync killed by its peers, and the restarted daemon could not reach corosync.
+#[test]
+fn s18_a_daemon_killed_on_a_node_without_mounts_fences_nothing() {
+    let Some((_guard, mut c)) = cluster("s18", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2], "fs1");
+    c.kill_daemon(3);
+    settle_until(&mut c, "node 3 gone from the daemon group", |c| {
+        status_members(c, 1) == vec![1, 2] && status_members(c, 2) == vec![1, 2]
+    });
+    // The defect removed the node about a second after the PROCDOWN.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(c.corosync_alive(3), "node 3's corosync was removed");
+    assert!(c.fence_log().is_empty(), "fenced: {:?}", c.fence_log());
+    assert!(!asked_corosync_to_remove(&c, &[1, 2]));
+    for id in [1, 2] {
+        let status = c.status(id).unwrap();
+        assert!(
+            status["fence_waits"].as_array().is_some_and(Vec::is_empty),
+            "node {id} waits for fencing: {status}"
+        );
+        assert!(
+            !writes(&c, id).iter().any(|(_, w)| w == "write block=1"),
+            "node {id} blocked"
+        );
+        assert!(
+            daemon_log(&c, id).contains("holds no gfs2 mount: nothing to fence"),
+            "node {id}"
+        );
+    }
+
+    c.start_daemon(3).unwrap();
+    settle_until(&mut c, "the restarted daemon to sync", |c| {
+        c.status(3)
+            .map(|s| s["synced"] == true && jids(&s["members"]) == vec![1, 2, 3])
+            .unwrap_or(false)
+    });
+    mount_all(&c, &[3], "fs1");
+    let mut all_jids: Vec<u64> = (1..=3).map(|id| jid_of(&c, id, "fs1")).collect();
+    all_jids.sort();
+    all_jids.dedup();
+    assert_eq!(all_jids.len(), 3, "distinct jids");
+    assert!(c.fence_log().is_empty(), "fenced: {:?}", c.fence_log());
+    no_violations(&c, &[1, 2, 3]);
+}
+
 /// An idle daemon sleeps (no periodic tick), and a fencing that hangs is reported by the core's
 /// own timer at `fence_warn` while `gfs_control status` shows the wait growing.
 #[test]
-fn s15_idle_daemon_sleeps_and_a_hanging_fence_is_reported() {
+fn s19_idle_daemon_sleeps_and_a_hanging_fence_is_reported() {
     let opts = ClusterOptions {
         nodes: 3,
         replay_ms: 100,
         daemon_args: vec!["--fence_warn=2s".into()],
         ..ClusterOptions::default()
     };
-    let Some((_guard, mut c)) = cluster_with("s15", opts) else {
+    let Some((_guard, mut c)) = cluster_with("s19", opts) else {
         return;
     };
     mount_all(&c, &[1, 2, 3], "fs1");

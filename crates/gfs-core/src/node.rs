@@ -995,7 +995,7 @@ impl Node {
                     // A daemon with no state holds no gfs2 mounts (it refuses to start with
                     // them): whatever kernel wrote that node's journals is gone, which is what
                     // fencing would have ensured.
-                    self.rep.must_fence.remove(&sender);
+                    self.rep.forget_failure(sender);
                     for fs in self.rep.fs.values_mut() {
                         fs.fence_before_first.remove(&sender);
                         for d in fs.dirty.values_mut() {
@@ -1162,14 +1162,18 @@ impl Node {
                 }
                 self.rep.prune_stopped(&table);
             }
-            Message::Stopped { epoch } => {
+            Message::Stopped { epoch, tables } => {
                 if sender == me {
                     self.stopped_in_flight = false;
                 }
+                // Only the filesystems the sender had blocked when it sent this: it may have
+                // become a participant of another one while the message was in flight.
                 let members = self.rep.members.clone();
-                for fs in self.rep.fs.values_mut() {
-                    if fs.is_participant(sender, &members) && fs.dirty_epoch <= epoch {
-                        fs.stopped.insert(sender);
+                for table in &tables {
+                    if let Some(fs) = self.rep.fs.get_mut(table) {
+                        if fs.is_participant(sender, &members) && fs.dirty_epoch <= epoch {
+                            fs.stopped.insert(sender);
+                        }
                     }
                 }
             }
@@ -1180,7 +1184,9 @@ impl Node {
                 attempt,
             } => self.on_recovered(&table, jid, done, attempt, sender),
             Message::FenceAck { nodeid, failure } => {
-                if self.fenced_by_message(nodeid, failure, "FENCE_ACK", sender) {
+                if self.agree_fenced(nodeid, failure)
+                    && self.fenced_by_message(nodeid, failure, "FENCE_ACK", sender)
+                {
                     self.log_node(
                         Level::Warn,
                         nodeid,
@@ -1198,8 +1204,9 @@ impl Node {
                         nodeid,
                         format!("ignored FENCED from node {sender}: node {fencer:?} runs the fencing backend"),
                     );
-                } else if sender != me && self.fenced_by_message(nodeid, failure, "FENCED", sender)
-                {
+                } else if !self.agree_fenced(nodeid, failure) || sender == me {
+                    // Our own report: the backend's answer was taken when it came.
+                } else if self.fenced_by_message(nodeid, failure, "FENCED", sender) {
                     self.log_node(
                         Level::Info,
                         nodeid,
@@ -2029,6 +2036,17 @@ impl Node {
         true
     }
 
+    /// A fence report in the group's order: the replicated state takes it for the node's latest
+    /// failure (so a member that syncs later neither fences the node again nor waits for it).
+    /// Always true but for a current member, which is never taken as fenced.
+    fn agree_fenced(&mut self, nodeid: NodeId, failure: u64) -> bool {
+        if self.daemon_in_group(nodeid) {
+            return false;
+        }
+        self.rep.fence_agreed(nodeid, failure);
+        true
+    }
+
     /// Failed nodes some decision here waits to see fenced, and their records.
     fn fence_waits(&self) -> Vec<(NodeId, &FenceRecord)> {
         self.fence_needs()
@@ -2159,11 +2177,15 @@ impl Node {
         {
             needs.extend(self.rep.must_fence.iter().copied());
         }
+        // The group agreed these were fenced (possibly before this member synced).
+        needs.retain(|n| !self.rep.fenced.contains(n));
         needs
     }
 
     fn fenced(&self, node: NodeId) -> bool {
-        self.cfg.sabotage.skip_fencing || self.fence.get(&node).is_some_and(FenceRecord::done)
+        self.cfg.sabotage.skip_fencing
+            || self.rep.fenced.contains(&node)
+            || self.fence.get(&node).is_some_and(FenceRecord::done)
     }
 
     fn quorum_ok(&self) -> bool {
@@ -2209,22 +2231,25 @@ impl Node {
         // Another one only when this node became part of a barrier after its last one (a mount
         // became ready during recovery).
         if !self.stopped_in_flight && !self.replaying {
-            let waiting: Vec<&String> = self
+            let waiting: Vec<String> = self
                 .rep
                 .fs
                 .iter()
                 .filter(|(_, fs)| {
                     fs.is_participant(me, &self.rep.members) && !fs.stopped.contains(&me)
                 })
-                .map(|(t, _)| t)
+                .map(|(t, _)| t.clone())
                 .collect();
             let all_blocked = waiting
                 .iter()
-                .all(|t| self.local.get(*t).is_none_or(|l| l.block_confirmed));
+                .all(|t| self.local.get(t).is_none_or(|l| l.block_confirmed));
             if !waiting.is_empty() && all_blocked {
                 self.stopped_in_flight = true;
                 let epoch = self.rep.epoch;
-                self.send(Message::Stopped { epoch });
+                self.send(Message::Stopped {
+                    epoch,
+                    tables: waiting,
+                });
             }
         }
         if self.quorum_ok() {
@@ -2686,7 +2711,14 @@ impl Node {
             protocol_max: self.cfg.proto_max,
             synced: self.is_synced(),
             quorate: self.quorate,
-            members: self.config_members.clone(),
+            // Nodes whose daemon is in the group: another process of a node whose daemon is
+            // gone keeps the node in the CPG group, not among the members.
+            members: self
+                .config_members
+                .iter()
+                .copied()
+                .filter(|&n| self.daemon_in_group(n))
+                .collect(),
             stale_members: self
                 .rep
                 .members

@@ -23,6 +23,14 @@ pub struct Replicated {
     /// partitioned side can keep mounting). No `jid` is written until each is fenced or has
     /// rejoined with no state, so no journal is handed out or replayed behind their back.
     pub must_fence: BTreeSet<NodeId>,
+    /// For each node of `must_fence` that failed as a member: the configuration change that
+    /// reported it (absent: since the group formed, change 0). A fence report answering an
+    /// earlier change is stale.
+    pub must_fence_since: BTreeMap<NodeId, u64>,
+    /// Nodes of `must_fence` whose fencing the group agreed on (a current FENCED or FENCE_ACK
+    /// in the group's order), kept until they rejoin or fail again: a member that syncs later
+    /// (and becomes the fencer) must not fence them again, nor wait for a fence it never saw.
+    pub fenced: BTreeSet<NodeId>,
     /// Keyed by lock table text.
     pub fs: BTreeMap<String, FsState>,
 }
@@ -253,6 +261,22 @@ impl Replicated {
         }
     }
 
+    /// The group agreed that `node` was fenced, for the failure reported at configuration change
+    /// `failure`: it counts when that is the node's latest failure.
+    pub fn fence_agreed(&mut self, node: NodeId, failure: u64) {
+        let since = self.must_fence_since.get(&node).copied().unwrap_or(0);
+        if self.must_fence.contains(&node) && failure >= since {
+            self.fenced.insert(node);
+        }
+    }
+
+    /// `node` rejoined with no state: nothing of it is left to fence.
+    pub fn forget_failure(&mut self, node: NodeId) {
+        self.must_fence.remove(&node);
+        self.must_fence_since.remove(&node);
+        self.fenced.remove(&node);
+    }
+
     pub fn active_member(&self, id: NodeId) -> bool {
         self.members.get(&id).is_some_and(|m| m.synced && !m.stale)
     }
@@ -263,6 +287,8 @@ impl Replicated {
         self.members.remove(&node);
         if unclean {
             self.must_fence.insert(node);
+            self.must_fence_since.insert(node, self.confchgs + 1);
+            self.fenced.remove(&node);
         }
         let mut fx = Effects::default();
         let mut dirtied_any = false;

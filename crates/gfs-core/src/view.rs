@@ -14,6 +14,8 @@ pub struct StatusView {
     /// Has this daemon received the group's state (it may act only then).
     pub synced: bool,
     pub quorate: bool,
+    /// Nodes whose gfs_controld is in the daemon group (before this daemon has synced: every
+    /// node with a process in the group).
     pub members: Vec<NodeId>,
     /// Members that came back from a partition with stale state and are being removed (S7).
     pub stale_members: Vec<NodeId>,

@@ -95,9 +95,13 @@ pub enum Message {
         table: String,
         mode: MountMode,
     },
-    /// The sender has blocked every filesystem it holds that is affected by failures up to `epoch`.
+    /// The sender has blocked `tables`, the filesystems affected by failures up to `epoch` in
+    /// which it was a participant when it sent this. Naming them matters: a filesystem in which
+    /// the sender became a participant while this was in flight (a replayer became ready) is not
+    /// covered, and needs another STOPPED.
     Stopped {
         epoch: u64,
+        tables: Vec<String>,
     },
     /// The result of a replay the group assigned; `attempt` is the journal's failed-attempt count
     /// when it was assigned, so a late result of an earlier assignment is recognised as stale.
@@ -200,7 +204,13 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
         | Message::JournalReady { table }
         | Message::Unmount { table }
         | Message::Withdraw { table } => body.str(table),
-        Message::Stopped { epoch } => body.u64(*epoch),
+        Message::Stopped { epoch, tables } => {
+            body.u64(*epoch);
+            body.u32(tables.len() as u32);
+            for t in tables {
+                body.str(t);
+            }
+        }
         Message::Recovered {
             table,
             jid,
@@ -282,7 +292,17 @@ pub fn decode_up_to(buf: &[u8], max: u16) -> Result<(Header, Message), WireError
             table: r.table()?,
             mode: r.mode()?,
         },
-        9 => Message::Stopped { epoch: r.u64()? },
+        9 => Message::Stopped {
+            epoch: r.u64()?,
+            tables: {
+                let n = r.count()?;
+                let mut tables = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    tables.push(r.table()?);
+                }
+                tables
+            },
+        },
         10 => Message::Recovered {
             table: r.table()?,
             jid: r.jid()?,
@@ -329,6 +349,12 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
         w.u64(m.synced_at);
     }
     w.nodes(s.must_fence.iter().copied());
+    w.u32(s.must_fence_since.len() as u32);
+    for (id, change) in &s.must_fence_since {
+        w.u32(*id);
+        w.u64(*change);
+    }
+    w.nodes(s.fenced.iter().copied());
     w.u32(s.fs.len() as u32);
     for (table, fs) in &s.fs {
         w.str(table);
@@ -382,6 +408,12 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
         members.insert(id, m);
     }
     let must_fence = r.nodes()?;
+    let mut must_fence_since = BTreeMap::new();
+    for _ in 0..r.count()? {
+        let id = r.u32()?;
+        must_fence_since.insert(id, r.u64()?);
+    }
+    let fenced = r.nodes()?;
     let mut fs = BTreeMap::new();
     for _ in 0..r.count()? {
         let table = r.table()?;
@@ -442,6 +474,8 @@ fn read_replicated(r: &mut Reader) -> Result<Replicated, WireError> {
         confchgs,
         members,
         must_fence,
+        must_fence_since,
+        fenced,
         fs,
     })
 }

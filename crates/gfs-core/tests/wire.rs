@@ -100,17 +100,25 @@ fn replicated() -> impl Strategy<Value = Replicated> {
         any::<u16>(),
         (any::<u64>(), any::<u64>()),
         proptest::collection::btree_map(1u32..400, member, 0..6),
-        nodes(),
+        (
+            nodes(),
+            proptest::collection::btree_map(1u32..400, any::<u64>(), 0..4),
+            nodes(),
+        ),
         proptest::collection::btree_map(table(), fs_state(), 0..3),
     )
         .prop_map(
-            |(version, (epoch, confchgs), members, must_fence, fs)| Replicated {
-                version,
-                epoch,
-                confchgs,
-                members,
-                must_fence,
-                fs,
+            |(version, (epoch, confchgs), members, (must_fence, must_fence_since, fenced), fs)| {
+                Replicated {
+                    version,
+                    epoch,
+                    confchgs,
+                    members,
+                    must_fence,
+                    must_fence_since,
+                    fenced,
+                    fs,
+                }
             },
         )
 }
@@ -148,7 +156,8 @@ fn message() -> impl Strategy<Value = Message> {
         table().prop_map(|table| Message::Unmount { table }),
         table().prop_map(|table| Message::Withdraw { table }),
         (table(), mode()).prop_map(|(table, mode)| Message::Remount { table, mode }),
-        any::<u64>().prop_map(|epoch| Message::Stopped { epoch }),
+        (any::<u64>(), proptest::collection::vec(table(), 0..4))
+            .prop_map(|(epoch, tables)| Message::Stopped { epoch, tables }),
         (table(), jid(), any::<bool>(), any::<u32>()).prop_map(|(table, jid, done, attempt)| {
             Message::Recovered {
                 table,
@@ -219,7 +228,13 @@ fn typed_errors_name_what_is_wrong() {
         sender: 1,
         change: 0,
     };
-    let good = encode(&h, &Message::Stopped { epoch: 3 });
+    let good = encode(
+        &h,
+        &Message::Stopped {
+            epoch: 3,
+            tables: vec![],
+        },
+    );
     assert_eq!(decode(&good[..HEADER_LEN - 1]), Err(WireError::Truncated));
     let mut bad_magic = good.clone();
     bad_magic[0] ^= 0xff;

@@ -12,6 +12,7 @@ mod world;
 pub use rng::Rng;
 pub use world::{
     run, KernelView, Outcome, ReplayRecord, Rule, Scenario, SimConfig, Violation, WriteRecord,
+    WORKLOAD_QUIET_MS,
 };
 
 pub mod cost;

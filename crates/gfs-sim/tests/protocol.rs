@@ -452,6 +452,15 @@ fn a_restarted_daemon_syncs_while_a_foreign_process_is_joined() {
         vec![],
         vec![(daemon(3), LeaveReason::Leave)],
     );
+    // The intruder keeps node 3 in the CPG group, not among the daemons `status` shows.
+    for n in &bus.nodes {
+        assert_eq!(
+            n.status(bus.now).members,
+            vec![1, 2],
+            "status of node {}",
+            n.nodeid()
+        );
+    }
     let mut again = cfg(3);
     again.pid = 4242;
     bus.start(again);
@@ -476,6 +485,63 @@ fn a_restarted_daemon_syncs_while_a_foreign_process_is_joined() {
     );
     assert_eq!(bus.digests(), d);
     assert!(bus.fences.is_empty() && bus.kills.is_empty());
+}
+
+/// The group's fencer fenced a failed node; then the lowest node's daemon (no mounts) restarts
+/// and, synced from the others, becomes the fencer while the failed node stays away (its
+/// corosync may be back, its daemon not yet). The new fencer must take the group's word for the
+/// fence, not fence the node again after `startup_fence_delay` (chaos soak, seed 301 cycle 5),
+/// nor wait for a fence it never saw.
+#[test]
+fn a_member_that_syncs_later_does_not_fence_again_what_the_group_saw_fenced() {
+    let mut bus = Bus::new(vec![cfg(1), cfg(2), cfg(3), cfg(4)]);
+    for i in 1..4 {
+        bus.input(i, add("alpha:fs1"));
+        bus.input(i, online("alpha:fs1"));
+    }
+    bus.nodes.truncate(3);
+    bus.confchg(
+        peers(&[1, 2, 3]),
+        vec![],
+        vec![(daemon(4), LeaveReason::NodeDown)],
+    );
+    assert_eq!(bus.fences, vec![(1, 4)], "node 1 runs the fencing backend");
+    let at = bus.now;
+    bus.input(0, Input::Fenced { nodeid: 4, at });
+    bus.fences.clear();
+    // Node 1's daemon, holding nothing, exits cleanly and starts again.
+    bus.nodes.remove(0);
+    bus.confchg(
+        peers(&[2, 3]),
+        vec![],
+        vec![(daemon(1), LeaveReason::Leave)],
+    );
+    let mut again = cfg(1);
+    again.pid = 5001;
+    bus.start(again);
+    let restarted = bus.nodes.len() - 1;
+    bus.input(restarted, Input::Quorum { quorate: true });
+    let new1 = Peer::new(1, 5001);
+    bus.confchg(vec![new1, daemon(2), daemon(3)], vec![new1], vec![]);
+    assert!(bus.nodes[restarted].is_synced(), "{:?}", bus.logs);
+    let later = Time(bus.now.millis() + 3 * cfg(1).startup_fence_delay_ms);
+    bus.advance_to(later);
+    assert!(
+        bus.fences.is_empty(),
+        "fenced again by the member that synced later: {:?}",
+        bus.fences
+    );
+    for n in &bus.nodes {
+        let status = n.status(bus.now);
+        assert!(
+            status.fence_waits.is_empty(),
+            "node {} waits for a fence the group saw: {:?}",
+            n.nodeid(),
+            status.fence_waits
+        );
+    }
+    let d = bus.digests();
+    assert!(d.windows(2).all(|w| w[0] == w[1]), "all agree");
 }
 
 fn add(table: &str) -> Input {
@@ -524,7 +590,10 @@ fn malformed_and_forged_messages_are_logged_and_change_nothing() {
             sender: 1,
             change: 0,
         },
-        &Message::Stopped { epoch: 9 },
+        &Message::Stopped {
+            epoch: 9,
+            tables: vec![],
+        },
     );
     bus.input(
         0,

@@ -2,7 +2,7 @@
 //! safety rule checked after every step and liveness after the faults stop. Split in four so the
 //! test harness runs them in parallel.
 
-use gfs_sim::{run, sweep_config};
+use gfs_sim::{run, sweep_config, WORKLOAD_QUIET_MS};
 
 fn sweep(seeds: std::ops::Range<u64>) {
     for seed in seeds {
@@ -109,4 +109,55 @@ fn regression_seeds() {
             out.violation.map(|v| v.detail)
         );
     }
+}
+
+/// At 16 nodes and 8 filesystems the workload kept starting mounts until the run's last
+/// moments, and L1 judged them unfinished: the checker's fault, not the protocol's. These seeds
+/// broke L1 that way (mounts still `Joining` at 130 s) until the workload went quiet for the
+/// last `WORKLOAD_QUIET_MS`; each must now pass, with no operation begun in that stretch.
+#[test]
+fn sixteen_nodes_eight_filesystems_are_judged_on_finished_work() {
+    for seed in [9200027, 9200037, 9200069] {
+        let cfg = sweep_config(seed, Some(16), Some(8));
+        let quiet_from = cfg.fault_ms + cfg.settle_ms - WORKLOAD_QUIET_MS;
+        let out = run(cfg);
+        assert!(
+            out.violation.is_none(),
+            "seed {seed} (16 nodes, 8 filesystems): {:?}",
+            out.violation
+                .map(|v| format!("{} at {}: {}", v.rule, v.time, v.detail))
+        );
+        let last_work = out
+            .trace
+            .iter()
+            .filter(|line| line.contains(" WORK "))
+            .filter_map(|line| line.split_whitespace().next())
+            .filter_map(|t| t.strip_suffix('s')?.parse::<f64>().ok())
+            .fold(0.0_f64, f64::max);
+        assert!(last_work > 0.0, "seed {seed}: no workload in the trace");
+        assert!(
+            last_work * 1000.0 < quiet_from as f64,
+            "seed {seed}: an operation began at {last_work}s, in the quiet stretch from {}s",
+            quiet_from / 1000
+        );
+    }
+}
+
+/// A protocol defect the 3–16-node, 1–8-filesystem sweep found (not the checker's). Node 4 is
+/// mounting `sim:fs3` (its `jid` written) and, as no member can replay yet, is left unblocked;
+/// it blocks `sim:fs5` and sends one STOPPED (epoch 11). Node 6's JOURNAL_READY for `sim:fs3`
+/// is delivered before that STOPPED, making a replayer exist, and `Message::Stopped` in
+/// node.rs judged `is_participant(sender)` on the state at delivery, not at sending: node 4 was
+/// recorded as stopped on `sim:fs3`, the barrier completed, and node 6 replayed journal 0 while
+/// node 4's kernel held `sim:fs3` unblocked (S3 at 48.020 s). STOPPED now names the
+/// filesystems its sender had blocked.
+#[test]
+fn seed_1889_six_nodes_six_filesystems() {
+    let out = run(gfs_sim::sweep_config_in(1889, (3, 16), (1, 8)));
+    assert!(
+        out.violation.is_none(),
+        "seed 1889: {:?}",
+        out.violation
+            .map(|v| format!("{} at {}: {}", v.rule, v.time, v.detail))
+    );
 }

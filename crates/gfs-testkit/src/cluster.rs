@@ -313,6 +313,10 @@ impl Cluster {
     }
 
     fn start_kernel(&mut self, id: u32) -> Result<()> {
+        // A killed simulator leaves its socket behind: waiting for that one would start the
+        // daemon before the new FUSE mount exists, and the daemon's private mount namespace
+        // would never see it (its writes fail ENODEV; soak seed 202, cycle 17's restart).
+        let _ = fs::remove_file(self.kernel_socket(id));
         // The simulator serves the node's sysfs through FUSE: it enters only the node's network
         // namespace (`ip netns exec` would also give it a private mount namespace, where the
         // FUSE mount would be invisible to the daemon and the test).
@@ -331,13 +335,30 @@ impl Cluster {
             .arg("--configfs-root")
             .arg(self.configfs_root(id))
             .arg("--uevent-socket")
-            .arg(self.uevent_socket(id));
+            .arg(self.uevent_socket(id))
+            .arg("--record")
+            .arg(self.kernel_record_path(id));
         let child = self.spawn(id, "kernel", cmd)?;
         self.nodes.entry(id).or_default().kernel = Some(child);
         let socket = self.kernel_socket(id);
         self.wait_for("kernel simulator socket", Duration::from_secs(10), |_| {
             socket.exists()
         })
+    }
+
+    /// Where node `id`'s kernel simulators (every instance: the file is appended to across
+    /// restarts) record their timelines as they happen.
+    pub fn kernel_record_path(&self, id: u32) -> PathBuf {
+        self.node_dir(id).join("kernel.jsonl")
+    }
+
+    /// Every record node `id`'s kernel simulators wrote, also those of killed instances.
+    pub fn kernel_records(&self, id: u32) -> Vec<crate::proto::Entry> {
+        fs::read_to_string(self.kernel_record_path(id))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Starts node `id`'s dlm_controld double on the abstract `@dlmc_sock` of its namespace.
@@ -421,9 +442,33 @@ impl Cluster {
         })
     }
 
+    /// Runs one of the test binaries (`gfs_cpg_intruder`, ...) in node `id`'s network
+    /// namespace as the daemon runs there, with stdout piped to the caller and stderr appended
+    /// to `<program>.log` in the node's directory. Its pid is not given to the fence agent:
+    /// such a tool is a corosync client and exits when fencing kills the node's corosync.
+    pub fn spawn_in_node(&self, id: u32, program: &str, args: &[&str]) -> Result<Child> {
+        let path = bin_dir().join(program);
+        if !path.exists() {
+            bail!(
+                "{} is missing (run `cargo build --workspace --bins` first)",
+                path.display()
+            );
+        }
+        Command::new("ip")
+            .args(["netns", "exec", &self.netns(id)])
+            .arg(path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(self.log_file(id, program)?)
+            .spawn()
+            .with_context(|| format!("starting {program} on node {id}"))
+    }
+
     /// The test fencing agent: `fence_agent NODEID NAME`. It waits for the delay in
-    /// `fence_delay_ms` (tests make fencing slow), kills every process of the victim node, and
-    /// appends `<unix ms> <nodeid>` to `fence.log`.
+    /// `fence_delay_ms` (tests make fencing slow), fails while `fence_fail` exists and for as
+    /// many runs as `fence_fail_count` says (each such run appends to `fence_fail.log`), else
+    /// kills every process of the victim node and appends `<unix ms> <nodeid>` to `fence.log`.
     fn write_fence_agent(&self) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.dir.display();
@@ -434,6 +479,9 @@ impl Cluster {
              delay=$(cat \"$d/fence_delay_ms\" 2>/dev/null || echo 0)\n\
              [ \"$delay\" -gt 0 ] && sleep $(awk \"BEGIN{{print $delay/1000}}\")\n\
              [ -e \"$d/fence_fail\" ] && exit 1\n\
+             n=$(cat \"$d/fence_fail_count\" 2>/dev/null || echo 0)\n\
+             if [ \"$n\" -gt 0 ]; then echo $((n-1)) > \"$d/fence_fail_count\"; \
+             echo \"$(date +%s%3N) $1\" >> \"$d/fence_fail.log\"; exit 1; fi\n\
              [ -f \"$d/n$1/pids\" ] && for p in $(cat \"$d/n$1/pids\"); do kill -9 \"$p\" 2>/dev/null; done\n\
              echo \"$(date +%s%3N) $1\" >> \"$d/fence.log\"\n\
              exit 0\n"
@@ -450,16 +498,21 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the fence agent fail its next `n` runs (exit 1 without fencing), whatever node
+    /// they are for.
+    pub fn set_fence_failures(&self, n: u32) -> Result<()> {
+        fs::write(self.dir.join("fence_fail_count"), n.to_string())?;
+        Ok(())
+    }
+
+    /// `(unix ms, nodeid)` of every run of the fence agent that failed on purpose.
+    pub fn fence_failures(&self) -> Vec<(u64, u32)> {
+        parse_fence_log(&self.dir.join("fence_fail.log"))
+    }
+
     /// `(unix ms, nodeid)` of every fencing the agent carried out.
     pub fn fence_log(&self) -> Vec<(u64, u32)> {
-        fs::read_to_string(self.dir.join("fence.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut parts = l.split_whitespace();
-                Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-            })
-            .collect()
+        parse_fence_log(&self.dir.join("fence.log"))
     }
 
     fn quorate_by_tool(&self, id: u32) -> bool {
@@ -554,6 +607,16 @@ impl Cluster {
         self.kernel(id, &["umount", &self.table(fs)]).map(|_| ())
     }
 
+    /// Starts an unmount without waiting (for unmounts during recovery).
+    pub fn umount_async(&self, id: u32, fs: &str) -> Result<Child> {
+        Ok(Command::new(bin_dir().join("gfs_kernel_sim"))
+            .args(["umount", &self.table(fs), "--socket"])
+            .arg(self.kernel_socket(id))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
+    }
+
     /// The kernel simulator's view of `fs` on node `id`.
     pub fn kernel_table(&self, id: u32, fs: &str) -> Result<Value> {
         let status = self.kernel_status(id)?;
@@ -639,6 +702,33 @@ impl Cluster {
         self.forget_dead_pids(id);
     }
 
+    /// Only corosync dies: the daemon loses its CPG and quorum connections.
+    pub fn kill_corosync(&mut self, id: u32) {
+        if let Some(child) = self.nodes.get_mut(&id).and_then(|n| n.corosync.as_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.forget_dead_pids(id);
+    }
+
+    /// Brings a crashed, fenced or removed node back as after a reboot: whatever of it still
+    /// runs is killed, then corosync (waiting until it is quorate), the kernel simulator (no
+    /// mounts), the dlm_controld double and the daemon start again. The caller waits for the
+    /// daemon to sync.
+    pub fn restart_node(&mut self, id: u32) -> Result<()> {
+        self.crash_node(id);
+        detach_fuse(&self.sysfs_root(id));
+        self.start_corosync(id)?;
+        self.wait_for(
+            &format!("node {id}'s corosync quorate"),
+            Duration::from_secs(60),
+            |c| c.quorate_by_tool(id),
+        )?;
+        self.start_kernel(id)?;
+        self.start_dlm(id)?;
+        self.start_daemon(id)
+    }
+
     /// Rewrites the fence agent's pid list with the node's live processes only, so that a
     /// reaped process's PID, which the system may reuse, is never killed.
     fn forget_dead_pids(&mut self, id: u32) {
@@ -658,7 +748,7 @@ impl Cluster {
                 }
             }
         }
-        let _ = fs::write(self.node_dir(id).join("pids"), live);
+        let _ = replace_file(&self.node_dir(id).join("pids"), &live);
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to node `id`'s daemon.
@@ -752,6 +842,26 @@ impl Cluster {
         }
         text
     }
+}
+
+/// Replaces `path`'s contents at once: a new file renamed over it, so that a reader (the fence
+/// agent) sees the old contents or the new, never the truncated file in between.
+fn replace_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, contents)?;
+    fs::rename(&tmp, path)
+}
+
+/// `<unix ms> <nodeid>` lines.
+fn parse_fence_log(path: &Path) -> Vec<(u64, u32)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The network of a test cluster: namespace `{tag}w` holds a bridge, and node `id`'s namespace
@@ -951,4 +1061,43 @@ fn qb_shm_kib(server_pid: u32) -> u64 {
         .filter_map(|path| fs::metadata(format!("/proc/{server_pid}/root{path}")).ok())
         .map(|m| m.blocks() * 512 / 1024)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fence agent reads a node's pid list whenever a daemon fences it, also while the
+    /// harness rewrites the list (a daemon kill makes both happen within milliseconds): a
+    /// reader must see the old list or the new one, never an empty file, or the agent kills
+    /// nothing, reports the node fenced, and its kernel keeps the journal lock (soak seed 102,
+    /// cycle 17: a daemon kill whose recovery hung on "Busy").
+    #[test]
+    fn a_reader_never_sees_the_pid_list_empty_while_it_is_rewritten() {
+        let dir = std::env::temp_dir().join(format!("gfs-pids-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pids");
+        replace_file(&path, "101\n202\n").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut empty = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if fs::read_to_string(&path).unwrap_or_default().is_empty() {
+                        empty += 1;
+                    }
+                }
+                empty
+            })
+        };
+        for i in 0..3_000 {
+            let list = if i % 2 == 0 { "101\n202\n" } else { "101\n" };
+            replace_file(&path, list).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let empty = reader.join().unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(empty, 0, "the reader saw an empty pid list {empty} times");
+    }
 }

@@ -8,6 +8,7 @@
 //! * [`cluster`]: a real corosync cluster in network namespaces, with kernel simulators.
 //! * [`pacemaker`]: a real pacemaker cluster in network namespaces running gfs_controld as
 //!   its OCF clone with pacemaker fencing.
+//! * [`soak`]: a chaos soak on that cluster: seeded random faults, safety checks on the records.
 //! * [`vm`]: the real-kernel tier: QEMU VMs with Debian's gfs2 and dlm on a shared disk.
 
 pub mod client;
@@ -15,6 +16,7 @@ pub mod cluster;
 pub mod dlm_sim;
 pub mod pacemaker;
 pub mod proto;
+pub mod soak;
 pub mod uevent;
 pub mod vm;
 

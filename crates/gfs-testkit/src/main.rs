@@ -7,6 +7,7 @@
 //! ```text
 //! gfs_kernel_sim serve --root DIR --socket PATH [--replay-ms N] [--join-ms N] [--shared DIR]
 //!                      [--configfs-root DIR] [--recover-callbacks 0|1] [--uevent-socket PATH]
+//!                      [--record FILE]
 //! gfs_kernel_sim [--socket PATH] mount <table> [--spectator] [--ro] [--timeout-ms N]
 //!                      [--journals N] [--join-ms N] [--hostdata-first0]
 //! gfs_kernel_sim [--socket PATH] umount <table>
@@ -180,6 +181,11 @@ enum Cmd {
         /// instead of netlink, where gfs_controld takes only the kernel's own.
         #[arg(long)]
         uevent_socket: Option<PathBuf>,
+        /// Append every timeline entry and violation to FILE as JSON lines when it happens
+        /// (`gfs_testkit::proto::Entry`; a write's end is a second line with its result), so
+        /// the record survives this process.
+        #[arg(long)]
+        record: Option<PathBuf>,
     },
     /// Mount a filesystem; returns when `online` was sent, or fails with the mount's errno.
     Mount {
@@ -253,6 +259,7 @@ struct ServeOptions {
     configfs_root: Option<PathBuf>,
     recover_callbacks: u32,
     uevent_socket: Option<PathBuf>,
+    record: Option<PathBuf>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -269,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             configfs_root,
             recover_callbacks,
             uevent_socket,
+            record,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -282,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 configfs_root,
                 recover_callbacks,
                 uevent_socket,
+                record,
             }))?;
             return Ok(0);
         }
@@ -448,6 +457,14 @@ async fn serve(o: ServeOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&o.socket);
     let listener =
         UnixListener::bind(&o.socket).with_context(|| format!("bind {}", o.socket.display()))?;
+    if let Some(path) = &o.record {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("record file {}", path.display()))?;
+        lock(&sim).record = Some(file);
+    }
     {
         let mut s = lock(&sim);
         let what = format!(

@@ -4,11 +4,12 @@ use std::process::ExitCode;
 
 use gfs_sim::{run, SimConfig};
 
-const USAGE: &str = "usage: gfs_sim [--seeds N] [--first-seed S] [--seed S] [--nodes K] [--filesystems F] [--trace] [--json] [--demo]
+const USAGE: &str = "usage: gfs_sim [--seeds N] [--first-seed S] [--seed S] [--nodes K] [--filesystems F] [--keep-going] [--trace] [--json] [--demo]
   --seeds N         run N seeds (default 100), from --first-seed (default 1)
   --seed S          run only seed S (replay a failure)
   --nodes K         nodes per run, or a range A-B drawn from the seed (default 3-7)
   --filesystems F   filesystems per run, or a range A-B drawn from the seed (default 1-4)
+  --keep-going      run every seed: one line per broken seed, the count at the end
   --trace           print the full event trace of each run
   --json            print the summary as JSON
   --demo            print the recovery timeline of a 3-node cluster losing one node";
@@ -19,6 +20,7 @@ struct Args {
     seed: Option<u64>,
     nodes: (u32, u32),
     filesystems: (u32, u32),
+    keep_going: bool,
     trace: bool,
     json: bool,
     demo: bool,
@@ -31,6 +33,7 @@ fn parse() -> Result<Args, String> {
         seed: None,
         nodes: (3, 7),
         filesystems: (1, 4),
+        keep_going: false,
         trace: false,
         json: false,
         demo: false,
@@ -64,6 +67,7 @@ fn parse() -> Result<Args, String> {
             "--seed" => a.seed = Some(value("--seed")?),
             "--nodes" => a.nodes = range("--nodes", it.next())?,
             "--filesystems" => a.filesystems = range("--filesystems", it.next())?,
+            "--keep-going" => a.keep_going = true,
             "--trace" => a.trace = true,
             "--json" => a.json = true,
             "--demo" => a.demo = true,
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         None => (args.first_seed..args.first_seed + args.seeds).collect(),
     };
     let (mut steps, mut failures, mut replayed, mut stalled) = (0u64, 0u64, 0u64, 0u64);
+    let mut broken = 0u64;
     for seed in &seeds {
         let cfg = gfs_sim::sweep_config_in(*seed, args.nodes, args.filesystems);
         let mut cfg: SimConfig = cfg;
@@ -116,6 +121,14 @@ fn main() -> ExitCode {
         replayed += out.journals_replayed;
         stalled += out.stalled_without_rw;
         if let Some(v) = out.violation {
+            if args.keep_going {
+                broken += 1;
+                println!(
+                    "seed {seed} ({} nodes, {} filesystems) broke {} at {}: {}",
+                    cfg.nodes, cfg.filesystems, v.rule, v.time, v.detail
+                );
+                continue;
+            }
             if !args.trace {
                 let tail = out.trace.len().saturating_sub(60);
                 for line in &out.trace[tail..] {
@@ -135,14 +148,18 @@ fn main() -> ExitCode {
     }
     if args.json {
         println!(
-            "{{\"seeds\":{},\"steps\":{steps},\"failures_injected\":{failures},\"journals_replayed\":{replayed},\"stalled_without_rw\":{stalled},\"violations\":0}}",
+            "{{\"seeds\":{},\"steps\":{steps},\"failures_injected\":{failures},\"journals_replayed\":{replayed},\"stalled_without_rw\":{stalled},\"violations\":{broken}}}",
             seeds.len()
         );
     } else {
         println!(
-            "seeds: {}  steps: {steps}  failures injected: {failures}  journals replayed: {replayed}  violations: 0",
+            "seeds: {}  steps: {steps}  failures injected: {failures}  journals replayed: {replayed}  violations: {broken}",
             seeds.len()
         );
     }
-    ExitCode::SUCCESS
+    if broken > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -76,6 +76,9 @@ pub(super) struct KMount {
     pub waiting_replays: BTreeSet<u32>,
     pub withdraw_acked: bool,
     pub unmount_requested: bool,
+    /// When the workload started the mount: L1 names it, so that a mount judged unfinished shows
+    /// whether it had the workload's quiet period to finish in.
+    pub begun: Time,
 }
 
 /// One sysfs operation queued for a filesystem.
@@ -166,6 +169,7 @@ impl World {
                 joined: false,
                 journal_ready: false,
                 journal_work: false,
+                begun: self.now,
                 busy_at_mount: BTreeSet::new(),
                 mount_replays: BTreeSet::new(),
                 replays: BTreeSet::new(),

@@ -14,8 +14,10 @@ mod kernel;
 use kernel::{DlmRecovery, IoOp, KMount, KState};
 
 const CLUSTER: &str = "sim";
-/// No workload in the last stretch of a run (L1 judges operations that had time to finish).
-const WORKLOAD_QUIET_MS: u64 = 30_000;
+/// No workload in the last stretch of a run (L1 judges operations that had time to finish):
+/// far more than a mount storm of every node on one filesystem takes, serialised by the mount
+/// lock, at 16 nodes.
+pub const WORKLOAD_QUIET_MS: u64 = 30_000;
 /// Processes that join the daemon group without being gfs_controld get pids from here on
 /// (daemons' pids stay below), so the checkers can tell them apart.
 const FOREIGN_PID_BASE: u32 = 1_000_000;
@@ -1907,8 +1909,8 @@ impl World {
                     });
                 if !matches!(m.state, KState::Online | KState::Withdrawn) && !waits_for_rw {
                     problems.push(format!(
-                        "n{}'s mount of {key} never completed ({:?})",
-                        node.id, m.state
+                        "n{}'s mount of {key} never completed ({:?}, begun at {})",
+                        node.id, m.state, m.begun
                     ));
                 }
             }

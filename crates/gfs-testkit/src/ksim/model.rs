@@ -214,6 +214,9 @@ pub struct Sim {
     /// This state's own handle, for the tasks it starts.
     me: Weak<Mutex<Sim>>,
     pub started: SystemTime,
+    /// `serve --record FILE`: every timeline entry and violation is appended here as a JSON
+    /// line when it happens, so the record outlives this process (a crashed node's kernel).
+    pub record: Option<std::fs::File>,
 }
 
 pub type Shared = Arc<Mutex<Sim>>;
@@ -272,30 +275,47 @@ impl Sim {
             handle: c.handle,
             me,
             started: SystemTime::now(),
+            record: None,
         }
     }
 
     /// Records a timeline entry; returns its index.
     pub fn note(&mut self, table: &str, what: impl Into<String>) -> usize {
-        let what = what.into();
-        eprintln!("gfs_kernel_sim: {table} {what}");
-        let t_us = now_us();
-        self.timeline.push(Entry {
-            t_ms: t_us / 1000,
-            t_us,
-            table: table.to_owned(),
-            what,
-            result: None,
-            end_ms: None,
-            end_us: None,
-        });
-        self.timeline.len() - 1
+        self.push(table, what.into(), None)
     }
 
     /// Records a timeline entry with a result (a replay's cause, a read's value).
     fn note_with(&mut self, table: &str, what: impl Into<String>, result: impl Into<String>) {
-        let idx = self.note(table, what);
-        self.timeline[idx].result = Some(result.into());
+        self.push(table, what.into(), Some(result.into()));
+    }
+
+    fn push(&mut self, table: &str, what: String, result: Option<String>) -> usize {
+        eprintln!("gfs_kernel_sim: {table} {what}");
+        let t_us = now_us();
+        let entry = Entry {
+            t_ms: t_us / 1000,
+            t_us,
+            table: table.to_owned(),
+            what,
+            result,
+            end_ms: None,
+            end_us: None,
+        };
+        self.append_record(&entry);
+        self.timeline.push(entry);
+        self.timeline.len() - 1
+    }
+
+    /// Appends `entry` to the record file, if there is one (one `write(2)` per line, so a
+    /// process killed mid-way leaves whole lines).
+    fn append_record(&mut self, entry: &Entry) {
+        use std::io::Write;
+        if let Some(file) = self.record.as_mut() {
+            if let Ok(mut line) = serde_json::to_vec(entry) {
+                line.push(b'\n');
+                let _ = file.write_all(&line);
+            }
+        }
     }
 
     pub fn violation(&mut self, table: &str, what: impl Into<String>) {
@@ -631,6 +651,9 @@ impl Sim {
             let end_us = now_us();
             e.end_ms = Some(end_us / 1000);
             e.end_us = Some(end_us);
+            // The write's end, as a second record line with its result.
+            let done = e.clone();
+            self.append_record(&done);
         }
         if let Err((errno, why)) = result {
             eprintln!(
