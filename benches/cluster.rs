@@ -6,25 +6,35 @@
 //!    (`gfs:bench`), from two threads of this process that entered the nodes' network
 //!    namespaces (libqb's IPC sockets are abstract unix sockets, per network namespace). Both
 //!    threads share the monotonic clock, so one-way latency is measured directly as well;
-//! 2. the daemons' coordination overhead for one node failure, with 1 and with 32 filesystems
-//!    mounted on all three nodes: node 3 is killed, and from the kernel simulators' timelines
-//!    (wall clock) and the daemons' recovery timelines (daemon clock) the time from the first
-//!    `block=1` on a survivor to the last `block=0` is split into waiting for fencing (the
-//!    daemons' failure -> fenced), the replay on the critical path (the simulator's replay of
-//!    the filesystem unblocked last) and the rest: coordination, shown as its part before the
-//!    replay (first `block=1` -> replay start, minus fencing: the daemon's failure event and
-//!    the first `block=1` are on different clocks, so +-2 ms is noise) and after it (replay
-//!    end -> last `block=0`: the uevent, the daemon group's message, every survivor's unblock).
-//!    Corosync's failure detection (kill -> first `block=1`, about two token timeouts) is
-//!    printed but not part of the figure. CPG message counts are not exposed by the daemon.
+//! 2. the daemons' coordination overhead for one node failure, with 1, 32 and 256 filesystems
+//!    mounted on all three nodes, each on a cluster of its own whose one-way CPG time is measured
+//!    just before (the floor: 2 x one-way, one agreed round for STOPPED and one for RECOVERED):
+//!    node 3 is killed, and from the kernel simulators' timelines and the survivor daemons' debug
+//!    logs (both wall clock, microseconds, one machine) the time from the first survivor daemon's
+//!    configuration change to the last `block=0` is split into fencing (the fencing backend's run,
+//!    request -> agent returned), the replay on the critical path (the simulator's replay of the
+//!    filesystem unblocked last) and the rest: coordination, itself split into configuration
+//!    change -> fencing request, agent returned -> replay start, and replay end -> last `block=0`.
+//!    The test double's share of coordination is subtracted explicitly: the simulator's own step
+//!    from a replay's end to its uevent (from its timeline), and two bursts of sysfs operations
+//!    through its FUSE file system (the `recover` writes and the `block=0` writes, one per
+//!    filesystem; and the `block=1` burst as far as it outlasts fencing), each costed as F
+//!    parallel reads of `lock_module` files from this process (its one FUSE thread serves them
+//!    one by one; real sysfs: microseconds, in parallel).
+//!    Printed per run and as median / worst per F: daemon coordination / floor, and
+//!    coordination(F) / coordination(first F) of the same run (this is a shared machine: ratios
+//!    within one run are what count). Corosync's failure detection (kill -> configuration change,
+//!    about two token timeouts) is printed but not part of the figure. CPG message counts are
+//!    not exposed by the daemon.
 //!
 //! Needs root, corosync and the workspace binaries; builds them (`cargo build --release
 //! --workspace --bins`) unless `GFS_BIN_DIR` names a directory holding them. Without root it
 //! prints why and exits 0, unless `CI` is set (then it fails).
 //!
 //! Knobs (environment): `GFS_BENCH_REPEAT` (default 3 runs of each failure measurement),
-//! `GFS_BENCH_PINGS` (default 1000 round trips per cluster), `GFS_BENCH_REPLAY_MS` (default
-//! 200), `GFS_BENCH_FS` (default `1,32`), `GFS_BENCH_DUMP=1` (print the raw timelines).
+//! `GFS_BENCH_PINGS` (default 500 round trips per cluster), `GFS_BENCH_REPLAY_MS` (default
+//! 200), `GFS_BENCH_FS` (default `1,32,256`), `GFS_BENCH_DUMP=1` (print the raw timelines and
+//! the daemons' logs after the kill).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -107,10 +117,10 @@ fn build_binaries() -> Result<()> {
 
 fn bench() -> Result<()> {
     let repeat: usize = env_or("GFS_BENCH_REPEAT", 3).max(1);
-    let pings: usize = env_or("GFS_BENCH_PINGS", 1000).max(1);
+    let pings: usize = env_or("GFS_BENCH_PINGS", 500).max(1);
     let replay_ms: u64 = env_or("GFS_BENCH_REPLAY_MS", 200);
     let fs_counts: Vec<usize> = std::env::var("GFS_BENCH_FS")
-        .unwrap_or_else(|_| "1,32".into())
+        .unwrap_or_else(|_| "1,32,256".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .filter(|&n| n > 0)
@@ -124,8 +134,11 @@ fn bench() -> Result<()> {
     let mut rtts: Vec<u64> = Vec::new();
     let mut one_way: Vec<u64> = Vec::new();
     let mut results: BTreeMap<usize, Vec<FailureRun>> = BTreeMap::new();
+    // coordination(F) / coordination(first F) within each run.
+    let mut scaling: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for run in 1..=repeat {
-        for (i, &nfs) in fs_counts.iter().enumerate() {
+        let mut base: Option<i64> = None;
+        for &nfs in &fs_counts {
             let started = Instant::now();
             let opts = ClusterOptions {
                 nodes: 3,
@@ -135,21 +148,34 @@ fn bench() -> Result<()> {
             };
             let mut c = Cluster::start(opts).context("bringing up the cluster")?;
             let up = started.elapsed();
-            if i == 0 {
-                let ping = cpg_ping_with_retries(&c, 1, 2, pings)
-                    .with_context(|| format!("CPG ping/pong (run {run})"))?;
-                println!(
-                    "run {run}: cluster up in {:.1}s; cpg ping/pong: {}",
-                    up.as_secs_f64(),
-                    ping.summary()
-                );
-                rtts.extend(&ping.rtt_us);
-                one_way.extend(&ping.one_way_us);
-            }
-            let r = failure_run(&mut c, nfs).with_context(|| {
+            // The floor is measured on the cluster whose failure it is compared with.
+            let ping = cpg_ping_with_retries(&c, 1, 2, pings)
+                .with_context(|| format!("CPG ping/pong (run {run}, F={nfs})"))?;
+            println!(
+                "run {run}: F={nfs:<3} cluster up in {:.1}s; cpg ping/pong: {}",
+                up.as_secs_f64(),
+                ping.summary()
+            );
+            rtts.extend(&ping.rtt_us);
+            one_way.extend(&ping.one_way_us);
+            let mut r = failure_run(&mut c, nfs).with_context(|| {
                 format!("failure of node {VICTIM} with {nfs} filesystem(s), run {run}")
             })?;
-            println!("run {run}: F={nfs:<3} {}", r.line());
+            r.one_way = Stats::of(&ping.one_way_us).median as i64;
+            let burst = sysfs_burst_cost(&c, nfs)?;
+            // The `block=1` burst is on the critical path only as far as it outlasts fencing
+            // (the replay waits for both).
+            r.double_sysfs = SYSFS_BURSTS_ON_PATH * burst + r.block1_after_fencing.clamp(0, burst);
+            println!(
+                "run {run}: F={nfs:<3} {} (fuse sysfs burst of {nfs}: {burst}us)",
+                r.line()
+            );
+            let coord = r.daemon_coordination();
+            let base = *base.get_or_insert(coord);
+            scaling
+                .entry(nfs)
+                .or_default()
+                .push(coord as f64 / base.max(1) as f64);
             results.entry(nfs).or_default().push(r);
             drop(c);
         }
@@ -157,13 +183,12 @@ fn bench() -> Result<()> {
 
     println!();
     println!(
-        "summary: 3 nodes, corosync token {TOKEN_MS} ms, replay {replay_ms} ms; failure figures: \
-         medians of {repeat} run(s), each figure its own median"
+        "summary: 3 nodes, corosync token {TOKEN_MS} ms, replay {replay_ms} ms, {repeat} run(s): \
+         median / worst"
     );
     if !rtts.is_empty() {
-        let runs = rtts.len() / pings.max(1);
         let halves: Vec<u64> = rtts.iter().map(|r| r / 2).collect();
-        let label = format!("cpg round trip ({runs}x{pings} pings, node1<->node2):");
+        let label = format!("cpg round trip ({} pings, node1<->node2):", rtts.len());
         let w = label.len();
         println!("{label} {}", Stats::of(&rtts).us());
         println!("{:w$} {}", "cpg one-way, rtt/2:", Stats::of(&halves).us());
@@ -173,28 +198,118 @@ fn bench() -> Result<()> {
             Stats::of(&one_way).us()
         );
     }
+    println!(
+        "{:>5} {:>17} {:>17} {:>17} {:>17} {:>17} {:>13} {:>13}",
+        "F",
+        "one-way",
+        "floor (2 rounds)",
+        "coordination",
+        "test double",
+        "daemon coord.",
+        "daemon/floor",
+        "vs first F"
+    );
+    let first_f = fs_counts.first().copied().unwrap_or(1);
     for (nfs, runs) in &results {
-        let m = |f: fn(&FailureRun) -> i64| median_i64(runs.iter().map(f).collect());
+        // Worst = highest.
+        let mw = |f: &dyn Fn(&FailureRun) -> i64| {
+            let v: Vec<i64> = runs.iter().map(f).collect();
+            format!(
+                "{} / {}",
+                ms(median_i64(v.clone())),
+                ms(v.into_iter().max().unwrap_or(0))
+            )
+        };
+        let ratios: Vec<f64> = runs.iter().map(FailureRun::ratio).collect();
+        let scale = scaling.get(nfs).cloned().unwrap_or_default();
         println!(
-            "failure of 1 node, 3 nodes, F={nfs:<2}: detect->unblock {}ms = fencing {}ms + replay {}ms + \
-             coordination {}ms",
+            "{nfs:>5} {:>17} {:>17} {:>17} {:>17} {:>17} {:>13} {:>13}",
+            mw(&|r| r.one_way),
+            mw(&|r| r.floor()),
+            mw(&|r| r.coordination()),
+            mw(&|r| r.double_uevent + r.double_sysfs),
+            mw(&|r| r.daemon_coordination()),
+            format!("{:.2} / {:.2}", median_f64(&ratios), max_f64(&ratios)),
+            format!("{:.2} / {:.2}", median_f64(&scale), max_f64(&scale)),
+        );
+    }
+    println!(
+        "goals: daemon coordination <= 1.2 x floor at F=1; coordination(256) <= 2 x coordination(1) \
+         (\"vs first F\": coordination(F) / coordination(F={first_f}) of the same run)"
+    );
+    for (nfs, runs) in &results {
+        let m = |f: fn(&FailureRun) -> i64| ms(median_i64(runs.iter().map(f).collect()));
+        println!(
+            "F={nfs:<3} medians: conf->unblock {} = fencing {} + replay {} + coordination {}; \
+             conf->fence req {}, fenced->replay start {}, replay end->last block=0 {}; \
+             conf->first block=1 {}, block=1 spread {}; kill->conf {}ms (corosync)",
             m(|r| r.total),
             m(|r| r.fencing),
             m(|r| r.replay),
             m(|r| r.coordination()),
-        );
-        println!(
-            "    coordination: before replay {}ms, after replay {}ms; block=1 spread {}ms; \
-             kill->first block=1 {}ms (corosync); daemon recovery {}ms",
-            m(|r| r.before_replay - r.fencing),
+            m(|r| r.to_fence),
+            m(|r| r.to_replay),
             m(|r| r.after_replay),
+            m(|r| r.to_block),
             m(|r| r.block_spread),
-            m(|r| r.detect),
-            m(|r| r.daemon_recovery),
+            median_i64(runs.iter().map(|r| r.detect_ms).collect()),
         );
     }
     println!("cpg messages per recovery: not reported (the daemon exposes no message counters)");
     Ok(())
+}
+
+/// Bursts of sysfs operations on the critical path after fencing: the replayer's `recover`
+/// writes and the survivors' `block=0` writes (the timelines stamp both when the simulator
+/// handles them), one per filesystem each.
+const SYSFS_BURSTS_ON_PATH: i64 = 2;
+
+/// What a burst of one sysfs operation per filesystem costs through the kernel simulator's FUSE
+/// file system (lookups, open, read, release: each a round trip through its one FUSE thread,
+/// so a burst is served one filesystem after the other), measured from here: a thread per
+/// filesystem and survivor waits at a barrier, then reads its `lock_module/block`; the time
+/// from the barrier to the last read's end, median of 5 bursts. A real sysfs operation takes
+/// microseconds and filesystems' operations run in parallel, so this counts as the test
+/// double's (slightly too much: the threads' own wake-ups are in it).
+fn sysfs_burst_cost(c: &Cluster, nfs: usize) -> Result<i64> {
+    // Both survivors at once, as in a recovery (their simulators share this machine's cores).
+    let paths: Vec<std::path::PathBuf> = SURVIVORS
+        .iter()
+        .flat_map(|&id| {
+            (0..nfs).map(move |i| {
+                c.sysfs_root(id)
+                    .join(c.table(&format!("b{i:02}")))
+                    .join("lock_module/block")
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(paths.len() + 1));
+        let threads: Vec<_> = paths
+            .iter()
+            .cloned()
+            .map(|path| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || -> Result<Instant> {
+                    barrier.wait();
+                    std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
+                    Ok(Instant::now())
+                })
+            })
+            .collect();
+        // Let every thread reach the barrier before the clock starts.
+        std::thread::sleep(Duration::from_millis(20));
+        barrier.wait();
+        let start = Instant::now();
+        let mut last = start;
+        for t in threads {
+            let end = t.join().map_err(|_| anyhow!("reader thread panicked"))??;
+            last = last.max(end);
+        }
+        samples.push((last - start).as_micros() as u64);
+    }
+    Ok(Stats::of(&samples).median as i64)
 }
 
 // ----- CPG ping/pong ---------------------------------------------------------------------------
@@ -385,47 +500,89 @@ fn cpg_ping(c: &Cluster, pinger: u32, ponger: u32, pings: usize) -> Result<Ping>
 
 // ----- node failure ------------------------------------------------------------------------------
 
+/// One node failure, in microseconds unless named otherwise; wall-clock stamps from the kernel
+/// simulators' timelines and the daemons' logs (one machine, one clock).
 #[derive(Clone, Debug)]
 struct FailureRun {
-    /// Kill -> first `block=1` on a survivor (corosync's failure detection).
-    detect: i64,
-    /// First `block=1` -> last `block=0` (survivors, every filesystem).
+    /// Kill -> the first survivor daemon's configuration change (corosync's failure detection).
+    detect_ms: i64,
+    /// Median CPG one-way delivery on this cluster, just before the failure.
+    one_way: i64,
+    /// Configuration change -> last `block=0` on a survivor (every filesystem).
     total: i64,
-    /// Failure -> fenced, as the daemon of the node that ran the critical replay saw it.
+    /// The fencing backend's run: request -> the agent returned.
     fencing: i64,
-    /// The replay of the filesystem unblocked last.
+    /// The replay of the filesystem unblocked last (the simulator's replay time).
     replay: i64,
-    /// First `block=1` -> start of that replay.
-    before_replay: i64,
-    /// End of that replay -> last `block=0`.
+    /// Configuration change -> fencing requested.
+    to_fence: i64,
+    /// Fencing agent returned -> the critical replay started (`recover` write in the kernel).
+    to_replay: i64,
+    /// Critical replay ended -> last `block=0`.
     after_replay: i64,
-    /// First -> last `block=1`.
+    /// Configuration change -> first `block=1`; first -> last `block=1`.
+    to_block: i64,
     block_spread: i64,
-    /// The daemons' recovery timeline, start -> finish (the longest of the survivors).
-    daemon_recovery: i64,
+    /// The test double's share on the critical path: the simulator's replay end -> its uevent,
+    /// and its FUSE sysfs operations (see `sysfs_op_cost`).
+    double_uevent: i64,
+    double_sysfs: i64,
+    /// How long after the fencing agent returned the last `block=1` came (negative: before).
+    block1_after_fencing: i64,
+    /// The daemons' recovery timeline, start -> finish (the longest of the survivors; ms).
+    daemon_recovery_ms: i64,
     replays: usize,
 }
 
 impl FailureRun {
+    /// Unblock - membership change - fencing - replay.
     fn coordination(&self) -> i64 {
         self.total - self.fencing - self.replay
     }
 
+    /// Coordination without the test double's share.
+    fn daemon_coordination(&self) -> i64 {
+        self.coordination() - self.double_uevent - self.double_sysfs
+    }
+
+    /// Two agreed rounds (STOPPED, RECOVERED) at this cluster's one-way delivery time.
+    fn floor(&self) -> i64 {
+        2 * self.one_way
+    }
+
+    fn ratio(&self) -> f64 {
+        self.daemon_coordination() as f64 / self.floor().max(1) as f64
+    }
+
     fn line(&self) -> String {
         format!(
-            "detect->unblock {}ms = fencing {}ms + replay {}ms + coordination {}ms \
-             (before replay {}ms, after {}ms); kill->block=1 {}ms, {} replays, daemon recovery {}ms",
-            self.total,
-            self.fencing,
-            self.replay,
-            self.coordination(),
-            self.before_replay - self.fencing,
-            self.after_replay,
-            self.detect,
+            "conf->unblock {} = fencing {} + replay {} + coordination {} [double {} => daemon {} \
+             = {:.2} x floor {}]; coordination: conf->fence req {}, fenced->replay {}, \
+             replay->unblock {}; conf->block=1 {}, spread {}; kill->conf {}ms, {} replays, \
+             daemon recovery {}ms",
+            ms(self.total),
+            ms(self.fencing),
+            ms(self.replay),
+            ms(self.coordination()),
+            ms(self.double_uevent + self.double_sysfs),
+            ms(self.daemon_coordination()),
+            self.ratio(),
+            ms(self.floor()),
+            ms(self.to_fence),
+            ms(self.to_replay),
+            ms(self.after_replay),
+            ms(self.to_block),
+            ms(self.block_spread),
+            self.detect_ms,
             self.replays,
-            self.daemon_recovery
+            self.daemon_recovery_ms
         )
     }
+}
+
+/// Microseconds as milliseconds with three decimals.
+fn ms(us: i64) -> String {
+    format!("{:.3}ms", us as f64 / 1000.0)
 }
 
 /// A replay in the kernel timelines: (table, jid, node).
@@ -559,21 +716,34 @@ fn failure_run(c: &mut Cluster, nfs: usize) -> Result<FailureRun> {
         },
     )?;
 
-    // Kernel timelines (wall clock), survivors only, after the kill.
+    // Kernel timelines (wall clock, microseconds), survivors only, after the kill.
+    let killed_us = killed * 1000;
     let mut timeline: Vec<(u64, u32, String, String)> = Vec::new();
     for id in SURVIVORS {
         for e in kernel_status(c, id)?.timeline {
-            if e.t_ms >= killed {
-                timeline.push((e.t_ms, id, e.table, e.what));
+            let t = if e.t_us > 0 { e.t_us } else { e.t_ms * 1000 };
+            if t >= killed_us {
+                timeline.push((t, id, e.table, e.what));
             }
         }
     }
     timeline.sort();
     let dump = std::env::var_os("GFS_BENCH_DUMP").is_some();
+    // The daemons' logs (wall clock, microseconds): the membership change and the fencing.
+    let logs: Vec<(u32, Vec<(u64, String)>)> = SURVIVORS
+        .iter()
+        .map(|&id| (id, daemon_log_since(c, id, killed_us)))
+        .collect();
     if dump {
-        println!("--- kernel timelines after the kill (ms after kill, node, table, what)");
+        println!("--- kernel timelines after the kill (us after kill, node, table, what)");
         for (t, id, table, what) in &timeline {
-            println!("  +{:>5} n{id} {table} {what}", t - killed);
+            println!("  +{:>8} n{id} {table} {what}", t - killed_us);
+        }
+        for (id, lines) in &logs {
+            println!("--- node {id} daemon log after the kill (us after kill)");
+            for (t, line) in lines {
+                println!("  +{:>8} {line}", t - killed_us);
+            }
         }
     }
     let blocks: Vec<u64> = timeline
@@ -614,18 +784,54 @@ fn failure_run(c: &mut Cluster, nfs: usize) -> Result<FailureRun> {
         .filter_map(|((t, _, id), (s, e))| Some((t, id, s?, e?)))
         .collect();
     // The critical path runs through the replay of the filesystem unblocked last.
-    let (replayer, crit_start, crit_end) = replays
+    let (crit_table, replayer, crit_start, crit_end) = replays
         .iter()
         .find(|(t, ..)| *t == last_table)
         .or_else(|| replays.iter().max_by_key(|r| r.3))
-        .map(|(_, id, s, e)| (*id, *s, *e))
+        .map(|(t, id, s, e)| (t.clone(), *id, *s, *e))
         .ok_or_else(|| anyhow!("no replay of a dead journal in the survivors' timelines"))?;
+    // The simulator's own step from the replay's end to the uevent that reports it.
+    let uevent_after_replay = timeline
+        .iter()
+        .find(|e| {
+            e.0 >= crit_end && e.1 == replayer && e.2 == crit_table && e.3.starts_with("uevent")
+        })
+        .map(|e| e.0 - crit_end)
+        .unwrap_or(0);
 
-    // The daemons' timelines (daemon clock: differences only).
-    let mut fencing = 0i64;
+    // Membership change: the first survivor daemon to get the configuration change without
+    // the victim. Fencing: the fencing backend's run (request -> the agent returned), on
+    // whichever survivor ran it.
+    let left_marker = format!("({VICTIM}, ");
+    let mut confchg = None::<u64>;
+    let mut fence_req = None::<u64>;
+    let mut fence_done = None::<u64>;
+    let fence_req_text = format!("fencing node nodeid={VICTIM} ");
+    let fence_done_text = format!("node fenced nodeid={VICTIM} ");
+    for (_, lines) in &logs {
+        for (t, line) in lines {
+            if line.contains("CPG confchg")
+                && line
+                    .split_once("left=")
+                    .is_some_and(|(_, l)| l.contains(&left_marker))
+            {
+                confchg = Some(confchg.map_or(*t, |c| c.min(*t)));
+            }
+            if let Some(rest) = line.split_once(&fence_req_text) {
+                let _ = rest;
+                fence_req.get_or_insert(*t);
+            }
+            if let Some((_, rest)) = line.split_once(&fence_done_text) {
+                fence_done.get_or_insert(system_time_us(rest).unwrap_or(*t));
+            }
+        }
+    }
+    let confchg = confchg.ok_or_else(|| anyhow!("no configuration change in the daemons' logs"))?;
+    let fence_req = fence_req.ok_or_else(|| anyhow!("no fencing request in the daemons' logs"))?;
+    let fence_done = fence_done.ok_or_else(|| anyhow!("no fencing result in the daemons' logs"))?;
+
+    // The daemons' recovery timelines (daemon clock, milliseconds: differences only).
     let mut daemon_recovery = 0i64;
-    let failed_text = format!("node {VICTIM} failed");
-    let fenced_text = format!("node {VICTIM} fenced");
     for id in SURVIVORS {
         let d = daemon_status(c, id)?;
         let r = d
@@ -640,36 +846,78 @@ fn failure_run(c: &mut Cluster, nfs: usize) -> Result<FailureRun> {
                 println!("  +{:>5} {}", e.at_ms - r.started_ms, e.what);
             }
         }
-        let at = |text: &str| {
-            r.events
-                .iter()
-                .find(|e| e.what.starts_with(text))
-                .map(|e| e.at_ms as i64)
-        };
-        let failed = at(&failed_text).unwrap_or(r.started_ms as i64);
-        let fenced = at(&fenced_text)
-            .ok_or_else(|| anyhow!("node {id}'s daemon recorded no fencing of node {VICTIM}"))?;
-        // Waiting for fencing on the critical path: as the replayer's daemon saw it (the other
-        // survivor may learn of the fencing a little later, through the daemon group).
-        if id == replayer {
-            fencing = fenced - failed;
-        }
         if let Some(f) = r.finished_ms {
             daemon_recovery = daemon_recovery.max(f as i64 - r.started_ms as i64);
         }
     }
 
+    let us = |a: u64, b: u64| a as i64 - b as i64;
     Ok(FailureRun {
-        detect: first_block as i64 - killed as i64,
-        total: last_unblock as i64 - first_block as i64,
-        fencing,
-        replay: crit_end as i64 - crit_start as i64,
-        before_replay: crit_start as i64 - first_block as i64,
-        after_replay: last_unblock as i64 - crit_end as i64,
-        block_spread: last_block as i64 - first_block as i64,
-        daemon_recovery,
+        detect_ms: us(confchg, killed_us) / 1000,
+        total: us(last_unblock, confchg),
+        fencing: us(fence_done, fence_req),
+        replay: us(crit_end, crit_start),
+        to_fence: us(fence_req, confchg),
+        to_replay: us(crit_start, fence_done),
+        after_replay: us(last_unblock, crit_end),
+        to_block: us(first_block, confchg),
+        block_spread: us(last_block, first_block),
+        double_uevent: uevent_after_replay as i64,
+        daemon_recovery_ms: daemon_recovery,
         replays: replays.len(),
+        one_way: 0,
+        double_sysfs: 0,
+        block1_after_fencing: us(last_block, fence_done),
     })
+}
+
+/// `SystemTime { tv_sec: S, tv_nsec: N }` (a `Debug` of a time, in a log line) in microseconds.
+fn system_time_us(text: &str) -> Option<u64> {
+    let num = |key: &str| -> Option<u64> {
+        let (_, rest) = text.split_once(key)?;
+        rest.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(num("tv_sec:")? * 1_000_000 + num("tv_nsec:")? / 1000)
+}
+
+/// The daemon's log lines of node `id` stamped at or after `since_us` (unix microseconds),
+/// with their stamps. The daemon logs at debug level to stderr, which the harness keeps in
+/// `gfs_controld.log`; each line starts with an RFC 3339 UTC stamp (microseconds).
+fn daemon_log_since(c: &Cluster, id: u32, since_us: u64) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(c.node_dir(id).join("gfs_controld.log")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (stamp, rest) = l.split_once(' ')?;
+            let t = rfc3339_us(stamp)?;
+            (t >= since_us).then(|| (t, rest.trim_start().to_owned()))
+        })
+        .collect()
+}
+
+/// `2026-11-27T14:40:53.901441Z` in unix microseconds.
+fn rfc3339_us(s: &str) -> Option<u64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut h = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
+    let frac_us: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs * 1_000_000 + frac_us).ok()
 }
 
 // ----- statistics --------------------------------------------------------------------------------
@@ -708,6 +956,16 @@ impl Stats {
             self.min, self.median, self.p99, self.max
         )
     }
+}
+
+fn median_f64(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn max_f64(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
 }
 
 fn median_i64(mut v: Vec<i64>) -> i64 {

@@ -204,6 +204,10 @@ struct Daemon {
     ring: DebugRing,
     /// Inputs produced while executing outputs, fed after the current drain.
     pending: VecDeque<Input>,
+    /// Sysfs operations the core asked for during the current drive, handed to the executor
+    /// when it ends (in order): starting each costs a thread, and after a failure F of them
+    /// would otherwise delay the fencing request and the messages that follow them.
+    sysfs_batch: Vec<(Table, SysfsOp)>,
     /// Operator fence-acks waiting for the core's answer.
     acks: HashMap<u64, oneshot::Sender<Reply>>,
     next_request: u64,
@@ -311,6 +315,7 @@ pub async fn run(
         node_names,
         ring,
         pending: VecDeque::new(),
+        sysfs_batch: Vec::new(),
         acks: HashMap::new(),
         next_request: 1,
         last_quorate: None,
@@ -401,17 +406,27 @@ impl Daemon {
         self.drive()
     }
 
-    /// Executes outputs in order until the core and the local follow-up inputs are quiet.
+    /// Executes outputs in order (fencing requests first) until the core and the local
+    /// follow-up inputs are quiet; sysfs operations go to the executor at the end.
     fn drive(&mut self) -> Result<(), DaemonError> {
         loop {
-            while let Some(output) = self.node.poll_output() {
+            // Fencing is the longest step of a recovery and depends on nothing else the core
+            // asked for with it: start it before the F log lines and writes of a failure.
+            let (fences, rest): (Vec<Output>, Vec<Output>) =
+                std::iter::from_fn(|| self.node.poll_output())
+                    .partition(|o| matches!(o, Output::Fence { .. }));
+            for output in fences.into_iter().chain(rest) {
                 self.execute(output)?;
             }
             match self.pending.pop_front() {
                 Some(input) => self.node.handle(self.clock.now(), input),
-                None => return Ok(()),
+                None => break,
             }
         }
+        for (table, op) in std::mem::take(&mut self.sysfs_batch) {
+            self.executor.submit(table, op);
+        }
+        Ok(())
     }
 
     fn execute(&mut self, output: Output) -> Result<(), DaemonError> {
@@ -423,11 +438,11 @@ impl Daemon {
                 self.cpg.join(&group)?;
             }
             Output::Mcast { group, payload } => self.cpg.mcast(&group, payload)?,
-            // Off the loop: the result comes back through `sysfs_done`.
-            Output::Write { table, file, value } => {
-                self.executor.submit(table, SysfsOp::Write { file, value })
-            }
-            Output::Read { table, file } => self.executor.submit(table, SysfsOp::Read { file }),
+            // Off the loop, once this drive ends: the result comes back through `sysfs_done`.
+            Output::Write { table, file, value } => self
+                .sysfs_batch
+                .push((table, SysfsOp::Write { file, value })),
+            Output::Read { table, file } => self.sysfs_batch.push((table, SysfsOp::Read { file })),
             Output::DlmRegister { table } => self.dlm.register(table),
             Output::DlmUnregister { table } => self.dlm.unregister(table),
             Output::DlmNotify { table, nodeid } => self.dlm.notify(table, nodeid),

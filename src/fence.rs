@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, CString};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -215,8 +215,17 @@ impl Fencer {
             }
             Backend::Command(program) => {
                 let program = program.clone();
+                // Started here, not in the task: on the daemon's current-thread runtime the task
+                // first runs when the loop is idle again, which after a failure is after every
+                // filesystem's `block=1` has been handed out, and fencing is the longest step.
+                let child = start_command(&program, nodeid, name);
                 runtime.spawn(async move {
-                    let event = fence_with_command(program, nodeid, name, failed_at, options).await;
+                    let event = match child {
+                        Ok(child) => {
+                            fence_with_command(child, program, nodeid, failed_at, options).await
+                        }
+                        Err(event) => event,
+                    };
                     claim.finish(&events, event);
                 });
             }
@@ -507,23 +516,36 @@ async fn fence_with_pacemaker<A: FencerApi>(
 /// Longest piece of a fence program's stderr quoted in a failure reason.
 const MAX_STDERR_IN_REASON: usize = 1024;
 
-async fn fence_with_command(
-    program: PathBuf,
+/// Starts the fencing program: `PROGRAM NODEID NAME`.
+fn start_command(
+    program: &Path,
     nodeid: u32,
     name: Option<String>,
-    failed_at: SystemTime,
-    options: FenceOptions,
-) -> FenceEvent {
-    let mut command = tokio::process::Command::new(&program);
-    command
+) -> Result<tokio::process::Child, FenceEvent> {
+    tokio::process::Command::new(program)
         .arg(nodeid.to_string())
         .arg(name.unwrap_or_default())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         // A program that overruns the timeout is killed when its future is dropped.
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(options.timeout, command.output()).await {
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| FenceEvent::Failed {
+            nodeid,
+            reason: format!("cannot run {}: {e}", program.display()),
+        })
+}
+
+/// Waits for the fencing program started by [`start_command`].
+async fn fence_with_command(
+    child: tokio::process::Child,
+    program: PathBuf,
+    nodeid: u32,
+    failed_at: SystemTime,
+    options: FenceOptions,
+) -> FenceEvent {
+    let output = match tokio::time::timeout(options.timeout, child.wait_with_output()).await {
         Err(_) => {
             return FenceEvent::Failed {
                 nodeid,
@@ -537,7 +559,7 @@ async fn fence_with_command(
         Ok(Err(e)) => {
             return FenceEvent::Failed {
                 nodeid,
-                reason: format!("cannot run {}: {e}", program.display()),
+                reason: format!("waiting for {}: {e}", program.display()),
             }
         }
         Ok(Ok(output)) => output,
@@ -708,8 +730,27 @@ mod tests {
             "fence-fail",
             "echo \"cannot reach $2 (node $1)\" >&2\nexit 1",
         );
+        let marks = write_script(&dir, "fence-mark", "touch \"$(dirname \"$0\")/started\"");
         let (tx, mut rx) = mpsc::unbounded_channel();
         let failed_at = SystemTime::now();
+
+        // The program starts within `request`, not when the loop next yields to the runtime
+        // (this test's thread never yields while it waits: no task can run).
+        let mut fencer = Fencer::new(FenceMode::Command(marks), options(), tx.clone()).unwrap();
+        fencer.request(2, Some("node2".to_owned()), failed_at);
+        let started = dir.join("started");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !started.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            started.exists(),
+            "the fence program did not start before the loop yielded"
+        );
+        assert!(matches!(
+            rx.recv().await.unwrap(),
+            FenceEvent::Fenced { nodeid: 2, .. }
+        ));
 
         let mut fencer = Fencer::new(FenceMode::Command(succeeds), options(), tx.clone()).unwrap();
         fencer.request(3, Some("node3".to_owned()), failed_at);

@@ -133,6 +133,11 @@ async fn a_write_blocked_for_10s_does_not_delay_another_filesystems_block() {
         jid_took >= hold - Duration::from_millis(100),
         "{jid_took:?}"
     );
+    // The reader stores what it read after the writer closed: it may come a little later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.got.lock().unwrap().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(slow.got.lock().unwrap().as_deref(), Some("2\n"));
     let block = next(&mut rx, Duration::from_secs(2)).await.unwrap();
     assert_eq!(
@@ -217,6 +222,50 @@ async fn the_thread_bound_makes_filesystems_wait_their_turn() {
     let second = exec.complete(next(&mut rx, Duration::from_secs(5)).await.unwrap());
     assert_eq!(second, write_done("b", SysfsFile::Block, 1, Ok(())));
     assert!(start.elapsed() >= Duration::from_millis(350));
+}
+
+/// Log output of the current thread, for counting warnings.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_thread_bound_warns_once() {
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let root = TempDir::new("burst");
+    let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+    for name in &names {
+        make_table(&root.0, name);
+    }
+    let (mut exec, mut rx) = SysfsExecutor::with_max_workers(SysfsWriter::new(&root.0), 2);
+    for name in &names {
+        exec.submit(table(name), write(SysfsFile::Block, 1));
+    }
+    for _ in &names {
+        exec.complete(next(&mut rx, Duration::from_secs(5)).await.unwrap());
+    }
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        text.matches("every sysfs worker thread is busy").count(),
+        1,
+        "{text}"
+    );
 }
 
 #[test]

@@ -108,6 +108,10 @@ pub struct SysfsExecutor {
     /// Filesystems with a queued operation and none running, waiting for a free thread.
     waiting: VecDeque<Table>,
     max_workers: usize,
+    /// Filesystems have been waiting for a thread since the last warning: one warning per
+    /// episode, not one per operation started or finished (hundreds after a failure with
+    /// many filesystems).
+    saturated: bool,
 }
 
 impl std::fmt::Debug for SysfsExecutor {
@@ -141,6 +145,7 @@ impl SysfsExecutor {
             running: BTreeMap::new(),
             waiting: VecDeque::new(),
             max_workers: max_workers.max(1),
+            saturated: false,
         };
         (executor, rx)
     }
@@ -234,7 +239,11 @@ impl SysfsExecutor {
             }
             self.start(table, op);
         }
-        if !self.waiting.is_empty() {
+        if self.waiting.is_empty() {
+            if std::mem::replace(&mut self.saturated, false) {
+                tracing::debug!("no filesystem waits for a sysfs worker thread any more");
+            }
+        } else if !std::mem::replace(&mut self.saturated, true) {
             tracing::warn!(
                 running = self.running.len(),
                 waiting = self.waiting.len(),

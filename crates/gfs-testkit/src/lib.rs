@@ -21,6 +21,14 @@ pub mod uevent;
 pub mod vm;
 
 /// Wall-clock milliseconds since the Unix epoch (the timeline's clock).
+/// Wall-clock microseconds since the epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

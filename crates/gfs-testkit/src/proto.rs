@@ -150,6 +150,9 @@ pub struct TableStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub t_ms: u64,
+    /// `t_ms` in microseconds (benchmarks measure sub-millisecond steps).
+    #[serde(default)]
+    pub t_us: u64,
     pub table: String,
     pub what: String,
     /// For sysfs writes: `ok` or the errno name the writer got; for reads: what it read.
@@ -158,4 +161,7 @@ pub struct Entry {
     /// For sysfs writes: when the write returned (a blocked write returns later than `t_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_ms: Option<u64>,
+    /// `end_ms` in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_us: Option<u64>,
 }

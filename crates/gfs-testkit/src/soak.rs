@@ -1097,10 +1097,12 @@ mod tests {
     fn entry(t: u64, table: &str, what: &str) -> Entry {
         Entry {
             t_ms: t,
+            t_us: t * 1000,
             table: table.into(),
             what: what.into(),
             result: None,
             end_ms: None,
+            end_us: None,
         }
     }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use gfs_core::{KernelEvent, KernelEventKind, MountMode, Table, MAX_JOURNALS};
-use gfs_testkit::now_ms;
+use gfs_testkit::now_us;
 use gfs_testkit::proto::{Entry, Response, Status, TableStatus};
 use gfs_testkit::uevent::{KernelVars, UeventSender};
 use tokio::sync::watch;
@@ -291,12 +291,15 @@ impl Sim {
 
     fn push(&mut self, table: &str, what: String, result: Option<String>) -> usize {
         eprintln!("gfs_kernel_sim: {table} {what}");
+        let t_us = now_us();
         let entry = Entry {
-            t_ms: now_ms(),
+            t_ms: t_us / 1000,
+            t_us,
             table: table.to_owned(),
             what,
             result,
             end_ms: None,
+            end_us: None,
         };
         self.append_record(&entry);
         self.timeline.push(entry);
@@ -318,12 +321,15 @@ impl Sim {
     pub fn violation(&mut self, table: &str, what: impl Into<String>) {
         let what = what.into();
         self.note(table, format!("VIOLATION: {what}"));
+        let t_us = now_us();
         self.violations.push(Entry {
-            t_ms: now_ms(),
+            t_ms: t_us / 1000,
+            t_us,
             table: table.to_owned(),
             what,
             result: None,
             end_ms: None,
+            end_us: None,
         });
     }
 
@@ -642,7 +648,9 @@ impl Sim {
                 Ok(()) => "ok".to_owned(),
                 Err((errno, why)) => format!("{} ({why})", errno_name(*errno)),
             });
-            e.end_ms = Some(now_ms());
+            let end_us = now_us();
+            e.end_ms = Some(end_us / 1000);
+            e.end_us = Some(end_us);
             // The write's end, as a second record line with its result.
             let done = e.clone();
             self.append_record(&done);
