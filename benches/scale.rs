@@ -86,14 +86,14 @@ fn usage(c: &Cluster) -> Result<Vec<(u32, NodeUsage)>> {
 fn idle_wakeups(c: &Cluster) -> Result<Vec<(u32, f64)>> {
     let before: Vec<u64> = NODES
         .iter()
-        .map(|&id| c.daemon_context_switches(id))
+        .map(|&id| c.daemon_wakeups(id))
         .collect::<Result<_>>()?;
     std::thread::sleep(IDLE);
     NODES
         .iter()
         .zip(before)
         .map(|(&id, b)| {
-            let after = c.daemon_context_switches(id)?;
+            let after = c.daemon_wakeups(id)?;
             Ok((id, (after - b) as f64 / IDLE.as_secs_f64()))
         })
         .collect()

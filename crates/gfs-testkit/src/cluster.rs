@@ -653,9 +653,11 @@ impl Cluster {
         })
     }
 
-    /// Context switches of node `id`'s daemon so far, summed over its threads: each one is a
-    /// wakeup (voluntary: it slept and was woken; involuntary: preempted while running).
-    pub fn daemon_context_switches(&self, id: u32) -> Result<u64> {
+    /// Wakeups of node `id`'s daemon so far: its voluntary context switches (it slept and was
+    /// woken), summed over its threads. Involuntary ones are left out: they count preemption by
+    /// other processes while it runs, which says how loaded the machine is, not how often the
+    /// daemon wakes.
+    pub fn daemon_wakeups(&self, id: u32) -> Result<u64> {
         let pid = self
             .daemon_pid(id)
             .ok_or_else(|| anyhow!("node {id}: the daemon is not running"))?;
@@ -664,10 +666,7 @@ impl Cluster {
             let status = fs::read_to_string(task?.path().join("status")).unwrap_or_default();
             total += status
                 .lines()
-                .filter(|l| {
-                    l.starts_with("voluntary_ctxt_switches:")
-                        || l.starts_with("nonvoluntary_ctxt_switches:")
-                })
+                .filter(|l| l.starts_with("voluntary_ctxt_switches:"))
                 .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .sum::<u64>();
         }
