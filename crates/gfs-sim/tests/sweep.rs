@@ -167,6 +167,20 @@ fn seed_1889_six_nodes_six_filesystems() {
 /// told dlm_controld they had blocked against it nor got their mounts past the mount lock
 /// (L1: ten mounts in WaitGlock, DLM recovery of n7 waiting for nodes 4 and 8). The group's
 /// state now records the fences it agreed on.
+/// The same S3 defect as seed 1889 on the merged code (6 nodes, 8 filesystems, S3 at 12.597 s:
+/// n3 replayed sim:fs6 jid 2 while n2's kernel held it unblocked): fails when STOPPED counts for
+/// every filesystem in which its sender is a participant at delivery.
+#[test]
+fn seed_10311_six_nodes_eight_filesystems() {
+    let out = run(gfs_sim::sweep_config_in(10311, (3, 16), (1, 8)));
+    assert!(
+        out.violation.is_none(),
+        "seed 10311: {:?}",
+        out.violation
+            .map(|v| format!("{} at {}: {}", v.rule, v.time, v.detail))
+    );
+}
+
 #[test]
 fn seed_4010_fifteen_nodes_one_filesystem() {
     let out = run(gfs_sim::sweep_config_in(4010, (3, 16), (1, 8)));
