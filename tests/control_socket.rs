@@ -313,34 +313,6 @@ fn connections_over_the_cap_are_refused_at_once_and_the_server_goes_on() {
     assert_eq!(daemon.handled.load(Ordering::SeqCst), 1);
 }
 
-/// Everything logged by this test binary.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured_log() -> &'static Captured {
-    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Captured::default();
-        let me = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || me.clone())
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        log
-    })
-}
-
 /// D10: a flood of connections from a user who may not talk to the daemon (the socket's
 /// permissions loosened by hand) is refused, each with an answer, and logged at a bounded rate.
 #[test]
@@ -355,7 +327,7 @@ fn refused_users_are_logged_at_a_bounded_rate() {
         eprintln!("skipped: needs root, /usr/bin/python3 and setpriv");
         return;
     }
-    let log = captured_log();
+    let log = common::captured_log();
     let daemon = FakeDaemon::start("refused");
     let mut dir = daemon.socket.parent().unwrap().to_owned();
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -383,7 +355,7 @@ fn refused_users_are_logged_at_a_bounded_rate() {
     );
     assert_eq!(stdout.trim(), "200", "every refused client gets an answer");
     assert_eq!(daemon.handled.load(Ordering::SeqCst), 0);
-    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    let text = log.text();
     let lines = text
         .lines()
         .filter(|l| l.contains("control connection refused") && l.contains("uid=65534"))

@@ -312,42 +312,6 @@ async fn expect_nothing(l: &mut UeventListener, for_ms: u64) {
     }
 }
 
-/// Everything logged by this test binary (a global subscriber: a thread-local one misses
-/// events while other tests run).
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn captured_log() -> &'static Captured {
-    static LOG: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    LOG.get_or_init(|| {
-        let log = Captured::default();
-        let me = log.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || me.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
-        log
-    })
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 /// Every spoofed uevent of the robustness report (D2), sent from userspace on netlink as root
 /// in the daemon's namespace: none reaches the daemon, each is logged (rate-limited) with its
 /// sender. The kernel's own uevents (a dummy interface's, here) are not refused.
@@ -357,7 +321,7 @@ fn listener_drops_netlink_uevents_not_sent_by_the_kernel() {
         return;
     }
     in_netns(|| {
-        let log = captured_log();
+        let log = common::captured_log();
         runtime().block_on(async {
             let mut l = UeventListener::bind().unwrap();
             let t = "clu:fs1";

@@ -556,19 +556,7 @@ impl Cluster {
 
     /// `gfs_kernel_sim --socket S <args>`.
     pub fn kernel(&self, id: u32, args: &[&str]) -> Result<String> {
-        let out = Command::new(bin_dir().join("gfs_kernel_sim"))
-            .args(args)
-            .arg("--socket")
-            .arg(self.kernel_socket(id))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "gfs_kernel_sim {args:?} on node {id}: {}{}",
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        kernel_sim(&self.kernel_socket(id), id, args)
     }
 
     pub fn kernel_status(&self, id: u32) -> Result<Value> {
@@ -1023,6 +1011,24 @@ impl Drop for Cluster {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `gfs_kernel_sim <args> --socket SOCKET` against node `id`'s simulator: its stdout, or an
+/// error with what it printed.
+pub(crate) fn kernel_sim(socket: &Path, id: u32, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin_dir().join("gfs_kernel_sim"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "gfs_kernel_sim {args:?} on node {id}: {}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// One node's corosync and daemon resource use (see [`Cluster::usage`]).

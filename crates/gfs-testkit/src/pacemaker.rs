@@ -639,19 +639,7 @@ impl PacemakerCluster {
 
     /// `gfs_kernel_sim <args> --socket S` against node `id`'s simulator.
     pub fn kernel(&self, id: u32, args: &[&str]) -> Result<String> {
-        let out = Command::new(bin_dir().join("gfs_kernel_sim"))
-            .args(args)
-            .arg("--socket")
-            .arg(self.kernel_socket(id))
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "gfs_kernel_sim {args:?} on node {id}: {}{}",
-                String::from_utf8_lossy(&out.stdout).trim(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::cluster::kernel_sim(&self.kernel_socket(id), id, args)
     }
 
     pub fn kernel_status(&self, id: u32) -> Result<Value> {
