@@ -321,7 +321,7 @@ pub async fn run(
         last_quorate: None,
     };
     d.sync_quorum()?;
-    d.drive()?;
+    d.drain()?;
     crate::systemd::notify("READY=1\nSTATUS=running");
     readiness.ready();
     tracing::info!("gfs_controld ready");
@@ -400,36 +400,38 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl Daemon {
-    /// Feeds one input and carries out everything it leads to.
+    /// Feeds one input and carries out everything it leads to (`gfs_core::drive`, the rule
+    /// the simulator runs too); sysfs operations go to the executor at the end.
     fn feed(&mut self, input: Input) -> Result<(), DaemonError> {
-        self.node.handle(self.clock.now(), input);
-        self.drive()
+        gfs_core::drive(self, self.clock.now(), input)?;
+        self.after_drive()
     }
 
-    /// Executes outputs in order (fencing requests first) until the core and the local
-    /// follow-up inputs are quiet; sysfs operations go to the executor at the end.
-    fn drive(&mut self) -> Result<(), DaemonError> {
-        loop {
-            // Fencing is the longest step of a recovery and depends on nothing else the core
-            // asked for with it: start it before the F log lines and writes of a failure.
-            let (fences, rest): (Vec<Output>, Vec<Output>) =
-                std::iter::from_fn(|| self.node.poll_output())
-                    .partition(|o| matches!(o, Output::Fence { .. }));
-            for output in fences.into_iter().chain(rest) {
-                self.execute(output)?;
-            }
-            match self.pending.pop_front() {
-                Some(input) => self.node.handle(self.clock.now(), input),
-                None => break,
-            }
+    /// Executes the outputs already queued (the join at start).
+    fn drain(&mut self) -> Result<(), DaemonError> {
+        gfs_core::drain(self, self.clock.now())?;
+        self.after_drive()
+    }
+
+    fn after_drive(&mut self) -> Result<(), DaemonError> {
+        while let Some(input) = self.pending.pop_front() {
+            gfs_core::drive(self, self.clock.now(), input)?;
         }
         for (table, op) in std::mem::take(&mut self.sysfs_batch) {
             self.executor.submit(table, op);
         }
         Ok(())
     }
+}
 
-    fn execute(&mut self, output: Output) -> Result<(), DaemonError> {
+impl gfs_core::Driver for Daemon {
+    type Error = DaemonError;
+
+    fn node(&mut self) -> Option<&mut Node> {
+        Some(&mut self.node)
+    }
+
+    fn execute(&mut self, output: Output) -> Result<Option<Input>, DaemonError> {
         match output {
             // The daemon group, once at start: without it the daemon can do nothing, so a
             // failed join is fatal there (and only there: no other group is ever joined).
@@ -475,9 +477,11 @@ impl Daemon {
             }
             Output::Log(record) => log_record(&record),
         }
-        Ok(())
+        Ok(None)
     }
+}
 
+impl Daemon {
     /// A gfs2 uevent. At `add`, whether the kernel or the daemon manages the mount comes from the
     /// DLM's `recover_callbacks` (the uevent cannot tell). After `online`, the read-only state is
     /// read again a few times, since a remount's `online` carries the state from before it.

@@ -1,8 +1,6 @@
 //! The core's whole contract with the outside world: [`Input`] in, [`Output`] out.
 //!
-//! Drive rule (as str0m's): after every `Node::handle`, drain `Node::poll_output` until it returns
-//! `None` and execute each output in order. Then arm a timer for `Node::poll_timeout` and call
-//! `Node::handle(now, Input::Timeout)` when it fires.
+//! Drive rule: [`crate::drive`] (the run loop in the crate docs), the same for every driver.
 //!
 //! Sysfs writes and reads may block in the real kernel (`first`/`jid` until the DLM join is
 //! complete, `recover` until this node's own journal is ready), so a driver runs them off its

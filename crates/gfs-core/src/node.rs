@@ -349,6 +349,7 @@ impl Node {
 
     pub fn handle(&mut self, now: Time, input: Input) {
         self.now = now.max(self.now);
+        let first_output = self.outputs.len();
         self.touched = match &input {
             Input::Kernel(ev) => Some(BTreeSet::from([ev.table.to_string()])),
             Input::WriteDone { table, .. }
@@ -455,6 +456,18 @@ impl Node {
         }
         self.drive();
         self.warn_slow_fencing();
+        self.fencing_first(first_output);
+    }
+
+    /// Fencing is the longest step of a recovery and depends on nothing else asked for with it:
+    /// this input's fencing requests go out before its log lines, messages and writes.
+    fn fencing_first(&mut self, from: usize) {
+        let new = self.outputs.split_off(from);
+        let (fences, rest): (Vec<Output>, Vec<Output>) = new
+            .into_iter()
+            .partition(|o| matches!(o, Output::Fence { .. }));
+        self.outputs.extend(fences);
+        self.outputs.extend(rest);
     }
 
     // ----- daemon group -------------------------------------------------------------------

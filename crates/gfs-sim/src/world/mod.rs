@@ -1087,24 +1087,8 @@ impl World {
     }
 
     fn feed_inner(&mut self, n: NodeId, input: Input) {
-        let mut inputs = VecDeque::from([input]);
-        while let Some(input) = inputs.pop_front() {
-            let now = self.now;
-            let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else {
-                return;
-            };
-            d.core.handle(now, input);
-            while let Some(out) = self
-                .nodes
-                .get_mut(&n)
-                .and_then(|x| x.daemon.as_mut())
-                .and_then(|d| d.core.poll_output())
-            {
-                if let Some(result) = self.execute(n, out) {
-                    inputs.push_back(result);
-                }
-            }
-        }
+        let now = self.now;
+        let Ok(()) = gfs_core::drive(&mut Driving { world: self, n }, now, input);
         self.arm_timer(n);
     }
 
@@ -1190,7 +1174,28 @@ impl World {
             }
         }
     }
+}
 
+/// One node's daemon driven by the world, through the core's one drive rule (the daemon's).
+struct Driving<'w> {
+    world: &'w mut World,
+    n: NodeId,
+}
+
+impl gfs_core::Driver for Driving<'_> {
+    type Error = std::convert::Infallible;
+
+    fn node(&mut self) -> Option<&mut Node> {
+        let node = self.world.nodes.get_mut(&self.n)?;
+        node.daemon.as_mut().map(|d| &mut d.core)
+    }
+
+    fn execute(&mut self, output: Output) -> Result<Option<Input>, Self::Error> {
+        Ok(self.world.execute(self.n, output))
+    }
+}
+
+impl World {
     // ----- faults and workload ---------------------------------------------------------------
 
     /// A process that is not gfs_controld joins the daemon group on a node (any process corosync

@@ -3,8 +3,8 @@
 
 use gfs_core::wire::{self, Header, Message};
 use gfs_core::{
-    parse_uevent, Input, KernelEvent, KernelEventKind, LeaveReason, Level, Node, NodeConfig,
-    Output, Peer, SysfsFile, Table, Time, DAEMON_GROUP,
+    parse_uevent, Driver, Input, KernelEvent, KernelEventKind, LeaveReason, Level, Node,
+    NodeConfig, Output, Peer, SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
 /// Nodes in one CPG configuration; every multicast is delivered to all, in order.
@@ -69,61 +69,21 @@ impl Bus {
     }
 
     /// Feed inputs, then deliver every resulting multicast to everyone, in order, until quiet.
+    /// Each node is driven by the core's one drive rule: a write's or registration's result is
+    /// fed back at once, before the node's next output.
     fn inputs(&mut self, inputs: Vec<(usize, Input)>) {
         let mut pending = inputs;
         while !pending.is_empty() {
             let mut next = Vec::new();
             for (i, input) in pending {
                 self.now = self.now.after(1);
-                self.nodes[i].handle(self.now, input);
-                let id = self.nodes[i].nodeid();
-                let me = Peer::new(id, self.pids[&id]);
-                while let Some(out) = self.nodes[i].poll_output() {
-                    match out {
-                        Output::Mcast { group, payload } => {
-                            self.sent.push((id, payload.clone()));
-                            for j in 0..self.nodes.len() {
-                                next.push((
-                                    j,
-                                    Input::Deliver {
-                                        group: group.clone(),
-                                        sender: me,
-                                        payload: payload.clone(),
-                                    },
-                                ));
-                            }
-                        }
-                        Output::Log(r) => self.logs.push((id, r.level, r.message)),
-                        Output::Write { table, file, value } => {
-                            self.writes.push((id, file, value));
-                            let result = match self.refuse.iter().find(|(k, _)| *k == (id, file)) {
-                                Some((_, errno)) => Err(*errno),
-                                None => Ok(()),
-                            };
-                            next.push((
-                                i,
-                                Input::WriteDone {
-                                    table,
-                                    file,
-                                    value,
-                                    result,
-                                },
-                            ));
-                        }
-                        Output::Reply { result, .. } => self.replies.push(result),
-                        Output::Fence { nodeid, .. } => self.fences.push((id, nodeid)),
-                        Output::KillNode { nodeid, .. } => self.kills.push((id, nodeid)),
-                        // dlm_controld with enable_fscontrol=1 accepts every registration.
-                        Output::DlmRegister { table } => next.push((
-                            i,
-                            Input::DlmRegistered {
-                                table,
-                                result: Ok(()),
-                            },
-                        )),
-                        _ => {}
-                    }
-                }
+                let now = self.now;
+                let mut stop = Stop {
+                    bus: self,
+                    i,
+                    next: &mut next,
+                };
+                let Ok(()) = gfs_core::drive(&mut stop, now, input);
             }
             pending = next;
         }
@@ -217,6 +177,79 @@ impl Bus {
 
     fn digests(&self) -> Vec<Option<u64>> {
         self.nodes.iter().map(|n| n.replicated_digest()).collect()
+    }
+}
+
+/// The bus carrying out one node's outputs.
+struct Stop<'b> {
+    bus: &'b mut Bus,
+    i: usize,
+    /// Deliveries for the next round.
+    next: &'b mut Vec<(usize, Input)>,
+}
+
+impl Driver for Stop<'_> {
+    type Error = std::convert::Infallible;
+
+    fn node(&mut self) -> Option<&mut Node> {
+        self.bus.nodes.get_mut(self.i)
+    }
+
+    fn execute(&mut self, out: Output) -> Result<Option<Input>, Self::Error> {
+        let bus = &mut *self.bus;
+        let id = bus.nodes[self.i].nodeid();
+        let me = Peer::new(id, bus.pids[&id]);
+        Ok(match out {
+            Output::Mcast { group, payload } => {
+                bus.sent.push((id, payload.clone()));
+                for j in 0..bus.nodes.len() {
+                    self.next.push((
+                        j,
+                        Input::Deliver {
+                            group: group.clone(),
+                            sender: me,
+                            payload: payload.clone(),
+                        },
+                    ));
+                }
+                None
+            }
+            Output::Log(r) => {
+                bus.logs.push((id, r.level, r.message));
+                None
+            }
+            Output::Write { table, file, value } => {
+                bus.writes.push((id, file, value));
+                let result = match bus.refuse.iter().find(|(k, _)| *k == (id, file)) {
+                    Some((_, errno)) => Err(*errno),
+                    None => Ok(()),
+                };
+                Some(Input::WriteDone {
+                    table,
+                    file,
+                    value,
+                    result,
+                })
+            }
+            Output::Reply { result, .. } => {
+                bus.replies.push(result);
+                None
+            }
+            Output::Fence { nodeid, .. } => {
+                bus.fences.push((id, nodeid));
+                None
+            }
+            Output::KillNode { nodeid, .. } => {
+                bus.kills.push((id, nodeid));
+                None
+            }
+            // dlm_controld with enable_fscontrol=1 accepts every registration.
+            Output::DlmRegister { table } => Some(Input::DlmRegistered {
+                table,
+                result: Ok(()),
+            }),
+            _ => None,
+        })
     }
 }
 
