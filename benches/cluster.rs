@@ -390,10 +390,8 @@ async fn join_with(peer: u32) -> Result<(CpgGroups, UnboundedReceiver<CpgEvent>)
     let (mut cpg, mut events) = CpgGroups::new();
     cpg.join(GROUP)?;
     loop {
-        if let CpgEvent::ConfChg { group, members, .. } =
-            next_event(&mut events, "the peer's join").await?
-        {
-            if group == GROUP && members.iter().any(|p| p.nodeid == peer) {
+        if let CpgEvent::ConfChg(change) = next_event(&mut events, "the peer's join").await? {
+            if change.group == GROUP && change.members.iter().any(|p| p.nodeid == peer) {
                 return Ok((cpg, events));
             }
         }
@@ -427,9 +425,9 @@ fn cpg_ping(c: &Cluster, pinger: u32, ponger: u32, pings: usize) -> Result<Ping>
         let (mut cpg, mut events) = join_with(pinger).await?;
         let mut one_way = Vec::new();
         loop {
-            let CpgEvent::Deliver {
+            let CpgEvent::Deliver(gfs_core::Input::Deliver {
                 sender, payload, ..
-            } = next_event(&mut events, "a ping").await?
+            }) = next_event(&mut events, "a ping").await?
             else {
                 continue;
             };
@@ -458,9 +456,9 @@ fn cpg_ping(c: &Cluster, pinger: u32, ponger: u32, pings: usize) -> Result<Ping>
             let sent = ns_since(base);
             cpg.mcast(GROUP, encode(PING, seq, sent))?;
             loop {
-                let CpgEvent::Deliver {
+                let CpgEvent::Deliver(gfs_core::Input::Deliver {
                     sender, payload, ..
-                } = next_event(&mut events, "a pong").await?
+                }) = next_event(&mut events, "a pong").await?
                 else {
                     continue;
                 };

@@ -320,7 +320,8 @@ pub async fn run(
         next_request: 1,
         last_quorate: None,
     };
-    d.sync_quorum()?;
+    let quorate = d.quorum.quorate()?;
+    d.quorum_changed(quorate)?;
     d.drain()?;
     crate::systemd::notify("READY=1\nSTATUS=running");
     readiness.ready();
@@ -620,13 +621,7 @@ impl Daemon {
         }
     }
 
-    /// Quorum is read synchronously at every membership change and fed first, so the core
-    /// never judges a membership newer than its quorum view.
-    fn sync_quorum(&mut self) -> Result<(), DaemonError> {
-        let quorate = self.quorum.quorate()?;
-        self.quorum_changed(quorate)
-    }
-
+    /// A quorum change without a change of the daemon group.
     fn quorum_changed(&mut self, quorate: bool) -> Result<(), DaemonError> {
         if self.last_quorate == Some(quorate) {
             return Ok(());
@@ -640,23 +635,18 @@ impl Daemon {
         self.feed(Input::Quorum { quorate })
     }
 
+    /// A configuration change goes to the core with quorum as it is now (a synchronous read),
+    /// so the core never judges a membership newer than its quorum view.
     fn cpg_event(&mut self, event: CpgEvent) -> Result<(), DaemonError> {
-        if let CpgEvent::Lost { group, reason } = event {
-            return Err(DaemonError::GroupLost { group, reason });
-        }
-        if let CpgEvent::ConfChg {
-            group,
-            members,
-            joined,
-            left,
-        } = &event
-        {
-            tracing::info!(group = %group, members = ?members, joined = ?joined, left = ?left, "CPG membership change");
-            self.sync_quorum()?;
-        }
-        match event.into_input() {
-            Some(input) => self.feed(input),
-            None => Ok(()),
+        match event {
+            CpgEvent::Lost { group, reason } => Err(DaemonError::GroupLost { group, reason }),
+            CpgEvent::ConfChg(change) => {
+                tracing::info!(group = %change.group, members = ?change.members, joined = ?change.joined, left = ?change.left, "CPG membership change");
+                let quorate = self.quorum.quorate()?;
+                self.last_quorate = Some(quorate);
+                self.feed(change.with_quorum(quorate))
+            }
+            CpgEvent::Deliver(input) => self.feed(input),
         }
     }
 
@@ -738,10 +728,10 @@ impl Daemon {
         let deadline = tokio::time::Instant::now() + LEAVE_WAIT;
         while !groups.is_empty() {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(CpgEvent::ConfChg { group, left, .. }))
-                    if left.iter().any(|(p, _)| *p == me) =>
+                Ok(Some(CpgEvent::ConfChg(change)))
+                    if change.left.iter().any(|(p, _)| *p == me) =>
                 {
-                    groups.retain(|g| *g != group);
+                    groups.retain(|g| *g != change.group);
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use gfs_core::{Input, LeaveReason, Peer};
+use gfs_core::{ConfChg, Input, LeaveReason, Peer};
 use rust_corosync::cpg;
 use rust_corosync::{CsError, DispatchFlags, NodeId};
 use tokio::io::unix::AsyncFd;
@@ -43,54 +43,18 @@ const MAX_GROUP_NAME: usize = 127;
 const RETRY_MIN: Duration = Duration::from_millis(1);
 const RETRY_MAX: Duration = Duration::from_millis(100);
 
-/// Events from CPG, already mapped to core types.
+/// Events from CPG, already the core's types.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CpgEvent {
     /// Members are processes: any process corosync lets use its IPC may join a group, so the
-    /// core tells a node's daemon from other processes by pid.
-    ConfChg {
-        group: String,
-        members: Vec<Peer>,
-        joined: Vec<Peer>,
-        left: Vec<(Peer, LeaveReason)>,
-    },
-    Deliver {
-        group: String,
-        sender: Peer,
-        payload: Vec<u8>,
-    },
+    /// core tells a node's daemon from other processes by pid. The daemon adds the quorum it
+    /// reads on arrival ([`ConfChg::with_quorum`]).
+    ConfChg(ConfChg),
+    /// A message delivered in agreed order: an [`Input::Deliver`].
+    Deliver(Input),
     /// The handle of `group` died (corosync went away, dispatch error): the daemon must treat
     /// it as fatal.
     Lost { group: String, reason: String },
-}
-
-impl CpgEvent {
-    /// The core input for this event; `Lost` has none (it is fatal for the daemon).
-    pub fn into_input(self) -> Option<Input> {
-        match self {
-            CpgEvent::ConfChg {
-                group,
-                members,
-                joined,
-                left,
-            } => Some(Input::ConfChg {
-                group,
-                members,
-                joined,
-                left,
-            }),
-            CpgEvent::Deliver {
-                group,
-                sender,
-                payload,
-            } => Some(Input::Deliver {
-                group,
-                sender,
-                payload,
-            }),
-            CpgEvent::Lost { .. } => None,
-        }
-    }
 }
 
 /// What a callback copies out of libcpg (node ids with pids, reasons as cpg.h numbers).
@@ -616,11 +580,11 @@ impl GroupTask {
     fn forward(&mut self) -> Option<Stop> {
         while let Ok(raw) = self.raw_rx.try_recv() {
             let event = match raw {
-                Raw::Deliver { sender, payload } => CpgEvent::Deliver {
+                Raw::Deliver { sender, payload } => CpgEvent::Deliver(Input::Deliver {
                     group: self.group.clone(),
                     sender,
                     payload,
-                },
+                }),
                 Raw::ConfChg {
                     members,
                     joined,
@@ -637,7 +601,7 @@ impl GroupTask {
                         left = ?left,
                         "CPG confchg"
                     );
-                    let event = CpgEvent::ConfChg {
+                    let event = CpgEvent::ConfChg(ConfChg {
                         group: self.group.clone(),
                         members: members.iter().map(|&(n, p)| Peer::new(n, p)).collect(),
                         joined: joined.iter().map(|&(n, p)| Peer::new(n, p)).collect(),
@@ -645,7 +609,7 @@ impl GroupTask {
                             .iter()
                             .map(|&(n, p, reason)| (Peer::new(n, p), leave_reason(reason)))
                             .collect(),
-                    };
+                    });
                     if we_left {
                         if self.leave != LeaveState::Sent {
                             tracing::warn!(group = %self.group, nodeid = self.our_nodeid, "corosync removed us from the CPG group without our leave");

@@ -17,23 +17,18 @@ use crate::uevent::KernelEvent;
 /// Everything that can happen to a node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Input {
-    /// A CPG configuration change in `group` (the member list is the new one). The driver reads
-    /// quorum synchronously and feeds any change as `Input::Quorum` first, so the core's quorum
-    /// view is never older than its membership view. Members are processes (node id and pid,
-    /// as corosync reports them): the core admits one instance per node as its daemon.
-    ConfChg {
-        group: String,
-        members: Vec<Peer>,
-        joined: Vec<Peer>,
-        left: Vec<(Peer, LeaveReason)>,
-    },
+    /// A CPG configuration change, with the partition's quorum as the driver read it when it
+    /// built this input: the core takes the quorum first, so it never judges a membership newer
+    /// than its quorum view.
+    ConfChg { change: ConfChg, quorate: bool },
     /// A CPG message delivered in agreed order in `group`, from the process `sender`.
     Deliver {
         group: String,
         sender: Peer,
         payload: Vec<u8>,
     },
-    /// The corosync quorum service's view of this node's partition.
+    /// The corosync quorum service's view of this node's partition, when it changed without a
+    /// configuration change of the daemon group (a node without a daemon came or went).
     Quorum { quorate: bool },
     /// The corosync membership (every node, daemon or not), as the quorum service reports it.
     /// A node that leaves it may have joined a DLM lockspace without its daemon ever joining
@@ -82,6 +77,27 @@ pub enum Input {
     FenceAck { request: u64, nodeid: NodeId },
     /// The deadline from `Node::poll_timeout` passed.
     Timeout,
+}
+
+/// A CPG configuration change in `group` as corosync reports it (the member list is the new
+/// one). Members are processes (node id and pid): the core admits one instance per node as its
+/// daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConfChg {
+    pub group: String,
+    pub members: Vec<Peer>,
+    pub joined: Vec<Peer>,
+    pub left: Vec<(Peer, LeaveReason)>,
+}
+
+impl ConfChg {
+    /// The core's input for this change, with the quorum read as it is built.
+    pub fn with_quorum(self, quorate: bool) -> Input {
+        Input::ConfChg {
+            change: self,
+            quorate,
+        }
+    }
 }
 
 /// Everything a node asks its driver to do.

@@ -53,7 +53,7 @@ mod types;
 pub mod uevent;
 pub mod view;
 
-pub use io::{Input, Level, LogRecord, Output};
+pub use io::{ConfChg, Input, Level, LogRecord, Output};
 pub use time::Time;
 pub use types::*;
 pub use uevent::{format_uevent, parse_uevent, KernelEvent, KernelEventKind, UeventError};

@@ -361,14 +361,10 @@ impl Node {
             _ => None,
         };
         match input {
-            Input::ConfChg {
-                group,
-                members,
-                joined,
-                left,
-            } => {
-                if group == DAEMON_GROUP {
-                    self.on_confchg(members, joined, left);
+            Input::ConfChg { change, quorate } => {
+                self.on_quorum(quorate);
+                if change.group == DAEMON_GROUP {
+                    self.on_confchg(change.members, change.joined, change.left);
                 }
             }
             Input::Deliver {
@@ -380,20 +376,7 @@ impl Node {
                     self.on_deliver(sender, &payload);
                 }
             }
-            Input::Quorum { quorate } => {
-                if quorate != self.quorate {
-                    self.log(
-                        Level::Info,
-                        None,
-                        format!("quorum {}", if quorate { "regained" } else { "lost" }),
-                    );
-                    if quorate {
-                        self.quorum_hold_until = Some(self.now.after(self.cfg.merge_wait_ms));
-                    }
-                    self.quorum_changed_at = self.now;
-                }
-                self.quorate = quorate;
-            }
+            Input::Quorum { quorate } => self.on_quorum(quorate),
             Input::Membership { members } => self.on_membership(members),
             Input::Kernel(ev) => self.on_kernel(ev),
             Input::WriteDone {
@@ -468,6 +451,21 @@ impl Node {
             .partition(|o| matches!(o, Output::Fence { .. }));
         self.outputs.extend(fences);
         self.outputs.extend(rest);
+    }
+
+    fn on_quorum(&mut self, quorate: bool) {
+        if quorate != self.quorate {
+            self.log(
+                Level::Info,
+                None,
+                format!("quorum {}", if quorate { "regained" } else { "lost" }),
+            );
+            if quorate {
+                self.quorum_hold_until = Some(self.now.after(self.cfg.merge_wait_ms));
+            }
+            self.quorum_changed_at = self.now;
+        }
+        self.quorate = quorate;
     }
 
     // ----- daemon group -------------------------------------------------------------------

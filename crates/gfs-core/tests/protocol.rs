@@ -3,7 +3,7 @@
 
 use gfs_core::wire::{self, Header, Message};
 use gfs_core::{
-    parse_uevent, Driver, Input, KernelEvent, KernelEventKind, LeaveReason, Level, Node,
+    parse_uevent, ConfChg, Driver, Input, KernelEvent, KernelEventKind, LeaveReason, Level, Node,
     NodeConfig, Output, Peer, SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
@@ -44,22 +44,10 @@ impl Bus {
             kills: Vec::new(),
             pids,
         };
-        let mut start = Vec::new();
-        for i in 0..bus.nodes.len() {
-            start.push((i, Input::Quorum { quorate: true }));
-        }
         // A configuration change reaches every member before any later message.
-        for i in 0..bus.nodes.len() {
-            start.push((
-                i,
-                Input::ConfChg {
-                    group: DAEMON_GROUP.into(),
-                    members: peers(&ids),
-                    joined: peers(&ids),
-                    left: vec![],
-                },
-            ));
-        }
+        let start = (0..bus.nodes.len())
+            .map(|i| (i, confchg(peers(&ids), peers(&ids), vec![], true)))
+            .collect();
         bus.inputs(start);
         bus
     }
@@ -101,12 +89,7 @@ impl Bus {
             .map(|i| {
                 (
                     i,
-                    Input::ConfChg {
-                        group: DAEMON_GROUP.into(),
-                        members: members.clone(),
-                        joined: joined.clone(),
-                        left: left.clone(),
-                    },
+                    confchg(members.clone(), joined.clone(), left.clone(), true),
                 )
             })
             .collect();
@@ -251,6 +234,22 @@ impl Driver for Stop<'_> {
             _ => None,
         })
     }
+}
+
+/// A daemon-group configuration change, with the quorum read as it arrives.
+fn confchg(
+    members: Vec<Peer>,
+    joined: Vec<Peer>,
+    left: Vec<(Peer, LeaveReason)>,
+    quorate: bool,
+) -> Input {
+    ConfChg {
+        group: DAEMON_GROUP.into(),
+        members,
+        joined,
+        left,
+    }
+    .with_quorum(quorate)
 }
 
 /// Daemons run as process `1000 + nodeid` in these tests.
@@ -553,7 +552,6 @@ fn a_member_that_syncs_later_does_not_fence_again_what_the_group_saw_fenced() {
     again.pid = 5001;
     bus.start(again);
     let restarted = bus.nodes.len() - 1;
-    bus.input(restarted, Input::Quorum { quorate: true });
     let new1 = Peer::new(1, 5001);
     bus.confchg(vec![new1, daemon(2), daemon(3)], vec![new1], vec![]);
     assert!(bus.nodes[restarted].is_synced(), "{:?}", bus.logs);
@@ -747,12 +745,12 @@ fn a_newer_daemon_talks_the_older_version_and_upgrades_when_it_leaves() {
     bus.nodes.truncate(1);
     bus.input(
         0,
-        Input::ConfChg {
-            group: DAEMON_GROUP.into(),
-            members: peers(&[1]),
-            joined: vec![],
-            left: vec![(daemon(2), LeaveReason::Leave)],
-        },
+        confchg(
+            peers(&[1]),
+            vec![],
+            vec![(daemon(2), LeaveReason::Leave)],
+            true,
+        ),
     );
     assert_eq!(bus.nodes[0].status(bus.now).protocol_version, 2);
 }
@@ -816,22 +814,14 @@ fn node_3_fails(quorate_after: bool) -> Bus {
     bus.nodes.truncate(2);
     let mut inputs = Vec::new();
     for i in 0..2 {
-        if !quorate_after {
-            inputs.push((
-                i,
-                Input::Quorum {
-                    quorate: quorate_after,
-                },
-            ));
-        }
         inputs.push((
             i,
-            Input::ConfChg {
-                group: DAEMON_GROUP.into(),
-                members: peers(&[1, 2]),
-                joined: vec![],
-                left: vec![(daemon(3), gfs_core::LeaveReason::NodeDown)],
-            },
+            confchg(
+                peers(&[1, 2]),
+                vec![],
+                vec![(daemon(3), LeaveReason::NodeDown)],
+                quorate_after,
+            ),
         ));
     }
     bus.inputs(inputs);

@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 
 use gfs_core::{
-    Input, KernelEvent, KernelEventKind, LeaveReason, Node, NodeConfig, NodeId, Output, Peer,
-    SysfsFile, Table, Time, DAEMON_GROUP,
+    ConfChg, Input, KernelEvent, KernelEventKind, LeaveReason, Node, NodeConfig, NodeId, Output,
+    Peer, SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,83 +41,114 @@ impl Cluster {
             }
             self.now = self.now.after(1);
             self.inputs += 1;
-            self.nodes[i].handle(self.now, input);
-            let me = self.nodes[i].nodeid();
-            while let Some(out) = self.nodes[i].poll_output() {
-                match out {
-                    Output::Mcast { group, payload } => {
-                        self.messages += 1;
-                        self.max_depth = self.max_depth.max(depth + 1);
-                        for j in 0..self.nodes.len() {
-                            queue.push_back((
-                                j,
-                                Input::Deliver {
-                                    group: group.clone(),
-                                    sender: Peer::new(me, 0),
-                                    payload: payload.clone(),
-                                },
-                                depth + 1,
-                            ));
-                        }
+            let now = self.now;
+            let mut at = At {
+                cluster: self,
+                i,
+                depth,
+                queue: &mut queue,
+            };
+            let Ok(()) = gfs_core::drive(&mut at, now, input);
+        }
+    }
+}
+
+/// The instant cluster carrying out node `i`'s outputs for an input of causal depth `depth`.
+struct At<'c> {
+    cluster: &'c mut Cluster,
+    i: usize,
+    depth: u32,
+    queue: &'c mut VecDeque<(usize, Input, u32)>,
+}
+
+impl gfs_core::Driver for At<'_> {
+    type Error = std::convert::Infallible;
+
+    fn node(&mut self) -> Option<&mut Node> {
+        self.cluster.nodes.get_mut(self.i)
+    }
+
+    fn execute(&mut self, out: Output) -> Result<Option<Input>, Self::Error> {
+        let (i, depth) = (self.i, self.depth);
+        let c = &mut *self.cluster;
+        let queue = &mut *self.queue;
+        let me = c.nodes[i].nodeid();
+        Ok(match out {
+            Output::Mcast { group, payload } => {
+                c.messages += 1;
+                c.max_depth = c.max_depth.max(depth + 1);
+                for j in 0..c.nodes.len() {
+                    queue.push_back((
+                        j,
+                        Input::Deliver {
+                            group: group.clone(),
+                            sender: Peer::new(me, 0),
+                            payload: payload.clone(),
+                        },
+                        depth + 1,
+                    ));
+                }
+                None
+            }
+            Output::Write { table, file, value } => {
+                if file == SysfsFile::Block {
+                    if value == 1 {
+                        c.blocked[i] += 1;
+                    } else {
+                        c.blocked[i] -= 1;
                     }
-                    Output::Write { table, file, value } => {
-                        if file == SysfsFile::Block {
-                            if value == 1 {
-                                self.blocked[i] += 1;
-                            } else {
-                                self.blocked[i] -= 1;
-                            }
-                        }
+                }
+                // The kernel answers at once: mounts complete, replays succeed.
+                let kind = match file {
+                    SysfsFile::Jid => Some(KernelEventKind::Online {
+                        ro: false,
+                        spectator: false,
+                    }),
+                    SysfsFile::Recover => Some(KernelEventKind::Recovery {
+                        jid: value as u32,
+                        done: true,
+                    }),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    if file == SysfsFile::Jid {
+                        // A first mounter reports FIRSTMOUNT=Done before going online.
                         queue.push_back((
                             i,
-                            Input::WriteDone {
+                            Input::Kernel(KernelEvent {
                                 table: table.clone(),
-                                file,
-                                value,
-                                result: Ok(()),
-                            },
+                                kind: KernelEventKind::FirstMountDone,
+                            }),
                             depth,
                         ));
-                        // The kernel answers at once: mounts complete, replays succeed.
-                        let kind = match file {
-                            SysfsFile::Jid => Some(KernelEventKind::Online {
-                                ro: false,
-                                spectator: false,
-                            }),
-                            SysfsFile::Recover => Some(KernelEventKind::Recovery {
-                                jid: value as u32,
-                                done: true,
-                            }),
-                            _ => None,
-                        };
-                        if let Some(kind) = kind {
-                            if file == SysfsFile::Jid {
-                                // A first mounter reports FIRSTMOUNT=Done before going online.
-                                queue.push_back((
-                                    i,
-                                    Input::Kernel(KernelEvent {
-                                        table: table.clone(),
-                                        kind: KernelEventKind::FirstMountDone,
-                                    }),
-                                    depth,
-                                ));
-                            }
-                            queue.push_back((i, Input::Kernel(KernelEvent { table, kind }), depth));
-                        }
                     }
-                    // dlm_controld (enable_fscontrol=1) accepts every registration.
-                    Output::DlmRegister { table } => queue.push_back((
+                    queue.push_back((
                         i,
-                        Input::DlmRegistered {
-                            table,
-                            result: Ok(()),
-                        },
+                        Input::Kernel(KernelEvent {
+                            table: table.clone(),
+                            kind,
+                        }),
                         depth,
-                    )),
-                    _ => {}
+                    ));
                 }
+                c.inputs += 1;
+                Some(Input::WriteDone {
+                    table,
+                    file,
+                    value,
+                    result: Ok(()),
+                })
             }
-        }
+            // dlm_controld (enable_fscontrol=1) accepts every registration.
+            Output::DlmRegister { table } => {
+                c.inputs += 1;
+                Some(Input::DlmRegistered {
+                    table,
+                    result: Ok(()),
+                })
+            }
+            _ => None,
+        })
     }
 }
 
@@ -142,13 +173,15 @@ pub fn recovery_cost(nodes: u32, filesystems: u32) -> RecoveryCost {
     let all = |input: &dyn Fn(usize) -> Input| -> Vec<(usize, Input, u32)> {
         (0..nodes as usize).map(|i| (i, input(i), 0)).collect()
     };
-    let mut start = all(&|_| Input::Quorum { quorate: true });
-    start.extend(all(&|_| Input::ConfChg {
-        group: DAEMON_GROUP.into(),
-        members: ids.iter().map(|n| Peer::new(*n, 0)).collect(),
-        joined: ids.iter().map(|n| Peer::new(*n, 0)).collect(),
-        left: vec![],
-    }));
+    let start = all(&|_| {
+        ConfChg {
+            group: DAEMON_GROUP.into(),
+            members: ids.iter().map(|n| Peer::new(*n, 0)).collect(),
+            joined: ids.iter().map(|n| Peer::new(*n, 0)).collect(),
+            left: vec![],
+        }
+        .with_quorum(true)
+    });
     c.run(start);
     for f in 1..=filesystems {
         let table = Table::parse(&format!("bench:fs{f}")).expect("table");
@@ -173,12 +206,13 @@ pub fn recovery_cost(nodes: u32, filesystems: u32) -> RecoveryCost {
         .map(|i| {
             (
                 i,
-                Input::ConfChg {
+                ConfChg {
                     group: DAEMON_GROUP.into(),
                     members: survivors.iter().map(|n| Peer::new(*n, 0)).collect(),
                     joined: vec![],
                     left: vec![(Peer::new(nodes, 0), LeaveReason::NodeDown)],
-                },
+                }
+                .with_quorum(true),
                 0,
             )
         })

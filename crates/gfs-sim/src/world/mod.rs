@@ -3,8 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use gfs_core::{
-    wire, Input, KernelEvent, LeaveReason, MountMode, Node, NodeConfig, NodeId, Output, Peer,
-    Sabotage, SysfsFile, Table, Time, DAEMON_GROUP,
+    wire, ConfChg, Input, KernelEvent, LeaveReason, MountMode, Node, NodeConfig, NodeId, Output,
+    Peer, Sabotage, SysfsFile, Table, Time, DAEMON_GROUP,
 };
 
 use crate::rng::Rng;
@@ -751,25 +751,17 @@ impl World {
                 .collect();
             let id = self.next_entry;
             self.next_entry += 1;
-            // The daemon re-reads quorum right before it hands a configuration change to the core,
-            // so the core's quorum view is never older than its membership view.
-            let quorum_first = true;
+            // The daemon reads quorum as it hands a configuration change to the core, which
+            // carries it (`ConfChg::with_quorum`).
             for n in &receivers {
                 let node = self.nodes.get_mut(n).expect("node");
-                let cc = Entry::ConfChg {
+                node.queue.push_back(Entry::ConfChg {
                     id,
                     members: members.clone(),
                     joined: joined.clone(),
                     left: left.clone(),
                     quorate,
-                };
-                if quorum_first {
-                    node.queue.push_back(Entry::Quorum(quorate));
-                    node.queue.push_back(cc);
-                } else {
-                    node.queue.push_back(cc);
-                    node.queue.push_back(Entry::Quorum(quorate));
-                }
+                });
                 node.group_view = members.clone();
             }
             for n in &receivers {
@@ -967,16 +959,13 @@ impl World {
                     node.saw_fail.extend(dinc.into_iter().map(|k| (k, id)));
                 }
                 self.log(format!("n{n} confchg members={members:?} joined={joined:?} left={left:?} quorate={quorate}"));
-                self.feed_tracked(
-                    n,
-                    id,
-                    Input::ConfChg {
-                        group: DAEMON_GROUP.into(),
-                        members,
-                        joined,
-                        left,
-                    },
-                );
+                let change = ConfChg {
+                    group: DAEMON_GROUP.into(),
+                    members,
+                    joined,
+                    left,
+                };
+                self.feed_tracked(n, id, change.with_quorum(quorate));
             }
             Entry::Msg {
                 id,
