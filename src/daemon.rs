@@ -7,7 +7,7 @@
 //! block in the kernel, run off the loop through [`SysfsExecutor`] (in order per filesystem);
 //! their results come back as inputs like any other (the drive rule in `gfs_core::io`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsRawFd;
@@ -202,8 +202,6 @@ struct Daemon {
     fencer: Option<Fencer>,
     node_names: BTreeMap<u32, String>,
     ring: DebugRing,
-    /// Inputs produced while executing outputs, fed after the current drain.
-    pending: VecDeque<Input>,
     /// Sysfs operations the core asked for during the current drive, handed to the executor
     /// when it ends (in order): starting each costs a thread, and after a failure F of them
     /// would otherwise delay the fencing request and the messages that follow them.
@@ -286,6 +284,7 @@ pub async fn run(
     cfg.recover_retry_ms = settings.recover_retry.as_millis() as u64;
     cfg.fence_retry_ms = settings.fence_retry.as_millis() as u64;
     cfg.require_quorum = settings.enable_quorum;
+    cfg.require_fencing = settings.enable_fencing;
     cfg.startup_fence_delay_ms = settings.startup_fence_delay.as_millis() as u64;
     cfg.merge_wait_ms = settings.merge_wait.as_millis() as u64;
     cfg.fence_warn_ms = settings.fence_warn.as_millis() as u64;
@@ -314,7 +313,6 @@ pub async fn run(
         fencer,
         node_names,
         ring,
-        pending: VecDeque::new(),
         sysfs_batch: Vec::new(),
         acks: HashMap::new(),
         next_request: 1,
@@ -415,9 +413,6 @@ impl Daemon {
     }
 
     fn after_drive(&mut self) -> Result<(), DaemonError> {
-        while let Some(input) = self.pending.pop_front() {
-            gfs_core::drive(self, self.clock.now(), input)?;
-        }
         for (table, op) in std::mem::take(&mut self.sysfs_batch) {
             self.executor.submit(table, op);
         }
@@ -454,13 +449,11 @@ impl gfs_core::Driver for Daemon {
                     let name = self.node_names.get(&nodeid).cloned();
                     fencer.request(nodeid, name, self.clock.wall(failed_at));
                 }
-                None => {
-                    tracing::warn!(nodeid, "enable_fencing=0: treating node {nodeid} as fenced");
-                    self.pending.push_back(Input::Fenced {
-                        nodeid,
-                        at: failed_at,
-                    });
-                }
+                // The core asks for no fencing with `require_fencing` off.
+                None => tracing::error!(
+                    nodeid,
+                    "enable_fencing=0, yet the core asked to fence node {nodeid}"
+                ),
             },
             Output::KillNode { nodeid, reason } => {
                 tracing::error!(nodeid, reason = %reason, "asking corosync to remove node {nodeid} from the cluster");

@@ -66,6 +66,10 @@ pub struct NodeConfig {
     pub fence_retry_ms: u64,
     /// No journal replay and no first mount without quorum (SPEC S1). Off only for tests.
     pub require_quorum: bool,
+    /// Fence failed nodes before their journals are replayed (SPEC S1). Off (the daemon's
+    /// `enable_fencing=0`), a failed node counts as fenced at the moment it failed: safe only
+    /// where nodes never hang, and never asked of the fencing backend.
+    pub require_fencing: bool,
     /// Like dlm_controld's post_join_delay: a node absent when the group formed gets this long to
     /// start its daemon before a first mounter asks for it to be fenced.
     pub startup_fence_delay_ms: u64,
@@ -92,6 +96,7 @@ impl NodeConfig {
             recover_retry_ms: 1000,
             fence_retry_ms: 5000,
             require_quorum: true,
+            require_fencing: true,
             merge_wait_ms: 5000,
             startup_fence_delay_ms: 10_000,
             fence_warn_ms: 60_000,
@@ -236,6 +241,9 @@ pub struct Node {
     replaying: bool,
     /// Filesystems the current input may have changed (`None`: all of them).
     touched: Option<BTreeSet<String>>,
+    /// Failed nodes to take as fenced at their failure once this input's drive is done
+    /// (`require_fencing` off), in the order they would have been asked of a backend.
+    assume_fenced: Vec<(NodeId, Time)>,
     /// Count of daemon-group messages this node sent (benchmarks).
     pub sent_messages: u64,
 }
@@ -270,6 +278,7 @@ impl Node {
             mounts_delivered: BTreeMap::new(),
             replaying: false,
             touched: None,
+            assume_fenced: Vec::new(),
             sent_messages: 0,
         };
         node.outputs.push_back(Output::JoinGroup {
@@ -439,6 +448,22 @@ impl Node {
         }
         self.drive();
         self.warn_slow_fencing();
+        // With fencing off, a fencing request is answered at once, as a backend's answer would
+        // be: after everything this input led to.
+        while !self.assume_fenced.is_empty() {
+            for (nodeid, failed_at) in std::mem::take(&mut self.assume_fenced) {
+                self.log_node(
+                    Level::Warn,
+                    nodeid,
+                    "fencing is off (enable_fencing=0): taking the node as fenced when it failed"
+                        .into(),
+                );
+                self.touched = None;
+                self.on_fenced(nodeid, failed_at);
+                self.drive();
+                self.warn_slow_fencing();
+            }
+        }
         self.fencing_first(first_output);
     }
 
@@ -2285,6 +2310,10 @@ impl Node {
                 if fencer && !f.done() && !f.requested && f.retry_at.is_none() {
                     f.requested = true;
                     let failed_at = f.failed_at;
+                    if !self.cfg.require_fencing {
+                        self.assume_fenced.push((n, failed_at));
+                        continue;
+                    }
                     self.outputs.push_back(Output::Fence {
                         nodeid: n,
                         failed_at,

@@ -931,3 +931,30 @@ fn a_mount_whose_sysfs_directory_vanished_is_dropped_everywhere() {
     bus.input(1, add("alpha:ghost"));
     assert!(bus.writes.contains(&(2, SysfsFile::First, 1)));
 }
+
+#[test]
+fn with_fencing_off_a_failed_node_counts_as_fenced_when_it_failed() {
+    let configs = (1..=3)
+        .map(|id| NodeConfig {
+            require_fencing: false,
+            ..cfg(id)
+        })
+        .collect();
+    let mut bus = Bus::new(configs);
+    for i in 0..3 {
+        bus.mount(i);
+    }
+    bus.nodes.truncate(2);
+    bus.confchg(
+        peers(&[1, 2]),
+        vec![],
+        vec![(daemon(3), LeaveReason::NodeDown)],
+    );
+    assert!(bus.fences.is_empty(), "no backend is asked");
+    assert!(bus.logged("fencing is off"), "{:?}", bus.logs);
+    assert_eq!(
+        bus.recover_writes().len(),
+        1,
+        "node 3's journal is replayed"
+    );
+}

@@ -912,3 +912,38 @@ fn a_read_only_mount_is_refused_while_no_member_can_replay() {
         .any(|r| r.0 == 4 && r.1 == j1 && r.2 == Some(true)));
     assert_unblocked(&s, &[2, 4], 1);
 }
+
+#[test]
+fn with_fencing_off_a_crashed_node_is_taken_as_fenced_and_its_journal_replayed() {
+    // enable_fencing=0 is the core's `require_fencing` off: no fencing backend is asked, the
+    // failed node counts as fenced when it failed, and recovery runs as usual.
+    let mut cfg = SimConfig::new(7, 3, 1);
+    cfg.faults = false;
+    cfg.workload = false;
+    cfg.fencing = false;
+    let mut s = Scenario::with_config(cfg);
+    for n in 1..=3 {
+        s.mount(n, 1, RW);
+    }
+    s.run_for(5_000);
+    let dead_jid = jid(&s, 3, 1) as u32;
+    s.crash(3);
+    settle(&mut s, 10_000);
+    assert_eq!(replays(&s, 1), vec![(1, dead_jid, Some(true))]);
+    assert_unblocked(&s, &[1, 2], 1);
+    let trace = s.trace();
+    assert!(
+        !trace
+            .iter()
+            .any(|l| l.contains("fencing requested") || l.contains("fencer:")),
+        "nobody asked a fencing backend:\n{}",
+        tail(&s)
+    );
+    assert!(
+        trace
+            .iter()
+            .any(|l| l.contains("fencing is off") && l.contains("nodeid=3")),
+        "{}",
+        tail(&s)
+    );
+}

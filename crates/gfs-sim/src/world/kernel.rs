@@ -976,8 +976,11 @@ impl World {
             if let Some((owner, owner_kinc)) = j.dirty_owner {
                 let o = &self.nodes[&owner];
                 let died = o.kernel_dead_at.filter(|_| o.kinc == owner_kinc);
+                // With fencing off (enable_fencing=0) the daemons take a failed node as fenced
+                // when it failed: safe exactly when its kernel really died then.
                 let safe = o.kinc > owner_kinc
                     || (o.kernel_killed_by_fence && o.kinc == owner_kinc)
+                    || (!self.cfg.fencing && died.is_some())
                     || died.is_some_and(|t| {
                         self.last_fenced.get(&owner).is_some_and(|f| *f >= t)
                             || self.last_acked.get(&owner).is_some_and(|a| *a >= t)

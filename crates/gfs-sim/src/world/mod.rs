@@ -36,6 +36,9 @@ pub struct SimConfig {
     /// The daemons' journal-id limit (the core's `max_journals`).
     pub max_journals: u32,
     pub sabotage: Sabotage,
+    /// The daemons fence failed nodes (`enable_fencing=1`); off, they take a failed node as
+    /// fenced when it failed, which is safe only when it really died (a crash, not a partition).
+    pub fencing: bool,
     pub trace: bool,
     /// dlm_controld runs with `enable_fscontrol=1` (it accepts registrations).
     pub dlm_fscontrol: bool,
@@ -53,6 +56,7 @@ impl SimConfig {
             workload: true,
             max_journals: gfs_core::MAX_JOURNALS,
             sabotage: Sabotage::default(),
+            fencing: true,
             trace: false,
             dlm_fscontrol: true,
         }
@@ -1621,6 +1625,7 @@ impl World {
         let mut cfg = NodeConfig::new(n, CLUSTER);
         cfg.cluster_nodes = (1..=self.cfg.nodes).collect();
         cfg.sabotage = self.cfg.sabotage;
+        cfg.require_fencing = self.cfg.fencing;
         cfg.max_journals = self.cfg.max_journals;
         let inc = (n as u64) << 32 | node.daemon_inc_counter;
         // Each incarnation is a new process.
