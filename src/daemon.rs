@@ -589,10 +589,10 @@ impl Daemon {
         );
         let writer = SysfsWriter::new(&self.settings.sysfs_root);
         std::thread::spawn(move || {
-            if let Err(errno) =
+            if let Err(error) =
                 writer.write_named(&name, gfs_core::SysfsFile::Jid, -i64::from(libc::EINVAL))
             {
-                tracing::warn!(fs = %name, errno, "could not fail the unsupported mount");
+                tracing::warn!(fs = %name, error = %error, "could not fail the unsupported mount");
             }
         });
     }

@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use gfs_controld::core::{
-    format_uevent, KernelEvent, KernelEventKind, SysfsFile, Table, UeventError,
+    format_uevent, KernelEvent, KernelEventKind, SysfsFile, Table, UeventError, WriteError,
 };
 use gfs_controld::kernel::{send_uevent, KernelError, SysfsWriter, UeventListener};
 use gfs_testkit::uevent::{send_test_uevent, UeventSender};
@@ -246,11 +246,11 @@ fn writer_writes_decimal_newline_and_reports_enodev() {
     let w = SysfsWriter::new(&tmp.0);
     assert_eq!(w.root(), tmp.0.as_path());
     let t = table("clu:fs1");
-    assert_eq!(w.write(&t, SysfsFile::Jid, 3), Err(libc::ENODEV));
+    assert_eq!(w.write(&t, SysfsFile::Jid, 3), Err(WriteError::Gone));
 
     let lm = tmp.0.join("clu:fs1/lock_module");
     std::fs::create_dir_all(&lm).unwrap();
-    assert_eq!(w.write(&t, SysfsFile::Recover, 3), Err(libc::ENODEV));
+    assert_eq!(w.write(&t, SysfsFile::Recover, 3), Err(WriteError::Gone));
     assert!(
         !lm.join("recover").exists(),
         "a missing file must not be created"
@@ -275,7 +275,10 @@ fn writer_writes_decimal_newline_and_reports_enodev() {
     if !nix::unistd::geteuid().is_root() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(lm.join("block"), std::fs::Permissions::from_mode(0o444)).unwrap();
-        assert_eq!(w.write(&t, SysfsFile::Block, 0), Err(libc::EACCES));
+        assert_eq!(
+            w.write(&t, SysfsFile::Block, 0),
+            Err(WriteError::Refused(libc::EACCES))
+        );
     }
 }
 
@@ -830,13 +833,25 @@ fn simulator_single_node_behaves_as_linux_6_1() {
             assert!(status.contains("Journal Live:             1\n"), "{status}");
 
             // What the kernel refuses, the writer gets.
-            assert_eq!(w.write(&t, SysfsFile::Jid, 1), Err(libc::EBUSY));
-            assert_eq!(w.write(&t, SysfsFile::First, 0), Err(libc::EBUSY));
-            assert_eq!(w.write(&t, SysfsFile::Recover, 0), Err(libc::EBUSY));
-            assert_eq!(w.write(&t, SysfsFile::Recover, 3), Err(libc::ENOENT));
-            assert_eq!(w.write(&t, SysfsFile::Recover, -1), Err(libc::EINVAL));
-            assert_eq!(w.write(&t, SysfsFile::Block, 2), Err(libc::EINVAL));
-            assert_eq!(w.write(&t, SysfsFile::Withdraw, 0), Err(libc::EINVAL));
+            assert_eq!(w.write(&t, SysfsFile::Jid, 1), Err(WriteError::Busy));
+            assert_eq!(w.write(&t, SysfsFile::First, 0), Err(WriteError::Busy));
+            assert_eq!(w.write(&t, SysfsFile::Recover, 0), Err(WriteError::Busy));
+            assert_eq!(
+                w.write(&t, SysfsFile::Recover, 3),
+                Err(WriteError::NoJournal)
+            );
+            assert_eq!(
+                w.write(&t, SysfsFile::Recover, -1),
+                Err(WriteError::Refused(libc::EINVAL))
+            );
+            assert_eq!(
+                w.write(&t, SysfsFile::Block, 2),
+                Err(WriteError::Refused(libc::EINVAL))
+            );
+            assert_eq!(
+                w.write(&t, SysfsFile::Withdraw, 0),
+                Err(WriteError::Refused(libc::EINVAL))
+            );
 
             // recover of a clean journal: Done at once; a failing one: Failed, status 308.
             w.write(&t, SysfsFile::Block, 1).unwrap();
@@ -906,7 +921,7 @@ fn simulator_single_node_behaves_as_linux_6_1() {
                 .unwrap();
             expect_event(&mut l, &ev("clu:fs2", KernelEventKind::Remove)).await;
             assert_eq!(refused.wait(WAIT).code(), Some(libc::EBADR));
-            assert_eq!(w.write(&t2, SysfsFile::Jid, 1), Err(libc::ENODEV));
+            assert_eq!(w.write(&t2, SysfsFile::Jid, 1), Err(WriteError::Gone));
             let mut too_far = sim.spawn_mount(&["clu:fs6", "--journals", "2"]);
             expect_event(&mut l, &add("clu:fs6", false, false)).await;
             w.write(&table("clu:fs6"), SysfsFile::Jid, 2).unwrap();
@@ -928,7 +943,10 @@ fn simulator_single_node_behaves_as_linux_6_1() {
             let mut spectator = sim.spawn_mount(&["clu:fs5", "--spectator", "--journals", "4"]);
             let t5 = table("clu:fs5");
             expect_event(&mut l, &add("clu:fs5", true, true)).await;
-            assert_eq!(w.write(&t5, SysfsFile::First, 0), Err(libc::EINVAL));
+            assert_eq!(
+                w.write(&t5, SysfsFile::First, 0),
+                Err(WriteError::Refused(libc::EINVAL))
+            );
             w.write(&t5, SysfsFile::Jid, 0).unwrap();
             expect_event(&mut l, &ev("clu:fs5", KernelEventKind::FirstMountDone)).await;
             expect_event(&mut l, &online("clu:fs5", true, true)).await;
@@ -940,7 +958,7 @@ fn simulator_single_node_behaves_as_linux_6_1() {
             expect_event(&mut l, &add("clu:fs7", true, true)).await;
             assert_eq!(
                 w.write(&table("clu:fs7"), SysfsFile::Jid, 1),
-                Err(libc::EINVAL)
+                Err(WriteError::Refused(libc::EINVAL))
             );
             expect_event(&mut l, &ev("clu:fs7", KernelEventKind::Remove)).await;
             assert_eq!(bad.wait(WAIT).code(), Some(libc::EINVAL));
@@ -956,7 +974,7 @@ fn simulator_single_node_behaves_as_linux_6_1() {
             assert!(status.contains("Mounted RO:               1\n"), "{status}");
             assert!(sim.run(&["umount", "clu:fs1"]).success());
             expect_event(&mut l, &ev("clu:fs1", KernelEventKind::Remove)).await;
-            assert_eq!(w.write(&t, SysfsFile::Block, 1), Err(libc::ENODEV));
+            assert_eq!(w.write(&t, SysfsFile::Block, 1), Err(WriteError::Gone));
             assert!(!server.root.join("clu:fs1").exists());
 
             // A mount nobody answers fails after --timeout-ms with EINTR.
@@ -1126,7 +1144,7 @@ fn simulator_kernel_managed_mode_mounts_by_itself_and_refuses_first_and_jid() {
         // The write waits for the DLM join, then: EBUSY, and a violation.
         assert_eq!(
             server.writer().write(&t, SysfsFile::Jid, 1),
-            Err(libc::EBUSY)
+            Err(WriteError::Busy)
         );
         assert!(m.wait(WAIT).success(), "the kernel mounts by itself");
         let s = server.sim.status();

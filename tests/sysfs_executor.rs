@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gfs_controld::core::{SysfsFile, Table};
+use gfs_controld::core::{SysfsFile, Table, WriteError};
 use gfs_controld::kernel::{SysfsDone, SysfsExecutor, SysfsOp, SysfsWriter};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -84,7 +84,7 @@ fn write(file: SysfsFile, value: i64) -> SysfsOp {
     SysfsOp::Write { file, value }
 }
 
-fn write_done(fs: &str, file: SysfsFile, value: i64, result: Result<(), i32>) -> SysfsDone {
+fn write_done(fs: &str, file: SysfsFile, value: i64, result: Result<(), WriteError>) -> SysfsDone {
     SysfsDone::Write {
         table: table(fs),
         file,
@@ -204,7 +204,7 @@ async fn results_come_in_submission_order_per_filesystem() {
                 ro: None
             },
             // A filesystem whose directory is gone: ENODEV, not ENOENT.
-            write_done("gone", SysfsFile::Block, 1, Err(libc::ENODEV)),
+            write_done("gone", SysfsFile::Block, 1, Err(WriteError::Gone)),
         ]
     );
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
-use gfs_core::{SysfsFile, Table};
+use gfs_core::{SysfsFile, Table, WriteError};
 use tokio::sync::mpsc;
 
 use super::SysfsWriter;
@@ -55,7 +55,7 @@ pub enum SysfsDone {
         table: Table,
         file: SysfsFile,
         value: i64,
-        result: Result<(), i32>,
+        result: Result<(), WriteError>,
     },
     Read {
         table: Table,
@@ -81,7 +81,7 @@ impl SysfsDone {
                 table,
                 file,
                 value,
-                result: Err(errno),
+                result: Err(WriteError::Refused(errno)),
             },
             SysfsOp::Read { file } => SysfsDone::Read {
                 table,
@@ -316,13 +316,13 @@ fn log_done(done: &SysfsDone, took: Duration) {
             table,
             file,
             value,
-            result: Err(errno),
+            result: Err(error),
         } => tracing::warn!(
             fs = %table.fs(),
             file = file.name(),
             value,
             ms,
-            error = %std::io::Error::from_raw_os_error(*errno),
+            error = %std::io::Error::from_raw_os_error(error.errno()),
             "the kernel refused a sysfs write"
         ),
         SysfsDone::Read {

@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use gfs_core::{SysfsFile, Table};
+use gfs_core::{SysfsFile, Table, WriteError};
 
 /// Writes the `lock_module/` files of the GFS2 sysfs tree rooted at `root`
 /// (`/sys/fs/gfs2` in production, a temporary directory served by the kernel simulator in tests).
@@ -68,20 +68,21 @@ impl SysfsWriter {
     /// `O_TRUNC` and `O_NONBLOCK` (a `jid` write still blocks in the kernel as it should); the
     /// simulator's regular files need `O_TRUNC` so a shorter value leaves no tail, and its
     /// `recover` FIFO needs `O_NONBLOCK` so a dead simulator gives ENXIO instead of a hang.
-    /// A missing directory or file (ENOENT, ENOTDIR) or a FIFO nobody serves (ENXIO) means the
-    /// filesystem is gone and is reported as `ENODEV`; every other errno is returned as the
-    /// kernel gave it (EBUSY, EINVAL, ESHUTDOWN, ...).
-    /// `EINTR` is retried. A short write (sysfs never does one) is reported as `EIO`.
+    /// The one place write errors become the core's [`WriteError`]: a missing directory or file
+    /// (ENOENT, ENOTDIR) or a FIFO nobody serves (ENXIO) means the filesystem is gone
+    /// ([`WriteError::Gone`]); the kernel's own answers map by [`WriteError::from_errno`]
+    /// (EBUSY, ENOENT: no such journal, EINVAL, ESHUTDOWN, ...).
+    /// `EINTR` is retried. A short write (sysfs never does one) is refused as `EIO`.
     ///
     /// On a real kernel a `first`/`jid` write blocks until the DLM join completes and a
     /// `recover` write until this node's own journal is ready.
-    pub fn write(&self, table: &Table, file: SysfsFile, value: i64) -> Result<(), i32> {
+    pub fn write(&self, table: &Table, file: SysfsFile, value: i64) -> Result<(), WriteError> {
         self.write_named(&table.to_string(), file, value)
     }
 
     /// [`SysfsWriter::write`] to the filesystem whose sysfs directory is `name` (a lock table
     /// the daemon cannot parse, which it only ever refuses).
-    pub fn write_named(&self, name: &str, file: SysfsFile, value: i64) -> Result<(), i32> {
+    pub fn write_named(&self, name: &str, file: SysfsFile, value: i64) -> Result<(), WriteError> {
         let path = self.lock_module(name).join(file.name());
         let mut f = loop {
             match OpenOptions::new()
@@ -92,16 +93,20 @@ impl SysfsWriter {
             {
                 Ok(f) => break f,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(gone_is_enodev(&e)),
+                Err(e) => return Err(WriteError::from_errno(gone_is_enodev(&e))),
             }
         };
         let text = format!("{value}\n");
         loop {
             match f.write(text.as_bytes()) {
                 Ok(n) if n == text.len() => return Ok(()),
-                Ok(_) => return Err(libc::EIO),
+                Ok(_) => return Err(WriteError::Refused(libc::EIO)),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
+                Err(e) => {
+                    return Err(WriteError::from_errno(
+                        e.raw_os_error().unwrap_or(libc::EIO),
+                    ))
+                }
             }
         }
     }
@@ -238,10 +243,16 @@ mod tests {
     fn missing_file_or_directory_is_enodev() {
         let tmp = TempDir::new("enodev");
         let w = SysfsWriter::new(&tmp.0);
-        assert_eq!(w.write(&table(), SysfsFile::Block, 1), Err(libc::ENODEV));
+        assert_eq!(
+            w.write(&table(), SysfsFile::Block, 1),
+            Err(WriteError::Gone)
+        );
         std::fs::create_dir_all(tmp.0.join("alpha:fs1/lock_module")).unwrap();
         // The directory exists but the file does not: never created.
-        assert_eq!(w.write(&table(), SysfsFile::Block, 1), Err(libc::ENODEV));
+        assert_eq!(
+            w.write(&table(), SysfsFile::Block, 1),
+            Err(WriteError::Gone)
+        );
         assert!(!tmp.0.join("alpha:fs1/lock_module/block").exists());
         let gone = SysfsWriter::new(tmp.0.join("nope"));
         assert_eq!(gone.existing_tables(), vec![]);
@@ -258,7 +269,10 @@ mod tests {
         )
         .unwrap();
         let w = SysfsWriter::new(&tmp.0);
-        assert_eq!(w.write(&table(), SysfsFile::Recover, 1), Err(libc::ENODEV));
+        assert_eq!(
+            w.write(&table(), SysfsFile::Recover, 1),
+            Err(WriteError::Gone)
+        );
     }
 
     #[test]

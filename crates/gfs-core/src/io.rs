@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::errno;
 use crate::types::{Jid, LeaveReason, NodeId, Peer, SysfsFile, Table};
 use crate::uevent::KernelEvent;
 
@@ -41,10 +42,7 @@ pub enum Input {
         table: Table,
         file: SysfsFile,
         value: i64,
-        /// `Err(errno)` when the kernel refused the write. A missing file (the filesystem is
-        /// gone) must be reported as `ENODEV`, so that `ENOENT` means the kernel's own answer
-        /// (for `recover`: no such journal).
-        result: Result<(), i32>,
+        result: Result<(), WriteError>,
     },
     /// The result of an [`Output::Read`]: the file's decimal value, or `Err(errno)`.
     ReadDone {
@@ -96,6 +94,54 @@ impl ConfChg {
         Input::ConfChg {
             change: self,
             quorate,
+        }
+    }
+}
+
+/// Why a sysfs write failed, as the protocol tells the cases apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriteError {
+    /// The filesystem's sysfs directory or file is gone (the mount is), or the kernel said
+    /// `ENODEV`.
+    Gone,
+    /// `EBUSY`: `first`/`jid` on a mount the kernel manages itself, or `recover` of a journal
+    /// already being replayed.
+    Busy,
+    /// `ENOENT` from the kernel itself (for `recover`: no such journal).
+    NoJournal,
+    /// Any other errno.
+    Refused(i32),
+}
+
+impl WriteError {
+    /// The kernel's answer to a write(2) on a lock_module file (a missing file is
+    /// [`WriteError::Gone`] before any write is tried, and is the driver's to tell).
+    pub fn from_errno(errno: i32) -> WriteError {
+        match errno {
+            errno::ENODEV => WriteError::Gone,
+            errno::EBUSY => WriteError::Busy,
+            errno::ENOENT => WriteError::NoJournal,
+            other => WriteError::Refused(other),
+        }
+    }
+
+    pub fn errno(self) -> i32 {
+        match self {
+            WriteError::Gone => errno::ENODEV,
+            WriteError::Busy => errno::EBUSY,
+            WriteError::NoJournal => errno::ENOENT,
+            WriteError::Refused(errno) => errno,
+        }
+    }
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Gone => f.write_str("the filesystem's sysfs file is gone"),
+            WriteError::Busy => f.write_str("busy (EBUSY)"),
+            WriteError::NoJournal => f.write_str("no such journal (ENOENT)"),
+            WriteError::Refused(errno) => write!(f, "errno {errno}"),
         }
     }
 }

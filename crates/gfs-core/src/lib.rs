@@ -47,13 +47,14 @@
 //! ```
 
 pub mod dlmc;
+pub mod errno;
 mod io;
 mod time;
 mod types;
 pub mod uevent;
 pub mod view;
 
-pub use io::{ConfChg, Input, Level, LogRecord, Output};
+pub use io::{ConfChg, Input, Level, LogRecord, Output, WriteError};
 pub use time::Time;
 pub use types::*;
 pub use uevent::{format_uevent, parse_uevent, KernelEvent, KernelEventKind, UeventError};

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::io::{Input, Level, LogRecord, Output};
+use crate::io::{Input, Level, LogRecord, Output, WriteError};
 use crate::state::{MState, Replicated};
 use crate::time::Time;
 use crate::types::{Jid, LeaveReason, MountMode, NodeId, Peer, SysfsFile, Table, DAEMON_GROUP};
@@ -14,16 +14,7 @@ use crate::view::{
 };
 use crate::wire::{self, Header, Message};
 
-const EPERM: i32 = 1;
-const ENOENT: i32 = 2;
-const EAGAIN: i32 = 11;
-const EBUSY: i32 = 16;
-const ENODEV: i32 = 19;
-const EBADR: i32 = 53;
-const EUSERS: i32 = 87;
-const EOPNOTSUPP: i32 = 95;
-const ENOTCONN: i32 = 107;
-const EUCLEAN: i32 = 117;
+use crate::errno::{EAGAIN, EBADR, ENOTCONN, EOPNOTSUPP, EPERM, EUCLEAN, EUSERS};
 
 /// Test-only switches that break one safety gate each, so tests can prove the simulator's
 /// checkers catch the breach. The daemon never sets them.
@@ -1883,10 +1874,10 @@ impl Node {
         table: Table,
         file: SysfsFile,
         value: i64,
-        result: Result<(), i32>,
+        result: Result<(), WriteError>,
     ) {
         let key = table.to_string();
-        let Err(errno) = result else {
+        let Err(error) = result else {
             if file == SysfsFile::Block && value == 1 {
                 if let Some(l) = self.local.get_mut(&key) {
                     l.block_confirmed = l.block_requested;
@@ -1896,7 +1887,7 @@ impl Node {
         };
         let phase = self.local.get(&key).map(|l| l.phase);
         if matches!(file, SysfsFile::First | SysfsFile::Jid)
-            && errno == EBUSY
+            && error == WriteError::Busy
             && matches!(
                 phase,
                 Some(Phase::JidWritten | Phase::Probing | Phase::Online)
@@ -1912,7 +1903,7 @@ impl Node {
         // was lost, or the `add` was no real mount). Left in the group it would stay there for
         // good, and a first mounter that never finishes holds every later mount. A mount still
         // registering or announced has written nothing, so the result is an earlier mount's.
-        if errno == ENODEV
+        if error == WriteError::Gone
             && phase.is_some_and(|p| {
                 !matches!(p, Phase::Registering | Phase::Pending | Phase::Announced)
             })
@@ -1920,8 +1911,8 @@ impl Node {
             self.mount_gone(
                 &key,
                 &format!(
-                    "the filesystem's sysfs directory is gone ({}={value} failed with ENODEV): \
-                     treating it as unmounted",
+                    "the filesystem's sysfs directory is gone ({}={value}: {error}): treating \
+                     it as unmounted",
                     file.name()
                 ),
             );
@@ -1930,16 +1921,12 @@ impl Node {
         self.log(
             Level::Error,
             Some(&key),
-            format!(
-                "the kernel refused {}={} (errno {errno})",
-                file.name(),
-                value
-            ),
+            format!("the kernel refused {}={}: {error}", file.name(), value),
         );
         match file {
             SysfsFile::Block if value == 1 => {
                 if let Some(l) = self.local.get_mut(&key) {
-                    if errno == ENODEV {
+                    if error == WriteError::Gone {
                         l.block_confirmed = l.block_requested; // the filesystem is gone: nothing to block
                     } else {
                         l.block_requested = false; // write it again on the next pass
@@ -1950,10 +1937,10 @@ impl Node {
                 let retry = self.now.after(self.cfg.recover_retry_ms);
                 let attempts = self.journal_attempts(&key, value as Jid);
                 if let Some(l) = self.local.get_mut(&key) {
-                    if errno == EBUSY {
+                    if error == WriteError::Busy {
                         return; // already replaying it: the uevent will come
                     }
-                    if errno == ENOENT && l.recovering.remove(&(value as Jid)) {
+                    if error == WriteError::NoJournal && l.recovering.remove(&(value as Jid)) {
                         // No such journal (a mount that failed for want of journals, then its
                         // node died): there is nothing to replay. The historical daemon hung here.
                         l.reported.insert(value as Jid, attempts);

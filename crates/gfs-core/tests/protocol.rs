@@ -4,7 +4,7 @@
 use gfs_core::wire::{self, Header, Message};
 use gfs_core::{
     parse_uevent, ConfChg, Driver, Input, KernelEvent, KernelEventKind, LeaveReason, Level, Node,
-    NodeConfig, Output, Peer, SysfsFile, Table, Time, DAEMON_GROUP,
+    NodeConfig, Output, Peer, SysfsFile, Table, Time, WriteError, DAEMON_GROUP,
 };
 
 /// Nodes in one CPG configuration; every multicast is delivered to all, in order.
@@ -13,8 +13,8 @@ struct Bus {
     now: Time,
     logs: Vec<(u32, Level, String)>,
     writes: Vec<(u32, SysfsFile, i64)>,
-    /// Writes the kernel refuses: (nodeid, file) → errno.
-    refuse: Vec<((u32, SysfsFile), i32)>,
+    /// Writes the kernel refuses: (nodeid, file) → why.
+    refuse: Vec<((u32, SysfsFile), WriteError)>,
     replies: Vec<Result<String, String>>,
     /// Every multicast, by sender node.
     sent: Vec<(u32, Vec<u8>)>,
@@ -914,7 +914,7 @@ fn a_mount_whose_sysfs_directory_vanished_is_dropped_everywhere() {
     let mut bus = Bus::new(vec![cfg(1), cfg(2)]);
     // The kernel's directory is gone before the daemon's `jid` write (the `remove` uevent was
     // lost, or the `add` was not a real mount).
-    bus.refuse.push(((1, SysfsFile::Jid), 19));
+    bus.refuse.push(((1, SysfsFile::Jid), WriteError::Gone));
     bus.input(0, add("alpha:ghost"));
     for n in &bus.nodes {
         assert!(

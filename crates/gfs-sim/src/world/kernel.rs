@@ -19,17 +19,13 @@
 
 use std::collections::BTreeSet;
 
-use gfs_core::{Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table, Time};
+use gfs_core::{
+    Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table, Time, WriteError,
+};
 
 use super::{Ev, ReplayRecord, Rule, World, WriteRecord};
 
-pub(super) const ENOENT: i32 = 2;
-pub(super) const EAGAIN: i32 = 11;
-pub(super) const EBUSY: i32 = 16;
-pub(super) const ENODEV: i32 = 19;
-pub(super) const EINVAL: i32 = 22;
-pub(super) const EOPNOTSUPP: i32 = 95;
-pub(super) const ESHUTDOWN: i32 = 108;
+pub(super) use gfs_core::errno::{EAGAIN, EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, ESHUTDOWN};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum KState {
@@ -751,7 +747,7 @@ impl World {
                         table,
                         file,
                         value,
-                        result,
+                        result: result.map_err(WriteError::from_errno),
                     }
                 }
                 IoOp::Read { file } => {
