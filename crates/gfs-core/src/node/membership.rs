@@ -1,0 +1,979 @@
+//! The daemon group's stream (dlm_controld's daemon_cpg.c): configuration changes, HELLO and
+//! the state transfer that brings a new member up to date, the replicated messages, stale
+//! merges, and the settling of the group's decisions after each of them.
+
+use super::*;
+
+/// Where this daemon stands with the group's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Membership {
+    /// Waiting for a STATE answering one of our HELLOs. From our first HELLO's delivery on,
+    /// everything delivered (configuration changes included) is kept, so that a snapshot taken
+    /// right after any of our HELLOs can be brought up to date by replaying what followed it.
+    Unsynced {
+        attempt: u32,
+        buffer: Vec<Buffered>,
+        /// Buffer index right after each of our HELLOs was delivered.
+        hello_pos: BTreeMap<u32, usize>,
+    },
+    Synced,
+    /// We lost a partition merge (or cannot speak the group's protocol): we act on nothing
+    /// until corosync removes us (S7).
+    Stale,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Buffered {
+    Msg(Peer, Message),
+    ConfChg {
+        joined: Vec<Peer>,
+        left: Vec<(Peer, LeaveReason)>,
+    },
+}
+
+impl Node {
+    pub(super) fn on_quorum(&mut self, quorate: bool) {
+        if quorate != self.quorate {
+            self.log(
+                Level::Info,
+                None,
+                format!("quorum {}", if quorate { "regained" } else { "lost" }),
+            );
+            if quorate {
+                self.quorum_hold_until = Some(self.now.after(self.cfg.merge_wait_ms));
+            }
+            self.quorum_changed_at = self.now;
+        }
+        self.quorate = quorate;
+    }
+
+    pub(super) fn on_confchg(
+        &mut self,
+        members: Vec<Peer>,
+        joined: Vec<Peer>,
+        left: Vec<(Peer, LeaveReason)>,
+    ) {
+        let me = self.me();
+        if left.iter().any(|(p, _)| *p == me) {
+            return; // our own leave: the daemon is exiting
+        }
+        let mut members = members;
+        members.sort_unstable();
+        members.dedup();
+        let mut nodes: Vec<NodeId> = members.iter().map(|p| p.nodeid).collect();
+        nodes.dedup();
+        self.cpg_members = members;
+        self.config_members = nodes;
+        self.hellos.clear();
+        // From here the HELLO gate covers any merge this change brought.
+        self.quorum_hold_until = None;
+        match &mut self.sync {
+            Membership::Stale => {}
+            Membership::Unsynced {
+                attempt,
+                buffer,
+                hello_pos,
+            } => {
+                if !hello_pos.is_empty() {
+                    buffer.push(Buffered::ConfChg {
+                        joined: joined.clone(),
+                        left: left.clone(),
+                    });
+                }
+                // Whoever was to answer us may have left: ask again.
+                *attempt += 1;
+                let a = *attempt;
+                self.send_hello(a);
+            }
+            Membership::Synced => self.apply_confchg(&joined, &left),
+        }
+    }
+
+    /// Applies a configuration change to the replicated state. Each node has one admitted daemon
+    /// instance: the process that joined while the node had none (or, if that one never said
+    /// HELLO, the process of the node that does). Joins and leaves of any other process change
+    /// nothing, so a foreign process in the group can neither fake a failure nor a member.
+    pub(super) fn apply_confchg(&mut self, joined: &[Peer], left: &[(Peer, LeaveReason)]) {
+        let change = self.rep.confchgs + 1;
+        let mut changed = false;
+        for (p, reason) in left {
+            let Some(m) = self.rep.members.get_mut(&p.nodeid) else {
+                self.ignore_foreign(*p, format!("leave ({reason:?})"));
+                continue;
+            };
+            if m.pid != p.pid {
+                self.ignore_foreign(*p, format!("leave ({reason:?})"));
+                continue;
+            }
+            changed = true;
+            // The instance admitted at its join never spoke: if another process of the node is
+            // still in the group, that one may be the daemon (it is judged by its HELLO).
+            let heir = (m.proto_max == 0)
+                .then(|| self.cpg_members.iter().find(|q| q.nodeid == p.nodeid))
+                .flatten();
+            if let Some(q) = heir {
+                m.pid = q.pid;
+                continue;
+            }
+            self.member_left(p.nodeid, *reason, change);
+        }
+        let mut admitted = false;
+        for p in joined {
+            if self.rep.members.contains_key(&p.nodeid) {
+                self.ignore_foreign(*p, "join".into());
+                continue;
+            }
+            self.rep.members.insert(
+                p.nodeid,
+                crate::state::Member {
+                    pid: p.pid,
+                    joined_at: change,
+                    ..Default::default()
+                },
+            );
+            admitted = true;
+        }
+        if !(changed || admitted) {
+            return; // only processes other than daemons came or went
+        }
+        self.rep.confchgs = change;
+        if admitted {
+            self.send_hello(0);
+        }
+        self.settle_all();
+    }
+
+    /// A membership event or message of a process that is not its node's daemon: ignored, and
+    /// logged for the first one per node and every 100th after (deterministic rate limit).
+    pub(super) fn ignore_foreign(&mut self, peer: Peer, what: String) {
+        let n = self.foreign_seen.entry(peer.nodeid).or_default();
+        *n += 1;
+        let n = *n;
+        if n == 1 || n.is_multiple_of(100) {
+            self.log_node(
+                Level::Warn,
+                peer.nodeid,
+                format!(
+                    "ignored {what} of process {} on node {}: not the node's gfs_controld ({n} ignored from this node)",
+                    peer.pid, peer.nodeid
+                ),
+            );
+        }
+    }
+
+    /// A process in the daemon group holding mounts (or a mount in progress) in the group's
+    /// state. Only such a node needs fencing when its daemon dies.
+    pub(super) fn holds_mounts(&self, node: NodeId) -> bool {
+        self.rep
+            .fs
+            .values()
+            .any(|fs| fs.mounters.contains_key(&node))
+    }
+
+    pub(super) fn member_left(&mut self, node: NodeId, reason: LeaveReason, change: u64) {
+        let was_stale = self.rep.members.get(&node).is_some_and(|m| m.stale);
+        // A daemon that died on a node holding nothing leaves no journal and no lock behind: the
+        // node stays in the cluster and its daemon may simply start again.
+        let reason = if reason == LeaveReason::ProcDown && !self.holds_mounts(node) {
+            self.log_node(
+                Level::Warn,
+                node,
+                "gfs_controld died on a node that holds no gfs2 mount: nothing to fence".into(),
+            );
+            LeaveReason::Leave
+        } else {
+            reason
+        };
+        let fx = self.rep.remove_member(node, reason.is_failure());
+        let failure = reason.is_failure() || !fx.dirtied.is_empty();
+        if reason.is_failure() {
+            // dlm_controld holds DLM recovery of the node's locks in every registered lockspace
+            // until this node says it has blocked against it.
+            for l in self.local.values_mut().filter(|l| l.dlm_registered) {
+                if self.cfg.sabotage.early_dlm_notify {
+                    self.outputs.push_back(Output::DlmNotify {
+                        table: l.table.clone(),
+                        nodeid: node,
+                    });
+                } else {
+                    l.dlm_pending.insert(node);
+                }
+            }
+        }
+        if failure && !was_stale {
+            let rec = self.fence.entry(node).or_insert(FenceRecord {
+                failed_at: self.now,
+                failed_change: Some(change),
+                fenced_at: None,
+                requested: false,
+                retry_at: None,
+                last_error: None,
+                warned_at: None,
+            });
+            rec.failed_at = self.now;
+            rec.failed_change = Some(change);
+            rec.fenced_at = None;
+            rec.requested = false;
+            rec.retry_at = None;
+        }
+        // A daemon that died under live mounts (PROCDOWN) is fenced like a failed node: its node
+        // stays in corosync until the fencing backend acts. Asking corosync to remove it as well
+        // would stall the ring (and pacemaker's fencer with it) for a token timeout.
+        if !fx.dirtied.is_empty() {
+            let epoch = self.rep.epoch;
+            let tables: BTreeSet<String> = fx.dirtied.iter().map(|(t, _, _)| t.clone()).collect();
+            self.timeline_start(epoch, node, &tables);
+            for (table, jid, owner) in &fx.dirtied {
+                self.log_full(
+                    Level::Warn,
+                    Some(table),
+                    Some(*owner),
+                    Some(*jid),
+                    format!("member failed ({reason:?}): journal needs replay"),
+                );
+            }
+        }
+    }
+
+    pub(super) fn send_hello(&mut self, attempt: u32) {
+        let side = self
+            .rep
+            .members
+            .iter()
+            .filter(|(_, m)| m.synced && !m.stale)
+            .map(|(id, _)| *id)
+            .collect();
+        let msg = Message::Hello {
+            proto_min: self.cfg.proto_min,
+            proto_max: self.cfg.proto_max,
+            attempt,
+            synced: self.is_synced(),
+            side: if self.is_synced() { side } else { Vec::new() },
+            config: self.config_members.clone(),
+        };
+        self.send(msg);
+    }
+
+    pub(super) fn on_deliver(&mut self, peer: Peer, payload: &[u8]) {
+        let sender = peer.nodeid;
+        let (header, msg) = match wire::decode_up_to(payload, self.cfg.proto_max) {
+            Ok(x) => x,
+            Err(e) => {
+                self.log_node(
+                    Level::Warn,
+                    sender,
+                    format!("dropped a malformed message from process {}: {e}", peer.pid),
+                );
+                return;
+            }
+        };
+        if header.sender != sender {
+            self.log_node(
+                Level::Warn,
+                sender,
+                format!(
+                    "dropped a message claiming to come from node {} (process {})",
+                    header.sender, peer.pid
+                ),
+            );
+            return;
+        }
+        if let Message::Hello {
+            synced,
+            proto_min,
+            proto_max,
+            config,
+            ..
+        } = &msg
+        {
+            if *config == self.config_members {
+                // The first HELLO of a node counts: that process is the one the group forms with.
+                self.hellos
+                    .entry(sender)
+                    .or_insert((peer.pid, *synced, *proto_min, *proto_max));
+            }
+        }
+        let me = self.me();
+        match &mut self.sync {
+            Membership::Stale => {}
+            Membership::Synced => self.apply_from(peer, msg),
+            Membership::Unsynced {
+                attempt,
+                buffer,
+                hello_pos,
+            } => {
+                match msg {
+                    Message::Hello { attempt: a, .. } if peer == me && a <= *attempt => {
+                        hello_pos.insert(a, buffer.len());
+                    }
+                    Message::State {
+                        recipient,
+                        attempt: a,
+                        snapshot,
+                    } if recipient == me.nodeid => match hello_pos.get(&a) {
+                        Some(pos) => {
+                            let replay = buffer.split_off(*pos);
+                            self.adopt(snapshot, replay, sender);
+                            return;
+                        }
+                        None => self.log_node(
+                            Level::Error,
+                            sender,
+                            format!("a STATE answers a HELLO ({a}) we never saw delivered"),
+                        ),
+                    },
+                    other => {
+                        if !hello_pos.is_empty() {
+                            buffer.push(Buffered::Msg(peer, other));
+                        }
+                    }
+                }
+                self.maybe_bootstrap();
+            }
+        }
+    }
+
+    /// Everyone in the configuration said HELLO and nobody holds state: the group starts here,
+    /// at the same stream position on every member.
+    pub(super) fn maybe_bootstrap(&mut self) {
+        if !matches!(&self.sync, Membership::Unsynced { hello_pos, .. } if !hello_pos.is_empty()) {
+            return;
+        }
+        let all_said_hello = self
+            .config_members
+            .iter()
+            .all(|n| self.hellos.contains_key(n));
+        if !all_said_hello || self.hellos.values().any(|(_, synced, _, _)| *synced) {
+            return;
+        }
+        let ranges: BTreeMap<NodeId, (u32, u16, u16)> = self
+            .config_members
+            .iter()
+            .filter_map(|n| {
+                self.hellos
+                    .get(n)
+                    .map(|(pid, _, min, max)| (*n, (*pid, *min, *max)))
+            })
+            .collect();
+        let must_fence: BTreeSet<NodeId> = self
+            .cfg
+            .cluster_nodes
+            .iter()
+            .copied()
+            .filter(|n| !ranges.contains_key(n))
+            .collect();
+        self.rep = Replicated::bootstrap(&ranges, must_fence.clone());
+        self.sync = Membership::Synced;
+        for n in &must_fence {
+            self.fence.entry(*n).or_insert(FenceRecord {
+                failed_at: self.now,
+                // Absent since before the group formed: any fence report counts.
+                failed_change: Some(0),
+                fenced_at: None,
+                requested: false,
+                retry_at: None,
+                last_error: None,
+                warned_at: None,
+            });
+        }
+        self.log(
+            Level::Info,
+            None,
+            format!(
+                "formed the group with members {:?} (protocol {}); absent nodes to fence before a first mount: {:?}",
+                self.config_members, self.rep.version, must_fence
+            ),
+        );
+        self.after_sync();
+    }
+
+    pub(super) fn adopt(&mut self, snapshot: Replicated, replay: Vec<Buffered>, from: NodeId) {
+        self.rep = snapshot;
+        self.sync = Membership::Synced;
+        self.replaying = true;
+        for entry in replay {
+            match entry {
+                Buffered::Msg(sender, msg) => self.apply_from(sender, msg),
+                Buffered::ConfChg { joined, left } => self.apply_confchg(&joined, &left),
+            }
+        }
+        self.replaying = false;
+        if self.is_stale() {
+            // The replay judged a merge that the sender's side lost: we hold its state and
+            // leave with it (stale_merge asked corosync to remove us).
+            return;
+        }
+        // The STATE's own delivery marks us synced everywhere.
+        let now = self.rep.confchgs;
+        if let Some(m) = self.rep.members.get_mut(&self.cfg.nodeid) {
+            if !m.synced {
+                m.synced = true;
+                m.synced_at = now;
+            }
+        }
+        self.log(
+            Level::Info,
+            None,
+            format!(
+                "received the group state from node {from}: {} filesystems, protocol {}",
+                self.rep.fs.len(),
+                self.rep.version
+            ),
+        );
+        self.after_sync();
+    }
+
+    pub(super) fn after_sync(&mut self) {
+        self.synced_at = self.now;
+        self.touched = None;
+        if self.rep.version < self.cfg.proto_min {
+            self.log(
+                Level::Error,
+                None,
+                format!(
+                    "the group runs protocol {} but this daemon needs at least {}: not taking part",
+                    self.rep.version, self.cfg.proto_min
+                ),
+            );
+            self.sync = Membership::Stale;
+            return;
+        }
+        // Any failure the state records happened before we knew of it: fencing is judged from now.
+        let needs: Vec<NodeId> = self.fence_needs().into_iter().collect();
+        for n in needs {
+            self.fence.entry(n).or_insert(FenceRecord {
+                failed_at: self.now,
+                failed_change: None,
+                fenced_at: None,
+                requested: false,
+                retry_at: None,
+                last_error: None,
+                warned_at: None,
+            });
+        }
+        self.seed_dlm_pending();
+        let pending: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.phase == Phase::Pending)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for table in pending {
+            self.announce_mount(&table);
+        }
+        self.settle_all();
+    }
+
+    /// Apply a message if it comes from its node's admitted daemon (synced nodes only).
+    pub(super) fn apply_from(&mut self, peer: Peer, msg: Message) {
+        match self.rep.members.get_mut(&peer.nodeid) {
+            Some(m) if m.pid == peer.pid => {}
+            Some(m) if m.proto_max == 0 && matches!(msg, Message::Hello { .. }) => {
+                // The process admitted at its join never said HELLO; this one of the same node
+                // does: it is the daemon (the other one is ignored from now on).
+                let old = std::mem::replace(&mut m.pid, peer.pid);
+                self.log_node(
+                    Level::Info,
+                    peer.nodeid,
+                    format!(
+                        "process {} is the node's gfs_controld, not process {old}",
+                        peer.pid
+                    ),
+                );
+            }
+            // A STATE from outside the state: see `apply`.
+            None if matches!(msg, Message::State { .. }) => {}
+            _ => {
+                self.ignore_foreign(peer, msg.name().into());
+                return;
+            }
+        }
+        self.apply(peer.nodeid, msg);
+    }
+
+    /// Apply one delivered message to the replicated state (synced nodes only).
+    pub(super) fn apply(&mut self, sender: NodeId, msg: Message) {
+        let me = self.cfg.nodeid;
+        // A message about one filesystem can only change what is decided for that one.
+        let scope = match &msg {
+            Message::Mount { table, .. }
+            | Message::Mounted { table }
+            | Message::JournalReady { table }
+            | Message::Unmount { table }
+            | Message::Withdraw { table }
+            | Message::Remount { table, .. }
+            | Message::Recovered { table, .. } => Some(table.clone()),
+            _ => None,
+        };
+        match msg {
+            Message::Hello {
+                proto_min,
+                proto_max,
+                attempt,
+                synced,
+                side,
+                config,
+            } => {
+                let Some(member) = self.rep.members.get_mut(&sender) else {
+                    return;
+                };
+                member.proto_min = proto_min;
+                member.proto_max = proto_max;
+                if member.synced || sender == me {
+                    self.rep.renegotiate();
+                    return;
+                }
+                if member.stale {
+                    // Judged already; corosync is removing it.
+                    return;
+                }
+                if !synced && member.synced_by.is_some() {
+                    // Sent before the STATE from the other side of a merge reached it: it now
+                    // holds that side's state and is judged with it.
+                    return;
+                }
+                if !synced {
+                    // A daemon with no state holds no gfs2 mounts (it refuses to start with
+                    // them): whatever kernel wrote that node's journals is gone, which is what
+                    // fencing would have ensured.
+                    self.rep.forget_failure(sender);
+                    for fs in self.rep.fs.values_mut() {
+                        fs.fence_before_first.remove(&sender);
+                        for d in fs.dirty.values_mut() {
+                            d.fence.remove(&sender);
+                        }
+                    }
+                    self.rep.renegotiate();
+                    if self.lowest_active() == Some(me) {
+                        let snapshot = self.rep.clone();
+                        self.send(Message::State {
+                            recipient: sender,
+                            attempt,
+                            snapshot,
+                        });
+                    }
+                    return;
+                }
+                // Virtual synchrony: the sender is a member (it is in `rep.members`) of the
+                // configuration this HELLO was delivered in, so it is from its current
+                // incarnation. Not `config_members`: a joiner replaying its buffered history
+                // holds the latest configuration, which the sender may have left since.
+                let _ = config;
+                self.stale_merge(sender, side);
+            }
+            Message::State { recipient, .. } => {
+                // The first STATE addressed to a member syncs it: it can apply a STATE answering
+                // any of its HELLOs. A STATE from outside our side (the other side of a merge
+                // not yet resolved, or a stale member) puts the recipient on the sender's side.
+                let sender_stale = self.rep.members.get(&sender).is_some_and(|m| m.stale);
+                // A sender no longer in the state left before this delivery; corosync delivers a
+                // member's messages before its leave, so in practice this is our own side's.
+                let ours =
+                    self.rep.active_member(sender) || !self.rep.members.contains_key(&sender);
+                let mut kill = false;
+                let now = self.rep.confchgs;
+                if let Some(m) = self.rep.members.get_mut(&recipient) {
+                    if m.synced || m.stale || m.synced_by.is_some() {
+                        // Already judged: only its first STATE counts.
+                    } else if ours {
+                        m.synced = true;
+                        m.synced_at = now;
+                    } else if sender_stale {
+                        m.stale = true;
+                        kill = true;
+                    } else {
+                        m.synced_by = Some(sender);
+                    }
+                }
+                if kill {
+                    self.remove_stale(recipient, "adopted the state of a stale member");
+                }
+            }
+            _ if !self.rep.active_member(sender) => {
+                self.log_node(
+                    Level::Debug,
+                    sender,
+                    format!("ignored {} from a member without state", msg.name()),
+                );
+            }
+            Message::Mount { table, mode } => {
+                if sender == me {
+                    let n = self.mounts_delivered.entry(table.clone()).or_default();
+                    *n += 1;
+                    let n = *n;
+                    if let Some(l) = self.local.get_mut(&table) {
+                        if l.mount_seq == n {
+                            l.mount_seen = true;
+                        }
+                    }
+                }
+                let max = self.cfg.max_journals;
+                let dup = self.cfg.sabotage.duplicate_jid;
+                match self
+                    .rep
+                    .add_mounter(&table, sender, mode, max, dup)
+                    .cloned()
+                {
+                    Some(m) if m.state == MState::Rejected => self.log_full(
+                        Level::Error,
+                        Some(&table),
+                        Some(sender),
+                        None,
+                        format!("no free journal among {max}: mount refused"),
+                    ),
+                    Some(m) => self.log_full(
+                        Level::Info,
+                        Some(&table),
+                        Some(sender),
+                        m.jid,
+                        format!("mounting {}", mode.as_str()),
+                    ),
+                    None => self.log_full(
+                        Level::Warn,
+                        Some(&table),
+                        Some(sender),
+                        None,
+                        "duplicate mount ignored".into(),
+                    ),
+                }
+            }
+            Message::Mounted { table } => {
+                if let Some(m) = self
+                    .rep
+                    .fs
+                    .get_mut(&table)
+                    .and_then(|fs| fs.mounters.get_mut(&sender))
+                {
+                    if matches!(m.state, MState::First | MState::Admitted) {
+                        m.state = MState::Mounted;
+                        m.ready = true;
+                    }
+                }
+            }
+            Message::JournalReady { table } => {
+                let first = self
+                    .rep
+                    .fs
+                    .get(&table)
+                    .and_then(|fs| fs.mounters.get(&sender))
+                    .is_some_and(|m| m.state == MState::First);
+                if self.rep.journal_ready(&table, sender) {
+                    self.log_full(
+                        Level::Info,
+                        Some(&table),
+                        Some(sender),
+                        None,
+                        if first {
+                            "first mounter replayed every journal it could lock".into()
+                        } else {
+                            "journal ready".into()
+                        },
+                    );
+                }
+            }
+            Message::Unmount { table } => {
+                self.rep.unmount(&table, sender);
+                self.rep.forget_if_empty(&table);
+            }
+            Message::Withdraw { table } => {
+                if self.rep.withdraw(&table, sender) {
+                    let epoch = self.rep.epoch;
+                    self.timeline_start(epoch, sender, &BTreeSet::from([table.clone()]));
+                    self.log_full(
+                        Level::Warn,
+                        Some(&table),
+                        Some(sender),
+                        None,
+                        "member withdrew: its journal needs replay".into(),
+                    );
+                }
+            }
+            Message::Remount { table, mode } => {
+                // A journal stays with its replayer: a replay it already started reports as
+                // usual, and it hands back the ones it has not started (S2).
+                if let Some(m) = self
+                    .rep
+                    .fs
+                    .get_mut(&table)
+                    .and_then(|fs| fs.mounters.get_mut(&sender))
+                {
+                    if m.mode != MountMode::Spectator && mode != MountMode::Spectator {
+                        m.mode = mode;
+                    }
+                }
+                self.rep.prune_stopped(&table);
+            }
+            Message::Stopped { epoch, tables } => {
+                if sender == me {
+                    self.stopped_in_flight = false;
+                }
+                // Only the filesystems the sender had blocked when it sent this: it may have
+                // become a participant of another one while the message was in flight.
+                let members = self.rep.members.clone();
+                for table in &tables {
+                    if let Some(fs) = self.rep.fs.get_mut(table) {
+                        if fs.is_participant(sender, &members) && fs.dirty_epoch <= epoch {
+                            fs.stopped.insert(sender);
+                        }
+                    }
+                }
+            }
+            Message::Recovered {
+                table,
+                jid,
+                done,
+                attempt,
+            } => self.on_recovered(&table, jid, done, attempt, sender),
+            Message::FenceAck { nodeid, failure } => {
+                if self.agree_fenced(nodeid, failure)
+                    && self.fenced_by_message(nodeid, failure, "FENCE_ACK", sender)
+                {
+                    self.log_node(
+                        Level::Warn,
+                        nodeid,
+                        format!("fencing acknowledged by an operator on node {sender}"),
+                    );
+                    self.timeline_note(nodeid, format!("node {nodeid} fence-acked by operator"));
+                }
+            }
+            Message::Fenced { nodeid, failure } => {
+                // Only the member that runs the fencing backend reports fencing.
+                let fencer = self.lowest_active();
+                if fencer != Some(sender) {
+                    self.log_node(
+                        Level::Warn,
+                        nodeid,
+                        format!("ignored FENCED from node {sender}: node {fencer:?} runs the fencing backend"),
+                    );
+                } else if !self.agree_fenced(nodeid, failure) || sender == me {
+                    // Our own report: the backend's answer was taken when it came.
+                } else if self.fenced_by_message(nodeid, failure, "FENCED", sender) {
+                    self.log_node(
+                        Level::Info,
+                        nodeid,
+                        format!("fenced (reported by node {sender})"),
+                    );
+                    self.timeline_note(nodeid, format!("node {nodeid} fenced (by node {sender})"));
+                }
+            }
+        }
+        match scope {
+            Some(table) => {
+                self.settle(&table);
+                if let Some(t) = self.touched.as_mut() {
+                    t.insert(table);
+                }
+            }
+            None => {
+                self.settle_all();
+                self.touched = None;
+            }
+        }
+    }
+
+    pub(super) fn stale_merge(&mut self, other: NodeId, their_side: Vec<NodeId>) {
+        let me = self.cfg.nodeid;
+        if self.cfg.sabotage.accept_stale_merge {
+            if let Some(m) = self.rep.members.get_mut(&other) {
+                m.synced = true;
+            }
+            return;
+        }
+        // Sides are judged as they stood when the merge began (the configuration change that
+        // brought `other` in), in every member's view alike: a daemon synced since then counts
+        // for neither side and shares the fate of the side that synced it.
+        let merged_at = self.rep.members.get(&other).map_or(0, |m| m.joined_at);
+        let adopted: Vec<NodeId> = self
+            .rep
+            .members
+            .iter()
+            .filter(|(_, m)| {
+                m.synced_by
+                    .is_some_and(|by| by == other || their_side.contains(&by))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let my_side: Vec<NodeId> = self
+            .rep
+            .members
+            .iter()
+            .filter(|(_, m)| m.synced && !m.stale && m.synced_at < merged_at)
+            .map(|(id, _)| *id)
+            .collect();
+        // The bigger side keeps its state; on a tie, the side holding the lowest nodeid.
+        let key = |side: &[NodeId]| {
+            (
+                std::cmp::Reverse(side.len()),
+                side.iter().min().copied().unwrap_or(u32::MAX),
+            )
+        };
+        if key(&my_side) <= key(&their_side) {
+            self.log_node(
+                Level::Error,
+                other,
+                format!("node came back from a partition with stale state (its side {their_side:?}, ours {my_side:?}): removing it"),
+            );
+            self.remove_stale(other, "rejoined after a partition with stale state");
+            for node in adopted {
+                self.remove_stale(
+                    node,
+                    "took its state from the losing side of a partition merge",
+                );
+            }
+        } else {
+            self.log(
+                Level::Error,
+                None,
+                format!("our side {my_side:?} lost a partition merge to {their_side:?}: leaving the cluster to be fenced"),
+            );
+            self.sync = Membership::Stale;
+            // The winners remove us too; this also covers winners that have gone meanwhile.
+            self.outputs.push_back(Output::KillNode {
+                nodeid: me,
+                reason: "lost a partition merge: its state is stale".into(),
+            });
+        }
+    }
+
+    /// Marks `node` stale (ignored from now on) and has the lowest active member ask corosync
+    /// to remove it.
+    pub(super) fn remove_stale(&mut self, node: NodeId, reason: &str) {
+        let me = self.cfg.nodeid;
+        let newly = match self.rep.members.get_mut(&node) {
+            Some(m) if !m.stale => {
+                m.stale = true;
+                true
+            }
+            _ => false,
+        };
+        if newly && self.lowest_active() == Some(me) && !self.replaying {
+            self.outputs.push_back(Output::KillNode {
+                nodeid: node,
+                reason: reason.into(),
+            });
+        }
+    }
+
+    pub(super) fn on_recovered(
+        &mut self,
+        table: &str,
+        jid: Jid,
+        done: bool,
+        attempt: u32,
+        sender: NodeId,
+    ) {
+        let Some(fs) = self.rep.fs.get_mut(table) else {
+            return;
+        };
+        let Some(d) = fs.dirty.get_mut(&jid) else {
+            return;
+        };
+        if d.replayer == Some(sender) && d.attempts != attempt {
+            let current = d.attempts;
+            self.log_full(
+                Level::Warn,
+                Some(table),
+                Some(sender),
+                Some(jid),
+                format!("ignored a stale replay result (attempt {attempt}, the journal is at attempt {current})"),
+            );
+            return;
+        }
+        if d.replayer != Some(sender) {
+            self.log_full(
+                Level::Debug,
+                Some(table),
+                Some(sender),
+                Some(jid),
+                "ignored a replay result from a node not assigned".into(),
+            );
+            return;
+        }
+        let owner = d.owner;
+        if done {
+            fs.dirty.remove(&jid);
+            if fs.dirty.is_empty() {
+                fs.stopped.clear();
+            }
+            self.log_full(
+                Level::Info,
+                Some(table),
+                Some(sender),
+                Some(jid),
+                format!("journal of node {owner} replayed"),
+            );
+            self.timeline_note(
+                owner,
+                format!("replay of jid {jid} ({table}) done by node {sender}"),
+            );
+        } else {
+            d.attempts = d.attempts.saturating_add(1);
+            d.last_failed_by = Some(sender);
+            d.replayer = None;
+            self.log_full(
+                Level::Warn,
+                Some(table),
+                Some(sender),
+                Some(jid),
+                "journal replay failed: handing it on".into(),
+            );
+            self.timeline_note(
+                owner,
+                format!("replay of jid {jid} ({table}) failed on node {sender}"),
+            );
+        }
+    }
+
+    /// Re-run admission and replayer choice everywhere (deterministic: same on every member).
+    pub(super) fn settle_all(&mut self) {
+        let tables: Vec<String> = self.rep.fs.keys().cloned().collect();
+        for table in tables {
+            self.settle(&table);
+        }
+    }
+
+    pub(super) fn settle(&mut self, table: &str) {
+        let skip_barrier = self.cfg.sabotage.skip_barrier;
+        for (node, state) in self.rep.admit(table) {
+            let (level, what) = match state {
+                MState::First => (Level::Info, "may mount as a first mounter (first=1)"),
+                MState::NeedsRw => (
+                    Level::Error,
+                    "mount refused: journals of failed nodes need a read-write mounter to replay them",
+                ),
+                _ => (Level::Info, "may mount"),
+            };
+            self.log_full(level, Some(table), Some(node), None, what.into());
+        }
+        for (jid, node) in self.rep.assign_replayers(table, skip_barrier) {
+            let owner = self.rep.fs[table].dirty[&jid].owner;
+            self.log_full(
+                Level::Info,
+                Some(table),
+                Some(node),
+                Some(jid),
+                format!("assigned to replay the journal of node {owner}"),
+            );
+            self.timeline_note(
+                owner,
+                format!("replay of jid {jid} ({table}) assigned to node {node}"),
+            );
+        }
+    }
+
+    pub(super) fn on_membership(&mut self, members: Vec<NodeId>) {
+        let members: BTreeSet<NodeId> = members.into_iter().collect();
+        let left: Vec<NodeId> = self
+            .cluster_members
+            .difference(&members)
+            .copied()
+            .filter(|n| !self.daemon_in_group(*n))
+            .collect();
+        self.cluster_members = members;
+        // Members of the group are notified when the group sees them fail (after fencing);
+        // others never got a journal, so nothing of theirs needs blocking or fencing first.
+        for l in self.local.values_mut().filter(|l| l.dlm_registered) {
+            l.dlm_pending.extend(left.iter().copied());
+        }
+    }
+}

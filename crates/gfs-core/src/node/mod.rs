@@ -1,0 +1,539 @@
+//! One daemon's protocol engine: the replicated state plus what only this node knows
+//! (its kernel mounts, fencing knowledge, quorum), turning inputs into outputs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::io::{Input, Level, LogRecord, Output, WriteError};
+use crate::state::{MState, Replicated};
+use crate::time::Time;
+use crate::types::{Jid, LeaveReason, MountMode, NodeId, Peer, SysfsFile, Table, DAEMON_GROUP};
+use crate::uevent::{KernelEvent, KernelEventKind};
+use crate::view::{
+    FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
+    TimelineEntry,
+};
+use crate::wire::{self, Header, Message};
+
+mod fencing;
+mod membership;
+mod mounts;
+mod timeline;
+mod timers;
+mod views;
+
+use fencing::FenceRecord;
+use membership::Membership;
+use mounts::{LocalFs, Phase};
+
+use crate::errno::{EAGAIN, EBADR, ENOTCONN, EOPNOTSUPP, EPERM, EUCLEAN, EUSERS};
+
+/// Test-only switches that break one safety gate each, so tests can prove the simulator's
+/// checkers catch the breach. The daemon never sets them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sabotage {
+    /// Replay without waiting for the failed node to be fenced (breaks S1).
+    pub skip_fencing: bool,
+    /// Replay without quorum (breaks S1).
+    pub ignore_quorum: bool,
+    /// Give every mounter the lowest jid in use (breaks S4).
+    pub duplicate_jid: bool,
+    /// Unblock as soon as a replayer is chosen, before the replay finished (breaks S3).
+    pub early_unblock: bool,
+    /// Assign replayers before every member confirmed it blocked.
+    pub skip_barrier: bool,
+    /// Readmit members that return from a partition with state (breaks S7).
+    pub accept_stale_merge: bool,
+    /// Give every mounter `first=0`, even when no mount has completed (breaks S5).
+    pub skip_first_wait: bool,
+    /// Tell dlm_controld a failed node may be recovered as soon as it fails, before this node has
+    /// blocked or the node is fenced (breaks S8).
+    pub early_dlm_notify: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub nodeid: NodeId,
+    /// This daemon's process id as corosync reports it in the daemon group (the driver's
+    /// `getpid()`): our own leave is the one of this instance, not of any process on the node.
+    pub pid: u32,
+    pub cluster_name: String,
+    /// The cluster's configured nodes (corosync nodelist), for startup fencing; empty disables it.
+    pub cluster_nodes: Vec<NodeId>,
+    pub proto_min: u16,
+    pub proto_max: u16,
+    pub max_journals: u32,
+    /// Wait before retrying a journal this node failed to replay.
+    pub recover_retry_ms: u64,
+    /// Wait before asking again after the fencing backend failed.
+    pub fence_retry_ms: u64,
+    /// No journal replay and no first mount without quorum (SPEC S1). Off only for tests.
+    pub require_quorum: bool,
+    /// Fence failed nodes before their journals are replayed (SPEC S1). Off (the daemon's
+    /// `enable_fencing=0`), a failed node counts as fenced at the moment it failed: safe only
+    /// where nodes never hang, and never asked of the fencing backend.
+    pub require_fencing: bool,
+    /// Like dlm_controld's post_join_delay: a node absent when the group formed gets this long to
+    /// start its daemon before a first mounter asks for it to be fenced.
+    pub startup_fence_delay_ms: u64,
+    /// After quorum returns, wait this long for the membership change that brought it (a
+    /// partition merge must be resolved before anyone replays: S2, S7).
+    pub merge_wait_ms: u64,
+    /// Waiting longer than this for a failed node's fencing (or, while inquorate, for quorum)
+    /// logs an error, repeated at this interval; 0 never warns.
+    pub fence_warn_ms: u64,
+    pub timeline_keep: usize,
+    pub sabotage: Sabotage,
+}
+
+impl NodeConfig {
+    pub fn new(nodeid: NodeId, cluster_name: &str) -> Self {
+        NodeConfig {
+            nodeid,
+            pid: 0,
+            cluster_name: cluster_name.to_owned(),
+            cluster_nodes: Vec::new(),
+            proto_min: wire::PROTOCOL_MIN,
+            proto_max: wire::PROTOCOL_MAX,
+            max_journals: crate::MAX_JOURNALS,
+            recover_retry_ms: 1000,
+            fence_retry_ms: 5000,
+            require_quorum: true,
+            require_fencing: true,
+            merge_wait_ms: 5000,
+            startup_fence_delay_ms: 10_000,
+            fence_warn_ms: 60_000,
+            timeline_keep: 16,
+            sabotage: Sabotage::default(),
+        }
+    }
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    now: Time,
+    quorate: bool,
+    /// When quorum last changed: fencing (and so a wait for it) starts only in a quorate
+    /// partition, and a wait for quorum starts when it is lost.
+    quorum_changed_at: Time,
+    /// Quorum came back and the membership change that brought it is not processed yet.
+    quorum_hold_until: Option<Time>,
+    /// When this daemon got the group state (startup fencing waits from here).
+    synced_at: Time,
+    config_members: Vec<NodeId>,
+    /// The processes in the daemon group (node ids in `config_members` may be there because
+    /// of a process that is not the node's daemon).
+    cpg_members: Vec<Peer>,
+    /// Messages and membership events ignored per node because they came from a process other
+    /// than the node's admitted daemon (the log is rate-limited on this count).
+    foreign_seen: BTreeMap<NodeId, u64>,
+    /// The corosync membership last reported (daemons or not).
+    cluster_members: BTreeSet<NodeId>,
+    /// HELLOs seen since the last configuration change: (pid, synced, proto_min, proto_max).
+    hellos: BTreeMap<NodeId, (u32, bool, u16, u16)>,
+    sync: Membership,
+    rep: Replicated,
+    local: BTreeMap<String, LocalFs>,
+    fence: BTreeMap<NodeId, FenceRecord>,
+    /// Our STOPPED is in flight: wait for it before judging whether another is needed.
+    stopped_in_flight: bool,
+    outputs: VecDeque<Output>,
+    timelines: VecDeque<RecoveryTimeline>,
+    /// Per table: MOUNTs we sent, and how many of them came back.
+    mounts_sent: BTreeMap<String, u64>,
+    mounts_delivered: BTreeMap<String, u64>,
+    /// Replaying buffered history after adopting a snapshot: the group already acted on it.
+    replaying: bool,
+    /// Filesystems the current input may have changed (`None`: all of them).
+    touched: Option<BTreeSet<String>>,
+    /// Failed nodes to take as fenced at their failure once this input's drive is done
+    /// (`require_fencing` off), in the order they would have been asked of a backend.
+    assume_fenced: Vec<(NodeId, Time)>,
+    /// Count of daemon-group messages this node sent (benchmarks).
+    pub sent_messages: u64,
+}
+
+impl Node {
+    /// A node that is about to join the daemon group (the first output is the join).
+    pub fn new(cfg: NodeConfig, now: Time) -> Node {
+        let mut node = Node {
+            cfg,
+            now,
+            quorate: false,
+            quorum_changed_at: now,
+            quorum_hold_until: None,
+            synced_at: now,
+            config_members: Vec::new(),
+            cpg_members: Vec::new(),
+            foreign_seen: BTreeMap::new(),
+            cluster_members: BTreeSet::new(),
+            hellos: BTreeMap::new(),
+            sync: Membership::Unsynced {
+                attempt: 0,
+                buffer: Vec::new(),
+                hello_pos: BTreeMap::new(),
+            },
+            rep: Replicated::default(),
+            local: BTreeMap::new(),
+            fence: BTreeMap::new(),
+            stopped_in_flight: false,
+            outputs: VecDeque::new(),
+            timelines: VecDeque::new(),
+            mounts_sent: BTreeMap::new(),
+            mounts_delivered: BTreeMap::new(),
+            replaying: false,
+            touched: None,
+            assume_fenced: Vec::new(),
+            sent_messages: 0,
+        };
+        node.outputs.push_back(Output::JoinGroup {
+            group: DAEMON_GROUP.to_owned(),
+        });
+        node
+    }
+
+    pub fn nodeid(&self) -> NodeId {
+        self.cfg.nodeid
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.sync == Membership::Synced
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.sync == Membership::Stale
+    }
+
+    /// No filesystem is mounted here: the daemon may exit cleanly.
+    pub fn can_shutdown(&self) -> bool {
+        self.local.values().all(|l| l.phase == Phase::KernelManaged)
+    }
+
+    /// The lock tables this daemon keeps registered with dlm_controld.
+    pub fn dlm_registrations(&self) -> Vec<Table> {
+        self.local
+            .values()
+            .filter(|l| l.dlm_registered)
+            .map(|l| l.table.clone())
+            .collect()
+    }
+
+    /// The digest of the replicated state, for the agreement checker (None when not synced).
+    pub fn replicated_digest(&self) -> Option<u64> {
+        self.is_synced().then(|| self.rep.digest())
+    }
+
+    /// Synced, and every member has said HELLO (no merge can be pending): from here on two such
+    /// members of the same configuration must hold identical replicated state (S6).
+    pub fn settled_digest(&self) -> Option<u64> {
+        (self.is_synced() && self.membership_settled_ignoring_quorum()).then(|| self.rep.digest())
+    }
+
+    pub fn replicated(&self) -> &Replicated {
+        &self.rep
+    }
+
+    pub fn handle(&mut self, now: Time, input: Input) {
+        self.now = now.max(self.now);
+        let first_output = self.outputs.len();
+        self.touched = match &input {
+            Input::Kernel(ev) => Some(BTreeSet::from([ev.table.to_string()])),
+            Input::WriteDone { table, .. }
+            | Input::ReadDone { table, .. }
+            | Input::DlmRegistered { table, .. }
+            | Input::DlmNotified { table, .. }
+            | Input::MountMode { table, .. } => Some(BTreeSet::from([table.to_string()])),
+            Input::Deliver { .. } => Some(BTreeSet::new()),
+            _ => None,
+        };
+        match input {
+            Input::ConfChg { change, quorate } => {
+                self.on_quorum(quorate);
+                if change.group == DAEMON_GROUP {
+                    self.on_confchg(change.members, change.joined, change.left);
+                }
+            }
+            Input::Deliver {
+                group,
+                sender,
+                payload,
+            } => {
+                if group == DAEMON_GROUP {
+                    self.on_deliver(sender, &payload);
+                }
+            }
+            Input::Quorum { quorate } => self.on_quorum(quorate),
+            Input::Membership { members } => self.on_membership(members),
+            Input::Kernel(ev) => self.on_kernel(ev),
+            Input::WriteDone {
+                table,
+                file,
+                value,
+                result,
+            } => self.on_write_done(table, file, value, result),
+            Input::Fenced { nodeid, at } => self.on_fenced(nodeid, at),
+            Input::FenceFailed { nodeid, reason } => {
+                let retry = self.now.after(self.cfg.fence_retry_ms);
+                if let Some(f) = self.fence.get_mut(&nodeid) {
+                    f.requested = false;
+                    f.retry_at = Some(retry);
+                    f.last_error = Some(reason.clone());
+                }
+                self.log_node(
+                    Level::Warn,
+                    nodeid,
+                    format!("fencing failed: {reason}; retrying"),
+                );
+            }
+            Input::FenceAck { request, nodeid } => self.on_fence_ack_request(request, nodeid),
+            Input::ReadDone {
+                table,
+                file,
+                result,
+            } => self.on_read_done(table, file, result),
+            Input::DlmRegistered { table, result } => self.on_dlm_registered(table, result),
+            Input::DlmNotified {
+                table,
+                nodeid,
+                result,
+            } => self.on_dlm_notified(table, nodeid, result),
+            Input::MountMode { table, ro } => self.on_mount_mode(table, ro),
+            Input::Timeout => {
+                let now = self.now;
+                for l in self.local.values_mut() {
+                    l.retry_at.retain(|_, t| *t > now);
+                    let due: Vec<NodeId> = l
+                        .dlm_retry
+                        .iter()
+                        .filter(|(_, t)| **t <= now)
+                        .map(|(n, _)| *n)
+                        .collect();
+                    for n in due {
+                        l.dlm_retry.remove(&n);
+                        l.dlm_pending.insert(n);
+                    }
+                }
+                for f in self.fence.values_mut() {
+                    if f.retry_at.is_some_and(|t| t <= now) {
+                        f.retry_at = None;
+                    }
+                }
+                if self.quorum_hold_until.is_some_and(|t| t <= now) {
+                    self.quorum_hold_until = None;
+                }
+            }
+        }
+        self.drive();
+        self.warn_slow_fencing();
+        // With fencing off, a fencing request is answered at once, as a backend's answer would
+        // be: after everything this input led to.
+        while !self.assume_fenced.is_empty() {
+            for (nodeid, failed_at) in std::mem::take(&mut self.assume_fenced) {
+                self.log_node(
+                    Level::Warn,
+                    nodeid,
+                    "fencing is off (enable_fencing=0): taking the node as fenced when it failed"
+                        .into(),
+                );
+                self.touched = None;
+                self.on_fenced(nodeid, failed_at);
+                self.drive();
+                self.warn_slow_fencing();
+            }
+        }
+        self.fencing_first(first_output);
+    }
+
+    /// Fencing is the longest step of a recovery and depends on nothing else asked for with it:
+    /// this input's fencing requests go out before its log lines, messages and writes.
+    fn fencing_first(&mut self, from: usize) {
+        let new = self.outputs.split_off(from);
+        let (fences, rest): (Vec<Output>, Vec<Output>) = new
+            .into_iter()
+            .partition(|o| matches!(o, Output::Fence { .. }));
+        self.outputs.extend(fences);
+        self.outputs.extend(rest);
+    }
+
+    /// This daemon as corosync reports it in the group.
+    fn me(&self) -> Peer {
+        Peer::new(self.cfg.nodeid, self.cfg.pid)
+    }
+
+    /// `node`'s admitted daemon is in the group. Before we hold the group's state, any process
+    /// of the node counts (the admitted instances are not known yet).
+    fn daemon_in_group(&self, node: NodeId) -> bool {
+        if !self.is_synced() {
+            return self.config_members.contains(&node);
+        }
+        self.rep
+            .members
+            .get(&node)
+            .is_some_and(|m| self.cpg_members.contains(&Peer::new(node, m.pid)))
+    }
+
+    fn send(&mut self, msg: Message) {
+        if self.replaying {
+            return;
+        }
+        // HELLO and STATE must be readable by any daemon: they always use the base version.
+        let version = match msg {
+            Message::Hello { .. } | Message::State { .. } => wire::PROTOCOL_MIN,
+            _ if self.rep.version > 0 => self.rep.version,
+            _ => wire::PROTOCOL_MIN,
+        };
+        let header = Header {
+            version,
+            sender: self.cfg.nodeid,
+            change: self.rep.epoch,
+        };
+        self.sent_messages += 1;
+        self.outputs.push_back(Output::Mcast {
+            group: DAEMON_GROUP.to_owned(),
+            payload: wire::encode(&header, &msg),
+        });
+    }
+
+    fn write(&mut self, table: &Table, file: SysfsFile, value: i64) {
+        self.outputs.push_back(Output::Write {
+            table: table.clone(),
+            file,
+            value,
+        });
+    }
+
+    fn lowest_active(&self) -> Option<NodeId> {
+        self.rep
+            .members
+            .iter()
+            .find(|(id, m)| m.synced && !m.stale && self.config_members.contains(id))
+            .map(|(id, _)| *id)
+    }
+
+    fn quorum_ok(&self) -> bool {
+        self.quorate || !self.cfg.require_quorum || self.cfg.sabotage.ignore_quorum
+    }
+
+    /// Every member of the configuration has said HELLO since it joined, so a stale merge would
+    /// already have been found, and quorum is not fresh from a change we have not seen yet.
+    fn membership_settled(&self) -> bool {
+        self.quorum_hold_until.is_none() && self.membership_settled_ignoring_quorum()
+    }
+
+    fn membership_settled_ignoring_quorum(&self) -> bool {
+        // Every node's admitted daemon in the group; other processes are not waited for.
+        self.config_members
+            .iter()
+            .filter(|n| !self.is_synced() || self.daemon_in_group(**n))
+            .all(|n| self.rep.members.get(n).is_some_and(|m| m.proto_max > 0))
+    }
+
+    fn drive(&mut self) {
+        if !self.is_synced() {
+            return;
+        }
+        let me = self.cfg.nodeid;
+        let tables: Vec<String> = match self.touched.take() {
+            Some(t) => t
+                .into_iter()
+                .filter(|t| self.local.contains_key(t))
+                .collect(),
+            None => self.local.keys().cloned().collect(),
+        };
+        for table in &tables {
+            self.drive_mount(table);
+            self.drive_block(table);
+            self.drive_dlm(table);
+            self.drive_recovery(table);
+            self.drive_withdraw(table);
+        }
+        // One STOPPED covers every filesystem this node blocked: N messages per failure, not N·F.
+        // Another one only when this node became part of a barrier after its last one (a mount
+        // became ready during recovery).
+        if !self.stopped_in_flight && !self.replaying {
+            let waiting: Vec<String> = self
+                .rep
+                .fs
+                .iter()
+                .filter(|(_, fs)| {
+                    fs.is_participant(me, &self.rep.members) && !fs.stopped.contains(&me)
+                })
+                .map(|(t, _)| t.clone())
+                .collect();
+            let all_blocked = waiting
+                .iter()
+                .all(|t| self.local.get(t).is_none_or(|l| l.block_confirmed));
+            if !waiting.is_empty() && all_blocked {
+                self.stopped_in_flight = true;
+                let epoch = self.rep.epoch;
+                self.send(Message::Stopped {
+                    epoch,
+                    tables: waiting,
+                });
+            }
+        }
+        if self.quorum_ok() {
+            // One member runs the fencing backend (as dlm_controld's lowest nodeid does) and
+            // shares the result; the others wait for its FENCED. It fences for everyone.
+            let fencer = self.lowest_active() == Some(self.cfg.nodeid);
+            let needs = self.fence_needs();
+            for n in needs {
+                if self.daemon_in_group(n) {
+                    continue;
+                }
+                let now = self.now;
+                let f = self.fence.entry(n).or_insert(FenceRecord {
+                    failed_at: now,
+                    failed_change: None,
+                    fenced_at: None,
+                    requested: false,
+                    retry_at: None,
+                    last_error: None,
+                    warned_at: None,
+                });
+                if fencer && !f.done() && !f.requested && f.retry_at.is_none() {
+                    f.requested = true;
+                    let failed_at = f.failed_at;
+                    if !self.cfg.require_fencing {
+                        self.assume_fenced.push((n, failed_at));
+                        continue;
+                    }
+                    self.outputs.push_back(Output::Fence {
+                        nodeid: n,
+                        failed_at,
+                    });
+                    self.log_node(Level::Info, n, "fencing requested".into());
+                }
+            }
+        }
+    }
+
+    fn log(&mut self, level: Level, fs: Option<&str>, message: String) {
+        self.log_full(level, fs, None, None, message);
+    }
+
+    fn log_node(&mut self, level: Level, nodeid: NodeId, message: String) {
+        self.log_full(level, None, Some(nodeid), None, message);
+    }
+
+    fn log_full(
+        &mut self,
+        level: Level,
+        fs: Option<&str>,
+        nodeid: Option<NodeId>,
+        jid: Option<Jid>,
+        message: String,
+    ) {
+        self.outputs.push_back(Output::Log(LogRecord {
+            level,
+            fs: fs.map(str::to_owned),
+            nodeid,
+            jid,
+            change: (self.rep.epoch > 0).then_some(self.rep.epoch),
+            message,
+        }));
+    }
+}
