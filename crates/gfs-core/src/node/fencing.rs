@@ -18,12 +18,50 @@ pub(super) struct FenceRecord {
 }
 
 impl FenceRecord {
+    /// A node that failed at `failed_at`, reported by configuration change `failed_change`
+    /// when this daemon saw it.
+    pub(super) fn new(failed_at: Time, failed_change: Option<u64>) -> FenceRecord {
+        FenceRecord {
+            failed_at,
+            failed_change,
+            fenced_at: None,
+            requested: false,
+            retry_at: None,
+            last_error: None,
+            warned_at: None,
+        }
+    }
+
+    /// The node failed again: an earlier fence does not count for it. The last fencing error
+    /// and warning stay (the wait goes on).
+    pub(super) fn failed_again(&mut self, now: Time, change: u64) {
+        self.failed_at = now;
+        self.failed_change = Some(change);
+        self.fenced_at = None;
+        self.requested = false;
+        self.retry_at = None;
+    }
+
     pub(super) fn done(&self) -> bool {
         self.fenced_at.is_some_and(|t| t >= self.failed_at)
     }
 }
 
 impl Node {
+    pub(super) fn on_fence_failed(&mut self, nodeid: NodeId, reason: String) {
+        let retry = self.now.after(self.cfg.fence_retry_ms);
+        if let Some(f) = self.fence.get_mut(&nodeid) {
+            f.requested = false;
+            f.retry_at = Some(retry);
+            f.last_error = Some(reason.clone());
+        }
+        self.log_node(
+            Level::Warn,
+            nodeid,
+            format!("fencing failed: {reason}; retrying"),
+        );
+    }
+
     pub(super) fn on_fenced(&mut self, nodeid: NodeId, at: Time) {
         let Some(f) = self.fence.get_mut(&nodeid) else {
             return;
@@ -71,15 +109,10 @@ impl Node {
             }
         }
         let now = self.now;
-        let rec = self.fence.entry(nodeid).or_insert(FenceRecord {
-            failed_at: now,
-            failed_change: None,
-            fenced_at: None,
-            requested: false,
-            retry_at: None,
-            last_error: None,
-            warned_at: None,
-        });
+        let rec = self
+            .fence
+            .entry(nodeid)
+            .or_insert_with(|| FenceRecord::new(now, None));
         rec.fenced_at = Some(now);
         rec.last_error = None;
         true
@@ -235,5 +268,57 @@ impl Node {
         self.cfg.sabotage.skip_fencing
             || self.rep.fenced.contains(&node)
             || self.fence.get(&node).is_some_and(FenceRecord::done)
+    }
+
+    /// One member runs the fencing backend (as dlm_controld's lowest nodeid does) and shares
+    /// the result; the others wait for its FENCED. It fences for everyone.
+    pub(super) fn request_fencing(&mut self) {
+        if !self.quorum_ok() {
+            return;
+        }
+        let fencer = self.lowest_active() == Some(self.cfg.nodeid);
+        let needs = self.fence_needs();
+        for n in needs {
+            if self.daemon_in_group(n) {
+                continue;
+            }
+            let now = self.now;
+            let f = self
+                .fence
+                .entry(n)
+                .or_insert_with(|| FenceRecord::new(now, None));
+            if fencer && !f.done() && !f.requested && f.retry_at.is_none() {
+                f.requested = true;
+                let failed_at = f.failed_at;
+                if !self.cfg.require_fencing {
+                    self.assume_fenced.push((n, failed_at));
+                    continue;
+                }
+                self.outputs.push_back(Output::Fence {
+                    nodeid: n,
+                    failed_at,
+                });
+                self.log_node(Level::Info, n, "fencing requested".into());
+            }
+        }
+    }
+
+    /// With fencing off (`require_fencing`), a request is answered at once, as a backend's
+    /// answer would be: after everything the input led to.
+    pub(super) fn answer_unfenced(&mut self) {
+        while !self.assume_fenced.is_empty() {
+            for (nodeid, failed_at) in std::mem::take(&mut self.assume_fenced) {
+                self.log_node(
+                    Level::Warn,
+                    nodeid,
+                    "fencing is off (enable_fencing=0): taking the node as fenced when it failed"
+                        .into(),
+                );
+                self.touched = None;
+                self.on_fenced(nodeid, failed_at);
+                self.drive();
+                self.warn_slow_fencing();
+            }
+        }
     }
 }

@@ -201,20 +201,11 @@ impl Node {
             }
         }
         if failure && !was_stale {
-            let rec = self.fence.entry(node).or_insert(FenceRecord {
-                failed_at: self.now,
-                failed_change: Some(change),
-                fenced_at: None,
-                requested: false,
-                retry_at: None,
-                last_error: None,
-                warned_at: None,
-            });
-            rec.failed_at = self.now;
-            rec.failed_change = Some(change);
-            rec.fenced_at = None;
-            rec.requested = false;
-            rec.retry_at = None;
+            let now = self.now;
+            self.fence
+                .entry(node)
+                .and_modify(|rec| rec.failed_again(now, change))
+                .or_insert_with(|| FenceRecord::new(now, Some(change)));
         }
         // A daemon that died under live mounts (PROCDOWN) is fenced like a failed node: its node
         // stays in corosync until the fencing backend acts. Asking corosync to remove it as well
@@ -364,17 +355,12 @@ impl Node {
             .collect();
         self.rep = Replicated::bootstrap(&ranges, must_fence.clone());
         self.sync = Membership::Synced;
+        let now = self.now;
         for n in &must_fence {
-            self.fence.entry(*n).or_insert(FenceRecord {
-                failed_at: self.now,
-                // Absent since before the group formed: any fence report counts.
-                failed_change: Some(0),
-                fenced_at: None,
-                requested: false,
-                retry_at: None,
-                last_error: None,
-                warned_at: None,
-            });
+            // Absent since before the group formed: any fence report counts.
+            self.fence
+                .entry(*n)
+                .or_insert_with(|| FenceRecord::new(now, Some(0)));
         }
         self.log(
             Level::Info,
@@ -441,15 +427,10 @@ impl Node {
         // Any failure the state records happened before we knew of it: fencing is judged from now.
         let needs: Vec<NodeId> = self.fence_needs().into_iter().collect();
         for n in needs {
-            self.fence.entry(n).or_insert(FenceRecord {
-                failed_at: self.now,
-                failed_change: None,
-                fenced_at: None,
-                requested: false,
-                retry_at: None,
-                last_error: None,
-                warned_at: None,
-            });
+            let now = self.now;
+            self.fence
+                .entry(n)
+                .or_insert_with(|| FenceRecord::new(now, None));
         }
         self.seed_dlm_pending();
         let pending: Vec<String> = self
@@ -974,6 +955,35 @@ impl Node {
         // others never got a journal, so nothing of theirs needs blocking or fencing first.
         for l in self.local.values_mut().filter(|l| l.dlm_registered) {
             l.dlm_pending.extend(left.iter().copied());
+        }
+    }
+
+    /// One STOPPED covers every filesystem this node blocked: N messages per failure, not N·F.
+    /// Another one only when this node became part of a barrier after its last one (a mount
+    /// became ready during recovery).
+    pub(super) fn send_stopped(&mut self) {
+        let me = self.cfg.nodeid;
+        if !self.stopped_in_flight && !self.replaying {
+            let waiting: Vec<String> = self
+                .rep
+                .fs
+                .iter()
+                .filter(|(_, fs)| {
+                    fs.is_participant(me, &self.rep.members) && !fs.stopped.contains(&me)
+                })
+                .map(|(t, _)| t.clone())
+                .collect();
+            let all_blocked = waiting
+                .iter()
+                .all(|t| self.local.get(t).is_none_or(|l| l.block_confirmed));
+            if !waiting.is_empty() && all_blocked {
+                self.stopped_in_flight = true;
+                let epoch = self.rep.epoch;
+                self.send(Message::Stopped {
+                    epoch,
+                    tables: waiting,
+                });
+            }
         }
     }
 }

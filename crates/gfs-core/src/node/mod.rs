@@ -275,19 +275,7 @@ impl Node {
                 result,
             } => self.on_write_done(table, file, value, result),
             Input::Fenced { nodeid, at } => self.on_fenced(nodeid, at),
-            Input::FenceFailed { nodeid, reason } => {
-                let retry = self.now.after(self.cfg.fence_retry_ms);
-                if let Some(f) = self.fence.get_mut(&nodeid) {
-                    f.requested = false;
-                    f.retry_at = Some(retry);
-                    f.last_error = Some(reason.clone());
-                }
-                self.log_node(
-                    Level::Warn,
-                    nodeid,
-                    format!("fencing failed: {reason}; retrying"),
-                );
-            }
+            Input::FenceFailed { nodeid, reason } => self.on_fence_failed(nodeid, reason),
             Input::FenceAck { request, nodeid } => self.on_fence_ack_request(request, nodeid),
             Input::ReadDone {
                 table,
@@ -301,49 +289,11 @@ impl Node {
                 result,
             } => self.on_dlm_notified(table, nodeid, result),
             Input::MountMode { table, ro } => self.on_mount_mode(table, ro),
-            Input::Timeout => {
-                let now = self.now;
-                for l in self.local.values_mut() {
-                    l.retry_at.retain(|_, t| *t > now);
-                    let due: Vec<NodeId> = l
-                        .dlm_retry
-                        .iter()
-                        .filter(|(_, t)| **t <= now)
-                        .map(|(n, _)| *n)
-                        .collect();
-                    for n in due {
-                        l.dlm_retry.remove(&n);
-                        l.dlm_pending.insert(n);
-                    }
-                }
-                for f in self.fence.values_mut() {
-                    if f.retry_at.is_some_and(|t| t <= now) {
-                        f.retry_at = None;
-                    }
-                }
-                if self.quorum_hold_until.is_some_and(|t| t <= now) {
-                    self.quorum_hold_until = None;
-                }
-            }
+            Input::Timeout => self.on_timeout(),
         }
         self.drive();
         self.warn_slow_fencing();
-        // With fencing off, a fencing request is answered at once, as a backend's answer would
-        // be: after everything this input led to.
-        while !self.assume_fenced.is_empty() {
-            for (nodeid, failed_at) in std::mem::take(&mut self.assume_fenced) {
-                self.log_node(
-                    Level::Warn,
-                    nodeid,
-                    "fencing is off (enable_fencing=0): taking the node as fenced when it failed"
-                        .into(),
-                );
-                self.touched = None;
-                self.on_fenced(nodeid, failed_at);
-                self.drive();
-                self.warn_slow_fencing();
-            }
-        }
+        self.answer_unfenced();
         self.fencing_first(first_output);
     }
 
@@ -435,7 +385,6 @@ impl Node {
         if !self.is_synced() {
             return;
         }
-        let me = self.cfg.nodeid;
         let tables: Vec<String> = match self.touched.take() {
             Some(t) => t
                 .into_iter()
@@ -450,65 +399,8 @@ impl Node {
             self.drive_recovery(table);
             self.drive_withdraw(table);
         }
-        // One STOPPED covers every filesystem this node blocked: N messages per failure, not N·F.
-        // Another one only when this node became part of a barrier after its last one (a mount
-        // became ready during recovery).
-        if !self.stopped_in_flight && !self.replaying {
-            let waiting: Vec<String> = self
-                .rep
-                .fs
-                .iter()
-                .filter(|(_, fs)| {
-                    fs.is_participant(me, &self.rep.members) && !fs.stopped.contains(&me)
-                })
-                .map(|(t, _)| t.clone())
-                .collect();
-            let all_blocked = waiting
-                .iter()
-                .all(|t| self.local.get(t).is_none_or(|l| l.block_confirmed));
-            if !waiting.is_empty() && all_blocked {
-                self.stopped_in_flight = true;
-                let epoch = self.rep.epoch;
-                self.send(Message::Stopped {
-                    epoch,
-                    tables: waiting,
-                });
-            }
-        }
-        if self.quorum_ok() {
-            // One member runs the fencing backend (as dlm_controld's lowest nodeid does) and
-            // shares the result; the others wait for its FENCED. It fences for everyone.
-            let fencer = self.lowest_active() == Some(self.cfg.nodeid);
-            let needs = self.fence_needs();
-            for n in needs {
-                if self.daemon_in_group(n) {
-                    continue;
-                }
-                let now = self.now;
-                let f = self.fence.entry(n).or_insert(FenceRecord {
-                    failed_at: now,
-                    failed_change: None,
-                    fenced_at: None,
-                    requested: false,
-                    retry_at: None,
-                    last_error: None,
-                    warned_at: None,
-                });
-                if fencer && !f.done() && !f.requested && f.retry_at.is_none() {
-                    f.requested = true;
-                    let failed_at = f.failed_at;
-                    if !self.cfg.require_fencing {
-                        self.assume_fenced.push((n, failed_at));
-                        continue;
-                    }
-                    self.outputs.push_back(Output::Fence {
-                        nodeid: n,
-                        failed_at,
-                    });
-                    self.log_node(Level::Info, n, "fencing requested".into());
-                }
-            }
-        }
+        self.send_stopped();
+        self.request_fencing();
     }
 
     fn log(&mut self, level: Level, fs: Option<&str>, message: String) {
