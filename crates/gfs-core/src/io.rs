@@ -211,6 +211,40 @@ pub struct LogRecord {
     pub message: String,
 }
 
+impl LogRecord {
+    pub fn new(level: Level, message: impl Into<String>) -> LogRecord {
+        LogRecord {
+            level,
+            fs: None,
+            nodeid: None,
+            jid: None,
+            change: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn fs(self, fs: &str) -> LogRecord {
+        LogRecord {
+            fs: Some(fs.to_owned()),
+            ..self
+        }
+    }
+
+    pub fn node(self, nodeid: NodeId) -> LogRecord {
+        LogRecord {
+            nodeid: Some(nodeid),
+            ..self
+        }
+    }
+
+    pub fn jid(self, jid: impl Into<Option<Jid>>) -> LogRecord {
+        LogRecord {
+            jid: jid.into(),
+            ..self
+        }
+    }
+}
+
 impl std::fmt::Display for LogRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(fs) = &self.fs {

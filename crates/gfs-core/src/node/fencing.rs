@@ -1,7 +1,14 @@
 //! What this node knows of failed nodes' fencing: the records, the backend's answers, FENCED
 //! and FENCE_ACK, who needs fencing, and the slow-fencing warning.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use super::{Node, Phase};
+use crate::io::{Level, LogRecord, Output};
+use crate::state::MState;
+use crate::time::Time;
+use crate::types::NodeId;
+use crate::wire::Message;
 
 #[derive(Clone, Debug)]
 pub(super) struct FenceRecord {
@@ -74,7 +81,7 @@ impl Node {
         if f.done() {
             f.last_error = None;
             self.log_node(Level::Info, nodeid, "fenced".into());
-            self.timeline_note(nodeid, format!("node {nodeid} fenced"));
+            self.timeline_note(format!("node {nodeid} fenced"));
             // The others did not ask their backends: tell them, naming the failure it answers.
             if asked && self.is_synced() {
                 let failure = answered.unwrap_or(self.rep.confchgs);
@@ -98,13 +105,7 @@ impl Node {
         }
         if let Some(latest) = self.fence.get(&nodeid).and_then(|f| f.failed_change) {
             if latest > failure {
-                self.log_full(
-                    Level::Warn,
-                    None,
-                    Some(nodeid),
-                    None,
-                    format!("ignored a stale {what} from node {from}: it answers the failure at change {failure}, the node failed again at change {latest}"),
-                );
+                self.emit(LogRecord::new(Level::Warn, format!("ignored a stale {what} from node {from}: it answers the failure at change {failure}, the node failed again at change {latest}")).node(nodeid));
                 return false;
             }
         }

@@ -2,7 +2,13 @@
 //! the state transfer that brings a new member up to date, the replicated messages, stale
 //! merges, and the settling of the group's decisions after each of them.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{FenceRecord, Node, Phase};
+use crate::io::{Level, LogRecord, Output};
+use crate::state::{MState, Replicated};
+use crate::types::{Jid, LeaveReason, MountMode, NodeId, Peer};
+use crate::wire::{self, Message};
 
 /// Where this daemon stands with the group's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,12 +221,14 @@ impl Node {
             let tables: BTreeSet<String> = fx.dirtied.iter().map(|(t, _, _)| t.clone()).collect();
             self.timeline_start(epoch, node, &tables);
             for (table, jid, owner) in &fx.dirtied {
-                self.log_full(
-                    Level::Warn,
-                    Some(table),
-                    Some(*owner),
-                    Some(*jid),
-                    format!("member failed ({reason:?}): journal needs replay"),
+                self.emit(
+                    LogRecord::new(
+                        Level::Warn,
+                        format!("member failed ({reason:?}): journal needs replay"),
+                    )
+                    .fs(table)
+                    .node(*owner)
+                    .jid(*jid),
                 );
             }
         }
@@ -595,26 +603,24 @@ impl Node {
                     .add_mounter(&table, sender, mode, max, dup)
                     .cloned()
                 {
-                    Some(m) if m.state == MState::Rejected => self.log_full(
-                        Level::Error,
-                        Some(&table),
-                        Some(sender),
-                        None,
-                        format!("no free journal among {max}: mount refused"),
+                    Some(m) if m.state == MState::Rejected => self.emit(
+                        LogRecord::new(
+                            Level::Error,
+                            format!("no free journal among {max}: mount refused"),
+                        )
+                        .fs(&table)
+                        .node(sender),
                     ),
-                    Some(m) => self.log_full(
-                        Level::Info,
-                        Some(&table),
-                        Some(sender),
-                        m.jid,
-                        format!("mounting {}", mode.as_str()),
+                    Some(m) => self.emit(
+                        LogRecord::new(Level::Info, format!("mounting {}", mode.as_str()))
+                            .fs(&table)
+                            .node(sender)
+                            .jid(m.jid),
                     ),
-                    None => self.log_full(
-                        Level::Warn,
-                        Some(&table),
-                        Some(sender),
-                        None,
-                        "duplicate mount ignored".into(),
+                    None => self.emit(
+                        LogRecord::new(Level::Warn, "duplicate mount ignored")
+                            .fs(&table)
+                            .node(sender),
                     ),
                 }
             }
@@ -639,16 +645,17 @@ impl Node {
                     .and_then(|fs| fs.mounters.get(&sender))
                     .is_some_and(|m| m.state == MState::First);
                 if self.rep.journal_ready(&table, sender) {
-                    self.log_full(
-                        Level::Info,
-                        Some(&table),
-                        Some(sender),
-                        None,
-                        if first {
-                            "first mounter replayed every journal it could lock".into()
-                        } else {
-                            "journal ready".into()
-                        },
+                    self.emit(
+                        LogRecord::new(
+                            Level::Info,
+                            if first {
+                                "first mounter replayed every journal it could lock"
+                            } else {
+                                "journal ready".into()
+                            },
+                        )
+                        .fs(&table)
+                        .node(sender),
                     );
                 }
             }
@@ -660,12 +667,10 @@ impl Node {
                 if self.rep.withdraw(&table, sender) {
                     let epoch = self.rep.epoch;
                     self.timeline_start(epoch, sender, &BTreeSet::from([table.clone()]));
-                    self.log_full(
-                        Level::Warn,
-                        Some(&table),
-                        Some(sender),
-                        None,
-                        "member withdrew: its journal needs replay".into(),
+                    self.emit(
+                        LogRecord::new(Level::Warn, "member withdrew: its journal needs replay")
+                            .fs(&table)
+                            .node(sender),
                     );
                 }
             }
@@ -714,7 +719,7 @@ impl Node {
                         nodeid,
                         format!("fencing acknowledged by an operator on node {sender}"),
                     );
-                    self.timeline_note(nodeid, format!("node {nodeid} fence-acked by operator"));
+                    self.timeline_note(format!("node {nodeid} fence-acked by operator"));
                 }
             }
             Message::Fenced { nodeid, failure } => {
@@ -734,7 +739,7 @@ impl Node {
                         nodeid,
                         format!("fenced (reported by node {sender})"),
                     );
-                    self.timeline_note(nodeid, format!("node {nodeid} fenced (by node {sender})"));
+                    self.timeline_note(format!("node {nodeid} fenced (by node {sender})"));
                 }
             }
         }
@@ -851,22 +856,18 @@ impl Node {
         };
         if d.replayer == Some(sender) && d.attempts != attempt {
             let current = d.attempts;
-            self.log_full(
-                Level::Warn,
-                Some(table),
-                Some(sender),
-                Some(jid),
-                format!("ignored a stale replay result (attempt {attempt}, the journal is at attempt {current})"),
-            );
+            self.emit(LogRecord::new(Level::Warn, format!("ignored a stale replay result (attempt {attempt}, the journal is at attempt {current})")).fs(table).node(sender).jid(jid));
             return;
         }
         if d.replayer != Some(sender) {
-            self.log_full(
-                Level::Debug,
-                Some(table),
-                Some(sender),
-                Some(jid),
-                "ignored a replay result from a node not assigned".into(),
+            self.emit(
+                LogRecord::new(
+                    Level::Debug,
+                    "ignored a replay result from a node not assigned",
+                )
+                .fs(table)
+                .node(sender)
+                .jid(jid),
             );
             return;
         }
@@ -876,32 +877,28 @@ impl Node {
             if fs.dirty.is_empty() {
                 fs.stopped.clear();
             }
-            self.log_full(
-                Level::Info,
-                Some(table),
-                Some(sender),
-                Some(jid),
-                format!("journal of node {owner} replayed"),
+            self.emit(
+                LogRecord::new(Level::Info, format!("journal of node {owner} replayed"))
+                    .fs(table)
+                    .node(sender)
+                    .jid(jid),
             );
-            self.timeline_note(
-                owner,
-                format!("replay of jid {jid} ({table}) done by node {sender}"),
-            );
+            self.timeline_note(format!(
+                "replay of jid {jid} ({table}) done by node {sender}"
+            ));
         } else {
             d.attempts = d.attempts.saturating_add(1);
             d.last_failed_by = Some(sender);
             d.replayer = None;
-            self.log_full(
-                Level::Warn,
-                Some(table),
-                Some(sender),
-                Some(jid),
-                "journal replay failed: handing it on".into(),
+            self.emit(
+                LogRecord::new(Level::Warn, "journal replay failed: handing it on")
+                    .fs(table)
+                    .node(sender)
+                    .jid(jid),
             );
-            self.timeline_note(
-                owner,
-                format!("replay of jid {jid} ({table}) failed on node {sender}"),
-            );
+            self.timeline_note(format!(
+                "replay of jid {jid} ({table}) failed on node {sender}"
+            ));
         }
     }
 
@@ -924,21 +921,22 @@ impl Node {
                 ),
                 _ => (Level::Info, "may mount"),
             };
-            self.log_full(level, Some(table), Some(node), None, what.into());
+            self.emit(LogRecord::new(level, what).fs(table).node(node));
         }
         for (jid, node) in self.rep.assign_replayers(table, skip_barrier) {
             let owner = self.rep.fs[table].dirty[&jid].owner;
-            self.log_full(
-                Level::Info,
-                Some(table),
-                Some(node),
-                Some(jid),
-                format!("assigned to replay the journal of node {owner}"),
+            self.emit(
+                LogRecord::new(
+                    Level::Info,
+                    format!("assigned to replay the journal of node {owner}"),
+                )
+                .fs(table)
+                .node(node)
+                .jid(jid),
             );
-            self.timeline_note(
-                owner,
-                format!("replay of jid {jid} ({table}) assigned to node {node}"),
-            );
+            self.timeline_note(format!(
+                "replay of jid {jid} ({table}) assigned to node {node}"
+            ));
         }
     }
 

@@ -3,15 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::io::{Input, Level, LogRecord, Output, WriteError};
-use crate::state::{MState, Replicated};
+use crate::io::{Input, Level, LogRecord, Output};
+use crate::state::Replicated;
 use crate::time::Time;
-use crate::types::{Jid, LeaveReason, MountMode, NodeId, Peer, SysfsFile, Table, DAEMON_GROUP};
-use crate::uevent::{KernelEvent, KernelEventKind};
-use crate::view::{
-    FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
-    TimelineEntry,
-};
+use crate::types::{NodeId, Peer, SysfsFile, Table, DAEMON_GROUP};
 use crate::wire::{self, Header, Message};
 
 mod fencing;
@@ -24,8 +19,7 @@ mod views;
 use fencing::FenceRecord;
 use membership::Membership;
 use mounts::{LocalFs, Phase};
-
-use crate::errno::{EAGAIN, EBADR, ENOTCONN, EOPNOTSUPP, EPERM, EUCLEAN, EUSERS};
+use timeline::Timelines;
 
 /// Test-only switches that break one safety gate each, so tests can prove the simulator's
 /// checkers catch the breach. The daemon never sets them.
@@ -137,7 +131,7 @@ pub struct Node {
     /// Our STOPPED is in flight: wait for it before judging whether another is needed.
     stopped_in_flight: bool,
     outputs: VecDeque<Output>,
-    timelines: VecDeque<RecoveryTimeline>,
+    timelines: Timelines,
     /// Per table: MOUNTs we sent, and how many of them came back.
     mounts_sent: BTreeMap<String, u64>,
     mounts_delivered: BTreeMap<String, u64>,
@@ -155,6 +149,7 @@ pub struct Node {
 impl Node {
     /// A node that is about to join the daemon group (the first output is the join).
     pub fn new(cfg: NodeConfig, now: Time) -> Node {
+        let timelines = Timelines::new(cfg.timeline_keep);
         let mut node = Node {
             cfg,
             now,
@@ -177,7 +172,7 @@ impl Node {
             fence: BTreeMap::new(),
             stopped_in_flight: false,
             outputs: VecDeque::new(),
-            timelines: VecDeque::new(),
+            timelines,
             mounts_sent: BTreeMap::new(),
             mounts_delivered: BTreeMap::new(),
             replaying: false,
@@ -404,28 +399,23 @@ impl Node {
     }
 
     fn log(&mut self, level: Level, fs: Option<&str>, message: String) {
-        self.log_full(level, fs, None, None, message);
+        let record = LogRecord::new(level, message);
+        self.emit(match fs {
+            Some(fs) => record.fs(fs),
+            None => record,
+        });
     }
 
     fn log_node(&mut self, level: Level, nodeid: NodeId, message: String) {
-        self.log_full(level, None, Some(nodeid), None, message);
+        self.emit(LogRecord::new(level, message).node(nodeid));
     }
 
-    fn log_full(
-        &mut self,
-        level: Level,
-        fs: Option<&str>,
-        nodeid: Option<NodeId>,
-        jid: Option<Jid>,
-        message: String,
-    ) {
+    /// Logs `record` with the failure epoch it belongs to:
+    /// `self.emit(LogRecord::new(Level::Warn, text).fs(&table).node(n).jid(j))`.
+    fn emit(&mut self, record: LogRecord) {
         self.outputs.push_back(Output::Log(LogRecord {
-            level,
-            fs: fs.map(str::to_owned),
-            nodeid,
-            jid,
             change: (self.rep.epoch > 0).then_some(self.rep.epoch),
-            message,
+            ..record
         }));
     }
 }

@@ -1,7 +1,16 @@
 //! This node's own kernel mounts (dlm_controld's cpg.c start/stop plus action.c): uevents,
 //! sysfs results, dlm_controld's answers, and the writes each mount needs next.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{FenceRecord, Node};
+use crate::errno::{EAGAIN, EBADR, ENOTCONN, EOPNOTSUPP, EPERM, EUCLEAN, EUSERS};
+use crate::io::{Level, LogRecord, Output, WriteError};
+use crate::state::MState;
+use crate::time::Time;
+use crate::types::{Jid, MountMode, NodeId, SysfsFile, Table};
+use crate::uevent::{KernelEvent, KernelEventKind};
+use crate::wire::Message;
 
 /// How far this node's own kernel mount has come.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,12 +166,13 @@ impl Node {
                 if self.local.get(&key).map(|l| l.phase) == Some(Phase::KernelManaged) {
                     // Observed only: the kernel recovers a kernel-managed filesystem by itself.
                     let what = if done { "replayed" } else { "could not replay" };
-                    self.log_full(
-                        Level::Info,
-                        Some(&key),
-                        None,
-                        Some(jid),
-                        format!("the kernel {what} a journal (kernel-managed)"),
+                    self.emit(
+                        LogRecord::new(
+                            Level::Info,
+                            format!("the kernel {what} a journal (kernel-managed)"),
+                        )
+                        .fs(&key)
+                        .jid(jid),
                     );
                     return;
                 }
@@ -388,12 +398,13 @@ impl Node {
                 l.dlm_retry.insert(nodeid, retry);
             }
             Err(EAGAIN) => {}
-            Err(errno) => self.log_full(
-                Level::Warn,
-                Some(&key),
-                Some(nodeid),
-                None,
-                format!("dlm_controld refused the notification (errno {errno})"),
+            Err(errno) => self.emit(
+                LogRecord::new(
+                    Level::Warn,
+                    format!("dlm_controld refused the notification (errno {errno})"),
+                )
+                .fs(&key)
+                .node(nodeid),
             ),
         }
     }
@@ -642,12 +653,10 @@ impl Node {
                 }
                 self.write(&t, SysfsFile::First, 1);
                 self.write(&t, SysfsFile::Jid, jid.map_or(0, i64::from));
-                self.log_full(
-                    Level::Info,
-                    Some(table),
-                    None,
-                    jid,
-                    "mounting as a first mounter".into(),
+                self.emit(
+                    LogRecord::new(Level::Info, "mounting as a first mounter")
+                        .fs(table)
+                        .jid(jid),
                 );
                 Phase::JidWritten
             }
@@ -718,12 +727,13 @@ impl Node {
                 table: t.clone(),
                 nodeid: n,
             });
-            self.log_full(
-                Level::Info,
-                Some(table),
-                Some(n),
-                None,
-                "dlm_controld may recover the failed node's locks".into(),
+            self.emit(
+                LogRecord::new(
+                    Level::Info,
+                    "dlm_controld may recover the failed node's locks",
+                )
+                .fs(table)
+                .node(n),
             );
         }
     }
@@ -766,14 +776,14 @@ impl Node {
             l.block_confirmed = false;
             self.write(&t, SysfsFile::Block, 1);
             let epoch = self.rep.epoch;
-            self.log_full(
-                Level::Info,
-                Some(table),
-                None,
-                None,
-                format!("blocked for recovery (change {epoch})"),
+            self.emit(
+                LogRecord::new(
+                    Level::Info,
+                    format!("blocked for recovery (change {epoch})"),
+                )
+                .fs(table),
             );
-            self.timeline_fs_note(table, "blocked".into());
+            self.timeline_fs_note(table, "blocked");
         } else if l.block_requested && (clean || !participant || (early && replayers_chosen)) {
             l.block_requested = false;
             l.block_confirmed = false;
@@ -783,8 +793,8 @@ impl Node {
             } else {
                 "no ready read-write member can replay: unblocked so this mount can finish its journal work and replay"
             };
-            self.log_full(Level::Info, Some(table), None, None, what.into());
-            self.timeline_fs_note(table, "unblocked".into());
+            self.emit(LogRecord::new(Level::Info, what).fs(table));
+            self.timeline_fs_note(table, "unblocked");
         }
     }
 
@@ -858,17 +868,15 @@ impl Node {
                 l.recovering.insert(jid);
             }
             self.write(&t, SysfsFile::Recover, i64::from(jid));
-            self.log_full(
-                Level::Info,
-                Some(table),
-                Some(owner),
-                Some(jid),
-                "replaying the journal of a failed member".into(),
+            self.emit(
+                LogRecord::new(Level::Info, "replaying the journal of a failed member")
+                    .fs(table)
+                    .node(owner)
+                    .jid(jid),
             );
-            self.timeline_note(
-                owner,
-                format!("replay of jid {jid} ({table}) started on node {me}"),
-            );
+            self.timeline_note(format!(
+                "replay of jid {jid} ({table}) started on node {me}"
+            ));
         }
     }
 

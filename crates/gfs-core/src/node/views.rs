@@ -1,6 +1,11 @@
 //! The operator views: `gfs_control status` and `gfs_control ls`.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use super::{Node, Phase};
+use crate::state::MState;
+use crate::time::Time;
+use crate::view::{FenceWaitView, FsView, JournalView, LocalMountView, MemberView, StatusView};
 
 impl Node {
     /// The status as of `now` (the driver's current time: the core's own clock moves only with
@@ -53,7 +58,7 @@ impl Node {
                 .map(|(n, _)| *n)
                 .collect(),
             filesystems: self.local.len(),
-            recoveries: self.timelines.iter().cloned().collect(),
+            recoveries: self.timelines.all().cloned().collect(),
         }
     }
 
