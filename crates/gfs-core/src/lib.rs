@@ -68,5 +68,9 @@ mod state;
 pub mod wire;
 
 pub use driver::{drain, drive, Driver};
-pub use node::{Node, NodeConfig, Sabotage};
+#[cfg(feature = "sabotage")]
+pub use node::Sabotage;
+pub use node::{Node, NodeConfig};
+/// The replicated state's internals, for the simulator's checkers and the wire tests.
+#[doc(hidden)]
 pub use state::{Dirty, FsState, MState, Member, Mounter, Replicated};

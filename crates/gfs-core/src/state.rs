@@ -130,6 +130,19 @@ pub struct Dirty {
     pub last_failed_by: Option<NodeId>,
 }
 
+impl Dirty {
+    /// `owner`'s journal, to be replayed once every node of `fence` is fenced.
+    pub fn new(owner: NodeId, fence: BTreeSet<NodeId>) -> Dirty {
+        Dirty {
+            owner,
+            fence,
+            replayer: None,
+            attempts: 0,
+            last_failed_by: None,
+        }
+    }
+}
+
 impl Mounter {
     /// Its kernel may hold locks (its `jid` is written or about to be).
     pub fn kernel_active(&self) -> bool {
@@ -300,16 +313,8 @@ impl Replicated {
                 }
                 if m.kernel_active() {
                     if let Some(jid) = m.jid {
-                        fs.dirty.insert(
-                            jid,
-                            Dirty {
-                                owner: node,
-                                fence: BTreeSet::from([node]),
-                                replayer: None,
-                                attempts: 0,
-                                last_failed_by: None,
-                            },
-                        );
+                        fs.dirty
+                            .insert(jid, Dirty::new(node, BTreeSet::from([node])));
                         fx.dirtied.push((table.clone(), jid, node));
                         dirtied = true;
                     }
@@ -366,16 +371,7 @@ impl Replicated {
         let mut dirtied = false;
         if m.kernel_active() {
             if let Some(jid) = m.jid {
-                fs.dirty.insert(
-                    jid,
-                    Dirty {
-                        owner: node,
-                        fence: BTreeSet::new(),
-                        replayer: None,
-                        attempts: 0,
-                        last_failed_by: None,
-                    },
-                );
+                fs.dirty.insert(jid, Dirty::new(node, BTreeSet::new()));
                 dirtied = true;
             }
         }

@@ -266,7 +266,7 @@ impl Node {
     }
 
     pub(super) fn fenced(&self, node: NodeId) -> bool {
-        self.cfg.sabotage.skip_fencing
+        self.sabotage().skip_fencing
             || self.rep.fenced.contains(&node)
             || self.fence.get(&node).is_some_and(FenceRecord::done)
     }

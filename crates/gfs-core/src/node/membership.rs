@@ -195,8 +195,9 @@ impl Node {
         if reason.is_failure() {
             // dlm_controld holds DLM recovery of the node's locks in every registered lockspace
             // until this node says it has blocked against it.
+            let early_dlm_notify = self.sabotage().early_dlm_notify;
             for l in self.local.values_mut().filter(|l| l.dlm_registered) {
-                if self.cfg.sabotage.early_dlm_notify {
+                if early_dlm_notify {
                     self.outputs.push_back(Output::DlmNotify {
                         table: l.table.clone(),
                         nodeid: node,
@@ -597,7 +598,7 @@ impl Node {
                     }
                 }
                 let max = self.cfg.max_journals;
-                let dup = self.cfg.sabotage.duplicate_jid;
+                let dup = self.sabotage().duplicate_jid;
                 match self
                     .rep
                     .add_mounter(&table, sender, mode, max, dup)
@@ -759,7 +760,7 @@ impl Node {
 
     pub(super) fn stale_merge(&mut self, other: NodeId, their_side: Vec<NodeId>) {
         let me = self.cfg.nodeid;
-        if self.cfg.sabotage.accept_stale_merge {
+        if self.sabotage().accept_stale_merge {
             if let Some(m) = self.rep.members.get_mut(&other) {
                 m.synced = true;
             }
@@ -911,7 +912,7 @@ impl Node {
     }
 
     pub(super) fn settle(&mut self, table: &str) {
-        let skip_barrier = self.cfg.sabotage.skip_barrier;
+        let skip_barrier = self.sabotage().skip_barrier;
         for (node, state) in self.rep.admit(table) {
             let (level, what) = match state {
                 MState::First => (Level::Info, "may mount as a first mounter (first=1)"),

@@ -12,6 +12,7 @@ use crate::wire::{self, Header, Message};
 mod fencing;
 mod membership;
 mod mounts;
+mod sabotage;
 mod timeline;
 mod timers;
 mod views;
@@ -19,30 +20,9 @@ mod views;
 use fencing::FenceRecord;
 use membership::Membership;
 use mounts::{LocalFs, Phase};
+#[cfg(feature = "sabotage")]
+pub use sabotage::Sabotage;
 use timeline::Timelines;
-
-/// Test-only switches that break one safety gate each, so tests can prove the simulator's
-/// checkers catch the breach. The daemon never sets them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sabotage {
-    /// Replay without waiting for the failed node to be fenced (breaks S1).
-    pub skip_fencing: bool,
-    /// Replay without quorum (breaks S1).
-    pub ignore_quorum: bool,
-    /// Give every mounter the lowest jid in use (breaks S4).
-    pub duplicate_jid: bool,
-    /// Unblock as soon as a replayer is chosen, before the replay finished (breaks S3).
-    pub early_unblock: bool,
-    /// Assign replayers before every member confirmed it blocked.
-    pub skip_barrier: bool,
-    /// Readmit members that return from a partition with state (breaks S7).
-    pub accept_stale_merge: bool,
-    /// Give every mounter `first=0`, even when no mount has completed (breaks S5).
-    pub skip_first_wait: bool,
-    /// Tell dlm_controld a failed node may be recovered as soon as it fails, before this node has
-    /// blocked or the node is fenced (breaks S8).
-    pub early_dlm_notify: bool,
-}
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -76,6 +56,7 @@ pub struct NodeConfig {
     /// logs an error, repeated at this interval; 0 never warns.
     pub fence_warn_ms: u64,
     pub timeline_keep: usize,
+    #[cfg(feature = "sabotage")]
     pub sabotage: Sabotage,
 }
 
@@ -97,6 +78,7 @@ impl NodeConfig {
             startup_fence_delay_ms: 10_000,
             fence_warn_ms: 60_000,
             timeline_keep: 16,
+            #[cfg(feature = "sabotage")]
             sabotage: Sabotage::default(),
         }
     }
@@ -359,7 +341,7 @@ impl Node {
     }
 
     fn quorum_ok(&self) -> bool {
-        self.quorate || !self.cfg.require_quorum || self.cfg.sabotage.ignore_quorum
+        self.quorate || !self.cfg.require_quorum || self.sabotage().ignore_quorum
     }
 
     /// Every member of the configuration has said HELLO since it joined, so a stale merge would

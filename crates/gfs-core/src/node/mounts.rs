@@ -616,7 +616,7 @@ impl Node {
             return;
         };
         let (t, mode, jid) = (l.table.clone(), l.mode, m.jid);
-        let state = if self.cfg.sabotage.skip_first_wait && m.state == MState::First {
+        let state = if self.sabotage().skip_first_wait && m.state == MState::First {
             MState::Admitted
         } else {
             m.state
@@ -740,7 +740,7 @@ impl Node {
 
     pub(super) fn drive_block(&mut self, table: &str) {
         let me = self.cfg.nodeid;
-        let early = self.cfg.sabotage.early_unblock;
+        let early = self.sabotage().early_unblock;
         let (participant, clean, replayers_chosen) = match self.rep.fs.get(table) {
             Some(fs) => (
                 fs.is_participant(me, &self.rep.members),
