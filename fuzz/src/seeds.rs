@@ -72,13 +72,13 @@ fn snapshot() -> Replicated {
         must_fence: BTreeSet::from([3, 5]),
         must_fence_since: BTreeMap::from([(3, 2)]),
         fenced: BTreeSet::from([5]),
-        fs: BTreeMap::from([(TABLE.to_owned(), fs)]),
+        fs: BTreeMap::from([(Table::parse(TABLE).expect("the seed table is valid"), fs)]),
     }
 }
 
 /// One message of each type, encoded.
 pub fn wire() -> Vec<Seed> {
-    let table = || TABLE.to_owned();
+    let table = || Table::parse(TABLE).expect("the seed table is valid");
     let messages = [
         Message::Hello {
             proto_min: 1,

@@ -223,9 +223,9 @@ impl LogRecord {
         }
     }
 
-    pub fn fs(self, fs: &str) -> LogRecord {
+    pub fn fs(self, fs: impl std::fmt::Display) -> LogRecord {
         LogRecord {
-            fs: Some(fs.to_owned()),
+            fs: Some(fs.to_string()),
             ..self
         }
     }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::types::{Jid, MountMode, NodeId};
+use crate::types::{Jid, MountMode, NodeId, Table};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Replicated {
@@ -32,7 +32,7 @@ pub struct Replicated {
     /// (and becomes the fencer) must not fence them again, nor wait for a fence it never saw.
     pub fenced: BTreeSet<NodeId>,
     /// Keyed by lock table text.
-    pub fs: BTreeMap<String, FsState>,
+    pub fs: BTreeMap<Table, FsState>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -229,7 +229,7 @@ impl FsState {
 /// What a change did, for logs and timelines.
 #[derive(Debug, Default)]
 pub struct Effects {
-    pub dirtied: Vec<(String, Jid, NodeId)>,
+    pub dirtied: Vec<(Table, Jid, NodeId)>,
 }
 
 impl Replicated {
@@ -338,7 +338,7 @@ impl Replicated {
             self.epoch += 1;
         }
         self.renegotiate();
-        let tables: Vec<String> = self.fs.keys().cloned().collect();
+        let tables: Vec<Table> = self.fs.keys().cloned().collect();
         for t in tables {
             self.prune_stopped(&t);
         }
@@ -347,7 +347,7 @@ impl Replicated {
 
     /// With no ready read-write member left, mounters still mounting stop being participants and
     /// unblock (see [`FsState::is_participant`]): their earlier STOPPED no longer holds.
-    pub fn prune_stopped(&mut self, table: &str) {
+    pub fn prune_stopped(&mut self, table: &Table) {
         let members = &self.members;
         if let Some(fs) = self.fs.get_mut(table) {
             if fs.replayers(members).is_empty() {
@@ -361,7 +361,7 @@ impl Replicated {
 
     /// A mount is withdrawn: its journal needs replay by others, but the node is alive and its
     /// kernel has stopped writing, so no fencing is needed.
-    pub fn withdraw(&mut self, table: &str, node: NodeId) -> bool {
+    pub fn withdraw(&mut self, table: &Table, node: NodeId) -> bool {
         let Some(fs) = self.fs.get_mut(table) else {
             return false;
         };
@@ -391,7 +391,7 @@ impl Replicated {
     }
 
     /// A clean unmount (or a failed mount): its journal is clean.
-    pub fn unmount(&mut self, table: &str, node: NodeId) -> bool {
+    pub fn unmount(&mut self, table: &Table, node: NodeId) -> bool {
         let Some(fs) = self.fs.get_mut(table) else {
             return false;
         };
@@ -410,7 +410,7 @@ impl Replicated {
 
     pub fn add_mounter(
         &mut self,
-        table: &str,
+        table: &Table,
         node: NodeId,
         mode: MountMode,
         max_journals: u32,
@@ -461,7 +461,7 @@ impl Replicated {
     ///   that replayer once its journal is ready; read-only and spectator mounts are refused.
     ///
     /// Returns `(node, state)` for each mounter whose state changed.
-    pub fn admit(&mut self, table: &str) -> Vec<(NodeId, MState)> {
+    pub fn admit(&mut self, table: &Table) -> Vec<(NodeId, MState)> {
         let members = &self.members;
         let Some(fs) = self.fs.get_mut(table) else {
             return Vec::new();
@@ -496,7 +496,7 @@ impl Replicated {
     /// journals over members and moving away from a member that just failed to replay it.
     pub fn assign_replayers(
         &mut self,
-        table: &str,
+        table: &Table,
         sabotage_skip_barrier: bool,
     ) -> Vec<(Jid, NodeId)> {
         let members = &self.members;
@@ -533,7 +533,7 @@ impl Replicated {
     /// A mounter's kernel finished its journal work (see [`Mounter::ready`]). A first mounter's
     /// kernel has then replayed every journal it could lock, so nodes that failed with no
     /// journal no longer matter to later first mounters.
-    pub fn journal_ready(&mut self, table: &str, node: NodeId) -> bool {
+    pub fn journal_ready(&mut self, table: &Table, node: NodeId) -> bool {
         let Some(fs) = self.fs.get_mut(table) else {
             return false;
         };
@@ -551,7 +551,7 @@ impl Replicated {
     }
 
     /// Drop a filesystem nobody holds any more (its journals are all clean).
-    pub fn forget_if_empty(&mut self, table: &str) {
+    pub fn forget_if_empty(&mut self, table: &Table) {
         if self.fs.get(table).is_some_and(|fs| {
             fs.mounters.is_empty() && fs.dirty.is_empty() && fs.fence_before_first.is_empty()
         }) {

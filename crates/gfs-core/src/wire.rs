@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::state::{Dirty, FsState, MState, Member, Mounter, Replicated};
-use crate::types::{Jid, MountMode, NodeId};
+use crate::types::{Jid, MountMode, NodeId, Table};
 
 pub const MAGIC: u32 = 0x4746_5343; // "GFSC"
 pub const HEADER_LEN: usize = 24;
@@ -74,25 +74,25 @@ pub enum Message {
         snapshot: Replicated,
     },
     Mount {
-        table: String,
+        table: Table,
         mode: MountMode,
     },
     Mounted {
-        table: String,
+        table: Table,
     },
     /// The sender's kernel finished the journal work of its mount (`FIRSTMOUNT=Done` for a
     /// first mounter, the check of its own journal otherwise).
     JournalReady {
-        table: String,
+        table: Table,
     },
     Unmount {
-        table: String,
+        table: Table,
     },
     Withdraw {
-        table: String,
+        table: Table,
     },
     Remount {
-        table: String,
+        table: Table,
         mode: MountMode,
     },
     /// The sender has blocked `tables`, the filesystems affected by failures up to `epoch` in
@@ -101,12 +101,12 @@ pub enum Message {
     /// covered, and needs another STOPPED.
     Stopped {
         epoch: u64,
-        tables: Vec<String>,
+        tables: Vec<Table>,
     },
     /// The result of a replay the group assigned; `attempt` is the journal's failed-attempt count
     /// when it was assigned, so a late result of an earlier assignment is recognised as stale.
     Recovered {
-        table: String,
+        table: Table,
         jid: Jid,
         done: bool,
         attempt: u32,
@@ -197,18 +197,18 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             write_replicated(&mut body, snapshot);
         }
         Message::Mount { table, mode } | Message::Remount { table, mode } => {
-            body.str(table);
+            body.table(table);
             body.mode(*mode);
         }
         Message::Mounted { table }
         | Message::JournalReady { table }
         | Message::Unmount { table }
-        | Message::Withdraw { table } => body.str(table),
+        | Message::Withdraw { table } => body.table(table),
         Message::Stopped { epoch, tables } => {
             body.u64(*epoch);
             body.u32(tables.len() as u32);
             for t in tables {
-                body.str(t);
+                body.table(t);
             }
         }
         Message::Recovered {
@@ -217,7 +217,7 @@ pub fn encode(header: &Header, msg: &Message) -> Vec<u8> {
             done,
             attempt,
         } => {
-            body.str(table);
+            body.table(table);
             body.u32(*jid);
             body.bool(*done);
             body.u32(*attempt);
@@ -357,7 +357,7 @@ fn write_replicated(w: &mut Writer, s: &Replicated) {
     w.nodes(s.fenced.iter().copied());
     w.u32(s.fs.len() as u32);
     for (table, fs) in &s.fs {
-        w.str(table);
+        w.table(table);
         w.u64(fs.dirty_epoch);
         w.nodes(fs.stopped.iter().copied());
         w.nodes(fs.fence_before_first.iter().copied());
@@ -507,6 +507,9 @@ impl Writer {
         self.u16(s.len() as u16);
         self.0.extend_from_slice(s.as_bytes());
     }
+    fn table(&mut self, t: &Table) {
+        self.str(&t.to_string());
+    }
     fn mode(&mut self, m: MountMode) {
         self.u8(match m {
             MountMode::Rw => 0,
@@ -595,11 +598,10 @@ impl Reader<'_> {
             _ => Err(WireError::BadValue("mount mode")),
         }
     }
-    fn table(&mut self) -> Result<String, WireError> {
+    fn table(&mut self) -> Result<Table, WireError> {
         let n = self.u16()? as usize;
         let bytes = self.take(n)?;
         let s = std::str::from_utf8(bytes).map_err(|_| WireError::BadValue("table (utf-8)"))?;
-        crate::Table::parse(s).map_err(|_| WireError::BadValue("lock table"))?;
-        Ok(s.to_owned())
+        Table::parse(s).map_err(|_| WireError::BadValue("lock table"))
     }
 }

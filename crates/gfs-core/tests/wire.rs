@@ -7,8 +7,9 @@ use gfs_core::wire::{decode, encode, Header, Message, WireError, HEADER_LEN, MAG
 use gfs_core::{Dirty, FsState, MState, Member, MountMode, Mounter, Replicated};
 use proptest::prelude::*;
 
-fn table() -> impl Strategy<Value = String> {
-    ("[a-z][a-z0-9_]{0,15}", "[a-z][a-z0-9_.-]{0,30}").prop_map(|(c, f)| format!("{c}:{f}"))
+fn table() -> impl Strategy<Value = gfs_core::Table> {
+    ("[a-z][a-z0-9_]{0,15}", "[a-z][a-z0-9_.-]{0,30}")
+        .prop_map(|(c, f)| gfs_core::Table::parse(&format!("{c}:{f}")).expect("valid table"))
 }
 
 fn mode() -> impl Strategy<Value = MountMode> {
@@ -254,12 +255,15 @@ fn typed_errors_name_what_is_wrong() {
     let huge = vec![0u8; gfs_core::wire::MAX_MESSAGE_LEN + 1];
     assert!(matches!(decode(&huge), Err(WireError::TooLarge(_))));
     // A lock table that is not one is rejected, not trusted.
-    let bad_table = encode(
+    // (A `Table` cannot hold one, so the bytes of a valid one are bent: "ab:cd" to "abxcd".)
+    let mut bad_table = encode(
         &h,
         &Message::Unmount {
-            table: "no-colon".into(),
+            table: gfs_core::Table::parse("ab:cd").unwrap(),
         },
     );
+    let colon = bad_table.iter().rposition(|b| *b == b':').unwrap();
+    bad_table[colon] = b'x';
     assert_eq!(decode(&bad_table), Err(WireError::BadValue("lock table")));
     let _ = BTreeMap::<u8, u8>::new();
 }

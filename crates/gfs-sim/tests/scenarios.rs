@@ -802,7 +802,8 @@ fn ebusy_on_first_means_kernel_managed_and_leaves_the_group() {
     assert!(fs[0].kernel_managed);
     // The group no longer counts node 2 as a mounter.
     let rep = s.node(1).unwrap().replicated();
-    assert!(!rep.fs[&s.table(1)].mounters.contains_key(&2));
+    let table = gfs_core::Table::parse(&s.table(1)).unwrap();
+    assert!(!rep.fs[&table].mounters.contains_key(&2));
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{FenceRecord, Node, Phase};
 use crate::io::{Level, LogRecord, Output};
 use crate::state::{MState, Replicated};
-use crate::types::{Jid, LeaveReason, MountMode, NodeId, Peer};
+use crate::types::{Jid, LeaveReason, MountMode, NodeId, Peer, Table};
 use crate::wire::{self, Message};
 
 /// Where this daemon stands with the group's state.
@@ -219,7 +219,7 @@ impl Node {
         // would stall the ring (and pacemaker's fencer with it) for a token timeout.
         if !fx.dirtied.is_empty() {
             let epoch = self.rep.epoch;
-            let tables: BTreeSet<String> = fx.dirtied.iter().map(|(t, _, _)| t.clone()).collect();
+            let tables: BTreeSet<Table> = fx.dirtied.iter().map(|(t, _, _)| t.clone()).collect();
             self.timeline_start(epoch, node, &tables);
             for (table, jid, owner) in &fx.dirtied {
                 self.emit(
@@ -442,7 +442,7 @@ impl Node {
                 .or_insert_with(|| FenceRecord::new(now, None));
         }
         self.seed_dlm_pending();
-        let pending: Vec<String> = self
+        let pending: Vec<Table> = self
             .local
             .iter()
             .filter(|(_, l)| l.phase == Phase::Pending)
@@ -843,7 +843,7 @@ impl Node {
 
     pub(super) fn on_recovered(
         &mut self,
-        table: &str,
+        table: &Table,
         jid: Jid,
         done: bool,
         attempt: u32,
@@ -905,13 +905,13 @@ impl Node {
 
     /// Re-run admission and replayer choice everywhere (deterministic: same on every member).
     pub(super) fn settle_all(&mut self) {
-        let tables: Vec<String> = self.rep.fs.keys().cloned().collect();
+        let tables: Vec<Table> = self.rep.fs.keys().cloned().collect();
         for table in tables {
             self.settle(&table);
         }
     }
 
-    pub(super) fn settle(&mut self, table: &str) {
+    pub(super) fn settle(&mut self, table: &Table) {
         let skip_barrier = self.sabotage().skip_barrier;
         for (node, state) in self.rep.admit(table) {
             let (level, what) = match state {
@@ -963,7 +963,7 @@ impl Node {
     pub(super) fn send_stopped(&mut self) {
         let me = self.cfg.nodeid;
         if !self.stopped_in_flight && !self.replaying {
-            let waiting: Vec<String> = self
+            let waiting: Vec<Table> = self
                 .rep
                 .fs
                 .iter()

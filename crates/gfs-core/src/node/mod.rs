@@ -108,19 +108,19 @@ pub struct Node {
     hellos: BTreeMap<NodeId, (u32, bool, u16, u16)>,
     sync: Membership,
     rep: Replicated,
-    local: BTreeMap<String, LocalFs>,
+    local: BTreeMap<Table, LocalFs>,
     fence: BTreeMap<NodeId, FenceRecord>,
     /// Our STOPPED is in flight: wait for it before judging whether another is needed.
     stopped_in_flight: bool,
     outputs: VecDeque<Output>,
     timelines: Timelines,
     /// Per table: MOUNTs we sent, and how many of them came back.
-    mounts_sent: BTreeMap<String, u64>,
-    mounts_delivered: BTreeMap<String, u64>,
+    mounts_sent: BTreeMap<Table, u64>,
+    mounts_delivered: BTreeMap<Table, u64>,
     /// Replaying buffered history after adopting a snapshot: the group already acted on it.
     replaying: bool,
     /// Filesystems the current input may have changed (`None`: all of them).
-    touched: Option<BTreeSet<String>>,
+    touched: Option<BTreeSet<Table>>,
     /// Failed nodes to take as fenced at their failure once this input's drive is done
     /// (`require_fencing` off), in the order they would have been asked of a backend.
     assume_fenced: Vec<(NodeId, Time)>,
@@ -217,12 +217,12 @@ impl Node {
         self.now = now.max(self.now);
         let first_output = self.outputs.len();
         self.touched = match &input {
-            Input::Kernel(ev) => Some(BTreeSet::from([ev.table.to_string()])),
+            Input::Kernel(ev) => Some(BTreeSet::from([ev.table.clone()])),
             Input::WriteDone { table, .. }
             | Input::ReadDone { table, .. }
             | Input::DlmRegistered { table, .. }
             | Input::DlmNotified { table, .. }
-            | Input::MountMode { table, .. } => Some(BTreeSet::from([table.to_string()])),
+            | Input::MountMode { table, .. } => Some(BTreeSet::from([table.clone()])),
             Input::Deliver { .. } => Some(BTreeSet::new()),
             _ => None,
         };
@@ -362,7 +362,7 @@ impl Node {
         if !self.is_synced() {
             return;
         }
-        let tables: Vec<String> = match self.touched.take() {
+        let tables: Vec<Table> = match self.touched.take() {
             Some(t) => t
                 .into_iter()
                 .filter(|t| self.local.contains_key(t))
@@ -380,7 +380,7 @@ impl Node {
         self.request_fencing();
     }
 
-    fn log(&mut self, level: Level, fs: Option<&str>, message: String) {
+    fn log(&mut self, level: Level, fs: Option<&Table>, message: String) {
         let record = LogRecord::new(level, message);
         self.emit(match fs {
             Some(fs) => record.fs(fs),

@@ -65,7 +65,7 @@ pub(super) struct LocalFs {
 
 impl Node {
     pub(super) fn on_kernel(&mut self, ev: KernelEvent) {
-        let key = ev.table.to_string();
+        let key = ev.table.clone();
         if self.is_stale() {
             self.log(
                 Level::Warn,
@@ -227,7 +227,7 @@ impl Node {
 
     /// This node's mount of `key` ended (`remove`, or its sysfs directory is gone): the group
     /// drops it, so no node keeps a filesystem nobody holds.
-    pub(super) fn mount_gone(&mut self, key: &str, why: &str) {
+    pub(super) fn mount_gone(&mut self, key: &Table, why: &str) {
         {
             {
                 let Some(l) = self.local.remove(key) else {
@@ -260,7 +260,7 @@ impl Node {
         }
     }
 
-    pub(super) fn journal_attempts(&self, table: &str, jid: Jid) -> u32 {
+    pub(super) fn journal_attempts(&self, table: &Table, jid: Jid) -> u32 {
         self.rep
             .fs
             .get(table)
@@ -290,7 +290,7 @@ impl Node {
         }
     }
 
-    pub(super) fn own_mounter(&self, table: &str) -> Option<&crate::state::Mounter> {
+    pub(super) fn own_mounter(&self, table: &Table) -> Option<&crate::state::Mounter> {
         self.rep
             .fs
             .get(table)
@@ -298,7 +298,7 @@ impl Node {
     }
 
     /// Tell the group once that this mount's journal work is done (see `Mounter::ready`).
-    pub(super) fn journal_ready(&mut self, table: &str) {
+    pub(super) fn journal_ready(&mut self, table: &Table) {
         let Some(l) = self.local.get_mut(table) else {
             return;
         };
@@ -311,7 +311,7 @@ impl Node {
         });
     }
 
-    pub(super) fn set_mode(&mut self, table: &str, mode: MountMode) {
+    pub(super) fn set_mode(&mut self, table: &Table, mode: MountMode) {
         let Some(l) = self.local.get_mut(table) else {
             return;
         };
@@ -331,13 +331,13 @@ impl Node {
     }
 
     pub(super) fn on_mount_mode(&mut self, table: Table, ro: bool) {
-        let key = table.to_string();
+        let key = table.clone();
         let mode = if ro { MountMode::Ro } else { MountMode::Rw };
         self.set_mode(&key, mode);
     }
 
     pub(super) fn on_dlm_registered(&mut self, table: Table, result: Result<(), i32>) {
-        let key = table.to_string();
+        let key = table.clone();
         let Some(l) = self.local.get_mut(&key) else {
             return;
         };
@@ -383,7 +383,7 @@ impl Node {
         nodeid: NodeId,
         result: Result<(), i32>,
     ) {
-        let key = table.to_string();
+        let key = table.clone();
         let retry = self.now.after(500);
         let back = self.daemon_in_group(nodeid);
         let Some(l) = self.local.get_mut(&key) else {
@@ -410,7 +410,7 @@ impl Node {
     }
 
     pub(super) fn on_read_done(&mut self, table: Table, file: SysfsFile, result: Result<i64, i32>) {
-        let key = table.to_string();
+        let key = table.clone();
         if file != SysfsFile::First || self.local.get(&key).map(|l| l.phase) != Some(Phase::Probing)
         {
             return;
@@ -440,7 +440,7 @@ impl Node {
     /// Fail the mount (the kernel returns `errno` from mount(2)) and leave the group's mount at
     /// once: the kernel ends it only when it reaches its wait for `jid`, which can be after
     /// other mounts, and until then the group must not count it.
-    pub(super) fn refuse(&mut self, table: &str, errno: i32) {
+    pub(super) fn refuse(&mut self, table: &Table, errno: i32) {
         let Some(l) = self.local.get_mut(table) else {
             return;
         };
@@ -459,7 +459,7 @@ impl Node {
         }
     }
 
-    pub(super) fn announce_mount(&mut self, table: &str) {
+    pub(super) fn announce_mount(&mut self, table: &Table) {
         let Some(l) = self.local.get_mut(table) else {
             return;
         };
@@ -481,7 +481,7 @@ impl Node {
         value: i64,
         result: Result<(), WriteError>,
     ) {
-        let key = table.to_string();
+        let key = table.clone();
         let Err(error) = result else {
             if file == SysfsFile::Block && value == 1 {
                 if let Some(l) = self.local.get_mut(&key) {
@@ -576,7 +576,7 @@ impl Node {
 
     /// `first`/`jid` answered EBUSY: the kernel picked its journal itself (the DLM offered
     /// recovery callbacks when the lockspace was created). Leave the group's mount cleanly.
-    pub(super) fn became_kernel_managed(&mut self, table: &str) {
+    pub(super) fn became_kernel_managed(&mut self, table: &Table) {
         let Some(l) = self.local.get_mut(table) else {
             return;
         };
@@ -601,7 +601,7 @@ impl Node {
         });
     }
 
-    pub(super) fn drive_mount(&mut self, table: &str) {
+    pub(super) fn drive_mount(&mut self, table: &Table) {
         let me = self.cfg.nodeid;
         let Some(l) = self.local.get(table) else {
             return;
@@ -691,7 +691,7 @@ impl Node {
     /// (its kernel could still hold and use locks; and a mounting kernel replays journals as
     /// soon as their locks are free, so the DLM is what keeps S1 for those replays), as
     /// dlm_controld's own fencing would.
-    pub(super) fn drive_dlm(&mut self, table: &str) {
+    pub(super) fn drive_dlm(&mut self, table: &Table) {
         let me = self.cfg.nodeid;
         let Some(l) = self.local.get(table) else {
             return;
@@ -738,7 +738,7 @@ impl Node {
         }
     }
 
-    pub(super) fn drive_block(&mut self, table: &str) {
+    pub(super) fn drive_block(&mut self, table: &Table) {
         let me = self.cfg.nodeid;
         let early = self.sabotage().early_unblock;
         let (participant, clean, replayers_chosen) = match self.rep.fs.get(table) {
@@ -798,7 +798,7 @@ impl Node {
         }
     }
 
-    pub(super) fn drive_recovery(&mut self, table: &str) {
+    pub(super) fn drive_recovery(&mut self, table: &Table) {
         let me = self.cfg.nodeid;
         let Some(fs) = self.rep.fs.get(table) else {
             return;
@@ -880,7 +880,7 @@ impl Node {
         }
     }
 
-    pub(super) fn drive_withdraw(&mut self, table: &str) {
+    pub(super) fn drive_withdraw(&mut self, table: &Table) {
         let me = self.cfg.nodeid;
         let Some(l) = self.local.get(table) else {
             return;

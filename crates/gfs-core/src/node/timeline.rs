@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use super::Node;
 use crate::time::Time;
-use crate::types::NodeId;
+use crate::types::{NodeId, Table};
 use crate::view::{RecoveryTimeline, TimelineEntry};
 
 /// The latest `keep` recoveries, the unfinished one last.
@@ -29,7 +29,7 @@ impl Timelines {
 
     /// `failed` failed at change `change`, leaving journals of `tables` dirty. Failures during
     /// a recovery fold into it.
-    fn start(&mut self, now: Time, change: u64, failed: NodeId, tables: &BTreeSet<String>) {
+    fn start(&mut self, now: Time, change: u64, failed: NodeId, tables: &BTreeSet<Table>) {
         let now = now.millis();
         let entry = TimelineEntry {
             at_ms: now,
@@ -39,9 +39,9 @@ impl Timelines {
             if !t.failed.contains(&failed) {
                 t.failed.push(failed);
             }
-            for fs in tables {
-                if !t.filesystems.contains(fs) {
-                    t.filesystems.push(fs.clone());
+            for fs in tables.iter().map(Table::to_string) {
+                if !t.filesystems.contains(&fs) {
+                    t.filesystems.push(fs);
                 }
             }
             t.events.push(entry);
@@ -50,7 +50,7 @@ impl Timelines {
         self.list.push_back(RecoveryTimeline {
             change,
             failed: vec![failed],
-            filesystems: tables.iter().cloned().collect(),
+            filesystems: tables.iter().map(Table::to_string).collect(),
             started_ms: now,
             finished_ms: None,
             events: vec![entry],
@@ -83,12 +83,7 @@ impl Timelines {
 }
 
 impl Node {
-    pub(super) fn timeline_start(
-        &mut self,
-        change: u64,
-        failed: NodeId,
-        tables: &BTreeSet<String>,
-    ) {
+    pub(super) fn timeline_start(&mut self, change: u64, failed: NodeId, tables: &BTreeSet<Table>) {
         self.timelines.start(self.now, change, failed, tables);
     }
 
@@ -102,7 +97,7 @@ impl Node {
         }
     }
 
-    pub(super) fn timeline_fs_note(&mut self, table: &str, what: &str) {
+    pub(super) fn timeline_fs_note(&mut self, table: &Table, what: &str) {
         self.timeline_note(format!("{what} {table}"));
     }
 }

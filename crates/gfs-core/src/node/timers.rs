@@ -4,14 +4,14 @@
 
 use super::Node;
 use crate::time::Time;
-use crate::types::{Jid, NodeId};
+use crate::types::{Jid, NodeId, Table};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Timer {
     /// Replay again a journal this node failed to replay (`recover_retry`).
-    RecoverRetry { table: String, jid: Jid },
+    RecoverRetry { table: Table, jid: Jid },
     /// Tell dlm_controld again of a failed node it was not ready for (`-EAGAIN`).
-    DlmRetry { table: String, node: NodeId },
+    DlmRetry { table: Table, node: NodeId },
     /// Ask the fencing backend again after it failed (`fence_retry`).
     FenceRetry(NodeId),
     /// Quorum came back: wait for the membership change that brought it (`merge_wait`).

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use super::{Node, Phase};
 use crate::state::MState;
 use crate::time::Time;
+use crate::types::Table;
 use crate::view::{FenceWaitView, FsView, JournalView, LocalMountView, MemberView, StatusView};
 
 impl Node {
@@ -64,7 +65,7 @@ impl Node {
 
     pub fn filesystems(&self) -> Vec<FsView> {
         let me = self.cfg.nodeid;
-        let mut tables: BTreeSet<&String> = self.local.keys().collect();
+        let mut tables: BTreeSet<&Table> = self.local.keys().collect();
         tables.extend(self.rep.fs.keys());
         tables
             .into_iter()
@@ -99,11 +100,8 @@ impl Node {
                     })
                     .unwrap_or_default();
                 FsView {
-                    table: table.clone(),
-                    name: table
-                        .split_once(':')
-                        .map_or(table.as_str(), |(_, f)| f)
-                        .to_owned(),
+                    table: table.to_string(),
+                    name: table.fs().to_owned(),
                     kernel_managed: l.is_some_and(|l| l.phase == Phase::KernelManaged),
                     state: self.fs_state_line(table),
                     local: l.map(|l| LocalMountView {
@@ -143,7 +141,7 @@ impl Node {
         }
     }
 
-    pub(super) fn fs_state_line(&self, table: &str) -> String {
+    pub(super) fn fs_state_line(&self, table: &Table) -> String {
         let me = self.cfg.nodeid;
         let l = self.local.get(table);
         if l.is_some_and(|l| l.phase == Phase::KernelManaged) {

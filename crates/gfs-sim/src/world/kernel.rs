@@ -344,16 +344,20 @@ impl World {
             if !first {
                 // Known: dirty in the group's state, or its writer still a mounter there (the
                 // group has yet to hear of that failure or withdraw, and will recover it).
+                let table = Table::parse(key).ok();
                 let group_knows = |jj: u32| {
                     self.nodes
                         .values()
                         .filter_map(|x| x.daemon.as_ref())
                         .any(|d| {
                             d.core.is_synced()
-                                && d.core.replicated().fs.get(key).is_some_and(|fs| {
-                                    fs.dirty.contains_key(&jj)
-                                        || fs.mounters.values().any(|m| m.jid == Some(jj))
-                                })
+                                && table
+                                    .as_ref()
+                                    .and_then(|t| d.core.replicated().fs.get(t))
+                                    .is_some_and(|fs| {
+                                        fs.dirty.contains_key(&jj)
+                                            || fs.mounters.values().any(|m| m.jid == Some(jj))
+                                    })
                         })
                 };
                 let unknown = self.journals.iter().find(|((k, jj), x)| {

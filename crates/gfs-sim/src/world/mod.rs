@@ -980,7 +980,7 @@ impl World {
                     if let wire::Message::Withdraw { table } = &msg {
                         for ((t, _), j) in self.journals.iter_mut() {
                             if sender.pid < FOREIGN_PID_BASE
-                                && t == table
+                                && *t == table.to_string()
                                 && j.dirty_owner.is_some_and(|(h, _)| h == sender.nodeid)
                             {
                                 j.known_by.insert(n);
@@ -1235,7 +1235,7 @@ impl World {
             .map(|x| x.id)
             .collect();
         let target = self.foreign_rng.pick(&down).unwrap_or(peer.nodeid);
-        let table = self.tables[0].to_string();
+        let table = self.tables[0].clone();
         let msg = match self.foreign_rng.range(0, 2) {
             0 => wire::Message::Fenced {
                 nodeid: target,
@@ -1813,10 +1813,9 @@ impl World {
             .filter_map(|x| x.daemon.as_ref())
             .any(|d| {
                 d.core.is_synced()
-                    && d.core
-                        .replicated()
-                        .fs
-                        .get(key)
+                    && Table::parse(key)
+                        .ok()
+                        .and_then(|t| d.core.replicated().fs.get(&t))
                         .is_some_and(|fs| !fs.dirty.is_empty())
             });
         let dirty = said_dirty || self.journals.iter().any(|((k, _), j)| k == key && j.dirty);
