@@ -124,8 +124,6 @@ pub struct Node {
     /// Failed nodes to take as fenced at their failure once this input's drive is done
     /// (`require_fencing` off), in the order they would have been asked of a backend.
     assume_fenced: Vec<(NodeId, Time)>,
-    /// Count of daemon-group messages this node sent (benchmarks).
-    pub sent_messages: u64,
 }
 
 impl Node {
@@ -160,7 +158,6 @@ impl Node {
             replaying: false,
             touched: None,
             assume_fenced: Vec::new(),
-            sent_messages: 0,
         };
         node.outputs.push_back(Output::JoinGroup {
             group: DAEMON_GROUP.to_owned(),
@@ -317,7 +314,6 @@ impl Node {
             sender: self.cfg.nodeid,
             change: self.rep.epoch,
         };
-        self.sent_messages += 1;
         self.outputs.push_back(Output::Mcast {
             group: DAEMON_GROUP.to_owned(),
             payload: wire::encode(&header, &msg),
