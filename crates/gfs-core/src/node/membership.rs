@@ -652,7 +652,7 @@ impl Node {
                             if first {
                                 "first mounter replayed every journal it could lock"
                             } else {
-                                "journal ready".into()
+                                "journal ready"
                             },
                         )
                         .fs(&table)
