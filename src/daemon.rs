@@ -5,7 +5,7 @@
 //! future polled by one `select!`, so the core sees one totally ordered stream of inputs.
 //! Outputs are executed in the order the core produced them. Sysfs writes and reads, which may
 //! block in the kernel, run off the loop through [`SysfsExecutor`] (in order per filesystem);
-//! their results come back as inputs like any other (the drive rule in `gfs_core::io`).
+//! their results come back as inputs like any other (the drive rule, `gfs_core::drive`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
