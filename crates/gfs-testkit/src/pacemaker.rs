@@ -680,10 +680,9 @@ impl PacemakerCluster {
 
     /// The PID of node `id`'s gfs_controld (started by the OCF agent), if it runs.
     pub fn daemon_pid(&self, id: u32) -> Option<u32> {
-        self.pids(id).into_iter().find(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "gfs_controld")
-        })
+        self.pids(id)
+            .into_iter()
+            .find(|&pid| program_name(pid).as_deref() == Some("gfs_controld"))
     }
 
     /// The node dies as far as the cluster can tell: its corosync is killed with SIGKILL. The
@@ -693,10 +692,7 @@ impl PacemakerCluster {
         let pid = self
             .pids(id)
             .into_iter()
-            .find(|pid| {
-                fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "corosync")
-            })
+            .find(|&pid| program_name(pid).as_deref() == Some("corosync"))
             .ok_or_else(|| anyhow!("node {id} has no corosync"))?;
         // SAFETY: kill(2) on a PID just found in node `id`'s network namespace.
         if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
@@ -856,6 +852,16 @@ fn run_host(cmd: &mut Command) -> Result<()> {
 
 /// Every process whose network namespace is `netns` (`net:[inode]`). A namespace's inode is
 /// not reused while any process is in it, so this never matches a process outside the node.
+/// The file name of the program process `pid` runs (`/proc/PID/exe`), or `None` once it is gone.
+/// Not `comm`: a script's `comm` is the script's name, and the OCF agent is a script named
+/// `gfs_controld`, so its monitor runs would pass for the daemon.
+pub fn program_name(pid: u32) -> Option<String> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    // A binary replaced on disk while it runs reads back as "NAME (deleted)".
+    let name = exe.file_name()?.to_string_lossy().into_owned();
+    Some(name.trim_end_matches(" (deleted)").to_owned())
+}
+
 fn pids_in_netns(netns: &str) -> Vec<u32> {
     if !netns.starts_with("net:[") {
         return Vec::new();
