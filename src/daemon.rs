@@ -245,7 +245,7 @@ pub async fn run(
 
     let (fence_tx, mut fence_events) = mpsc::unbounded_channel();
     let fencer = if settings.enable_fencing {
-        let mode = FenceMode::from_setting(&settings.fencing)?;
+        let mode = FenceMode::from_setting(&settings.fencing);
         let options = FenceOptions {
             retry: settings.fence_retry,
             timeout: settings.fence_timeout,

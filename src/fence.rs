@@ -20,6 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::config::FenceSetting;
+
 /// Sonames tried, in order, for pacemaker's fencing library.
 pub const STONITH_LIBRARIES: &[&str] = &["libstonithd.so.26", "libstonithd.so"];
 
@@ -44,15 +46,13 @@ impl FenceMode {
         }
     }
 
-    /// Parses a configuration value: `auto`, `pacemaker`, `manual`, or the absolute path of a
-    /// fence program.
-    pub fn from_setting(value: &str) -> Result<FenceMode, FenceError> {
-        match value.trim() {
-            "auto" => Ok(FenceMode::detect()),
-            "pacemaker" => Ok(FenceMode::Pacemaker),
-            "manual" => Ok(FenceMode::Manual),
-            path if path.starts_with('/') => Ok(FenceMode::Command(PathBuf::from(path))),
-            other => Err(FenceError::BadSetting(other.to_owned())),
+    /// The mode the `fencing` setting names; `auto` is detected now.
+    pub fn from_setting(setting: &FenceSetting) -> FenceMode {
+        match setting {
+            FenceSetting::Auto => FenceMode::detect(),
+            FenceSetting::Pacemaker => FenceMode::Pacemaker,
+            FenceSetting::Manual => FenceMode::Manual,
+            FenceSetting::Program(path) => FenceMode::Command(path.clone()),
         }
     }
 }
@@ -107,8 +107,6 @@ impl Default for FenceOptions {
 pub enum FenceError {
     #[error("cannot load pacemaker's fencing library (tried {tried}): {reason}")]
     LibraryUnavailable { tried: String, reason: String },
-    #[error("invalid fencing setting {0:?}: expected auto, pacemaker, manual or an absolute program path")]
-    BadSetting(String),
     #[error("fence program {}: {reason}", path.display())]
     BadProgram { path: PathBuf, reason: String },
 }
@@ -1041,19 +1039,14 @@ mod tests {
     }
 
     #[test]
-    fn settings_parse() {
+    fn settings_name_modes() {
+        let mode = |value: &str| FenceMode::from_setting(&FenceSetting::parse(value).unwrap());
+        assert_eq!(mode("manual"), FenceMode::Manual);
+        assert_eq!(mode("pacemaker"), FenceMode::Pacemaker);
         assert_eq!(
-            FenceMode::from_setting("manual").unwrap(),
-            FenceMode::Manual
-        );
-        assert_eq!(
-            FenceMode::from_setting("pacemaker").unwrap(),
-            FenceMode::Pacemaker
-        );
-        assert_eq!(
-            FenceMode::from_setting("/usr/sbin/fence-it").unwrap(),
+            mode(" /usr/sbin/fence-it "),
             FenceMode::Command(PathBuf::from("/usr/sbin/fence-it"))
         );
-        assert!(FenceMode::from_setting("relative/path").is_err());
+        assert!(FenceSetting::parse("relative/path").is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! with events from corosync, the kernel, fencing and operators, and carry out its actions.
 //! No protocol decision is made here.
 
-pub mod cli;
+pub mod args;
 pub mod config;
 pub mod control;
 pub mod corosync;

@@ -714,6 +714,65 @@ fn daemon_log(c: &Cluster, id: u32) -> String {
     std::fs::read_to_string(c.node_dir(id).join("gfs_controld.log")).unwrap_or_default()
 }
 
+/// The lines of node `id`'s daemon log at info level or above (what an operator reads during
+/// an outage) that contain every one of `words`.
+fn operator_lines(c: &Cluster, id: u32, words: &[&str]) -> Vec<String> {
+    daemon_log(c, id)
+        .lines()
+        .filter(|line| {
+            [" INFO ", " WARN ", " ERROR "]
+                .iter()
+                .any(|l| line.contains(l))
+        })
+        .filter(|line| words.iter().all(|w| line.contains(w)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lines telling that this partition gained or lost quorum.
+fn quorum_lines(c: &Cluster, id: u32) -> Vec<String> {
+    [
+        "quorum gained",
+        "quorum lost",
+        "quorum regained",
+        "quorum changed",
+    ]
+    .iter()
+    .flat_map(|fact| operator_lines(c, id, &[fact]))
+    .collect()
+}
+
+// One fact, one line (the core logs protocol facts, adapters IO failures, the daemon what
+// neither sees): a quorum change, a fence and a fencing failure were each logged three times.
+#[test]
+fn s17_quorum_fence_and_fencing_failure_are_each_logged_once() {
+    let Some((_guard, mut c)) = cluster("s17", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2, 3], "fs1");
+    for id in [1, 2, 3] {
+        let lines = quorum_lines(&c, id);
+        assert_eq!(lines.len(), 1, "node {id}'s quorum at startup: {lines:#?}");
+    }
+    let dead_jid = jid_of(&c, 3, "fs1");
+    c.set_fence_failures(1).unwrap();
+    c.crash_node(3);
+    wait_recovered(&mut c, &[1, 2], "fs1", &[dead_jid]);
+    assert_eq!(c.fence_failures().len(), 1, "the agent failed once");
+    let failures: Vec<String> = [1, 2]
+        .iter()
+        .flat_map(|&id| operator_lines(&c, id, &["nodeid=3", "fenc", "failed"]))
+        .collect();
+    assert_eq!(failures.len(), 1, "one fencing failure: {failures:#?}");
+    for id in [1, 2] {
+        let fenced = operator_lines(&c, id, &["nodeid=3", "fenced"]);
+        assert_eq!(fenced.len(), 1, "node {id}: node 3 fenced: {fenced:#?}");
+        // Two nodes of three stay quorate.
+        assert_eq!(quorum_lines(&c, id).len(), 1, "node {id}: quorum lines");
+    }
+    no_violations(&c, &[1, 2]);
+}
+
 #[test]
 fn s14_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
     let Some((_guard, mut c)) = cluster("s14", 2, 300) else {

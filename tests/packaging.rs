@@ -122,8 +122,8 @@ fn the_unit_file_runs_the_daemon_as_its_command_line_expects() {
         "/usr/sbin/gfs_controld --foreground $GFS_CONTROLD_OPTS"
     );
     assert!(
-        read("src/cli.rs").contains("long = \"foreground\""),
-        "src/cli.rs has no --foreground option"
+        read("src/args.rs").contains("long = \"foreground\""),
+        "src/args.rs has no --foreground option"
     );
     assert!(words(&unit, "Requires").contains("corosync.service"));
     assert!(words(&unit, "After").contains("corosync.service"));

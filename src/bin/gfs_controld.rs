@@ -5,14 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gfs_controld::cli::{self, DaemonArgs, Startup};
-use gfs_controld::config::Settings;
+use gfs_controld::args::{self, DaemonArgs, Startup};
+use gfs_controld::config::{FenceSetting, Settings};
 use gfs_controld::{daemon, fence, logging, process};
-use std::path::Path;
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    let settings = match cli::startup(&args, &mut std::io::stdout(), &mut std::io::stderr()) {
+    let settings = match args::startup(&args, &mut std::io::stdout(), &mut std::io::stderr()) {
         Startup::Run(settings) => *settings,
         Startup::Exit(code) => return ExitCode::from(code),
     };
@@ -27,10 +26,10 @@ fn main() -> ExitCode {
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {
-    let ring = logging::init(&settings.log_level, settings.debug_ring_lines)?;
+    let ring = logging::init(settings.log_level.as_str(), settings.debug_ring_lines)?;
     daemon::check_existing_mounts(&settings)?;
-    if settings.enable_fencing && settings.fencing.starts_with('/') {
-        fence::check_program(Path::new(&settings.fencing))?;
+    if let (true, FenceSetting::Program(program)) = (settings.enable_fencing, &settings.fencing) {
+        fence::check_program(program)?;
     }
     process::ignore_stray_signals().context("cannot install signal handlers")?;
     let readiness = if settings.foreground {
