@@ -433,10 +433,7 @@ impl Daemon {
         match output {
             // The daemon group, once at start: without it the daemon can do nothing, so a
             // failed join is fatal there (and only there: no other group is ever joined).
-            Output::JoinGroup { group } => {
-                tracing::debug!(group = %group, "joining CPG group");
-                self.cpg.join(&group)?;
-            }
+            Output::JoinGroup { group } => self.cpg.join(&group)?,
             Output::Mcast { group, payload } => self.cpg.mcast(&group, payload)?,
             // Off the loop, once this drive ends: the result comes back through `sysfs_done`.
             Output::Write { table, file, value } => self
@@ -627,11 +624,7 @@ impl Daemon {
         if self.last_quorate == Some(quorate) {
             return Ok(());
         }
-        tracing::info!(
-            quorate,
-            "quorum {}",
-            if quorate { "gained" } else { "lost" }
-        );
+        // The core logs the change.
         self.last_quorate = Some(quorate);
         self.feed(Input::Quorum { quorate })
     }
@@ -658,13 +651,12 @@ impl Daemon {
 
     fn fence_event(&mut self, event: FenceEvent) -> Result<(), DaemonError> {
         match event {
+            // The core logs both outcomes.
             FenceEvent::Fenced { nodeid, at } => {
-                tracing::info!(nodeid, "node {nodeid} is fenced");
                 let at = self.clock.core_time(at);
                 self.feed(Input::Fenced { nodeid, at })
             }
             FenceEvent::Failed { nodeid, reason } => {
-                tracing::warn!(nodeid, reason = %reason, "fencing node {nodeid} failed");
                 self.feed(Input::FenceFailed { nodeid, reason })
             }
         }

@@ -199,7 +199,8 @@ impl Fencer {
                 return;
             }
         };
-        tracing::info!(nodeid, node = %label, mode = %self.mode, "fencing node");
+        // The core logs the request; this adds the backend's view of it.
+        tracing::debug!(nodeid, node = %label, mode = %self.mode, "fencing node");
         let events = self.events.clone();
         let options = self.options;
         match &self.backend {
@@ -253,13 +254,9 @@ impl InFlight {
     /// Released before sending, so that the core's retry after a failure is not swallowed.
     fn finish(self, events: &UnboundedSender<FenceEvent>, event: FenceEvent) {
         drop(self);
-        match &event {
-            FenceEvent::Fenced { nodeid, at } => {
-                tracing::info!(nodeid, at = ?at, "node fenced");
-            }
-            FenceEvent::Failed { nodeid, reason } => {
-                tracing::warn!(nodeid, reason = %reason, "fencing failed");
-            }
+        // The core logs the outcome (one line per fact); the wall-clock time is the backend's.
+        if let FenceEvent::Fenced { nodeid, at } = &event {
+            tracing::debug!(nodeid, at = ?at, "node fenced");
         }
         // A closed channel means the daemon is shutting down: nobody is left to tell.
         let _ = events.send(event);

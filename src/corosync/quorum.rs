@@ -110,8 +110,8 @@ async fn drive(
                 if !(delivered && still_readable(afd.get_ref().0)) {
                     guard.clear_ready();
                 }
+                // The core logs quorum changes.
                 while let Ok(change) = raw.try_recv() {
-                    tracing::debug!(quorate = change.quorate, members = ?change.members, "quorum notification");
                     if events.send(change).is_err() {
                         return;
                     }
