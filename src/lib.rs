@@ -3,6 +3,7 @@
 //! No protocol decision is made here.
 
 pub mod args;
+mod clock;
 pub mod config;
 pub mod control;
 pub mod corosync;
@@ -13,6 +14,5 @@ pub mod kernel;
 pub mod logging;
 pub mod process;
 pub mod ratelimit;
+pub mod startup;
 pub mod systemd;
-
-pub use gfs_core as core;

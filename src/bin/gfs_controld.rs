@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use gfs_controld::args::{self, DaemonArgs, Startup};
-use gfs_controld::config::{FenceSetting, Settings};
-use gfs_controld::{daemon, fence, logging, process};
+use gfs_controld::config::Settings;
+use gfs_controld::{daemon, logging, process, startup};
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
@@ -27,10 +27,7 @@ fn main() -> ExitCode {
 
 fn run(settings: Settings) -> anyhow::Result<()> {
     let ring = logging::init(settings.log_level.as_str(), settings.debug_ring_lines)?;
-    daemon::check_existing_mounts(&settings)?;
-    if let (true, FenceSetting::Program(program)) = (settings.enable_fencing, &settings.fencing) {
-        fence::check_program(program)?;
-    }
+    startup::check(&settings)?;
     process::ignore_stray_signals().context("cannot install signal handlers")?;
     let readiness = if settings.foreground {
         process::Readiness::foreground()
@@ -38,7 +35,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         // Before the runtime and its threads exist. The parent exits when we are ready.
         process::daemonize().context("cannot daemonize")?
     };
-    let _pid_file = daemon::PidFile::acquire(&settings.pid_file)?;
+    let _pid_file = startup::PidFile::acquire(&settings.pid_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

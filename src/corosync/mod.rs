@@ -44,12 +44,21 @@ pub use self::quorum::QuorumTracker;
 #[derive(Debug, thiserror::Error)]
 pub enum CorosyncError {
     /// The service could not be reached at all (corosync not running, not permitted, ...).
-    #[error("corosync {service} service is not available: {reason}")]
+    #[error("corosync {service} service is not available: {}", meaning(*.source))]
     Unavailable {
         service: &'static str,
-        reason: String,
+        #[source]
+        source: CsError,
     },
-    /// A library call failed.
+    /// A library call returned an error code.
+    #[error("corosync call {call} failed: {}", meaning(*.source))]
+    Library {
+        call: &'static str,
+        #[source]
+        source: CsError,
+    },
+    /// A call could not be made or gave something unusable (no runtime, a value of the wrong
+    /// type, a handle already gone).
     #[error("corosync call {call} failed: {reason}")]
     Call { call: &'static str, reason: String },
     /// The CPG group is not joined (or is being left) by this process.
@@ -65,23 +74,33 @@ pub enum CorosyncError {
 
 impl CorosyncError {
     pub(crate) fn unavailable(service: &'static str, e: CsError) -> CorosyncError {
-        CorosyncError::Unavailable {
-            service,
-            reason: describe(e),
-        }
+        CorosyncError::Unavailable { service, source: e }
     }
 
     pub(crate) fn call(call: &'static str, e: CsError) -> CorosyncError {
-        CorosyncError::Call {
-            call,
-            reason: describe(e),
-        }
+        CorosyncError::Library { call, source: e }
+    }
+}
+
+/// What an error code means for an operator; the code itself is the error's source.
+fn meaning(e: CsError) -> String {
+    match hint(e) {
+        "" => e.to_string(),
+        hint => hint.to_owned(),
     }
 }
 
 /// A readable description of a corosync error code, with a hint for the common ones.
 pub(crate) fn describe(e: CsError) -> String {
-    let hint = match e {
+    match hint(e) {
+        "" => format!("{e}"),
+        hint => format!("{e} ({hint})"),
+    }
+}
+
+/// A hint for the common error codes, or "".
+fn hint(e: CsError) -> &'static str {
+    match e {
         CsError::CsErrLibrary => "cannot talk to corosync; is it running?",
         CsError::CsErrTryAgain => "corosync is busy, try again",
         CsError::CsErrAccess => "permission denied by corosync",
@@ -94,12 +113,19 @@ pub(crate) fn describe(e: CsError) -> String {
         CsError::CsErrNoMemory | CsError::CsErrNoResources => "out of resources",
         CsError::CsErrTimeout => "timed out",
         _ => "",
-    };
-    if hint.is_empty() {
-        format!("{e}")
-    } else {
-        format!("{e} ({hint})")
     }
+}
+
+/// `e` and its causes, as anyhow's `{:#}` prints them.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Retries `connect` every `interval` until it succeeds. The first failure (and then one in
@@ -125,7 +151,7 @@ pub async fn connect_with_retry<T>(
                 return value;
             }
             Err(e) => {
-                let message = e.to_string();
+                let message = with_causes(&e);
                 if attempt == 1 || message != last_error || attempt % loud_every == 0 {
                     tracing::warn!(
                         service = what,
