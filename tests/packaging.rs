@@ -744,7 +744,7 @@ fn debian_rpm_and_make_install_install_the_same_files() {
         assert!(deb.contains_key(path), "deb lacks {path}");
     }
 
-    // The Makefile's install target, once it has one, installs the same as install.sh's defaults.
+    // `make install` (which runs install.sh) installs the same as install.sh's defaults.
     let makefile = read("Makefile");
     if makefile.lines().any(|l| l.starts_with("install:")) && have("make") {
         let plain = run_install("plain", &[]);
