@@ -24,18 +24,16 @@
 //! after a productive dispatch means more events are queued). The `AsyncFd` is always
 //! deregistered before the handle is finalized (which closes the fd).
 
+mod conn;
 mod cpg;
 mod quorum;
 
 pub mod cfg;
 pub mod cmap;
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use rust_corosync::CsError;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 pub use self::cpg::{CpgEvent, CpgGroups};
 pub use self::quorum::QuorumTracker;
@@ -170,44 +168,6 @@ pub async fn connect_with_retry<T>(
             }
         }
     }
-}
-
-/// A library-owned fd, registered with tokio without taking ownership (never closed here).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LibFd(pub(crate) RawFd);
-
-impl AsRawFd for LibFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Registers a library-owned fd with the current tokio runtime, for readability only.
-///
-/// # Safety
-///
-/// `fd` must stay open, and be the same file description, until the returned `AsyncFd` is
-/// dropped: callers drop it before finalizing the handle that owns the fd.
-pub(crate) unsafe fn register_lib_fd(fd: RawFd) -> Result<AsyncFd<LibFd>, CorosyncError> {
-    // SAFETY: upheld by the caller.
-    unsafe { AsyncFd::register_with_interest(LibFd(fd), Interest::READABLE) }.map_err(|e| {
-        CorosyncError::Call {
-            call: "AsyncFd::register",
-            reason: e.to_string(),
-        }
-    })
-}
-
-/// Whether `fd` has something to read right now (non-blocking `poll`).
-pub(crate) fn still_readable(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, timeout 0: poll only inspects the fd.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The handle -> channel registries that callbacks use (see the module documentation).
