@@ -78,6 +78,7 @@ vm-demo:
 		echo "make vm-demo: the VMs need root (network namespace, taps); try make demo or make sim-demo" >&2; exit 1; \
 	fi
 	$(MAKE) -s deps
+	$(MAKE) -s vm-deps
 	$(CARGO) build --release -q --workspace --bins
 	./target/release/gfs_vm_demo
 
