@@ -15,11 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use gfs_controld::core::{
-    format_uevent, KernelEvent, KernelEventKind, SysfsFile, Table, UeventError,
-};
-use gfs_controld::kernel::{send_uevent, KernelError, SysfsWriter, UeventListener};
-use gfs_testkit::uevent::{send_test_uevent, UeventSender};
+use gfs_controld::kernel::{KernelError, SysfsWriter, UeventListener};
+use gfs_core::{format_uevent, KernelEvent, KernelEventKind, SysfsFile, Table, UeventError};
+use gfs_testkit::uevent::{send_test_uevent, send_uevent, UeventSender};
 
 const WAIT: Duration = Duration::from_secs(10);
 
