@@ -162,6 +162,8 @@ pub struct PacemakerCluster {
     fence_agent: PathBuf,
     ocf_dir: PathBuf,
     started: Instant,
+    /// Keep the run's directory when dropped (a failed start).
+    keep_logs: bool,
 }
 
 static RUNS: AtomicU32 = AtomicU32::new(0);
@@ -191,7 +193,23 @@ impl PacemakerCluster {
             children: Vec::new(),
             holders: BTreeMap::new(),
             started: Instant::now(),
+            keep_logs: false,
         };
+        match c.bring_up() {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                // A start that fails under load is rare: keep what it left to read.
+                c.keep_logs = true;
+                Err(e.context(format!(
+                    "what the resource agent and the fence agent wrote:\n{}",
+                    c.agent_output()
+                )))
+            }
+        }
+    }
+
+    fn bring_up(&mut self) -> Result<()> {
+        let c = self;
         c.install_agents()?;
         c.write_configuration()?;
         create_network(&c.tag, c.opts.nodes)?;
@@ -218,8 +236,27 @@ impl PacemakerCluster {
         )?;
         c.create_clone()?;
         c.wait_clone_started(&ids)?;
-        c.wait_synced(&ids)?;
-        Ok(c)
+        c.wait_synced(&ids)
+    }
+
+    /// The agents' output lines that pacemaker logged on every node (the OCF agent's errors
+    /// and warnings, the fence agent's), last 40.
+    fn agent_output(&self) -> String {
+        let mut lines: Vec<String> = self
+            .ids()
+            .into_iter()
+            .flat_map(|id| {
+                fs::read_to_string(self.pacemaker_log(id))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("(log_op_output)") || l.contains("gfs_controld("))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lines.sort();
+        let skip = lines.len().saturating_sub(40);
+        lines.split_off(skip).join("\n")
     }
 
     pub fn ids(&self) -> Vec<u32> {
@@ -953,7 +990,9 @@ fn reap_abandoned() {
 
 impl Drop for PacemakerCluster {
     fn drop(&mut self) {
-        let keep = std::env::var_os("GFS_KEEP_CLUSTER_DIR").is_some() || std::thread::panicking();
+        let keep = self.keep_logs
+            || std::env::var_os("GFS_KEEP_CLUSTER_DIR").is_some()
+            || std::thread::panicking();
         teardown(&self.tag, &self.dir, keep);
         for child in &mut self.children {
             let _ = child.kill();
