@@ -22,14 +22,10 @@ use std::collections::BTreeSet;
 use gfs_core::{Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table, Time};
 
 use super::{Ev, ReplayRecord, Rule, World, WriteRecord};
-
-pub(super) const ENOENT: i32 = 2;
-pub(super) const EAGAIN: i32 = 11;
-pub(super) const EBUSY: i32 = 16;
-pub(super) const ENODEV: i32 = 19;
-pub(super) const EINVAL: i32 = 22;
-pub(super) const EOPNOTSUPP: i32 = 95;
-pub(super) const ESHUTDOWN: i32 = 108;
+use crate::errno::{EAGAIN, ENODEV, EOPNOTSUPP, EUSERS};
+use crate::kernel_model::{
+    Admit, Effect, JournalWork, KernelModel, RecoveryStart, RecoveryWork, Stage,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum KState {
@@ -52,30 +48,20 @@ pub(super) enum KState {
 #[derive(Clone, Debug)]
 pub(super) struct KMount {
     pub table: Table,
-    pub mode: MountMode,
-    /// The kernel's `ls_first`: 1 unless the daemon wrote 0 (or `hostdata=first=0`).
-    pub first: bool,
+    /// The lock_module files, the mount's stage and its queued recoveries: the model shared
+    /// with gfs_kernel_sim.
+    pub kernel: KernelModel,
+    /// The daemon wrote `first` (a scenario's view: `first` as the daemon set it).
     pub first_written: bool,
-    /// A spectator mounted with `-o hostdata=first=0`.
-    pub hostdata_first0: bool,
-    /// The DLM offered recovery callbacks: the kernel picks its journal and recovers by itself.
-    pub kernel_managed: bool,
-    pub jid: Option<i64>,
     pub state: KState,
-    pub blocked: bool,
-    pub joined: bool,
-    pub journal_ready: bool,
     /// First-mount journal work started (it waits while a journal's lock is held by a dead node).
     pub journal_work: bool,
     /// Journals a first mounter found held by a live node: reported Failed (Busy).
     pub busy_at_mount: BTreeSet<u32>,
     /// Journals replayed inside the mount.
     pub mount_replays: BTreeSet<u32>,
-    /// `recover` replays running, and those waiting for the DLM to free the journal's lock.
-    pub replays: BTreeSet<u32>,
+    /// `recover` replays waiting for the DLM to free the journal's lock.
     pub waiting_replays: BTreeSet<u32>,
-    pub withdraw_acked: bool,
-    pub unmount_requested: bool,
     /// When the workload started the mount: L1 names it, so that a mount judged unfinished shows
     /// whether it had the workload's quiet period to finish in.
     pub begun: Time,
@@ -154,28 +140,19 @@ impl World {
             }
         ));
         let kernel_managed = self.kernel_managed_nodes.contains(&n);
+        let journals = self.journals_per_fs;
         self.nodes.get_mut(&n).expect("node").mounts.insert(
             t.to_string(),
             KMount {
                 table: t.clone(),
-                mode,
-                first: true,
+                kernel: KernelModel::new(mode, journals, kernel_managed, hostdata_first0),
                 first_written: false,
-                hostdata_first0,
-                kernel_managed,
-                jid: None,
                 state: KState::Joining,
-                blocked: false,
-                joined: false,
-                journal_ready: false,
                 journal_work: false,
                 begun: self.now,
                 busy_at_mount: BTreeSet::new(),
                 mount_replays: BTreeSet::new(),
-                replays: BTreeSet::new(),
                 waiting_replays: BTreeSet::new(),
-                withdraw_acked: false,
-                unmount_requested: false,
             },
         );
         // The daemon reads recover_callbacks at `add`; a scenario may change it in between.
@@ -216,28 +193,25 @@ impl World {
                 let Some(m) = self.mount_of(n, key) else {
                     return;
                 };
-                if !quorate && !m.kernel_managed {
+                if !quorate && !m.kernel.kernel_managed {
                     // dlm_controld completes a lockspace join only with quorum.
                     self.step_later(n, key, 200);
                     return;
                 }
-                m.joined = true;
-                if !m.kernel_managed {
+                m.kernel.stage = Stage::Joined;
+                if !m.kernel.kernel_managed {
                     self.lockspaces.entry(key.to_owned()).or_default().insert(n);
                 }
                 let Some(m) = self.mount_of(n, key) else {
                     return;
                 };
-                if m.kernel_managed {
+                if m.kernel.kernel_managed {
                     // The kernel picks its journal and recovers by itself: nothing to model here
                     // but the mount completing without the daemon.
                     // The DLM join ends any `first`/`jid` write waiting for it (EBUSY here).
                     m.state = KState::Online;
-                    let (t, ro, sp) = (
-                        m.table.clone(),
-                        m.mode != MountMode::Rw,
-                        m.mode == MountMode::Spectator,
-                    );
+                    m.kernel.stage = Stage::Mounted;
+                    let (t, online) = (m.table.clone(), m.kernel.online_event());
                     self.io_run(n, key);
                     let kinc = self.nodes[&n].kinc;
                     let d = self.rng.range(10, 100);
@@ -247,15 +221,12 @@ impl World {
                             node: n,
                             event: KernelEvent {
                                 table: t,
-                                kind: KernelEventKind::Online { ro, spectator: sp },
+                                kind: online,
                             },
                             kinc,
                         },
                     );
                     return;
-                }
-                if m.mode == MountMode::Spectator && m.hostdata_first0 {
-                    m.first = false;
                 }
                 m.state = KState::WaitGlock;
                 self.glock_waiters
@@ -265,21 +236,18 @@ impl World {
                 self.io_run(n, key);
                 self.grant_glock(key);
             }
-            KState::InitSb if !m.blocked => {
+            KState::InitSb if !m.kernel.blocked => {
                 m.state = KState::WaitJid;
                 self.wait_jid(n, key);
             }
             KState::InitJournal => self.finish_journal_work(n, key),
-            KState::MountRest if !m.blocked => {
+            KState::MountRest if !m.kernel.blocked => {
                 m.state = KState::Online;
-                let (t, ro, sp) = (
-                    m.table.clone(),
-                    m.mode != MountMode::Rw,
-                    m.mode == MountMode::Spectator,
-                );
+                m.kernel.stage = Stage::Mounted;
+                let (t, online) = (m.table.clone(), m.kernel.online_event());
                 self.glock.remove(key);
                 self.grant_glock(key);
-                self.uevent(n, &t, KernelEventKind::Online { ro, spectator: sp });
+                self.uevent(n, &t, online);
                 self.maybe_finish_unmount(n, key);
             }
             _ => {}
@@ -310,27 +278,30 @@ impl World {
     }
 
     fn wait_jid(&mut self, n: NodeId, key: &str) {
-        let journals = self.journals_per_fs;
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
         if m.state != KState::WaitJid {
             return;
         }
-        let Some(jid) = m.jid else {
+        let (Some(written), Some(taken)) = (m.kernel.jid, m.kernel.take_journal()) else {
             return;
         };
-        if jid < 0 {
-            self.mount_failed(n, key, format!("the daemon wrote jid={jid}"));
-            return;
-        }
-        let jid = jid as u32;
-        let spectator = m.mode == MountMode::Spectator;
-        let first = m.first && !spectator;
-        if !spectator && jid >= journals {
-            self.mount_failed(n, key, format!("can't mount journal #{jid} (EUSERS)"));
-            return;
-        }
+        let jid = match taken {
+            Ok(jid) => jid,
+            Err(EUSERS) => {
+                let why = format!("can't mount journal #{written} (EUSERS)");
+                self.mount_failed(n, key, why);
+                return;
+            }
+            Err(_) => {
+                self.mount_failed(n, key, format!("the daemon wrote jid={written}"));
+                return;
+            }
+        };
+        let spectator = m.kernel.spectator();
+        let first = m.kernel.first && !spectator;
+        m.kernel.journal = Some(jid);
         m.state = KState::InitJournal;
         let kinc = self.nodes[&n].kinc;
         if !spectator {
@@ -389,14 +360,12 @@ impl World {
         if m.state != KState::InitJournal || m.journal_work {
             return;
         }
-        let own = m.jid.map(|j| j as u32);
-        let spectator = m.mode == MountMode::Spectator;
-        let tries: Vec<u32> = if m.first {
-            (0..journals).collect()
-        } else if spectator {
-            Vec::new()
-        } else {
-            own.into_iter().collect()
+        let own = m.kernel.journal;
+        let work = m.kernel.journal_work();
+        let tries: Vec<u32> = match work {
+            JournalWork::RecoverAll | JournalWork::CheckAllClean => (0..journals).collect(),
+            JournalWork::Own(jid) => vec![jid],
+            JournalWork::Nothing => Vec::new(),
         };
         if tries.iter().any(|j| {
             Some(*j) != own
@@ -407,7 +376,7 @@ impl World {
         }) {
             return;
         }
-        if spectator && m.first {
+        if work == JournalWork::CheckAllClean {
             // A spectator keeping first=1 checks that every journal is clean.
             let unclean = (0..journals).find(|j| {
                 self.journals
@@ -450,45 +419,22 @@ impl World {
     }
 
     fn finish_journal_work(&mut self, n: NodeId, key: &str) {
-        let journals = self.journals_per_fs;
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if !m.journal_work || m.journal_ready {
+        if !m.journal_work || m.kernel.stage >= Stage::JournalReady {
             return;
         }
-        m.journal_ready = true;
+        m.kernel.stage = Stage::JournalReady;
         m.state = KState::MountRest;
         let replays = std::mem::take(&mut m.mount_replays);
         let busy = std::mem::take(&mut m.busy_at_mount);
-        let (t, first, spectator, own) = (
-            m.table.clone(),
-            m.first,
-            m.mode == MountMode::Spectator,
-            m.jid,
-        );
+        let (t, events) = (m.table.clone(), m.kernel.journal_work_events(&busy));
         for j in replays {
             self.replay_finish(n, key, j);
         }
-        if first && !spectator {
-            for j in 0..journals {
-                let done = !busy.contains(&j);
-                self.uevent(n, &t, KernelEventKind::Recovery { jid: j, done });
-            }
-        } else if !spectator {
-            if let Some(j) = own {
-                self.uevent(
-                    n,
-                    &t,
-                    KernelEventKind::Recovery {
-                        jid: j as u32,
-                        done: true,
-                    },
-                );
-            }
-        }
-        if first {
-            self.uevent(n, &t, KernelEventKind::FirstMountDone);
+        for kind in events {
+            self.uevent(n, &t, kind);
         }
         self.io_run(n, key);
         let d = self.rng.range(1, 20);
@@ -530,11 +476,16 @@ impl World {
             return;
         }
         m.state = KState::Withdrawn;
-        let aborted: Vec<u32> = std::mem::take(&mut m.replays).into_iter().collect();
+        let offline = m.kernel.withdraw();
+        // Recoveries in flight end with the withdraw, unreported (the daemon's group treats the
+        // withdrawn node's replays as failed anyway).
+        let aborted: Vec<u32> = std::mem::take(&mut m.kernel.recovering)
+            .into_iter()
+            .collect();
         m.waiting_replays.clear();
         let table = m.table.clone();
-        let jid = m.jid;
-        let spectator = m.mode == MountMode::Spectator;
+        let jid = m.kernel.jid;
+        let spectator = m.kernel.spectator();
         for j in aborted {
             self.journals
                 .entry((key.to_owned(), j))
@@ -552,7 +503,7 @@ impl World {
             j.dirty_withdrawn = true;
             j.dirty_owner = j.holder;
         }
-        self.uevent(n, &table, KernelEventKind::Offline);
+        self.uevent(n, &table, offline);
     }
 
     /// A remount: the `online` uevent carries the mode from before (the kernel sends it before
@@ -562,20 +513,12 @@ impl World {
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if m.state != KState::Online || m.mode == MountMode::Spectator {
+        if m.state != KState::Online || m.kernel.spectator() {
             return;
         }
-        let old = m.mode;
-        m.mode = mode;
+        let online = m.kernel.remount(mode);
         let t = m.table.clone();
-        self.uevent(
-            n,
-            &t,
-            KernelEventKind::Online {
-                ro: old == MountMode::Ro,
-                spectator: false,
-            },
-        );
+        self.uevent(n, &t, online);
         let d = self.rng.range(50, 500);
         self.schedule(
             d,
@@ -596,7 +539,7 @@ impl World {
         };
         let input = Input::MountMode {
             table: m.table.clone(),
-            ro: m.mode != MountMode::Rw,
+            ro: m.kernel.mode != MountMode::Rw,
         };
         self.feed(n, input);
     }
@@ -616,7 +559,7 @@ impl World {
         let mut failed = Vec::new();
         for (key, m) in mounts {
             let mut dirty = false;
-            for j in m.replays.iter().chain(m.mount_replays.iter()) {
+            for j in m.kernel.recovering.iter().chain(m.mount_replays.iter()) {
                 let x = self.journals.entry((key.clone(), *j)).or_default();
                 if x.replaying.remove(&n) {
                     // A replayer's lock on the journal dies with it, until DLM recovery.
@@ -624,7 +567,11 @@ impl World {
                     x.dead_lock_by = Some(n);
                 }
             }
-            if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
+            if let Some(jid) = m
+                .kernel
+                .jid
+                .filter(|j| *j >= 0 && m.kernel.mode != MountMode::Spectator)
+            {
                 let j = self.journals.entry((key.clone(), jid as u32)).or_default();
                 if j.holder == Some((n, kinc)) {
                     j.holder = None;
@@ -635,7 +582,7 @@ impl World {
                         j.dirty_owner = Some((n, kinc));
                         dirty = true;
                     }
-                    if m.joined && !m.withdraw_acked {
+                    if m.kernel.stage >= Stage::Joined && !m.kernel.withdraw_acked {
                         j.dead_locked = true;
                         j.dead_lock_by = Some(n);
                     }
@@ -646,7 +593,7 @@ impl World {
                 g.2 = false; // held by a dead kernel until DLM recovery
             }
             let member = self.lockspaces.get(&key).is_some_and(|ls| ls.contains(&n));
-            if member && !m.withdraw_acked {
+            if member && !m.kernel.withdraw_acked {
                 failed.push((key, dirty));
             }
         }
@@ -678,7 +625,7 @@ impl World {
                 .filter(|x| {
                     x.mounts
                         .get(&key)
-                        .is_some_and(|m| m.state == KState::Online && !m.kernel_managed)
+                        .is_some_and(|m| m.state == KState::Online && !m.kernel.kernel_managed)
                 })
                 .map(|x| x.id)
                 .collect();
@@ -710,16 +657,12 @@ impl World {
                 return;
             };
             let m = self.nodes[&n].mounts.get(key);
+            // A write the kernel blocks stays at the head until the mount is far enough.
             let can_run = match op {
-                IoOp::Write {
-                    file: SysfsFile::First | SysfsFile::Jid,
-                    ..
-                } => m.is_none_or(|m| m.joined),
-                IoOp::Write {
-                    file: SysfsFile::Recover,
-                    ..
-                } => m.is_none_or(|m| m.journal_ready || m.unmount_requested),
-                _ => true,
+                IoOp::Write { file, value } => {
+                    m.is_none_or(|m| !matches!(m.kernel.admit(*file, *value), Admit::WaitFor(_)))
+                }
+                IoOp::Read { .. } => true,
             };
             if !can_run {
                 return;
@@ -788,15 +731,11 @@ impl World {
         let Some(m) = self.nodes[&n].mounts.get(key) else {
             return Err(ENODEV);
         };
-        Ok(match file {
-            SysfsFile::First => i64::from(m.first),
-            SysfsFile::Jid => m.jid.unwrap_or(0),
-            SysfsFile::Block => i64::from(m.blocked),
-            SysfsFile::Withdraw => i64::from(m.withdraw_acked),
-            SysfsFile::Recover => return Err(EINVAL),
-        })
+        m.kernel.read(file)
     }
 
+    /// A sysfs write that no longer has to wait (`io_run` holds it back until then), answered
+    /// by the shared kernel model; its effects are carried out here.
     fn kernel_write(
         &mut self,
         n: NodeId,
@@ -805,103 +744,67 @@ impl World {
         value: i64,
     ) -> Result<(), i32> {
         let key = table.to_string();
-        let journals = self.journals_per_fs;
         let Some(m) = self.mount_of(n, &key) else {
             return Err(ENODEV);
         };
-        match file {
-            SysfsFile::Block => {
-                if value != 0 && value != 1 {
-                    return Err(EINVAL);
-                }
-                m.blocked = value == 1;
-                if value == 0 {
-                    let frozen = matches!(m.state, KState::InitSb | KState::MountRest);
+        let (result, effects) = match m.kernel.admit(file, value) {
+            Admit::Refused(refusal) => (Err(refusal), Vec::new()),
+            Admit::WaitFor(_) | Admit::Ready => m.kernel.apply(file, value),
+        };
+        if file == SysfsFile::First && result.is_ok() {
+            m.first_written = true;
+        }
+        let frozen = matches!(m.state, KState::InitSb | KState::MountRest);
+        for effect in effects {
+            match effect {
+                Effect::Thawed => {
                     self.check_unblock(n, &key);
                     if frozen {
                         self.step_later(n, &key, 1);
                     }
                 }
-                Ok(())
+                Effect::JidStored => self.wait_jid(n, &key),
+                Effect::RecoveryQueued(jid) => self.queue_recovery(n, &key, jid),
             }
-            SysfsFile::First => {
-                if m.jid.is_some() || m.kernel_managed {
-                    return Err(EBUSY);
-                }
-                if m.mode == MountMode::Spectator || !(value == 0 || value == 1) {
-                    return Err(EINVAL);
-                }
-                m.first = value == 1;
-                m.first_written = true;
-                Ok(())
-            }
-            SysfsFile::Jid => {
-                if m.jid.is_some() || m.kernel_managed {
-                    return Err(EBUSY);
-                }
-                if m.mode == MountMode::Spectator && value > 0 {
-                    m.jid = Some(-i64::from(EINVAL));
-                    self.wait_jid(n, &key);
-                    return Err(EINVAL);
-                }
-                m.jid = Some(value);
-                self.wait_jid(n, &key);
-                Ok(())
-            }
-            SysfsFile::Recover => {
-                if m.unmount_requested {
-                    return Err(ESHUTDOWN);
-                }
-                if value < 0 {
-                    return Err(EINVAL);
-                }
-                let jid = value as u32;
-                if m.mode == MountMode::Spectator || m.mode == MountMode::Ro {
-                    // A spectator recovers nothing; a read-only mount cannot write: both GAVEUP.
-                    let t = m.table.clone();
-                    self.uevent(n, &t, KernelEventKind::Recovery { jid, done: false });
-                    return Ok(());
-                }
-                if jid >= journals {
-                    return Err(ENOENT);
-                }
-                if m.jid == Some(value) || m.replays.contains(&jid) {
-                    return Err(EBUSY);
-                }
-                m.replays.insert(jid);
-                self.replays.push(ReplayRecord {
-                    node: n,
-                    table: key.clone(),
-                    jid,
-                    started: self.now,
-                    done: None,
-                });
-                let j = self
-                    .journals
-                    .get(&(key.clone(), jid))
-                    .cloned()
-                    .unwrap_or_default();
-                if j.dead_locked {
-                    // The lock request waits for DLM recovery of the node that held it.
-                    self.mount_of(n, &key)
-                        .expect("mounted")
-                        .waiting_replays
-                        .insert(jid);
-                    self.log(format!(
-                        "n{n} kernel: {key} jid {jid} waits for DLM recovery"
-                    ));
-                } else {
-                    self.begin_replay(n, &key, jid);
-                }
-                Ok(())
-            }
-            SysfsFile::Withdraw => {
-                if value != 1 {
-                    return Err(EINVAL);
-                }
-                m.withdraw_acked = true;
-                Ok(())
-            }
+        }
+        result.map_err(|refusal| refusal.errno)
+    }
+
+    /// The recovery a `recover` write queued: a withdrawn node or a spectator gives up at once;
+    /// otherwise its lock request waits for DLM recovery of a dead holder, or goes ahead.
+    fn queue_recovery(&mut self, n: NodeId, key: &str, jid: u32) {
+        let Some(m) = self.mount_of(n, key) else {
+            return;
+        };
+        if let RecoveryStart::GiveUp(_) = m.kernel.recovery_start() {
+            let event = m.kernel.recovery_done(jid, false);
+            let t = m.table.clone();
+            self.uevent(n, &t, event);
+            return;
+        }
+        self.replays.push(ReplayRecord {
+            node: n,
+            table: key.to_owned(),
+            jid,
+            started: self.now,
+            done: None,
+        });
+        let j = self
+            .journals
+            .get(&(key.to_owned(), jid))
+            .cloned()
+            .unwrap_or_default();
+        if j.dead_locked {
+            // The lock request waits for DLM recovery of the node that held it.
+            self.mount_of(n, key)
+                .expect("mounted")
+                .waiting_replays
+                .insert(jid);
+            self.log(format!(
+                "n{n} kernel: {key} jid {jid} waits for DLM recovery"
+            ));
+        } else {
+            self.begin_replay(n, key, jid);
         }
     }
 
@@ -913,7 +816,13 @@ impl World {
             .get(&(key.to_owned(), jid))
             .cloned()
             .unwrap_or_default();
-        if j.locked_by_other(n) {
+        let Some(m) = self.nodes[&n].mounts.get(key) else {
+            return;
+        };
+        let work = m.kernel.recovery_work(j.locked_by_other(n), j.dirty);
+        // Busy, or a dirty journal a read-only mount cannot replay: GAVEUP right away. (A clean
+        // journal takes the model's replay time, like a dirty one.)
+        if matches!(work, RecoveryWork::Busy | RecoveryWork::ReadOnly) {
             self.busy_replays.insert((n, key.to_owned(), jid));
             self.schedule(
                 1,
@@ -1001,8 +910,8 @@ impl World {
             let unblocked = self.nodes.values().find(|x| {
                 x.id != n
                     && x.mounts.get(key).is_some_and(|m| {
-                        !m.blocked
-                            && !m.kernel_managed
+                        !m.kernel.blocked
+                            && !m.kernel.kernel_managed
                             && matches!(
                                 m.state,
                                 KState::Online | KState::MountRest | KState::InitJournal
@@ -1046,7 +955,7 @@ impl World {
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if !m.replays.remove(&jid) {
+        if !m.kernel.recovering.remove(&jid) {
             return;
         }
         let table = m.table.clone();
@@ -1103,8 +1012,8 @@ impl World {
         let Some(m) = self.nodes[&n].mounts.get(key) else {
             return;
         };
-        if !m.unmount_requested
-            || !m.replays.is_empty()
+        if !m.kernel.unmounting
+            || !m.kernel.recovering.is_empty()
             || !matches!(m.state, KState::Online | KState::Withdrawn)
         {
             return;
@@ -1116,7 +1025,11 @@ impl World {
             .mounts
             .remove(key)
             .expect("mount");
-        if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
+        if let Some(jid) = m
+            .kernel
+            .jid
+            .filter(|j| *j >= 0 && m.kernel.mode != MountMode::Spectator)
+        {
             let j = self
                 .journals
                 .entry((key.to_owned(), jid as u32))
@@ -1124,7 +1037,7 @@ impl World {
             if j.holder.is_some_and(|(h, _)| h == n) {
                 j.holder = None;
                 // A clean unmount flushes the journal; a withdrawn one stays dirty for others.
-                if !m.withdraw_acked && m.state != KState::Withdrawn {
+                if !m.kernel.withdraw_acked && m.state != KState::Withdrawn {
                     j.known_by.clear();
                 }
                 j.holder_withdrawn = false;
@@ -1241,7 +1154,7 @@ impl World {
             let unblocked = members.iter().copied().find(|s| {
                 r.online_at_failure.contains(s)
                     && self.nodes[s].mounts.get(&key).is_some_and(|m| {
-                        m.state == KState::Online && !m.blocked && !m.kernel_managed
+                        m.state == KState::Online && !m.kernel.blocked && !m.kernel.kernel_managed
                     })
             });
             if let Some(s) = unblocked {

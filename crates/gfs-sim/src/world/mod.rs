@@ -1403,7 +1403,7 @@ impl World {
                 let state = self.nodes[&n]
                     .mounts
                     .get(&key)
-                    .map(|m| (m.state, m.mode, m.replays.is_empty()));
+                    .map(|m| (m.state, m.kernel.mode, m.kernel.recovering.is_empty()));
                 match state {
                     None if self.rng.chance(p.mount / tables.len() as f64) => {
                         let mode = if self.rng.chance(p.spectator_share) {
@@ -1426,7 +1426,8 @@ impl World {
                             .mounts
                             .get_mut(&key)
                             .expect("mount")
-                            .unmount_requested = true;
+                            .kernel
+                            .unmounting = true;
                         self.maybe_finish_unmount(n, &key);
                     }
                     Some((KState::Online, mode, true))
@@ -1784,9 +1785,9 @@ impl World {
                 .nodes
                 .values()
                 .filter(|x| {
-                    x.mounts
-                        .get(&key)
-                        .is_some_and(|m| m.mode != MountMode::Rw && m.state != KState::WaitJid)
+                    x.mounts.get(&key).is_some_and(|m| {
+                        m.kernel.mode != MountMode::Rw && m.state != KState::WaitJid
+                    })
                 })
                 .map(|x| x.id)
                 .collect();
@@ -1798,7 +1799,8 @@ impl World {
                     .mounts
                     .get_mut(&key)
                     .expect("mount")
-                    .unmount_requested = true;
+                    .kernel
+                    .unmounting = true;
                 self.maybe_finish_unmount(n, &key);
             }
         }
@@ -1828,9 +1830,10 @@ impl World {
             .collect();
         let rw_online = mounts
             .iter()
-            .any(|m| m.mode == MountMode::Rw && m.state == KState::Online);
+            .any(|m| m.kernel.mode == MountMode::Rw && m.state == KState::Online);
         let ro_active = mounts.iter().any(|m| {
-            m.mode != MountMode::Rw && !matches!(m.state, KState::WaitJid | KState::Withdrawn)
+            m.kernel.mode != MountMode::Rw
+                && !matches!(m.state, KState::WaitJid | KState::Withdrawn)
         });
         dirty && !rw_online && ro_active
     }
@@ -1896,16 +1899,16 @@ impl World {
                 if stalled.contains(key) {
                     continue;
                 }
-                if m.blocked && m.state != KState::Withdrawn {
+                if m.kernel.blocked && m.state != KState::Withdrawn {
                     problems.push(format!("n{} still blocked on {key}", node.id));
                 }
                 // Read-only and spectator mounts wait for a read-write first mounter by design.
-                let waits_for_rw = m.mode != MountMode::Rw
+                let waits_for_rw = m.kernel.mode != MountMode::Rw
                     && m.state == KState::WaitJid
                     && !self.nodes.values().any(|x| {
-                        x.mounts
-                            .get(key)
-                            .is_some_and(|o| o.mode == MountMode::Rw && o.state == KState::Online)
+                        x.mounts.get(key).is_some_and(|o| {
+                            o.kernel.mode == MountMode::Rw && o.state == KState::Online
+                        })
                     });
                 if !matches!(m.state, KState::Online | KState::Withdrawn) && !waits_for_rw {
                     problems.push(format!(
@@ -1919,7 +1922,7 @@ impl World {
             let rw_online = self.nodes.values().any(|x| {
                 x.mounts
                     .get(key)
-                    .is_some_and(|m| m.state == KState::Online && m.mode == MountMode::Rw)
+                    .is_some_and(|m| m.state == KState::Online && m.kernel.mode == MountMode::Rw)
             });
             if j.dirty && rw_online && !stalled.contains(key) {
                 problems.push(format!("{key} jid {jid} still needs replay"));
@@ -2032,7 +2035,7 @@ impl Scenario {
             .get_mut(&node)
             .and_then(|x| x.mounts.get_mut(&key))
         {
-            m.unmount_requested = true;
+            m.kernel.unmounting = true;
         }
         self.w.maybe_finish_unmount(node, &key);
     }
@@ -2169,12 +2172,12 @@ impl Scenario {
             .get(&node)
             .and_then(|x| x.mounts.get(&key))
             .map(|m| KernelView {
-                jid: m.jid,
-                first: m.first && m.first_written,
+                jid: m.kernel.jid,
+                first: m.kernel.first && m.first_written,
                 online: m.state == KState::Online,
                 withdrawn: m.state == KState::Withdrawn,
-                blocked: m.blocked,
-                withdraw_acked: m.withdraw_acked,
+                blocked: m.kernel.blocked,
+                withdraw_acked: m.kernel.withdraw_acked,
             })
     }
 
