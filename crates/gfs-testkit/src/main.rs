@@ -139,6 +139,7 @@ use gfs_testkit::uevent::UeventSender;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use gfs_sim::kernel_model::Refusal;
 use ksim::disk::SharedDisk;
 use ksim::model::{self, lock, Config, MountArgs, Shared, Sim};
 
@@ -524,8 +525,7 @@ async fn handle_client(sim: Shared, stream: UnixStream) {
 }
 
 async fn handle(sim: &Shared, req: Request) -> Response {
-    let refused =
-        |table: &str, (errno, why): (i32, String)| Response::err(errno, format!("{table}: {why}"));
+    let refused = |table: &str, r: Refusal| Response::err(r.errno, format!("{table}: {}", r.why));
     match req {
         Request::Mount {
             table,

@@ -7,12 +7,15 @@
 //! is checked) becomes a task that waits for the mount's stage and then answers the writer, so
 //! one blocked writer never holds up another file.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use gfs_core::{KernelEvent, KernelEventKind, MountMode, Table, MAX_JOURNALS};
+use gfs_core::{KernelEvent, KernelEventKind, MountMode, SysfsFile, Table, MAX_JOURNALS};
+use gfs_sim::kernel_model::{
+    Admit, Effect, JournalWork, KernelModel, RecoveryStart, RecoveryWork, Refusal, Stage,
+};
 use gfs_testkit::now_us;
 use gfs_testkit::proto::{Entry, Response, Status, TableStatus};
 use gfs_testkit::uevent::{KernelVars, UeventSender};
@@ -29,58 +32,17 @@ pub const STATUS_FAILED: i64 = 308;
 /// How often a waiter retries a lock held by another node.
 const POLL: Duration = Duration::from_millis(5);
 
-/// Where a mount is, in the order the kernel goes through them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Stage {
-    /// `add` sent; the DLM lockspace join runs. `first`/`jid` writes wait.
-    Joining,
-    /// Joined (`sd_locking_init` complete): waiting for the mount glock and the `jid`.
-    Joined,
-    /// The node's own journal is checked (`sd_journal_ready`): `recover` writes proceed.
-    JournalReady,
-    /// `online` sent.
-    Mounted,
-}
-
-impl Stage {
-    fn as_str(self) -> &'static str {
-        match self {
-            Stage::Joining => "joining",
-            Stage::Joined => "joined",
-            Stage::JournalReady => "journal_ready",
-            Stage::Mounted => "mounted",
-        }
-    }
-}
-
 /// One mounted (or mounting) filesystem.
 pub struct TableSim {
     pub table: Table,
     /// Tells this mount from an earlier or later one of the same table (inodes, tasks).
     pub generation: u64,
     pub created: SystemTime,
-    pub ro: bool,
-    pub spectator: bool,
-    pub journals: u32,
-    /// The DLM had `recover_callbacks=1` when this mount joined it.
-    pub kernel_managed: bool,
-    pub stage: Stage,
-    /// `ls_first`, as `first` reads it.
-    pub first: i64,
-    /// `ls_jid`, as `jid` reads it (0 until written).
-    pub ls_jid: i64,
-    /// SDF_NOJOURNALID: no jid yet.
-    pub nojournalid: bool,
+    /// The lock_module files, the stage, the queued recoveries: the model the in-process
+    /// simulator uses too.
+    pub kernel: KernelModel,
     /// The value the `jid` write stored (for the status).
     pub jid_written: Option<i64>,
-    /// The journal this node uses (`sd_jdesc`): its jid, or 0 for a spectator.
-    pub jdesc: Option<u32>,
-    pub blocked: bool,
-    pub mounted: bool,
-    pub withdrawn: bool,
-    pub withdraw_acked: bool,
-    /// SDF_NORECOVERY: unmounting, `recover` writes get ESHUTDOWN.
-    pub unmounting: bool,
     pub journal_checked: bool,
     /// SDF_JOURNAL_LIVE: mounted read-write, the journal is in use (and so dirty).
     pub journal_live: bool,
@@ -89,7 +51,6 @@ pub struct TableSim {
     pub replays_done: Vec<u32>,
     pub replays_failed: Vec<u32>,
     /// JDF_RECOVERY: journals with a recovery queued or running here.
-    pub replaying: BTreeSet<u32>,
     pub journals_replayed: Vec<u32>,
     /// The own journal's lock, held while mounted (not by spectators).
     own_journal: Option<Held>,
@@ -99,7 +60,29 @@ pub struct TableSim {
 
 impl TableSim {
     fn mode(&self) -> MountMode {
-        MountMode::from_flags(self.ro, self.spectator)
+        self.kernel.mode
+    }
+
+    pub fn ro(&self) -> bool {
+        self.kernel.ro()
+    }
+
+    pub fn spectator(&self) -> bool {
+        self.kernel.spectator()
+    }
+
+    pub fn mounted(&self) -> bool {
+        self.kernel.stage == Stage::Mounted
+    }
+
+    /// SDF_NOJOURNALID: no jid yet.
+    fn nojournalid(&self) -> bool {
+        self.kernel.jid.is_none()
+    }
+
+    /// `ls_jid`, as `jid` reads it (0 until written).
+    fn ls_jid(&self) -> i64 {
+        self.kernel.jid.unwrap_or(0)
     }
 
     fn ring(&self) {
@@ -113,10 +96,10 @@ impl TableSim {
 
     fn fsname(&self) -> String {
         let table = self.table.to_string();
-        match (self.nojournalid, self.spectator) {
+        match (self.nojournalid(), self.spectator()) {
             (true, _) => table,
             (false, true) => format!("{table}.s"),
-            (false, false) => format!("{table}.{}", self.ls_jid),
+            (false, false) => format!("{table}.{}", self.ls_jid()),
         }
     }
 
@@ -124,19 +107,19 @@ impl TableSim {
     /// `Mounted RO:` from it.
     fn status_text(&self) -> String {
         let b = |v: bool| i64::from(v);
-        let journal = self.jdesc.is_some();
+        let journal = self.kernel.journal.is_some();
         let lines: [(&str, i64); 28] = [
             ("Journal Checked:", b(self.journal_checked)),
             ("Journal Live:", b(self.journal_live)),
-            ("Journal ID:", self.jdesc.map_or(0, i64::from)),
-            ("Spectator:", b(self.spectator)),
-            ("Withdrawn:", b(self.withdrawn)),
+            ("Journal ID:", self.kernel.journal.map_or(0, i64::from)),
+            ("Spectator:", b(self.spectator())),
+            ("Withdrawn:", b(self.kernel.withdrawn)),
             ("No barriers:", 0),
-            ("No recovery:", b(self.unmounting)),
+            ("No recovery:", b(self.kernel.unmounting)),
             ("Demote:", 0),
-            ("No Journal ID:", b(self.nojournalid)),
-            ("Mounted RO:", b(self.ro)),
-            ("RO Recovery:", b(self.spectator)),
+            ("No Journal ID:", b(self.nojournalid())),
+            ("Mounted RO:", b(self.ro())),
+            ("RO Recovery:", b(self.spectator())),
             ("Skip DLM Unlock:", 0),
             ("Force AIL Flush:", 0),
             ("FS Frozen:", 0),
@@ -228,24 +211,14 @@ pub fn lock(sim: &Shared) -> MutexGuard<'_, Sim> {
 /// Answers a sysfs writer: `Ok` (the whole buffer was taken) or the errno.
 pub type Completion = Box<dyn FnOnce(Result<(), i32>) + Send>;
 
-/// A refused write: the errno and why, for the timeline.
-type Refusal = (i32, String);
-
 fn refuse(errno: i32, why: impl Into<String>) -> Result<(), Refusal> {
-    Err((errno, why.into()))
-}
-
-/// The part of a write that runs once the mount has reached a stage.
-#[derive(Clone, Copy, Debug)]
-enum Deferred {
-    First(u32),
-    Jid(i32),
-    Recover(u32),
+    Err(Refusal::new(errno, why))
 }
 
 enum Plan {
     Now(Result<(), Refusal>),
-    After(Stage, Deferred),
+    /// The write waits for the stage, then applies (file, value).
+    After(Stage, (SysfsFile, i64)),
 }
 
 impl Sim {
@@ -390,7 +363,7 @@ impl Sim {
         };
         self.seqnum += 1;
         let vars = KernelVars {
-            journal_id: (!t.nojournalid).then_some(t.ls_jid),
+            journal_id: (!t.nojournalid()).then_some(t.ls_jid()),
             uuid: Some(t.uuid()),
             seqnum: self.seqnum,
         };
@@ -433,19 +406,19 @@ impl Sim {
                         table: name.clone(),
                         mode: t.mode().as_str().to_owned(),
                         jid: t.jid_written,
-                        first: t.first,
-                        blocked: t.blocked,
-                        mounted: t.mounted,
-                        withdrawn: t.withdrawn,
+                        first: i64::from(t.kernel.first),
+                        blocked: t.kernel.blocked,
+                        mounted: t.mounted(),
+                        withdrawn: t.kernel.withdrawn,
                         replays_done: t.replays_done.clone(),
                         replays_failed: t.replays_failed.clone(),
-                        replaying: t.replaying.iter().copied().collect(),
-                        stage: t.stage.as_str().to_owned(),
-                        journals: t.journals,
-                        kernel_managed: t.kernel_managed,
+                        replaying: t.kernel.recovering.iter().copied().collect(),
+                        stage: t.kernel.stage.as_str().to_owned(),
+                        journals: t.kernel.journals,
+                        kernel_managed: t.kernel.kernel_managed,
                         journals_replayed: t.journals_replayed.clone(),
-                        dirty: self.disk.dirty_journals(&name, t.journals),
-                        withdraw_acked: t.withdraw_acked,
+                        dirty: self.disk.dirty_journals(&name, t.kernel.journals),
+                        withdraw_acked: t.kernel.withdraw_acked,
                     }
                 })
                 .collect(),
@@ -471,12 +444,12 @@ impl Sim {
             SysFile::Fsname => format!("{}\n", t.fsname()),
             SysFile::Uuid => format!("{}\n", t.uuid()),
             SysFile::Status => t.status_text(),
-            SysFile::Withdraw => format!("{}\n", u8::from(t.withdrawn)),
+            SysFile::Withdraw => format!("{}\n", u8::from(t.kernel.withdrawn)),
             SysFile::ProtoName => "lock_dlm\n".to_owned(),
-            SysFile::Block => format!("{}\n", u8::from(t.blocked)),
-            SysFile::WithdrawAck => format!("{}\n", u8::from(t.withdraw_acked)),
-            SysFile::Jid => format!("{}\n", t.ls_jid),
-            SysFile::First => format!("{}\n", t.first),
+            SysFile::Block => format!("{}\n", t.kernel.read(SysfsFile::Block)?),
+            SysFile::WithdrawAck => format!("{}\n", t.kernel.read(SysfsFile::Withdraw)?),
+            SysFile::Jid => format!("{}\n", t.kernel.read(SysfsFile::Jid)?),
+            SysFile::First => format!("{}\n", t.kernel.read(SysfsFile::First)?),
             // Set only on the DLM-callback path, which this mode never takes.
             SysFile::FirstDone => "0\n".to_owned(),
             SysFile::RecoverDone => format!("{}\n", t.recover_done),
@@ -514,130 +487,70 @@ impl Sim {
     // -----------------------------------------------------------------------------------------
     // Writes
 
-    /// The part of a write that does not wait.
+    /// The part of a write that does not wait: the text parsed as the kernel's store function
+    /// parses it, then the shared model's checks before its wait.
     fn plan_write(&mut self, name: &str, file: SysFile, text: &str) -> Plan {
         let Some(t) = self.tables.get_mut(name) else {
-            return Plan::Now(refuse(libc::ENODEV, "the filesystem is gone"));
+            return Plan::Now(Err(Refusal::gone()));
         };
         let not_number = |e: i32| Plan::Now(refuse(e, "not a number"));
-        match file {
-            SysFile::Block => match kstrtoint(text) {
-                Err(e) => not_number(e),
-                Ok(1) => {
-                    t.blocked = true;
-                    Plan::Now(Ok(()))
+        let (lock_file, value) = match file {
+            SysFile::Withdraw => {
+                return match kstrtoint(text) {
+                    Err(e) => not_number(e),
+                    Ok(1) => Plan::Now(self.withdraw(name)),
+                    Ok(_) => Plan::Now(refuse(libc::EINVAL, "withdraw takes only 1")),
                 }
-                Ok(0) => {
-                    t.blocked = false;
-                    if !t.replaying.is_empty() {
-                        let what = format!("block=0 while replaying {:?}", t.replaying);
-                        self.note(name, what);
-                    }
-                    Plan::Now(Ok(()))
-                }
-                Ok(_) => Plan::Now(refuse(libc::EINVAL, "block takes 0 or 1")),
-            },
-            SysFile::WithdrawAck => match kstrtoint(text) {
-                Err(e) => not_number(e),
-                Ok(1) => {
-                    t.withdraw_acked = true;
-                    Plan::Now(Ok(()))
-                }
-                Ok(_) => Plan::Now(refuse(libc::EINVAL, "withdraw takes only 1")),
-            },
-            SysFile::Withdraw => match kstrtoint(text) {
-                Err(e) => not_number(e),
-                Ok(1) => Plan::Now(self.withdraw(name)),
-                Ok(_) => Plan::Now(refuse(libc::EINVAL, "withdraw takes only 1")),
-            },
-            SysFile::First => match sscanf_u(text) {
-                None => not_number(libc::EINVAL),
-                Some(v) if v > 1 => Plan::Now(refuse(libc::EINVAL, "first takes 0 or 1")),
-                Some(v) => self.defer_until(name, Stage::Joined, Deferred::First(v)),
-            },
-            SysFile::Jid => match sscanf_d(text) {
-                None => not_number(libc::EINVAL),
-                Some(v) => self.defer_until(name, Stage::Joined, Deferred::Jid(v)),
-            },
-            SysFile::Recover => match sscanf_u(text) {
-                None => not_number(libc::EINVAL),
-                Some(_) if t.unmounting => {
-                    Plan::Now(refuse(libc::ESHUTDOWN, "the filesystem is unmounting"))
-                }
-                Some(v) => self.defer_until(name, Stage::JournalReady, Deferred::Recover(v)),
-            },
-            _ => Plan::Now(refuse(libc::EACCES, "read-only file")),
-        }
-    }
-
-    fn defer_until(&mut self, name: &str, stage: Stage, d: Deferred) -> Plan {
-        match self.tables.get(name) {
-            Some(t) if t.stage >= stage => Plan::Now(self.apply(name, d)),
-            Some(_) => Plan::After(stage, d),
-            None => Plan::Now(refuse(libc::ENODEV, "the filesystem is gone")),
-        }
-    }
-
-    /// A `first`/`jid`/`recover` write once the mount is far enough.
-    fn apply(&mut self, name: &str, d: Deferred) -> Result<(), Refusal> {
-        let Some(t) = self.tables.get_mut(name) else {
-            return refuse(libc::ENODEV, "the filesystem is gone");
+            }
+            SysFile::Block => (SysfsFile::Block, kstrtoint(text).map(i64::from)),
+            SysFile::WithdrawAck => (SysfsFile::Withdraw, kstrtoint(text).map(i64::from)),
+            SysFile::First => (
+                SysfsFile::First,
+                sscanf_u(text).map(i64::from).ok_or(libc::EINVAL),
+            ),
+            SysFile::Jid => (
+                SysfsFile::Jid,
+                sscanf_d(text).map(i64::from).ok_or(libc::EINVAL),
+            ),
+            SysFile::Recover => (
+                SysfsFile::Recover,
+                sscanf_u(text).map(i64::from).ok_or(libc::EINVAL),
+            ),
+            _ => return Plan::Now(refuse(libc::EACCES, "read-only file")),
         };
-        match d {
-            Deferred::First(v) => {
-                if t.kernel_managed {
-                    refuse(libc::EBUSY, "kernel-managed: the kernel chose its jid")
-                } else if !t.nojournalid {
-                    refuse(libc::EBUSY, "the jid is already set")
-                } else if t.spectator {
-                    refuse(libc::EINVAL, "a spectator cannot set first")
-                } else {
-                    t.first = i64::from(v);
-                    Ok(())
+        let value = match value {
+            Ok(v) => v,
+            Err(e) => return not_number(e),
+        };
+        match t.kernel.admit(lock_file, value) {
+            Admit::Refused(r) => Plan::Now(Err(r)),
+            Admit::WaitFor(stage) => Plan::After(stage, (lock_file, value)),
+            Admit::Ready => Plan::Now(self.apply(name, lock_file, value)),
+        }
+    }
+
+    /// A write once the mount is far enough: the shared model's rules, and its effects.
+    fn apply(&mut self, name: &str, file: SysfsFile, value: i64) -> Result<(), Refusal> {
+        let Some(t) = self.tables.get_mut(name) else {
+            return Err(Refusal::gone());
+        };
+        let (result, effects) = t.kernel.apply(file, value);
+        if file == SysfsFile::Jid && effects.contains(&Effect::JidStored) {
+            t.jid_written = t.kernel.jid;
+        }
+        // Whatever changed, a task waiting for this mount looks again.
+        t.ring();
+        let recovering = t.kernel.recovering.clone();
+        for effect in effects {
+            match effect {
+                Effect::Thawed if !recovering.is_empty() => {
+                    self.note(name, format!("block=0 while replaying {recovering:?}"));
                 }
-            }
-            Deferred::Jid(v) => {
-                if t.kernel_managed {
-                    refuse(libc::EBUSY, "kernel-managed: the kernel chose its jid")
-                } else if !t.nojournalid {
-                    refuse(libc::EBUSY, "the jid is already set")
-                } else if t.spectator && v > 0 {
-                    // Stored as the mount's error: the mount fails with EINVAL.
-                    t.ls_jid = -i64::from(libc::EINVAL);
-                    t.jid_written = Some(t.ls_jid);
-                    t.nojournalid = false;
-                    t.ring();
-                    refuse(
-                        libc::EINVAL,
-                        "a spectator takes jid 0 only: the mount fails",
-                    )
-                } else {
-                    t.ls_jid = i64::from(v);
-                    t.jid_written = Some(t.ls_jid);
-                    t.nojournalid = false;
-                    t.ring();
-                    Ok(())
-                }
-            }
-            Deferred::Recover(v) => {
-                let Some(own) = t.jdesc else {
-                    return refuse(libc::EBUSY, "no journal yet");
-                };
-                if !t.spectator && own == v {
-                    return refuse(libc::EBUSY, "its own journal");
-                }
-                // A spectator recovers the first journal, whatever was asked.
-                let jid = if t.spectator { 0 } else { v };
-                if jid >= t.journals {
-                    return refuse(libc::ENOENT, format!("no journal {v}"));
-                }
-                if t.replaying.contains(&jid) {
-                    return refuse(libc::EBUSY, format!("journal {jid} is already recovering"));
-                }
-                self.start_recovery(name, jid);
-                Ok(())
+                Effect::RecoveryQueued(jid) => self.start_recovery(name, jid),
+                Effect::Thawed | Effect::JidStored => {}
             }
         }
+        result
     }
 
     /// Records the write's result; a refusal (other than "the filesystem is gone") is a
@@ -646,7 +559,7 @@ impl Sim {
         if let Some(e) = self.timeline.get_mut(idx) {
             e.result = Some(match result {
                 Ok(()) => "ok".to_owned(),
-                Err((errno, why)) => format!("{} ({why})", errno_name(*errno)),
+                Err(r) => format!("{} ({})", errno_name(r.errno), r.why),
             });
             let end_us = now_us();
             e.end_ms = Some(end_us / 1000);
@@ -655,7 +568,7 @@ impl Sim {
             let done = e.clone();
             self.append_record(&done);
         }
-        if let Err((errno, why)) = result {
+        if let Err(Refusal { errno, why }) = result {
             eprintln!(
                 "gfs_kernel_sim: {name} {what} -> {} ({why})",
                 errno_name(*errno)
@@ -679,10 +592,9 @@ impl Sim {
         let Some(sim) = self.me.upgrade() else {
             return;
         };
-        let Some(t) = self.tables.get_mut(name) else {
+        let Some(t) = self.tables.get(name) else {
             return;
         };
-        t.replaying.insert(jid);
         let generation = t.generation;
         let name = name.to_owned();
         let disk = self.disk.clone();
@@ -699,13 +611,13 @@ impl Sim {
         let Some(t) = self.tables.get_mut(name) else {
             return refuse(libc::ENODEV, "the filesystem is gone");
         };
-        if !t.mounted {
+        if !t.mounted() {
             return refuse(libc::EBUSY, "still mounting");
         }
-        if t.withdrawn {
+        if t.kernel.withdrawn {
             return Ok(());
         }
-        t.withdrawn = true;
+        let offline = t.kernel.withdraw();
         t.journal_live = false;
         t.own_journal = None;
         t.ring();
@@ -713,7 +625,7 @@ impl Sim {
             name,
             "withdraw: own journal lock released, journal left as it is",
         );
-        self.send(name, KernelEventKind::Offline);
+        self.send(name, offline);
         Ok(())
     }
 
@@ -723,19 +635,19 @@ impl Sim {
         let Some(t) = self.tables.get_mut(name) else {
             return refuse(libc::EINVAL, "not mounted");
         };
-        if !t.mounted {
+        if !t.mounted() {
             return refuse(libc::EBUSY, "still mounting");
         }
-        if t.spectator && !ro {
+        if t.spectator() && !ro {
             return refuse(libc::EINVAL, "a spectator stays read-only");
         }
-        let old_ro = t.ro;
-        let spectator = t.spectator;
-        t.ro = ro;
+        let old_ro = t.ro();
+        let spectator = t.spectator();
+        let online = t.kernel.remount(MountMode::from_flags(ro, spectator));
         let table = t.table.to_string();
-        let own = t.jdesc;
+        let own = t.kernel.journal;
         let mut journal = None;
-        if !t.withdrawn && !spectator {
+        if !t.kernel.withdrawn && !spectator {
             if ro && !old_ro {
                 // Going read-only flushes the log and marks the journal clean.
                 t.journal_live = false;
@@ -749,13 +661,7 @@ impl Sim {
             let _ = self.disk.set_dirty(&table, j, dirty);
         }
         self.note(name, format!("remount {}", if ro { "ro" } else { "rw" }));
-        self.send(
-            name,
-            KernelEventKind::Online {
-                ro: old_ro,
-                spectator,
-            },
-        );
+        self.send(name, online);
         Ok(())
     }
 }
@@ -793,7 +699,7 @@ pub fn write_file(sim: &Shared, generation: u64, file: SysFile, data: &[u8], don
         return;
     };
     let idx = s.note(&name, what.clone());
-    if s.tables.get(&name).is_some_and(|t| t.kernel_managed) {
+    if s.tables.get(&name).is_some_and(|t| t.kernel.kernel_managed) {
         s.violation(
             &name,
             format!("{what} on a kernel-managed filesystem (recover_callbacks=1): the daemon must leave it alone"),
@@ -803,23 +709,25 @@ pub fn write_file(sim: &Shared, generation: u64, file: SysFile, data: &[u8], don
         Plan::Now(result) => {
             s.finish_write(idx, &name, &what, &result);
             drop(s);
-            done(result.map_err(|(e, _)| e));
+            done(result.map_err(|r| r.errno));
         }
         Plan::After(stage, deferred) => {
             let handle = s.handle.clone();
             drop(s);
             let sim = sim.clone();
             handle.spawn(async move {
-                let reached =
-                    wait_table(&sim, generation, None, |t| (t.stage >= stage).then_some(())).await;
+                let reached = wait_table(&sim, generation, None, |t| {
+                    (t.kernel.stage >= stage).then_some(())
+                })
+                .await;
                 let mut s = lock(&sim);
                 let result = match reached {
-                    Waited::Ready(()) => s.apply(&name, deferred),
+                    Waited::Ready(()) => s.apply(&name, deferred.0, deferred.1),
                     _ => refuse(libc::ENODEV, "the mount ended while the write waited"),
                 };
                 s.finish_write(idx, &name, &what, &result);
                 drop(s);
-                done(result.map_err(|(e, _)| e));
+                done(result.map_err(|r| r.errno));
             });
         }
     }
@@ -878,30 +786,29 @@ async fn run_recovery(
     fail: bool,
     replay_ms: u64,
 ) {
-    let (withdrawn, spectator, ro) = {
+    // The model decides from the mount's state; the lock and the dirty flag come from the
+    // shared disk.
+    let model = {
         let s = lock(&sim);
         let Some(t) = s.table(generation) else {
             return;
         };
-        (t.withdrawn, t.spectator, t.ro)
+        t.kernel.clone()
     };
-    let (done, why) = if withdrawn {
-        (false, "withdrawn".to_owned())
-    } else if spectator {
-        (false, "a spectator gives up".to_owned())
-    } else {
-        match disk.try_lock(&name, Lock::Journal(jid)) {
+    let (done, why) = match model.recovery_start() {
+        RecoveryStart::GiveUp(why) => (false, why.to_owned()),
+        RecoveryStart::TryLock => match disk.try_lock(&name, Lock::Journal(jid)) {
             Err(e) => (false, format!("journal lock: {e}")),
             Ok(None) => (false, "Busy: a live node holds the journal".to_owned()),
             Ok(Some(held)) => {
-                let dirty = disk.is_dirty(&name, jid);
+                let work = model.recovery_work(false, disk.is_dirty(&name, jid));
                 let r = if fail {
                     lock(&sim).note(&name, format!("replay start jid={jid} (will fail)"));
                     tokio::time::sleep(Duration::from_millis(replay_ms)).await;
                     (false, "replay failed (fail_next_replays)".to_owned())
-                } else if !dirty {
+                } else if work == RecoveryWork::Clean {
                     (true, "clean: nothing to replay".to_owned())
-                } else if ro {
+                } else if work == RecoveryWork::ReadOnly {
                     (false, "EROFS: a read-only mount cannot replay".to_owned())
                 } else {
                     lock(&sim).note(&name, format!("replay start jid={jid}"));
@@ -922,13 +829,13 @@ async fn run_recovery(
                 drop(held);
                 r
             }
-        }
+        },
     };
     let mut s = lock(&sim);
     let Some(t) = s.table_mut(generation) else {
         return;
     };
-    t.replaying.remove(&jid);
+    let event = t.kernel.recovery_done(jid, done);
     if done {
         t.replays_done.push(jid);
     } else {
@@ -945,7 +852,7 @@ async fn run_recovery(
         ),
         why,
     );
-    s.send(&name, KernelEventKind::Recovery { jid, done });
+    s.send(&name, event);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -993,7 +900,8 @@ impl Mounting<'_> {
             return self.gone();
         };
         if reset_jid {
-            t.ls_jid = 0;
+            // The negative jid went back to mount(2); `jid` reads 0 again.
+            t.kernel.jid = Some(0);
         }
         s.note(
             &self.name,
@@ -1055,7 +963,7 @@ impl Mounting<'_> {
         let Some(t) = s.table(self.generation) else {
             return Err(self.gone());
         };
-        let journals = t.journals;
+        let journals = t.kernel.journals;
         let held: Vec<bool> = (0..journals)
             .map(|j| self.disk.is_held(&self.name, Lock::Journal(j)))
             .collect();
@@ -1071,9 +979,8 @@ impl Mounting<'_> {
         let Some(t) = s.table_mut(self.generation) else {
             return Err(self.gone());
         };
-        t.ls_jid = jid as i64;
-        t.nojournalid = false;
-        t.first = i64::from(first);
+        t.kernel.jid = Some(jid as i64);
+        t.kernel.first = first;
         s.note(
             &self.name,
             format!(
@@ -1095,7 +1002,7 @@ impl Mounting<'_> {
             let Some(t) = s.table_mut(self.generation) else {
                 return Err(self.gone());
             };
-            t.replaying.insert(jid);
+            t.kernel.recovering.insert(jid);
             s.note_with(&self.name, format!("replay start jid={jid}"), "mount-time");
         }
         tokio::time::sleep(Duration::from_millis(replay_ms)).await;
@@ -1103,7 +1010,7 @@ impl Mounting<'_> {
         let Some(t) = s.table_mut(self.generation) else {
             return Err(self.gone());
         };
-        t.replaying.remove(&jid);
+        t.kernel.recovering.remove(&jid);
         t.journals_replayed.push(jid);
         let _ = self.disk.set_dirty(&self.name, jid, false);
         s.note_with(
@@ -1169,29 +1076,20 @@ async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
                 table,
                 generation,
                 created: SystemTime::now(),
-                ro,
-                spectator: a.spectator,
-                journals,
-                kernel_managed,
-                stage: Stage::Joining,
                 // gfs2_lm_mount: ls_first = 1, unless hostdata says first=0.
-                first: i64::from(!a.hostdata_first0),
-                ls_jid: 0,
-                nojournalid: true,
+                kernel: KernelModel::new(
+                    MountMode::from_flags(ro, a.spectator),
+                    journals,
+                    kernel_managed,
+                    a.hostdata_first0,
+                ),
                 jid_written: None,
-                jdesc: None,
-                blocked: false,
-                mounted: false,
-                withdrawn: false,
-                withdraw_acked: false,
-                unmounting: false,
                 journal_checked: false,
                 journal_live: false,
                 recover_done: 0,
                 recover_status: 0,
                 replays_done: Vec::new(),
                 replays_failed: Vec::new(),
-                replaying: BTreeSet::new(),
                 journals_replayed: Vec::new(),
                 own_journal: None,
                 bell,
@@ -1234,7 +1132,7 @@ async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
         let Some(t) = s.table_mut(generation) else {
             return Err(m.gone());
         };
-        t.stage = Stage::Joined;
+        t.kernel.stage = Stage::Joined;
         t.ring();
         s.note(&name, "DLM lockspace joined");
     }
@@ -1244,14 +1142,14 @@ async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
     m.note("mount glock held (EX)");
     if lock(sim)
         .table(generation)
-        .is_some_and(|t| t.kernel_managed)
+        .is_some_and(|t| t.kernel.kernel_managed)
     {
         m.kernel_picks_jid()?;
     }
 
     // wait_on_journal.
-    let jid = match wait_table(sim, generation, m.deadline, |t| {
-        (!t.nojournalid).then_some(t.ls_jid)
+    let (jid, taken) = match wait_table(sim, generation, m.deadline, |t| {
+        t.kernel.jid.zip(t.kernel.take_journal())
     })
     .await
     {
@@ -1259,30 +1157,23 @@ async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
         Waited::Gone => return Err(m.gone()),
         Waited::TimedOut => return Err(m.timed_out("a jid write")),
     };
-    if jid < 0 {
-        let errno = i32::try_from(-jid).unwrap_or(libc::EINVAL);
-        return Err(m.fail(errno, format!("refused by jid={jid}"), true));
-    }
-    let (spectator, first) = {
-        let s = lock(sim);
-        let t = s.table(generation).ok_or_else(|| m.gone())?;
-        (t.spectator, t.first)
-    };
-
-    // init_journal.
-    let own: u32 = if spectator {
-        0
-    } else {
-        match u32::try_from(jid) {
-            Ok(j) if j < journals => j,
-            _ => {
-                return Err(m.fail(
-                    libc::EUSERS,
-                    format!("can't mount journal #{jid}: there are only {journals} journals"),
-                    false,
-                ))
-            }
+    // init_journal: the journal this mount uses (0 for a spectator), checked by the shared model.
+    let own = match taken {
+        Ok(own) => own,
+        Err(_) if jid >= 0 => {
+            return Err(m.fail(
+                libc::EUSERS,
+                format!("can't mount journal #{jid}: there are only {journals} journals"),
+                false,
+            ))
         }
+        Err(errno) => return Err(m.fail(errno, format!("refused by jid={jid}"), true)),
+    };
+    let (spectator, work) = {
+        let mut s = lock(sim);
+        let t = s.table_mut(generation).ok_or_else(|| m.gone())?;
+        t.kernel.journal = Some(own);
+        (t.spectator(), t.kernel.journal_work())
     };
     if !spectator {
         let held = m.acquire(Lock::Journal(own), "its journal lock").await?;
@@ -1290,8 +1181,8 @@ async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
         let t = s.table_mut(generation).ok_or_else(|| m.gone())?;
         t.own_journal = Some(held);
     }
-    if first == 1 {
-        if spectator {
+    match work {
+        JournalWork::CheckAllClean => {
             // A spectator cannot replay: every journal must be clean, and a live node's is not.
             for j in 0..journals {
                 if m.disk.is_dirty(&name, j) || m.disk.is_held(&name, Lock::Journal(j)) {
@@ -1302,7 +1193,8 @@ async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
                     ));
                 }
             }
-        } else {
+        }
+        JournalWork::RecoverAll => {
             // The first mounter recovers every journal; a live node's is "Busy" and skipped.
             for j in 0..journals {
                 if j == own {
@@ -1320,25 +1212,28 @@ async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
                 }
             }
         }
+        JournalWork::Own(j) => {
+            m.check_journal(j, replay_ms).await?;
+            m.report(j, true)?;
+        }
+        JournalWork::Nothing => {}
+    }
+    if matches!(work, JournalWork::CheckAllClean | JournalWork::RecoverAll) {
         let mut s = lock(sim);
         if s.table(generation).is_none() {
             return Err(m.gone());
         }
         s.send(&name, KernelEventKind::FirstMountDone);
-    } else if !spectator {
-        m.check_journal(own, replay_ms).await?;
-        m.report(own, true)?;
     }
 
     // The journal is ready: `recover` writes go on; a read-write mount's journal is live.
     {
         let mut s = lock(sim);
         let t = s.table_mut(generation).ok_or_else(|| m.gone())?;
-        t.jdesc = Some(own);
         t.journal_checked = true;
-        t.stage = Stage::JournalReady;
+        t.kernel.stage = Stage::JournalReady;
         t.ring();
-        if !t.ro {
+        if !t.ro() {
             t.journal_live = true;
             let _ = m.disk.set_dirty(&name, own, true);
         }
@@ -1362,12 +1257,11 @@ async fn mount_steps(sim: &Shared, a: MountArgs) -> Result<Response, Stop> {
     drop(glock);
     let mut s = lock(sim);
     let t = s.table_mut(generation).ok_or_else(|| m.gone())?;
-    t.mounted = true;
-    t.stage = Stage::Mounted;
+    t.kernel.stage = Stage::Mounted;
     t.ring();
-    let ro = t.ro;
+    let online = t.kernel.online_event();
     s.note(&name, "mount glock released");
-    s.send(&name, KernelEventKind::Online { ro, spectator });
+    s.send(&name, online);
     Ok(Response::ok(format!("{name} mounted with jid {jid}")))
 }
 
@@ -1380,13 +1274,13 @@ pub async fn umount(sim: &Shared, name: &str) -> Response {
         let Some(t) = s.tables.get_mut(name) else {
             return Response::err(libc::EINVAL, format!("{name} is not mounted"));
         };
-        if !t.mounted {
+        if !t.mounted() {
             s.note(name, "umount while mounting: the mount fails");
             s.send(name, KernelEventKind::Remove);
             s.remove_table(name);
             return Response::ok(format!("{name} unmounted (the mount failed)"));
         }
-        t.unmounting = true;
+        t.kernel.unmounting = true;
         t.ring();
         let generation = t.generation;
         s.note(name, "umount");
@@ -1394,15 +1288,15 @@ pub async fn umount(sim: &Shared, name: &str) -> Response {
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     let _ = wait_table(sim, generation, Some(deadline), |t| {
-        t.replaying.is_empty().then_some(())
+        t.kernel.recovering.is_empty().then_some(())
     })
     .await;
     let mut s = lock(sim);
     let Some(t) = s.table_mut(generation) else {
         return Response::ok(format!("{name} unmounted"));
     };
-    let clean = t.journal_live && !t.withdrawn;
-    let own = t.jdesc;
+    let clean = t.journal_live && !t.kernel.withdrawn;
+    let own = t.kernel.journal;
     t.journal_live = false;
     if let (true, Some(j)) = (clean, own) {
         let _ = s.disk.set_dirty(name, j, false);
@@ -1415,6 +1309,30 @@ pub async fn umount(sim: &Shared, name: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_models_errnos_are_linuxs() {
+        use gfs_sim::errno;
+        let pairs = [
+            (errno::EPERM, libc::EPERM),
+            (errno::ENOENT, libc::ENOENT),
+            (errno::EINTR, libc::EINTR),
+            (errno::EIO, libc::EIO),
+            (errno::EAGAIN, libc::EAGAIN),
+            (errno::EACCES, libc::EACCES),
+            (errno::EBUSY, libc::EBUSY),
+            (errno::ENODEV, libc::ENODEV),
+            (errno::EINVAL, libc::EINVAL),
+            (errno::EROFS, libc::EROFS),
+            (errno::ERANGE, libc::ERANGE),
+            (errno::EUSERS, libc::EUSERS),
+            (errno::EOPNOTSUPP, libc::EOPNOTSUPP),
+            (errno::ESHUTDOWN, libc::ESHUTDOWN),
+        ];
+        for (ours, linux) in pairs {
+            assert_eq!(ours, linux);
+        }
+    }
 
     #[test]
     fn uuid_is_stable_and_kernel_shaped() {
