@@ -21,51 +21,12 @@ use std::collections::BTreeSet;
 
 use gfs_core::{Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table, Time};
 
-use super::{Ev, ReplayRecord, Rule, World, WriteRecord};
+use super::mount::{Mount, MountStep};
+use super::{checker, Ev, ReplayRecord, World, WriteRecord};
 use crate::errno::{EAGAIN, ENODEV, EOPNOTSUPP, EUSERS};
 use crate::kernel_model::{
     Admit, Effect, JournalWork, KernelModel, RecoveryStart, RecoveryWork, Stage,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum KState {
-    /// The DLM lockspace join: `first`/`jid` writes wait for it.
-    Joining,
-    /// Waiting for the cluster-wide mount lock.
-    WaitGlock,
-    /// Holding the mount lock, reading the superblock (a normal lock: frozen by `block=1`).
-    InitSb,
-    /// Holding the mount lock, waiting for `jid`.
-    WaitJid,
-    /// Journal work: first-mounter replay of every lockable journal, or the own journal's check.
-    InitJournal,
-    /// The rest of the mount (normal locks: frozen by `block=1`).
-    MountRest,
-    Online,
-    Withdrawn,
-}
-
-#[derive(Clone, Debug)]
-pub(super) struct KMount {
-    pub table: Table,
-    /// The lock_module files, the mount's stage and its queued recoveries: the model shared
-    /// with gfs_kernel_sim.
-    pub kernel: KernelModel,
-    /// The daemon wrote `first` (a scenario's view: `first` as the daemon set it).
-    pub first_written: bool,
-    pub state: KState,
-    /// First-mount journal work started (it waits while a journal's lock is held by a dead node).
-    pub journal_work: bool,
-    /// Journals a first mounter found held by a live node: reported Failed (Busy).
-    pub busy_at_mount: BTreeSet<u32>,
-    /// Journals replayed inside the mount.
-    pub mount_replays: BTreeSet<u32>,
-    /// `recover` replays waiting for the DLM to free the journal's lock.
-    pub waiting_replays: BTreeSet<u32>,
-    /// When the workload started the mount: L1 names it, so that a mount judged unfinished shows
-    /// whether it had the workload's quiet period to finish in.
-    pub begun: Time,
-}
 
 /// One sysfs operation queued for a filesystem.
 #[derive(Clone, Debug)]
@@ -95,7 +56,7 @@ pub(super) struct DlmRecovery {
 impl World {
     /// Uevents reach the daemon as separate events, in order, never in the middle of a write.
     pub(super) fn uevent(&mut self, n: NodeId, table: &Table, kind: KernelEventKind) {
-        let kinc = self.nodes[&n].kinc;
+        let boot = self.nodes[&n].boot;
         self.schedule(
             0,
             Ev::Uevent {
@@ -104,23 +65,23 @@ impl World {
                     table: table.clone(),
                     kind,
                 },
-                kinc,
+                boot,
             },
         );
     }
 
-    fn mount_of(&mut self, n: NodeId, key: &str) -> Option<&mut KMount> {
+    fn mount_of(&mut self, n: NodeId, key: &str) -> Option<&mut Mount> {
         self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key))
     }
 
     fn step_later(&mut self, n: NodeId, key: &str, delay: u64) {
-        let kinc = self.nodes[&n].kinc;
+        let boot = self.nodes[&n].boot;
         self.schedule(
             delay,
             Ev::KernelMountStep {
                 node: n,
                 table: key.to_owned(),
-                kinc,
+                boot,
             },
         );
     }
@@ -143,11 +104,11 @@ impl World {
         let journals = self.journals_per_fs;
         self.nodes.get_mut(&n).expect("node").mounts.insert(
             t.to_string(),
-            KMount {
+            Mount {
                 table: t.clone(),
                 kernel: KernelModel::new(mode, journals, kernel_managed, hostdata_first0),
                 first_written: false,
-                state: KState::Joining,
+                state: MountStep::Joining,
                 journal_work: false,
                 begun: self.now,
                 busy_at_mount: BTreeSet::new(),
@@ -178,15 +139,15 @@ impl World {
         self.step_later(n, &t.to_string(), d);
     }
 
-    pub(super) fn kernel_mount_step(&mut self, n: NodeId, key: &str, kinc: u64) {
-        if self.nodes[&n].kinc != kinc {
+    pub(super) fn kernel_mount_step(&mut self, n: NodeId, key: &str, boot: u64) {
+        if self.nodes[&n].boot != boot {
             return;
         }
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
         match m.state {
-            KState::Joining => {
+            MountStep::Joining => {
                 let quorate = self.nodes[&n]
                     .comp
                     .is_some_and(|c| self.quorate(&self.comps[&c].members));
@@ -209,11 +170,11 @@ impl World {
                     // The kernel picks its journal and recovers by itself: nothing to model here
                     // but the mount completing without the daemon.
                     // The DLM join ends any `first`/`jid` write waiting for it (EBUSY here).
-                    m.state = KState::Online;
+                    m.state = MountStep::Online;
                     m.kernel.stage = Stage::Mounted;
                     let (t, online) = (m.table.clone(), m.kernel.online_event());
                     self.io_run(n, key);
-                    let kinc = self.nodes[&n].kinc;
+                    let boot = self.nodes[&n].boot;
                     let d = self.rng.range(10, 100);
                     self.schedule(
                         d,
@@ -223,12 +184,12 @@ impl World {
                                 table: t,
                                 kind: online,
                             },
-                            kinc,
+                            boot,
                         },
                     );
                     return;
                 }
-                m.state = KState::WaitGlock;
+                m.state = MountStep::WaitGlock;
                 self.glock_waiters
                     .entry(key.to_owned())
                     .or_default()
@@ -236,13 +197,13 @@ impl World {
                 self.io_run(n, key);
                 self.grant_glock(key);
             }
-            KState::InitSb if !m.kernel.blocked => {
-                m.state = KState::WaitJid;
+            MountStep::InitSb if !m.kernel.blocked => {
+                m.state = MountStep::WaitJid;
                 self.wait_jid(n, key);
             }
-            KState::InitJournal => self.finish_journal_work(n, key),
-            KState::MountRest if !m.kernel.blocked => {
-                m.state = KState::Online;
+            MountStep::InitJournal => self.finish_journal_work(n, key),
+            MountStep::MountRest if !m.kernel.blocked => {
+                m.state = MountStep::Online;
                 m.kernel.stage = Stage::Mounted;
                 let (t, online) = (m.table.clone(), m.kernel.online_event());
                 self.glock.remove(key);
@@ -261,15 +222,15 @@ impl World {
             return;
         }
         while let Some(n) = self.glock_waiters.get_mut(key).and_then(|q| q.pop_front()) {
-            let kinc = self.nodes[&n].kinc;
+            let boot = self.nodes[&n].boot;
             let Some(m) = self.mount_of(n, key) else {
                 continue;
             };
-            if m.state != KState::WaitGlock {
+            if m.state != MountStep::WaitGlock {
                 continue;
             }
-            m.state = KState::InitSb;
-            self.glock.insert(key.to_owned(), (n, kinc, true));
+            m.state = MountStep::InitSb;
+            self.glock.insert(key.to_owned(), (n, boot, true));
             self.log(format!("n{n} kernel: {key} mount lock acquired"));
             let d = self.rng.range(1, 10);
             self.step_later(n, key, d);
@@ -281,7 +242,7 @@ impl World {
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if m.state != KState::WaitJid {
+        if m.state != MountStep::WaitJid {
             return;
         }
         let (Some(written), Some(taken)) = (m.kernel.jid, m.kernel.take_journal()) else {
@@ -302,49 +263,22 @@ impl World {
         let spectator = m.kernel.spectator();
         let first = m.kernel.first && !spectator;
         m.kernel.journal = Some(jid);
-        m.state = KState::InitJournal;
-        let kinc = self.nodes[&n].kinc;
+        m.state = MountStep::InitJournal;
+        let boot = self.nodes[&n].boot;
         if !spectator {
-            // S4: no two live mounters hold the same journal.
             let j = self.journals.entry((key.to_owned(), jid)).or_default();
-            if let Some(h) = j.user().filter(|h| *h != n) {
-                self.violate(
-                    Rule::S4,
-                    format!("n{n} mounts {key} with jid {jid}, held by n{h}'s live kernel"),
-                );
+            if let Some(v) = checker::unique_journal(n, key, jid, j) {
+                self.violate(v);
                 return;
             }
-            // S5: a mount that does not replay every journal must not start while a journal is
-            // dirty and no live daemon knows to have it replayed.
             if !first {
-                // Known: dirty in the group's state, or its writer still a mounter there (the
-                // group has yet to hear of that failure or withdraw, and will recover it).
-                let group_knows = |jj: u32| {
-                    self.nodes
-                        .values()
-                        .filter_map(|x| x.daemon.as_ref())
-                        .any(|d| {
-                            d.core.is_synced()
-                                && d.core.replicated().fs.get(key).is_some_and(|fs| {
-                                    fs.dirty.contains_key(&jj)
-                                        || fs.mounters.values().any(|m| m.jid == Some(jj))
-                                })
-                        })
-                };
-                let unknown = self.journals.iter().find(|((k, jj), x)| {
-                    k == key && *jj != jid && x.dirty && x.known_by.is_empty() && !group_knows(*jj)
-                });
-                if let Some(((_, jj), x)) = unknown {
-                    let (jj, owner, holder) = (*jj, x.dirty_owner, x.holder);
-                    self.violate(
-                        Rule::S5,
-                        format!("n{n} mounts {key} with first=0 while jid {jj} is dirty and no daemon will replay it (writer {owner:?}, holder {holder:?})"),
-                    );
+                if let Some(v) = checker::first_mounter(n, key, jid, &self.journals, &self.nodes) {
+                    self.violate(v);
                     return;
                 }
             }
             let j = self.journals.entry((key.to_owned(), jid)).or_default();
-            j.holder = Some((n, kinc));
+            j.holder = Some((n, boot));
             j.holder_withdrawn = false;
         }
         self.journal_work(n, key);
@@ -357,7 +291,7 @@ impl World {
         let Some(m) = self.nodes.get(&n).and_then(|x| x.mounts.get(key)) else {
             return;
         };
-        if m.state != KState::InitJournal || m.journal_work {
+        if m.state != MountStep::InitJournal || m.journal_work {
             return;
         }
         let own = m.kernel.journal;
@@ -426,7 +360,7 @@ impl World {
             return;
         }
         m.kernel.stage = Stage::JournalReady;
-        m.state = KState::MountRest;
+        m.state = MountStep::MountRest;
         let replays = std::mem::take(&mut m.mount_replays);
         let busy = std::mem::take(&mut m.busy_at_mount);
         let (t, events) = (m.table.clone(), m.kernel.journal_work_events(&busy));
@@ -472,10 +406,10 @@ impl World {
         let Some(m) = node.mounts.get_mut(key) else {
             return;
         };
-        if m.state != KState::Online {
+        if m.state != MountStep::Online {
             return;
         }
-        m.state = KState::Withdrawn;
+        m.state = MountStep::Withdrawn;
         let offline = m.kernel.withdraw();
         // Recoveries in flight end with the withdraw, unreported (the daemon's group treats the
         // withdrawn node's replays as failed anyway).
@@ -509,11 +443,11 @@ impl World {
     /// A remount: the `online` uevent carries the mode from before (the kernel sends it before
     /// the VFS applies the new flags); the daemon learns the new one by reading it back.
     pub(super) fn remount(&mut self, n: NodeId, key: &str, mode: MountMode) {
-        let kinc = self.nodes[&n].kinc;
+        let boot = self.nodes[&n].boot;
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if m.state != KState::Online || m.kernel.spectator() {
+        if m.state != MountStep::Online || m.kernel.spectator() {
             return;
         }
         let online = m.kernel.remount(mode);
@@ -525,13 +459,13 @@ impl World {
             Ev::ModeRead {
                 node: n,
                 table: key.to_owned(),
-                kinc,
+                boot,
             },
         );
     }
 
-    pub(super) fn mode_read(&mut self, n: NodeId, key: &str, kinc: u64) {
-        if self.nodes[&n].kinc != kinc {
+    pub(super) fn mode_read(&mut self, n: NodeId, key: &str, boot: u64) {
+        if self.nodes[&n].boot != boot {
             return;
         }
         let Some(m) = self.nodes[&n].mounts.get(key) else {
@@ -552,7 +486,7 @@ impl World {
         }
         node.kernel_dead_at = Some(now);
         node.kernel_killed_by_fence = by_fence;
-        let kinc = node.kinc;
+        let boot = node.boot;
         let mounts = std::mem::take(&mut node.mounts);
         self.io.retain(|(x, _), _| *x != n);
         self.dlm_registered.retain(|(x, _)| *x != n);
@@ -573,13 +507,13 @@ impl World {
                 .filter(|j| *j >= 0 && m.kernel.mode != MountMode::Spectator)
             {
                 let j = self.journals.entry((key.clone(), jid as u32)).or_default();
-                if j.holder == Some((n, kinc)) {
+                if j.holder == Some((n, boot)) {
                     j.holder = None;
                     // A withdrawn kernel stopped writing: its journal is as dirty as it was.
                     if !j.holder_withdrawn {
                         j.dirty = true;
                         j.dirty_withdrawn = false;
-                        j.dirty_owner = Some((n, kinc));
+                        j.dirty_owner = Some((n, boot));
                         dirty = true;
                     }
                     if m.kernel.stage >= Stage::Joined && !m.kernel.withdraw_acked {
@@ -625,7 +559,7 @@ impl World {
                 .filter(|x| {
                     x.mounts
                         .get(&key)
-                        .is_some_and(|m| m.state == KState::Online && !m.kernel.kernel_managed)
+                        .is_some_and(|m| m.state == MountStep::Online && !m.kernel.kernel_managed)
                 })
                 .map(|x| x.id)
                 .collect();
@@ -754,7 +688,7 @@ impl World {
         if file == SysfsFile::First && result.is_ok() {
             m.first_written = true;
         }
-        let frozen = matches!(m.state, KState::InitSb | KState::MountRest);
+        let frozen = matches!(m.state, MountStep::InitSb | MountStep::MountRest);
         for effect in effects {
             match effect {
                 Effect::Thawed => {
@@ -810,7 +744,7 @@ impl World {
 
     /// A `recover` replay whose journal lock is free (or held by a live node: Busy).
     fn begin_replay(&mut self, n: NodeId, key: &str, jid: u32) {
-        let kinc = self.nodes[&n].kinc;
+        let boot = self.nodes[&n].boot;
         let j = self
             .journals
             .get(&(key.to_owned(), jid))
@@ -830,7 +764,7 @@ impl World {
                     node: n,
                     table: key.to_owned(),
                     jid,
-                    kinc,
+                    boot,
                 },
             );
             return;
@@ -845,14 +779,14 @@ impl World {
                 node: n,
                 table: key.to_owned(),
                 jid,
-                kinc,
+                boot,
             },
         );
     }
 
     // ----- journals ------------------------------------------------------------------------------
 
-    /// S1, S2 and the barrier part of S3, checked when a replay of `jid` starts on `n`.
+    /// A replay of `jid` starts on `n` (S1, S2 and the barrier part of S3 are checked here).
     pub(super) fn replay_start(&mut self, n: NodeId, key: &str, jid: u32, at_mount: bool) {
         // The daemon's view when it asked, or the partition's when the kernel runs a replay that
         // waited for DLM recovery (which itself needs quorum).
@@ -860,72 +794,22 @@ impl World {
             || self.nodes[&n]
                 .comp
                 .is_some_and(|c| self.quorate(&self.comps[&c].members));
-        let j = self
-            .journals
-            .entry((key.to_owned(), jid))
-            .or_default()
-            .clone();
-        if let Some(o) = j.replaying.iter().find(|o| **o != n) {
-            self.violate(
-                Rule::S2,
-                format!("n{n} replays {key} jid {jid} while n{o} replays it"),
-            );
+        let j = self.journals.entry((key.to_owned(), jid)).or_default();
+        let start = checker::ReplayStart {
+            n,
+            key,
+            jid,
+            at_mount,
+            quorate: vs_quorate,
+            cluster_nodes: self.cfg.nodes,
+        };
+        let fences = checker::FenceHistory {
+            fenced: &self.last_fenced,
+            acked: &self.last_acked,
+        };
+        if let Some(v) = checker::replay_start(&start, j, &self.nodes, &fences) {
+            self.violate(v);
             return;
-        }
-        if let Some((h, _)) = j.holder {
-            if h != n && !j.holder_withdrawn {
-                self.violate(
-                    Rule::S1,
-                    format!("n{n} replays {key} jid {jid} while n{h}'s kernel still runs with it"),
-                );
-                return;
-            }
-        }
-        if j.dirty && !j.dirty_withdrawn {
-            if let Some((owner, owner_kinc)) = j.dirty_owner {
-                let o = &self.nodes[&owner];
-                let died = o.kernel_dead_at.filter(|_| o.kinc == owner_kinc);
-                let safe = o.kinc > owner_kinc
-                    || (o.kernel_killed_by_fence && o.kinc == owner_kinc)
-                    || died.is_some_and(|t| {
-                        self.last_fenced.get(&owner).is_some_and(|f| *f >= t)
-                            || self.last_acked.get(&owner).is_some_and(|a| *a >= t)
-                    });
-                if !safe {
-                    self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} of n{owner}, which was not fenced after it failed"));
-                    return;
-                }
-            }
-        }
-        if !at_mount && !vs_quorate && self.cfg.nodes > 1 {
-            self.violate(
-                Rule::S1,
-                format!("n{n} replays {key} jid {jid} in an inquorate partition"),
-            );
-            return;
-        }
-        if !at_mount {
-            // Every other live kernel using the filesystem must be blocked while a journal is
-            // replayed, or it could be granted the dead node's blocks before they are repaired.
-            let unblocked = self.nodes.values().find(|x| {
-                x.id != n
-                    && x.mounts.get(key).is_some_and(|m| {
-                        !m.kernel.blocked
-                            && !m.kernel.kernel_managed
-                            && matches!(
-                                m.state,
-                                KState::Online | KState::MountRest | KState::InitJournal
-                            )
-                    })
-            });
-            if let Some(o) = unblocked {
-                let o = o.id;
-                self.violate(
-                    Rule::S3,
-                    format!("n{n} replays {key} jid {jid} while n{o}'s kernel holds it unblocked"),
-                );
-                return;
-            }
         }
         self.journals
             .entry((key.to_owned(), jid))
@@ -948,8 +832,8 @@ impl World {
         j.known_by.clear();
     }
 
-    pub(super) fn replay_done(&mut self, n: NodeId, key: &str, jid: u32, kinc: u64) {
-        if self.nodes[&n].kinc != kinc {
+    pub(super) fn replay_done(&mut self, n: NodeId, key: &str, jid: u32, boot: u64) {
+        if self.nodes[&n].boot != boot {
             return;
         }
         let Some(m) = self.mount_of(n, key) else {
@@ -984,27 +868,9 @@ impl World {
     }
 
     pub(super) fn check_unblock(&mut self, n: NodeId, key: &str) {
-        // A mount still in progress is unblocked on purpose when no ready member can replay:
-        // its journal work must finish for it to become the replayer (a first mounter's kernel
-        // replays the failed journals itself before it reads anything else).
-        if self.nodes[&n]
-            .mounts
-            .get(key)
-            .is_some_and(|m| m.state != KState::Online)
-        {
-            return;
-        }
-        let bad: Vec<u32> = self
-            .journals
-            .iter()
-            .filter(|((t, _), j)| t == key && j.known_by.contains(&n))
-            .map(|((_, jid), _)| *jid)
-            .collect();
-        if let Some(jid) = bad.first() {
-            self.violate(
-                Rule::S3,
-                format!("n{n} unblocked {key} while jid {jid} of a failed member is not replayed"),
-            );
+        let mount = self.nodes[&n].mounts.get(key);
+        if let Some(v) = checker::unblock(n, key, mount, &self.journals) {
+            self.violate(v);
         }
     }
 
@@ -1014,7 +880,7 @@ impl World {
         };
         if !m.kernel.unmounting
             || !m.kernel.recovering.is_empty()
-            || !matches!(m.state, KState::Online | KState::Withdrawn)
+            || !matches!(m.state, MountStep::Online | MountStep::Withdrawn)
         {
             return;
         }
@@ -1037,7 +903,7 @@ impl World {
             if j.holder.is_some_and(|(h, _)| h == n) {
                 j.holder = None;
                 // A clean unmount flushes the journal; a withdrawn one stays dirty for others.
-                if !m.kernel.withdraw_acked && m.state != KState::Withdrawn {
+                if !m.kernel.withdraw_acked && m.state != MountStep::Withdrawn {
                     j.known_by.clear();
                 }
                 j.holder_withdrawn = false;
@@ -1148,23 +1014,10 @@ impl World {
             .map(|m| m.iter().copied().collect())
             .unwrap_or_default();
         if r.dirty {
-            // S8: from here the failed node's locks can be granted to survivors; one whose mount
-            // is complete must have blocked, or it can read blocks newer on the dead node's
-            // unreplayed journal.
-            let unblocked = members.iter().copied().find(|s| {
-                r.online_at_failure.contains(s)
-                    && self.nodes[s].mounts.get(&key).is_some_and(|m| {
-                        m.state == KState::Online && !m.kernel.blocked && !m.kernel.kernel_managed
-                    })
-            });
-            if let Some(s) = unblocked {
-                self.violate(
-                    Rule::S8,
-                    format!(
-                        "DLM recovered n{}'s locks on {key} while n{s} had not blocked",
-                        r.failed
-                    ),
-                );
+            if let Some(v) =
+                checker::dlm_ordering(r.failed, &key, &r.online_at_failure, &members, &self.nodes)
+            {
+                self.violate(v);
                 return;
             }
         }

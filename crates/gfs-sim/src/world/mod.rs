@@ -9,9 +9,16 @@ use gfs_core::{
 
 use crate::rng::Rng;
 
+mod checker;
+mod journal;
 mod kernel;
+mod mount;
 
-use kernel::{DlmRecovery, IoOp, KMount, KState};
+pub use checker::{Rule, Violation};
+use journal::JournalTruth;
+use mount::{Mount, MountStep};
+
+use kernel::{DlmRecovery, IoOp};
 
 const CLUSTER: &str = "sim";
 /// No workload in the last stretch of a run (L1 judges operations that had time to finish):
@@ -57,44 +64,6 @@ impl SimConfig {
             dlm_fscontrol: true,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rule {
-    S1,
-    S2,
-    S3,
-    S4,
-    S5,
-    S6,
-    S7,
-    S8,
-    L1,
-}
-
-impl std::fmt::Display for Rule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = match self {
-            Rule::S1 => "S1 fencing",
-            Rule::S2 => "S2 one replayer",
-            Rule::S3 => "S3 no early unblock",
-            Rule::S4 => "S4 unique journals",
-            Rule::S5 => "S5 first mounter",
-            Rule::S6 => "S6 agreement",
-            Rule::S7 => "S7 merge",
-            Rule::S8 => "S8 DLM ordering",
-            Rule::L1 => "L1 liveness",
-        };
-        f.write_str(s)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Violation {
-    pub rule: Rule,
-    pub time: Time,
-    pub step: u64,
-    pub detail: String,
 }
 
 #[derive(Clone, Debug)]
@@ -169,13 +138,13 @@ enum Ev {
     KernelMountStep {
         node: NodeId,
         table: String,
-        kinc: u64,
+        boot: u64,
     },
     ReplayDone {
         node: NodeId,
         table: String,
         jid: u32,
-        kinc: u64,
+        boot: u64,
     },
     FenceDone(NodeId),
     FenceNotify {
@@ -187,7 +156,7 @@ enum Ev {
     Uevent {
         node: NodeId,
         event: KernelEvent,
-        kinc: u64,
+        boot: u64,
     },
     /// A sysfs or dlm_controld result reaches the daemon incarnation `dinc`.
     IoDone {
@@ -199,7 +168,7 @@ enum Ev {
     ModeRead {
         node: NodeId,
         table: String,
-        kinc: u64,
+        boot: u64,
     },
     Reboot(NodeId),
     DaemonStart(NodeId),
@@ -249,10 +218,10 @@ struct SimNode {
     /// A process in the daemon group that is not gfs_controld (fault: foreign joiner).
     foreign: Option<u32>,
     /// Kernel instance counter: bumps on every boot.
-    kinc: u64,
+    boot: u64,
     kernel_dead_at: Option<Time>,
     kernel_killed_by_fence: bool,
-    mounts: BTreeMap<String, KMount>,
+    mounts: BTreeMap<String, Mount>,
     queue: VecDeque<Entry>,
     deliver_pending: bool,
     /// Quorum of the configuration this daemon last processed (its own view of its partition).
@@ -267,45 +236,6 @@ struct SimNode {
     /// Every node this kernel incarnation shared a corosync membership with: each of them sees
     /// it leave at some point (a partition or its death), and dlm_controld there then waits.
     seen_with: BTreeSet<NodeId>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct JTruth {
-    /// The live kernel instance that holds this journal: (node, kernel instance).
-    holder: Option<(NodeId, u64)>,
-    holder_withdrawn: bool,
-    /// Needs replay: its writer died or withdrew.
-    dirty: bool,
-    dirty_owner: Option<(NodeId, u64)>,
-    dirty_withdrawn: bool,
-    replaying: BTreeSet<NodeId>,
-    /// Daemons that processed the failure of its writer (they must stay blocked: S3).
-    known_by: BTreeSet<NodeId>,
-    /// Its lock is held by a dead kernel (its writer or a replayer) until DLM recovery.
-    dead_locked: bool,
-    dead_lock_by: Option<NodeId>,
-}
-
-impl JTruth {
-    /// The live kernel holding the journal still uses it: a withdrawn kernel whose journal the
-    /// group already replayed does not.
-    fn in_use_by(&self, node: NodeId) -> bool {
-        self.holder.is_some_and(|(h, _)| h == node) && (!self.holder_withdrawn || self.dirty)
-    }
-
-    fn user(&self) -> Option<NodeId> {
-        self.holder
-            .filter(|_| !self.holder_withdrawn || self.dirty)
-            .map(|(h, _)| h)
-    }
-
-    /// Another kernel holds the journal's lock: a live writer (a withdrawn 6.1 kernel drops
-    /// its journal locks before it says `offline`), or a replayer.
-    fn locked_by_other(&self, node: NodeId) -> bool {
-        self.holder
-            .is_some_and(|(h, _)| h != node && !self.holder_withdrawn)
-            || self.replaying.iter().any(|r| *r != node)
-    }
 }
 
 struct Comp {
@@ -331,7 +261,7 @@ struct World {
     next_entry: u64,
     tables: Vec<Table>,
     journals_per_fs: u32,
-    journals: BTreeMap<(String, u32), JTruth>,
+    journals: BTreeMap<(String, u32), JournalTruth>,
     fence_ops: BTreeMap<NodeId, FenceOp>,
     last_fenced: BTreeMap<NodeId, Time>,
     last_acked: BTreeMap<NodeId, Time>,
@@ -506,7 +436,7 @@ impl World {
                     comp: None,
                     daemon: None,
                     foreign: None,
-                    kinc: 1,
+                    boot: 1,
                     kernel_dead_at: None,
                     kernel_killed_by_fence: false,
                     mounts: BTreeMap::new(),
@@ -552,14 +482,14 @@ impl World {
         }
     }
 
-    fn violate(&mut self, rule: Rule, detail: String) {
+    /// Records the first violation, stamped with the time and step it happened at.
+    fn violate(&mut self, v: Violation) {
         if self.violation.is_none() {
-            self.log(format!("VIOLATION {rule}: {detail}"));
+            self.log(format!("VIOLATION {}: {}", v.rule, v.detail));
             self.violation = Some(Violation {
-                rule,
                 time: self.now,
                 step: self.step,
-                detail,
+                ..v
             });
         }
     }
@@ -846,13 +776,13 @@ impl World {
                     self.arm_timer(n);
                 }
             }
-            Ev::KernelMountStep { node, table, kinc } => self.kernel_mount_step(node, &table, kinc),
+            Ev::KernelMountStep { node, table, boot } => self.kernel_mount_step(node, &table, boot),
             Ev::ReplayDone {
                 node,
                 table,
                 jid,
-                kinc,
-            } => self.replay_done(node, &table, jid, kinc),
+                boot,
+            } => self.replay_done(node, &table, jid, boot),
             Ev::FenceDone(target) => self.fence_done(target),
             Ev::FenceNotify {
                 node,
@@ -868,8 +798,8 @@ impl World {
                     self.feed(node, Input::Fenced { nodeid: target, at });
                 }
             }
-            Ev::Uevent { node, event, kinc } => {
-                if self.nodes[&node].kinc == kinc && self.nodes[&node].daemon.is_some() {
+            Ev::Uevent { node, event, boot } => {
+                if self.nodes[&node].boot == boot && self.nodes[&node].daemon.is_some() {
                     self.log(format!("n{node} uevent {} {:?}", event.table, event.kind));
                     self.feed(node, Input::Kernel(event));
                 }
@@ -883,7 +813,7 @@ impl World {
                     self.feed(node, input);
                 }
             }
-            Ev::ModeRead { node, table, kinc } => self.mode_read(node, &table, kinc),
+            Ev::ModeRead { node, table, boot } => self.mode_read(node, &table, boot),
             Ev::Reboot(n) => self.reboot(n),
             Ev::DaemonStart(n) => self.daemon_start(n),
             Ev::ForeignSend(peer) => self.foreign_send(peer),
@@ -1036,21 +966,19 @@ impl World {
             .as_ref()
             .and_then(|d| d.core.settled_digest());
         if let (Some(_), Some(post)) = (pre, post) {
-            match self.agreement.get(&(entry, 0)) {
-                Some((other, who)) if *other != post => {
-                    let who = *who;
-                    for x in [who, n] {
-                        if let Some(d) = self.nodes[&x].daemon.as_ref() {
-                            let rep = format!("{:?}", d.core.replicated());
-                            self.log(format!("STATE n{x}: {rep}"));
-                        }
+            let first = self.agreement.get(&(entry, 0)).copied();
+            if first.is_none() {
+                self.agreement.insert((entry, 0), (post, n));
+            }
+            if let Some(v) = checker::agreement(n, entry, post, first) {
+                let who = first.map_or(n, |(_, who)| who);
+                for x in [who, n] {
+                    if let Some(d) = self.nodes[&x].daemon.as_ref() {
+                        let rep = format!("{:?}", d.core.replicated());
+                        self.log(format!("STATE n{x}: {rep}"));
                     }
-                    self.violate(Rule::S6, format!("n{who} and n{n} processed stream entry {entry} and hold different states"));
                 }
-                Some(_) => {}
-                None => {
-                    self.agreement.insert((entry, 0), (post, n));
-                }
+                self.violate(v);
             }
         }
     }
@@ -1344,7 +1272,7 @@ impl World {
                 .flat_map(|x| {
                     x.mounts
                         .iter()
-                        .filter(|(_, m)| m.state == KState::Online)
+                        .filter(|(_, m)| m.state == MountStep::Online)
                         .map(move |(t, _)| (x.id, t.clone()))
                 })
                 .collect();
@@ -1416,7 +1344,7 @@ impl World {
                         let hostdata = self.rng.chance(0.7);
                         self.mount(n, t, mode, hostdata);
                     }
-                    Some((KState::Online, _, _)) | Some((KState::Withdrawn, _, _))
+                    Some((MountStep::Online, _, _)) | Some((MountStep::Withdrawn, _, _))
                         if self.faults_on && self.rng.chance(p.unmount / tables.len() as f64) =>
                     {
                         self.log(format!("WORK umount {key} on n{n}"));
@@ -1430,7 +1358,7 @@ impl World {
                             .unmounting = true;
                         self.maybe_finish_unmount(n, &key);
                     }
-                    Some((KState::Online, mode, true))
+                    Some((MountStep::Online, mode, true))
                         if mode != MountMode::Spectator
                             && self.rng.chance(p.remount / tables.len() as f64) =>
                     {
@@ -1583,7 +1511,7 @@ impl World {
             return;
         }
         if node.kernel_dead_at.is_some() {
-            node.kinc += 1;
+            node.boot += 1;
             node.seen_with.clear();
             node.kernel_dead_at = None;
             node.kernel_killed_by_fence = false;
@@ -1786,7 +1714,7 @@ impl World {
                 .values()
                 .filter(|x| {
                     x.mounts.get(&key).is_some_and(|m| {
-                        m.kernel.mode != MountMode::Rw && m.state != KState::WaitJid
+                        m.kernel.mode != MountMode::Rw && m.state != MountStep::WaitJid
                     })
                 })
                 .map(|x| x.id)
@@ -1823,54 +1751,27 @@ impl World {
                         .is_some_and(|fs| !fs.dirty.is_empty())
             });
         let dirty = said_dirty || self.journals.iter().any(|((k, _), j)| k == key && j.dirty);
-        let mounts: Vec<&KMount> = self
+        let mounts: Vec<&Mount> = self
             .nodes
             .values()
             .filter_map(|x| x.mounts.get(key))
             .collect();
         let rw_online = mounts
             .iter()
-            .any(|m| m.kernel.mode == MountMode::Rw && m.state == KState::Online);
+            .any(|m| m.kernel.mode == MountMode::Rw && m.state == MountStep::Online);
         let ro_active = mounts.iter().any(|m| {
             m.kernel.mode != MountMode::Rw
-                && !matches!(m.state, KState::WaitJid | KState::Withdrawn)
+                && !matches!(m.state, MountStep::WaitJid | MountStep::Withdrawn)
         });
         dirty && !rw_online && ro_active
     }
 
     // ----- checkers --------------------------------------------------------------------------
 
-    /// S7: a synced daemon never counts as a member with state a node incarnation it saw fail.
+    /// S7, after every step.
     fn check_agreement_views(&mut self) {
-        let mut found = None;
-        for node in self.nodes.values() {
-            let Some(d) = node.daemon.as_ref() else {
-                continue;
-            };
-            if !d.core.is_synced() {
-                continue;
-            }
-            for (x, m) in &d.core.replicated().members {
-                if !m.synced || m.stale || *x == node.id {
-                    continue;
-                }
-                let Some(xd) = self.nodes[x].daemon.as_ref() else {
-                    continue;
-                };
-                let seen = node
-                    .saw_fail
-                    .get(&(*x, xd.inc))
-                    .is_some_and(|e| *e <= node.last_entry);
-                if seen && xd.core.is_synced() {
-                    found = Some(format!(
-                        "n{} readmitted n{x} with the state it had before n{} saw it fail",
-                        node.id, node.id
-                    ));
-                }
-            }
-        }
-        if let Some(detail) = found {
-            self.violate(Rule::S7, detail);
+        if let Some(v) = checker::readmission(&self.nodes) {
+            self.violate(v);
         }
     }
 
@@ -1882,69 +1783,29 @@ impl World {
     }
 
     fn check_liveness(&mut self) {
-        let stalled: BTreeSet<String> = BTreeSet::new();
-        let mut problems = Vec::new();
-        for node in self.nodes.values() {
-            if !node.corosync {
-                problems.push(format!("n{} is still down", node.id));
-                continue;
-            }
-            if node.daemon.as_ref().is_none_or(|d| !d.core.is_synced()) {
-                problems.push(format!(
-                    "n{}'s daemon is not running with the group state",
-                    node.id
-                ));
-            }
-            for (key, m) in &node.mounts {
-                if stalled.contains(key) {
-                    continue;
-                }
-                if m.kernel.blocked && m.state != KState::Withdrawn {
-                    problems.push(format!("n{} still blocked on {key}", node.id));
-                }
-                // Read-only and spectator mounts wait for a read-write first mounter by design.
-                let waits_for_rw = m.kernel.mode != MountMode::Rw
-                    && m.state == KState::WaitJid
-                    && !self.nodes.values().any(|x| {
-                        x.mounts.get(key).is_some_and(|o| {
-                            o.kernel.mode == MountMode::Rw && o.state == KState::Online
-                        })
-                    });
-                if !matches!(m.state, KState::Online | KState::Withdrawn) && !waits_for_rw {
-                    problems.push(format!(
-                        "n{}'s mount of {key} never completed ({:?}, begun at {})",
-                        node.id, m.state, m.begun
-                    ));
-                }
-            }
-        }
-        for ((key, jid), j) in &self.journals {
-            let rw_online = self.nodes.values().any(|x| {
-                x.mounts
-                    .get(key)
-                    .is_some_and(|m| m.state == KState::Online && m.kernel.mode == MountMode::Rw)
-            });
-            if j.dirty && rw_online && !stalled.contains(key) {
-                problems.push(format!("{key} jid {jid} still needs replay"));
-            }
-        }
-        for r in &self.dlm_recoveries {
-            let members = self.lockspaces.get(&r.table).cloned().unwrap_or_default();
-            let waiting: Vec<NodeId> = r
-                .waiting
-                .iter()
-                .copied()
-                .filter(|s| members.contains(s) && !r.notified.contains(s))
-                .collect();
-            problems.push(format!(
-                "DLM recovery of n{} on {} waits (for notifications from {waiting:?}; lockspace {members:?})",
-                r.failed, r.table
-            ));
-        }
-        if !problems.is_empty() {
-            // What each daemon says it waits for: the first thing to read in a liveness failure.
-            let views: Vec<String> = self
-                .nodes
+        let dlm_waits = self
+            .dlm_recoveries
+            .iter()
+            .map(|r| {
+                let members = self.lockspaces.get(&r.table).cloned().unwrap_or_default();
+                let waiting: Vec<NodeId> = r
+                    .waiting
+                    .iter()
+                    .copied()
+                    .filter(|s| members.contains(s) && !r.notified.contains(s))
+                    .collect();
+                format!(
+                    "DLM recovery of n{} on {} waits (for notifications from {waiting:?}; lockspace {members:?})",
+                    r.failed, r.table
+                )
+            })
+            .collect();
+        let Some(v) = checker::liveness(&self.nodes, &self.journals, dlm_waits) else {
+            return;
+        };
+        // What each daemon says it waits for: the first thing to read in a liveness failure.
+        let views: Vec<String> =
+            self.nodes
                 .values()
                 .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
                 .flat_map(|(id, d)| {
@@ -1959,20 +1820,19 @@ impl World {
                     })
                 })
                 .collect();
-            for v in views {
-                self.log(format!("STATE {v}"));
-            }
-            let reps: Vec<String> = self
-                .nodes
-                .values()
-                .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
-                .map(|(id, d)| format!("REPLICATED n{id} {:?}", d.core.replicated().fs))
-                .collect();
-            for r in reps {
-                self.log(r);
-            }
-            self.violate(Rule::L1, problems.join("; "));
+        for v in views {
+            self.log(format!("STATE {v}"));
         }
+        let reps: Vec<String> = self
+            .nodes
+            .values()
+            .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
+            .map(|(id, d)| format!("REPLICATED n{id} {:?}", d.core.replicated().fs))
+            .collect();
+        for r in reps {
+            self.log(r);
+        }
+        self.violate(v);
     }
 }
 
@@ -2174,8 +2034,8 @@ impl Scenario {
             .map(|m| KernelView {
                 jid: m.kernel.jid,
                 first: m.kernel.first && m.first_written,
-                online: m.state == KState::Online,
-                withdrawn: m.state == KState::Withdrawn,
+                online: m.state == MountStep::Online,
+                withdrawn: m.state == MountStep::Withdrawn,
                 blocked: m.kernel.blocked,
                 withdraw_acked: m.kernel.withdraw_acked,
             })
