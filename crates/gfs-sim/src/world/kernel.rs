@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use gfs_core::{Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table, Time};
 
 use super::mount::{Mount, MountStep};
-use super::{checker, Ev, ReplayRecord, World, WriteRecord};
+use super::{checker, Event, ReplayRecord, World, WriteRecord};
 use crate::errno::{EAGAIN, ENODEV, EOPNOTSUPP, EUSERS};
 use crate::kernel_model::{
     Admit, Effect, JournalWork, KernelModel, RecoveryStart, RecoveryWork, Stage,
@@ -59,7 +59,7 @@ impl World {
         let boot = self.nodes[&n].boot;
         self.schedule(
             0,
-            Ev::Uevent {
+            Event::Uevent {
                 node: n,
                 event: KernelEvent {
                     table: table.clone(),
@@ -78,7 +78,7 @@ impl World {
         let boot = self.nodes[&n].boot;
         self.schedule(
             delay,
-            Ev::KernelMountStep {
+            Event::KernelMountStep {
                 node: n,
                 table: key.to_owned(),
                 boot,
@@ -127,9 +127,7 @@ impl World {
                 kernel_managed: said,
             },
         );
-        let quorate = self.nodes[&n]
-            .comp
-            .is_some_and(|c| self.quorate(&self.comps[&c].members));
+        let quorate = self.cpg.partition_quorate(n);
         if !kernel_managed && quorate {
             // A joining kernel is in the lockspace's membership: a failure during its join is
             // recovered with it. (In an inquorate partition the join waits, unseen by others.)
@@ -148,9 +146,7 @@ impl World {
         };
         match m.state {
             MountStep::Joining => {
-                let quorate = self.nodes[&n]
-                    .comp
-                    .is_some_and(|c| self.quorate(&self.comps[&c].members));
+                let quorate = self.cpg.partition_quorate(n);
                 let Some(m) = self.mount_of(n, key) else {
                     return;
                 };
@@ -178,7 +174,7 @@ impl World {
                     let d = self.rng.range(10, 100);
                     self.schedule(
                         d,
-                        Ev::Uevent {
+                        Event::Uevent {
                             node: n,
                             event: KernelEvent {
                                 table: t,
@@ -456,7 +452,7 @@ impl World {
         let d = self.rng.range(50, 500);
         self.schedule(
             d,
-            Ev::ModeRead {
+            Event::ModeRead {
                 node: n,
                 table: key.to_owned(),
                 boot,
@@ -652,7 +648,7 @@ impl World {
             let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
             self.schedule(
                 at.since(self.now),
-                Ev::IoDone {
+                Event::IoDone {
                     node: n,
                     dinc,
                     input,
@@ -760,7 +756,7 @@ impl World {
             self.busy_replays.insert((n, key.to_owned(), jid));
             self.schedule(
                 1,
-                Ev::ReplayDone {
+                Event::ReplayDone {
                     node: n,
                     table: key.to_owned(),
                     jid,
@@ -775,7 +771,7 @@ impl World {
             .range(self.profile.replay_ms.0, self.profile.replay_ms.1);
         self.schedule(
             d,
-            Ev::ReplayDone {
+            Event::ReplayDone {
                 node: n,
                 table: key.to_owned(),
                 jid,
@@ -790,10 +786,7 @@ impl World {
     pub(super) fn replay_start(&mut self, n: NodeId, key: &str, jid: u32, at_mount: bool) {
         // The daemon's view when it asked, or the partition's when the kernel runs a replay that
         // waited for DLM recovery (which itself needs quorum).
-        let vs_quorate = self.nodes[&n].vs_quorate
-            || self.nodes[&n]
-                .comp
-                .is_some_and(|c| self.quorate(&self.comps[&c].members));
+        let vs_quorate = self.cpg.view_quorate(n) || self.cpg.partition_quorate(n);
         let j = self.journals.entry((key.to_owned(), jid)).or_default();
         let start = checker::ReplayStart {
             n,
@@ -927,7 +920,7 @@ impl World {
         let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
         self.schedule(
             1,
-            Ev::IoDone {
+            Event::IoDone {
                 node: n,
                 dinc,
                 input: Input::DlmRegistered { table, result },
@@ -965,7 +958,7 @@ impl World {
         let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
         self.schedule(
             1,
-            Ev::IoDone {
+            Event::IoDone {
                 node: n,
                 dinc,
                 input: Input::DlmNotified {
@@ -990,11 +983,11 @@ impl World {
                         || r.notified.contains(s)
                 });
                 let comps: BTreeSet<Option<u64>> =
-                    members.iter().map(|s| self.nodes[s].comp).collect();
+                    members.iter().map(|s| self.cpg.component_of(*s)).collect();
                 let together = comps.len() <= 1
                     && comps
                         .iter()
-                        .all(|c| c.is_some_and(|c| self.quorate(&self.comps[&c].members)));
+                        .all(|c| c.is_some_and(|c| self.cpg.component_quorate(c)));
                 notified && together
             });
             let Some(i) = ready else {

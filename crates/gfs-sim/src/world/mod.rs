@@ -10,11 +10,14 @@ use gfs_core::{
 use crate::rng::Rng;
 
 mod checker;
+mod cpg;
+mod driver;
 mod journal;
 mod kernel;
 mod mount;
 
 pub use checker::{Rule, Violation};
+use cpg::{CpgModel, Entry, NodeProcesses, Processes};
 use journal::JournalTruth;
 use mount::{Mount, MountStep};
 
@@ -44,6 +47,8 @@ pub struct SimConfig {
     pub max_journals: u32,
     pub sabotage: Sabotage,
     pub trace: bool,
+    /// Log every multicast with its message name (for debugging a seed).
+    pub log_multicasts: bool,
     /// dlm_controld runs with `enable_fscontrol=1` (it accepts registrations).
     pub dlm_fscontrol: bool,
 }
@@ -61,6 +66,7 @@ impl SimConfig {
             max_journals: gfs_core::MAX_JOURNALS,
             sabotage: Sabotage::default(),
             trace: false,
+            log_multicasts: false,
             dlm_fscontrol: true,
         }
     }
@@ -131,7 +137,7 @@ impl Profile {
 }
 
 #[derive(Clone, Debug)]
-enum Ev {
+enum Event {
     Deliver(NodeId),
     Commit(u64),
     NodeTimer(NodeId),
@@ -185,23 +191,6 @@ enum Ev {
     OperatorRescue,
 }
 
-#[derive(Clone, Debug)]
-enum Entry {
-    ConfChg {
-        id: u64,
-        members: Vec<Peer>,
-        joined: Vec<Peer>,
-        left: Vec<(Peer, LeaveReason)>,
-        quorate: bool,
-    },
-    Msg {
-        id: u64,
-        sender: Peer,
-        payload: Vec<u8>,
-    },
-    Quorum(bool),
-}
-
 struct Daemon {
     core: Node,
     inc: u64,
@@ -213,7 +202,6 @@ struct Daemon {
 struct SimNode {
     id: NodeId,
     corosync: bool,
-    comp: Option<u64>,
     daemon: Option<Daemon>,
     /// A process in the daemon group that is not gfs_controld (fault: foreign joiner).
     foreign: Option<u32>,
@@ -222,11 +210,6 @@ struct SimNode {
     kernel_dead_at: Option<Time>,
     kernel_killed_by_fence: bool,
     mounts: BTreeMap<String, Mount>,
-    queue: VecDeque<Entry>,
-    deliver_pending: bool,
-    /// Quorum of the configuration this daemon last processed (its own view of its partition).
-    vs_quorate: bool,
-    group_view: Vec<Peer>,
     /// Failures of daemon incarnations this node's lineage saw, with the stream entry that told.
     saw_fail: BTreeMap<(NodeId, u64), u64>,
     /// The last stream entry this daemon processed (entries are numbered in commit order).
@@ -236,12 +219,6 @@ struct SimNode {
     /// Every node this kernel incarnation shared a corosync membership with: each of them sees
     /// it leave at some point (a partition or its death), and dlm_controld there then waits.
     seen_with: BTreeSet<NodeId>,
-}
-
-struct Comp {
-    members: BTreeSet<NodeId>,
-    inflight: VecDeque<(Peer, Vec<u8>)>,
-    commit_pending: bool,
 }
 
 struct FenceOp {
@@ -254,11 +231,9 @@ struct World {
     profile: Profile,
     now: Time,
     seq: u64,
-    events: BTreeMap<(Time, u64), Ev>,
+    events: BTreeMap<(Time, u64), Event>,
     nodes: BTreeMap<NodeId, SimNode>,
-    comps: BTreeMap<u64, Comp>,
-    next_comp: u64,
-    next_entry: u64,
+    cpg: CpgModel,
     tables: Vec<Table>,
     journals_per_fs: u32,
     journals: BTreeMap<(String, u32), JournalTruth>,
@@ -376,6 +351,7 @@ impl World {
             .collect();
         let journals_per_fs = cfg.nodes + rng.range(0, 2) as u32;
         let seed_foreign = cfg.seed ^ 0x0f0e_1d2c_3b4a_5968;
+        let nodes = cfg.nodes;
         let mut w = World {
             cfg,
             rng,
@@ -384,9 +360,7 @@ impl World {
             seq: 0,
             events: BTreeMap::new(),
             nodes: BTreeMap::new(),
-            comps: BTreeMap::new(),
-            next_comp: 1,
-            next_entry: 1,
+            cpg: CpgModel::new(1..=nodes, nodes),
             tables,
             journals_per_fs,
             journals: BTreeMap::new(),
@@ -433,17 +407,12 @@ impl World {
                 SimNode {
                     id,
                     corosync: true,
-                    comp: None,
                     daemon: None,
                     foreign: None,
                     boot: 1,
                     kernel_dead_at: None,
                     kernel_killed_by_fence: false,
                     mounts: BTreeMap::new(),
-                    queue: VecDeque::new(),
-                    deliver_pending: false,
-                    vs_quorate: false,
-                    group_view: Vec::new(),
                     saw_fail: BTreeMap::new(),
                     last_entry: 0,
                     daemon_inc_counter: 0,
@@ -456,20 +425,20 @@ impl World {
         w.reform(vec![all]);
         for id in 1..=w.cfg.nodes {
             let d = w.rng.range(0, 300);
-            w.schedule(d, Ev::DaemonStart(id));
+            w.schedule(d, Event::DaemonStart(id));
         }
         if w.cfg.faults {
-            w.schedule(100, Ev::FaultTick);
+            w.schedule(100, Event::FaultTick);
         }
         if w.cfg.workload {
-            w.schedule(50, Ev::WorkTick);
+            w.schedule(50, Event::WorkTick);
             let end = w.cfg.fault_ms;
-            w.schedule(end, Ev::EndFaults);
+            w.schedule(end, Event::EndFaults);
         }
         w
     }
 
-    fn schedule(&mut self, delay: u64, ev: Ev) {
+    fn schedule(&mut self, delay: u64, ev: Event) {
         self.seq += 1;
         self.events.insert((self.now.after(delay), self.seq), ev);
     }
@@ -519,249 +488,63 @@ impl World {
 
     // ----- membership ----------------------------------------------------------------------
 
-    fn quorate(&self, comp: &BTreeSet<NodeId>) -> bool {
-        comp.len() as u32 * 2 > self.cfg.nodes
+    /// The processes in the daemon group on each node, for the CPG model.
+    fn processes(&self) -> Processes {
+        self.nodes
+            .values()
+            .map(|x| {
+                let procs = NodeProcesses {
+                    corosync: x.corosync,
+                    daemon: x.daemon.as_ref().filter(|d| d.joined).map(|d| d.pid),
+                    foreign: x.foreign,
+                };
+                (x.id, procs)
+            })
+            .collect()
     }
 
-    /// Replace the components by `sides` (sets of corosync-up nodes), delivering configuration
-    /// changes with virtual synchrony: each member of a new component gets the same change at the
-    /// same point of its stream; messages in flight go before it to the sender's side or after it.
+    fn wake(&mut self, wakeups: impl IntoIterator<Item = cpg::Wakeup>) {
+        for (delay, event) in wakeups {
+            self.schedule(delay, event);
+        }
+    }
+
+    /// Corosync's membership becomes `sides`: configuration changes for every daemon, the new
+    /// memberships to the quorum service, and the DLM's view of who is together.
     fn reform(&mut self, sides: Vec<BTreeSet<NodeId>>) {
-        let old: BTreeMap<u64, Comp> = std::mem::take(&mut self.comps);
-        let mut new_of: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let mut new_ids = Vec::new();
-        for side in sides.into_iter().filter(|s| !s.is_empty()) {
-            let id = self.next_comp;
-            self.next_comp += 1;
-            for n in &side {
-                new_of.insert(*n, id);
-            }
-            self.comps.insert(
-                id,
-                Comp {
-                    members: side,
-                    inflight: VecDeque::new(),
-                    commit_pending: false,
-                },
-            );
-            new_ids.push(id);
-        }
-        // Messages in flight in the old components. Each sender's messages stay in order: once
-        // one is carried past the change, all its later ones are too.
-        for (_, comp) in old {
-            let mut carried: BTreeSet<Peer> = BTreeSet::new();
-            for (sender, payload) in comp.inflight {
-                let sender_daemon_up = self.in_group(sender);
-                match new_of.get(&sender.nodeid).copied() {
-                    Some(c) if sender_daemon_up => {
-                        if !carried.contains(&sender) && self.rng.chance(0.5) {
-                            let targets: Vec<NodeId> = comp
-                                .members
-                                .iter()
-                                .copied()
-                                .filter(|n| new_of.get(n) == Some(&c))
-                                .collect();
-                            self.commit_to(&targets, sender, payload);
-                        } else if let Some(nc) = self.comps.get_mut(&c) {
-                            carried.insert(sender);
-                            nc.inflight.push_back((sender, payload));
-                        }
-                    }
-                    _ => {
-                        // The sender is gone: all survivors get it, or none do.
-                        if self.rng.chance(0.5) {
-                            let targets: Vec<NodeId> = comp
-                                .members
-                                .iter()
-                                .copied()
-                                .filter(|n| new_of.contains_key(n) && *n != sender.nodeid)
-                                .collect();
-                            self.commit_to(&targets, sender, payload);
-                        }
-                    }
-                }
-            }
-        }
+        let procs = self.processes();
+        let wakeups = self.cpg.reform(sides, &procs, &mut self.rng);
         for (n, node) in self.nodes.iter_mut() {
-            node.comp = new_of.get(n).copied();
-            if let Some(c) = node.comp {
-                node.seen_with
-                    .extend(self.comps[&c].members.iter().copied());
-            }
+            node.seen_with.extend(self.cpg.members_with(*n));
         }
-        for id in new_ids {
-            self.group_change(id, None);
-            if !self.comps[&id].inflight.is_empty() {
-                self.schedule_commit(id);
-            }
-        }
-        // The quorum service reports each node's membership to its daemon.
-        let views: Vec<(NodeId, Vec<NodeId>)> = self
-            .nodes
-            .values()
-            .filter(|x| x.daemon.is_some())
-            .filter_map(|x| {
-                x.comp
-                    .map(|c| (x.id, self.comps[&c].members.iter().copied().collect()))
-            })
-            .collect();
-        for (n, members) in views {
-            self.feed(n, Input::Membership { members });
-        }
+        self.wake(wakeups);
+        self.feed_memberships();
         // dlm_controld recovers lockspaces only with quorum and its members together.
         self.dlm_check();
     }
 
-    /// The process is in the daemon group: a joined daemon, or a foreign process.
-    fn in_group(&self, p: Peer) -> bool {
-        let node = &self.nodes[&p.nodeid];
-        node.daemon
-            .as_ref()
-            .is_some_and(|d| d.joined && d.pid == p.pid)
-            || node.foreign == Some(p.pid)
-    }
-
-    /// Recompute the daemon group's membership in a component and queue a configuration change
-    /// for every daemon whose view changed. `gone` names a process that just left or died on a
-    /// node whose corosync lives on.
     fn group_change(&mut self, comp: u64, gone: Option<(Peer, LeaveReason)>) {
-        let mut members: Vec<Peer> = Vec::new();
-        for n in &self.comps[&comp].members {
-            let node = &self.nodes[n];
-            if let Some(d) = node.daemon.as_ref().filter(|d| d.joined) {
-                members.push(Peer::new(*n, d.pid));
-            }
-            if let Some(pid) = node.foreign {
-                members.push(Peer::new(*n, pid));
-            }
-        }
-        members.sort_unstable();
-        let quorate = self.quorate(&self.comps[&comp].members);
-        let mut by_view: BTreeMap<Vec<Peer>, Vec<NodeId>> = BTreeMap::new();
-        for p in members.iter().filter(|p| p.pid < FOREIGN_PID_BASE) {
-            by_view
-                .entry(self.nodes[&p.nodeid].group_view.clone())
-                .or_default()
-                .push(p.nodeid);
-        }
-        for (view, receivers) in by_view {
-            // Quorum may change without the group changing (a node without a daemon left).
-            for n in &receivers {
-                let node = self.nodes.get_mut(n).expect("node");
-                if node.vs_quorate != quorate && view == members {
-                    node.queue.push_back(Entry::Quorum(quorate));
-                }
-            }
-            if view == members {
-                for n in &receivers {
-                    self.kick_delivery(*n);
-                }
-                continue;
-            }
-            let joined: Vec<Peer> = members
-                .iter()
-                .copied()
-                .filter(|p| !view.contains(p))
-                .collect();
-            let left: Vec<(Peer, LeaveReason)> = view
-                .iter()
-                .copied()
-                .filter(|p| !members.contains(p))
-                .map(|p| {
-                    let n = p.nodeid;
-                    let reason = match gone {
-                        Some((g, r)) if g == p => r,
-                        _ if self.nodes[&n].corosync && self.nodes[&n].comp == Some(comp) => {
-                            LeaveReason::ProcDown
-                        }
-                        _ => LeaveReason::NodeDown,
-                    };
-                    (p, reason)
-                })
-                .collect();
-            let id = self.next_entry;
-            self.next_entry += 1;
-            // The daemon re-reads quorum right before it hands a configuration change to the core,
-            // so the core's quorum view is never older than its membership view.
-            let quorum_first = true;
-            for n in &receivers {
-                let node = self.nodes.get_mut(n).expect("node");
-                let cc = Entry::ConfChg {
-                    id,
-                    members: members.clone(),
-                    joined: joined.clone(),
-                    left: left.clone(),
-                    quorate,
-                };
-                if quorum_first {
-                    node.queue.push_back(Entry::Quorum(quorate));
-                    node.queue.push_back(cc);
-                } else {
-                    node.queue.push_back(cc);
-                    node.queue.push_back(Entry::Quorum(quorate));
-                }
-                node.group_view = members.clone();
-            }
-            for n in &receivers {
-                self.kick_delivery(*n);
-            }
-        }
-    }
-
-    fn commit_to(&mut self, targets: &[NodeId], sender: Peer, payload: Vec<u8>) {
-        let id = self.next_entry;
-        self.next_entry += 1;
-        for n in targets {
-            let node = self.nodes.get_mut(n).expect("node");
-            if node.daemon.as_ref().is_some_and(|d| d.joined) {
-                node.queue.push_back(Entry::Msg {
-                    id,
-                    sender,
-                    payload: payload.clone(),
-                });
-            }
-        }
-        for n in targets {
-            self.kick_delivery(*n);
-        }
-    }
-
-    fn schedule_commit(&mut self, comp: u64) {
-        if let Some(c) = self.comps.get_mut(&comp) {
-            if !c.commit_pending {
-                c.commit_pending = true;
-                let d = self.rng.range(1, 8);
-                self.schedule(d, Ev::Commit(comp));
-            }
-        }
+        let procs = self.processes();
+        let wakeups = self.cpg.group_change(comp, gone, &procs, &mut self.rng);
+        self.wake(wakeups);
     }
 
     fn kick_delivery(&mut self, n: NodeId) {
-        let node = self.nodes.get_mut(&n).expect("node");
-        if !node.deliver_pending && !node.queue.is_empty() {
-            node.deliver_pending = true;
-            let d = self.rng.range(0, 4);
-            self.schedule(d, Ev::Deliver(n));
-        }
+        let wakeup = self.cpg.kick_delivery(n, &mut self.rng);
+        self.wake(wakeup);
     }
 
     // ----- event handling ------------------------------------------------------------------
 
-    fn handle(&mut self, ev: Ev) {
+    fn handle(&mut self, ev: Event) {
         match ev {
-            Ev::Deliver(n) => self.deliver(n),
-            Ev::Commit(comp) => {
-                let Some(c) = self.comps.get_mut(&comp) else {
-                    return;
-                };
-                c.commit_pending = false;
-                let batch: Vec<(Peer, Vec<u8>)> = c.inflight.drain(..).collect();
-                let members: Vec<NodeId> = c.members.iter().copied().collect();
-                for (sender, payload) in batch {
-                    self.commit_to(&members, sender, payload);
-                }
+            Event::Deliver(n) => self.deliver(n),
+            Event::Commit(comp) => {
+                let procs = self.processes();
+                let wakeups = self.cpg.commit(comp, &procs, &mut self.rng);
+                self.wake(wakeups);
             }
-            Ev::NodeTimer(n) => {
+            Event::NodeTimer(n) => {
                 let due = self.nodes[&n]
                     .daemon
                     .as_ref()
@@ -776,15 +559,17 @@ impl World {
                     self.arm_timer(n);
                 }
             }
-            Ev::KernelMountStep { node, table, boot } => self.kernel_mount_step(node, &table, boot),
-            Ev::ReplayDone {
+            Event::KernelMountStep { node, table, boot } => {
+                self.kernel_mount_step(node, &table, boot)
+            }
+            Event::ReplayDone {
                 node,
                 table,
                 jid,
                 boot,
             } => self.replay_done(node, &table, jid, boot),
-            Ev::FenceDone(target) => self.fence_done(target),
-            Ev::FenceNotify {
+            Event::FenceDone(target) => self.fence_done(target),
+            Event::FenceNotify {
                 node,
                 target,
                 at,
@@ -798,13 +583,13 @@ impl World {
                     self.feed(node, Input::Fenced { nodeid: target, at });
                 }
             }
-            Ev::Uevent { node, event, boot } => {
+            Event::Uevent { node, event, boot } => {
                 if self.nodes[&node].boot == boot && self.nodes[&node].daemon.is_some() {
                     self.log(format!("n{node} uevent {} {:?}", event.table, event.kind));
                     self.feed(node, Input::Kernel(event));
                 }
             }
-            Ev::IoDone { node, dinc, input } => {
+            Event::IoDone { node, dinc, input } => {
                 if self.nodes[&node]
                     .daemon
                     .as_ref()
@@ -813,309 +598,31 @@ impl World {
                     self.feed(node, input);
                 }
             }
-            Ev::ModeRead { node, table, boot } => self.mode_read(node, &table, boot),
-            Ev::Reboot(n) => self.reboot(n),
-            Ev::DaemonStart(n) => self.daemon_start(n),
-            Ev::ForeignSend(peer) => self.foreign_send(peer),
-            Ev::ForeignGo { peer, clean } => self.foreign_go(peer, clean),
-            Ev::FaultTick => {
+            Event::ModeRead { node, table, boot } => self.mode_read(node, &table, boot),
+            Event::Reboot(n) => self.reboot(n),
+            Event::DaemonStart(n) => self.daemon_start(n),
+            Event::ForeignSend(peer) => self.foreign_send(peer),
+            Event::ForeignGo { peer, clean } => self.foreign_go(peer, clean),
+            Event::FaultTick => {
                 if self.faults_on {
                     self.inject_fault();
-                    self.schedule(100, Ev::FaultTick);
+                    self.schedule(100, Event::FaultTick);
                 }
             }
-            Ev::WorkTick => {
+            Event::WorkTick => {
                 // The liveness check judges what was started: no new operations in the run's
                 // last stretch, so each one has time to finish.
                 let end = self.cfg.fault_ms + self.cfg.settle_ms;
                 if self.now.millis() + WORKLOAD_QUIET_MS < end {
                     self.workload();
-                    self.schedule(100, Ev::WorkTick);
+                    self.schedule(100, Event::WorkTick);
                 }
             }
-            Ev::EndFaults => self.end_faults(),
-            Ev::OperatorRescue => self.operator_rescue(),
+            Event::EndFaults => self.end_faults(),
+            Event::OperatorRescue => self.operator_rescue(),
         }
         if self.violation.is_none() {
             self.check_agreement_views();
-        }
-    }
-
-    fn deliver(&mut self, n: NodeId) {
-        let node = self.nodes.get_mut(&n).expect("node");
-        node.deliver_pending = false;
-        let Some(entry) = node.queue.pop_front() else {
-            return;
-        };
-        self.state_from = None;
-        if node.daemon.is_none() {
-            node.queue.clear();
-            return;
-        }
-        match entry {
-            Entry::Quorum(q) => {
-                node.vs_quorate = q;
-                self.feed(n, Input::Quorum { quorate: q });
-            }
-            Entry::ConfChg {
-                id,
-                members,
-                joined,
-                left,
-                quorate,
-            } => {
-                node.vs_quorate = quorate;
-                // S7 is about members that held state when they were seen to fail.
-                // Foreign processes are nobody's daemon: their leaves fail nothing.
-                let daemon_left: Vec<(NodeId, LeaveReason)> = left
-                    .iter()
-                    .filter(|(p, _)| p.pid < FOREIGN_PID_BASE)
-                    .map(|(p, r)| (p.nodeid, *r))
-                    .collect();
-                let dinc: Vec<(NodeId, u64)> = daemon_left
-                    .iter()
-                    .filter(|(_, r)| r.is_failure())
-                    .filter_map(|(x, _)| {
-                        self.nodes[x]
-                            .daemon
-                            .as_ref()
-                            .filter(|d| d.core.is_synced())
-                            .map(|d| (*x, d.inc))
-                    })
-                    .collect();
-                // The daemons that processed this change know its failed members' journals need replay.
-                for (x, _) in daemon_left.iter().filter(|(_, r)| r.is_failure()) {
-                    for j in self.journals.values_mut() {
-                        let live_holder = j.in_use_by(*x);
-                        if live_holder || j.dirty_owner.is_some_and(|(h, _)| h == *x) {
-                            j.known_by.insert(n);
-                        }
-                    }
-                }
-                let node = self.nodes.get_mut(&n).expect("node");
-                if node.daemon.as_ref().is_some_and(|d| d.core.is_synced()) {
-                    node.saw_fail.extend(dinc.into_iter().map(|k| (k, id)));
-                }
-                self.log(format!("n{n} confchg members={members:?} joined={joined:?} left={left:?} quorate={quorate}"));
-                self.feed_tracked(
-                    n,
-                    id,
-                    Input::ConfChg {
-                        group: DAEMON_GROUP.into(),
-                        members,
-                        joined,
-                        left,
-                    },
-                );
-            }
-            Entry::Msg {
-                id,
-                sender,
-                payload,
-            } => {
-                if let Ok((_, msg)) = wire::decode(&payload) {
-                    if let wire::Message::Withdraw { table } = &msg {
-                        for ((t, _), j) in self.journals.iter_mut() {
-                            if sender.pid < FOREIGN_PID_BASE
-                                && t == table
-                                && j.dirty_owner.is_some_and(|(h, _)| h == sender.nodeid)
-                            {
-                                j.known_by.insert(n);
-                            }
-                        }
-                    }
-                    if matches!(&msg, wire::Message::State { recipient, .. } if *recipient == n) {
-                        self.state_from = Some((sender.nodeid, id));
-                    }
-                    let name = match &msg {
-                        wire::Message::State { recipient, .. } => format!("STATE for n{recipient}"),
-                        other => format!("{other:?}"),
-                    };
-                    let from = if sender.pid < FOREIGN_PID_BASE {
-                        format!("n{}", sender.nodeid)
-                    } else {
-                        format!("n{} (foreign process {})", sender.nodeid, sender.pid)
-                    };
-                    self.log(format!("n{n} <- {from} {name}"));
-                }
-                self.feed_tracked(
-                    n,
-                    id,
-                    Input::Deliver {
-                        group: DAEMON_GROUP.into(),
-                        sender,
-                        payload,
-                    },
-                );
-            }
-        }
-        self.kick_delivery(n);
-    }
-
-    /// Feed a stream entry and check agreement: two nodes in the same replicated state that
-    /// process the same entry must end in the same replicated state (S6).
-    fn feed_tracked(&mut self, n: NodeId, entry: u64, input: Input) {
-        self.nodes.get_mut(&n).expect("node").last_entry = entry;
-        let pre = self.nodes[&n]
-            .daemon
-            .as_ref()
-            .and_then(|d| d.core.settled_digest());
-        self.feed(n, input);
-        let post = self.nodes[&n]
-            .daemon
-            .as_ref()
-            .and_then(|d| d.core.settled_digest());
-        if let (Some(_), Some(post)) = (pre, post) {
-            let first = self.agreement.get(&(entry, 0)).copied();
-            if first.is_none() {
-                self.agreement.insert((entry, 0), (post, n));
-            }
-            if let Some(v) = checker::agreement(n, entry, post, first) {
-                let who = first.map_or(n, |(_, who)| who);
-                for x in [who, n] {
-                    if let Some(d) = self.nodes[&x].daemon.as_ref() {
-                        let rep = format!("{:?}", d.core.replicated());
-                        self.log(format!("STATE n{x}: {rep}"));
-                    }
-                }
-                self.violate(v);
-            }
-        }
-    }
-
-    fn feed(&mut self, n: NodeId, input: Input) {
-        let was_synced = self.nodes[&n]
-            .daemon
-            .as_ref()
-            .is_some_and(|d| d.core.is_synced());
-        self.feed_inner(n, input);
-        let digest = self.nodes[&n]
-            .daemon
-            .as_ref()
-            .and_then(|d| d.core.replicated_digest());
-        if let (false, Some(_)) = (was_synced, digest) {
-            // A node that adopts the group's state inherits its sender's memory of failures
-            // as of the STATE's place in the stream: the sender may have run ahead (even into
-            // another partition) by the time the recipient processes it. A group it formed
-            // itself remembers none.
-            let inherited = self
-                .state_from
-                .take()
-                .and_then(|(from, at)| self.nodes.get(&from).map(|x| (x, at)))
-                .map(|(x, at)| {
-                    x.saw_fail
-                        .iter()
-                        .filter(|(_, seen)| **seen < at)
-                        .map(|(k, seen)| (*k, *seen))
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.nodes.get_mut(&n).expect("node").saw_fail = inherited;
-        }
-    }
-
-    fn feed_inner(&mut self, n: NodeId, input: Input) {
-        let mut inputs = VecDeque::from([input]);
-        while let Some(input) = inputs.pop_front() {
-            let now = self.now;
-            let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else {
-                return;
-            };
-            d.core.handle(now, input);
-            while let Some(out) = self
-                .nodes
-                .get_mut(&n)
-                .and_then(|x| x.daemon.as_mut())
-                .and_then(|d| d.core.poll_output())
-            {
-                if let Some(result) = self.execute(n, out) {
-                    inputs.push_back(result);
-                }
-            }
-        }
-        self.arm_timer(n);
-    }
-
-    fn arm_timer(&mut self, n: NodeId) {
-        let now = self.now;
-        let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else {
-            return;
-        };
-        if let Some(t) = d.core.poll_timeout() {
-            if d.timer.is_none_or(|cur| t < cur) {
-                d.timer = Some(t);
-                let delay = t.since(now);
-                self.schedule(delay, Ev::NodeTimer(n));
-            }
-        }
-    }
-
-    fn execute(&mut self, n: NodeId, out: Output) -> Option<Input> {
-        match out {
-            Output::JoinGroup { group } => {
-                if group == DAEMON_GROUP {
-                    let node = self.nodes.get_mut(&n).expect("node");
-                    if let Some(d) = node.daemon.as_mut() {
-                        d.joined = true;
-                    }
-                    if let Some(c) = node.comp {
-                        self.group_change(c, None);
-                    }
-                }
-                None
-            }
-            Output::Mcast { group: _, payload } => {
-                self.messages += 1;
-                if std::env::var("GFS_SIM_DEBUG").is_ok() {
-                    let what = wire::decode(&payload).map(|(_, m)| m.name()).unwrap_or("?");
-                    self.log(format!("n{n} mcast {what}"));
-                }
-                let pid = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.pid);
-                if let Some(c) = self.nodes[&n].comp {
-                    if let Some(comp) = self.comps.get_mut(&c) {
-                        comp.inflight.push_back((Peer::new(n, pid), payload));
-                    }
-                    self.schedule_commit(c);
-                }
-                None
-            }
-            Output::Write { table, file, value } => {
-                self.io_submit(n, &table, IoOp::Write { file, value });
-                None
-            }
-            Output::Read { table, file } => {
-                self.io_submit(n, &table, IoOp::Read { file });
-                None
-            }
-            Output::DlmRegister { table } => {
-                self.dlm_register(n, table);
-                None
-            }
-            Output::DlmUnregister { table } => {
-                self.dlm_unregister(n, &table);
-                None
-            }
-            Output::DlmNotify { table, nodeid } => {
-                self.dlm_notify(n, table, nodeid);
-                None
-            }
-            Output::Fence { nodeid, failed_at } => {
-                self.fence_request(n, nodeid, failed_at);
-                None
-            }
-            Output::KillNode { nodeid, reason } => {
-                self.log(format!("n{n} asks corosync to kill n{nodeid}: {reason}"));
-                self.kill_corosync(nodeid);
-                None
-            }
-            Output::Reply { request, result } => {
-                self.log(format!("n{n} reply {request}: {result:?}"));
-                None
-            }
-            Output::Log(rec) => {
-                self.log(format!("n{n} {:?} {rec}", rec.level));
-                None
-            }
         }
     }
 
@@ -1140,16 +647,16 @@ impl World {
             "FAULT foreign process {peer} joins the daemon group"
         ));
         self.nodes.get_mut(&n).expect("node").foreign = Some(pid);
-        if let Some(c) = self.nodes[&n].comp {
+        if let Some(c) = self.cpg.component_of(n) {
             self.group_change(c, None);
         }
         if self.foreign_rng.chance(0.7) {
             let d = self.foreign_rng.range(10, 2000);
-            self.schedule(d, Ev::ForeignSend(peer));
+            self.schedule(d, Event::ForeignSend(peer));
         }
         let d = self.foreign_rng.range(100, 5000);
         let clean = self.foreign_rng.chance(0.5);
-        self.schedule(d, Ev::ForeignGo { peer, clean });
+        self.schedule(d, Event::ForeignGo { peer, clean });
     }
 
     /// A forged message in the name of the foreign process's node: a FENCED for a node that
@@ -1189,12 +696,10 @@ impl World {
             change: 0,
         };
         let payload = wire::encode(&header, &msg);
-        if let Some(c) = self.nodes[&peer.nodeid].comp {
-            if let Some(comp) = self.comps.get_mut(&c) {
-                comp.inflight.push_back((peer, payload));
-            }
-            self.schedule_commit(c);
-        }
+        let wakeups = self
+            .cpg
+            .multicast(peer.nodeid, peer, payload, &mut self.rng);
+        self.wake(wakeups);
     }
 
     fn foreign_go(&mut self, peer: Peer, clean: bool) {
@@ -1209,7 +714,7 @@ impl World {
             LeaveReason::ProcDown
         };
         self.log(format!("FAULT foreign process {peer} leaves ({reason:?})"));
-        if let Some(c) = self.nodes[&peer.nodeid].comp {
+        if let Some(c) = self.cpg.component_of(peer.nodeid) {
             self.group_change(c, Some((peer, reason)));
         }
     }
@@ -1262,7 +767,7 @@ impl World {
                 self.log(format!("FAULT partition {a:?} | {b:?}"));
                 self.reform(vec![a, b]);
                 let heal = self.rng.range(500, 8000);
-                self.schedule(heal, Ev::Reboot(0));
+                self.schedule(heal, Event::Reboot(0));
             }
         }
         if self.rng.chance(p.withdraw) {
@@ -1416,8 +921,7 @@ impl World {
         let node = self.nodes.get_mut(&n).expect("node");
         node.daemon = None;
         node.foreign = None;
-        node.queue.clear();
-        node.group_view.clear();
+        self.cpg.reset_endpoint(n);
         let was_up = node.corosync;
         node.corosync = false;
         if was_up {
@@ -1430,13 +934,12 @@ impl World {
             } else {
                 self.rng.range(8000, 20000)
             };
-            self.schedule(d, Ev::Reboot(n));
+            self.schedule(d, Event::Reboot(n));
         }
     }
 
     fn leave_component(&mut self, n: NodeId) {
-        let mut sides: Vec<BTreeSet<NodeId>> =
-            self.comps.values().map(|c| c.members.clone()).collect();
+        let mut sides = self.cpg.sides();
         for s in sides.iter_mut() {
             s.remove(&n);
         }
@@ -1449,13 +952,12 @@ impl World {
         self.io.retain(|(x, _), _| *x != n);
         let node = self.nodes.get_mut(&n).expect("node");
         let pid = node.daemon.take().map_or(0, |d| d.pid);
-        node.queue.clear();
-        node.group_view.clear();
-        if let Some(c) = node.comp {
+        self.cpg.reset_endpoint(n);
+        if let Some(c) = self.cpg.component_of(n) {
             self.group_change(c, Some((Peer::new(n, pid), LeaveReason::ProcDown)));
         }
         let d = self.rng.range(500, 5000);
-        self.schedule(d, Ev::DaemonStart(n));
+        self.schedule(d, Event::DaemonStart(n));
     }
 
     fn kill_corosync(&mut self, n: NodeId) {
@@ -1467,14 +969,13 @@ impl World {
         node.corosync = false;
         node.daemon = None;
         node.foreign = None;
-        node.queue.clear();
-        node.group_view.clear();
+        self.cpg.reset_endpoint(n);
         self.leave_component(n);
         // Its kernel lives on until it is fenced; with nothing mounted it simply restarts.
         if self.nodes[&n].mounts.is_empty() && !self.nodes[&n].reboot_pending {
             self.nodes.get_mut(&n).expect("node").reboot_pending = true;
             let d = self.rng.range(3000, 8000);
-            self.schedule(d, Ev::Reboot(n));
+            self.schedule(d, Event::Reboot(n));
         } else if !self.fence_ops.contains_key(&n) && !self.manual_fencing {
             // Pacemaker fences a node that left the membership uncleanly.
             self.start_fence(n);
@@ -1492,14 +993,14 @@ impl World {
         let d = self
             .rng
             .range(self.profile.fence_delay.0, self.profile.fence_delay.1);
-        self.schedule(d, Ev::FenceDone(target));
+        self.schedule(d, Event::FenceDone(target));
     }
 
     fn reboot(&mut self, n: NodeId) {
         if n == 0 {
             // Heal every partition: all corosync-up nodes merge.
             let up: BTreeSet<NodeId> = self.up_nodes().into_iter().collect();
-            if self.comps.len() > 1 {
+            if self.cpg.component_count() > 1 {
                 self.log("FAULT heal partitions".into());
                 self.reform(vec![up]);
             }
@@ -1521,14 +1022,8 @@ impl World {
         node.corosync = true;
         self.log(format!("n{n} boots"));
         // It joins whichever component the largest number of nodes are in (links are up).
-        let target = self
-            .comps
-            .iter()
-            .max_by_key(|(_, c)| c.members.len())
-            .map(|(id, _)| *id);
-        let mut sides: Vec<BTreeSet<NodeId>> =
-            self.comps.values().map(|c| c.members.clone()).collect();
-        match target.and_then(|t| self.comps.keys().position(|k| *k == t)) {
+        let mut sides = self.cpg.sides();
+        match self.cpg.largest_side() {
             Some(i) => {
                 sides[i].insert(n);
             }
@@ -1536,7 +1031,7 @@ impl World {
         }
         self.reform(sides);
         let d = self.rng.range(100, 1000);
-        self.schedule(d, Ev::DaemonStart(n));
+        self.schedule(d, Event::DaemonStart(n));
     }
 
     fn daemon_start(&mut self, n: NodeId) {
@@ -1568,26 +1063,17 @@ impl World {
             joined: false,
             timer: None,
         });
-        let q = node
-            .comp
-            .map(|c| self.quorate(&self.comps[&c].members))
-            .unwrap_or(false);
+        let q = self.cpg.partition_quorate(n);
         self.log(format!("n{n} gfs_controld starts"));
         self.feed(n, Input::Quorum { quorate: q });
-        let members: Vec<NodeId> = self.nodes[&n]
-            .comp
-            .map(|c| self.comps[&c].members.iter().copied().collect())
-            .unwrap_or_default();
+        let members = self.cpg.members_with(n);
         self.feed(n, Input::Membership { members });
     }
 
     // ----- fencing oracle --------------------------------------------------------------------
 
     fn fence_request(&mut self, requester: NodeId, target: NodeId, failed_at: Time) {
-        let comp_quorate = self.nodes[&requester]
-            .comp
-            .map(|c| self.quorate(&self.comps[&c].members))
-            .unwrap_or(false);
+        let comp_quorate = self.cpg.partition_quorate(requester);
         if let Some(t) = self
             .last_fenced
             .get(&target)
@@ -1597,7 +1083,7 @@ impl World {
             let dinc = self.nodes[&requester].daemon.as_ref().map_or(0, |d| d.inc);
             self.schedule(
                 1,
-                Ev::FenceNotify {
+                Event::FenceNotify {
                     node: requester,
                     target,
                     at: t,
@@ -1660,7 +1146,7 @@ impl World {
             let d = self.rng.range(0, 300);
             self.schedule(
                 d,
-                Ev::FenceNotify {
+                Event::FenceNotify {
                     node: n,
                     target,
                     at,
@@ -1681,7 +1167,7 @@ impl World {
             .map(|x| x.id)
             .collect();
         for n in down {
-            self.schedule(10, Ev::Reboot(n));
+            self.schedule(10, Event::Reboot(n));
         }
         let no_daemon: Vec<NodeId> = self
             .nodes
@@ -1690,10 +1176,10 @@ impl World {
             .map(|x| x.id)
             .collect();
         for n in no_daemon {
-            self.schedule(10, Ev::DaemonStart(n));
+            self.schedule(10, Event::DaemonStart(n));
         }
         self.profile.recover_fail = 0.0;
-        self.schedule(20_000, Ev::OperatorRescue);
+        self.schedule(20_000, Event::OperatorRescue);
     }
 
     /// When only read-only or spectator mounts hold a filesystem with dirty journals nobody can
