@@ -10,7 +10,7 @@ use gfs_core::{wire, Input, LeaveReason, NodeId, Output, Peer, DAEMON_GROUP};
 
 use super::checker;
 use super::cpg::Entry;
-use super::kernel::IoOp;
+use super::sysfs::IoOp;
 use super::{Event, World, FOREIGN_PID_BASE};
 
 impl World {

@@ -19,39 +19,16 @@
 
 use std::collections::BTreeSet;
 
-use gfs_core::{Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table, Time};
+use gfs_core::{Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table};
 
+use super::dlm::DlmRecovery;
 use super::mount::{Mount, MountStep};
-use super::{checker, Event, ReplayRecord, World, WriteRecord};
-use crate::errno::{EAGAIN, ENODEV, EOPNOTSUPP, EUSERS};
+use super::trace::ReplayRecord;
+use super::{checker, Event, World};
+use crate::errno::{ENODEV, EUSERS};
 use crate::kernel_model::{
     Admit, Effect, JournalWork, KernelModel, RecoveryStart, RecoveryWork, Stage,
 };
-
-/// One sysfs operation queued for a filesystem.
-#[derive(Clone, Debug)]
-pub(super) enum IoOp {
-    Write { file: SysfsFile, value: i64 },
-    Read { file: SysfsFile },
-}
-
-/// DLM recovery of one failed node in one lockspace, as dlm_controld gates it.
-#[derive(Clone, Debug)]
-pub(super) struct DlmRecovery {
-    pub table: String,
-    pub failed: NodeId,
-    /// The failed node's journal needs replay (its locks cover blocks newer on its journal).
-    pub dirty: bool,
-    /// Survivors whose dlm_controld saw the failure with the lockspace registered: each waits
-    /// for its own daemon's notification (later joiners never knew the failed node).
-    pub waiting: BTreeSet<NodeId>,
-    pub notified: BTreeSet<NodeId>,
-    /// Survivors whose mount was complete when the node failed. A mount still in progress
-    /// cannot be held back: its lock requests wait for the DLM, so it must let DLM recovery run
-    /// before its journal work, and it is blocked only once that is done (the daemon's design,
-    /// as the historical daemon's).
-    pub online_at_failure: BTreeSet<NodeId>,
-}
 
 impl World {
     /// Uevents reach the daemon as separate events, in order, never in the middle of a write.
@@ -70,11 +47,11 @@ impl World {
         );
     }
 
-    fn mount_of(&mut self, n: NodeId, key: &str) -> Option<&mut Mount> {
+    pub(super) fn mount_of(&mut self, n: NodeId, key: &str) -> Option<&mut Mount> {
         self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key))
     }
 
-    fn step_later(&mut self, n: NodeId, key: &str, delay: u64) {
+    pub(super) fn step_later(&mut self, n: NodeId, key: &str, delay: u64) {
         let boot = self.nodes[&n].boot;
         self.schedule(
             delay,
@@ -85,8 +62,6 @@ impl World {
             },
         );
     }
-
-    // ----- mount -------------------------------------------------------------------------------
 
     /// `hostdata_first0`: a spectator mounted with `-o spectator,hostdata=first=0`.
     pub(super) fn mount(&mut self, n: NodeId, t: &Table, mode: MountMode, hostdata_first0: bool) {
@@ -131,7 +106,11 @@ impl World {
         if !kernel_managed && quorate {
             // A joining kernel is in the lockspace's membership: a failure during its join is
             // recovered with it. (In an inquorate partition the join waits, unseen by others.)
-            self.lockspaces.entry(t.to_string()).or_default().insert(n);
+            self.dlm
+                .lockspaces
+                .entry(t.to_string())
+                .or_default()
+                .insert(n);
         }
         let d = self.rng.range(5, 200);
         self.step_later(n, &t.to_string(), d);
@@ -157,7 +136,11 @@ impl World {
                 }
                 m.kernel.stage = Stage::Joined;
                 if !m.kernel.kernel_managed {
-                    self.lockspaces.entry(key.to_owned()).or_default().insert(n);
+                    self.dlm
+                        .lockspaces
+                        .entry(key.to_owned())
+                        .or_default()
+                        .insert(n);
                 }
                 let Some(m) = self.mount_of(n, key) else {
                     return;
@@ -213,7 +196,7 @@ impl World {
 
     /// The mount lock goes to the longest waiter once nobody holds it (a dead holder's lock
     /// is freed only by DLM recovery).
-    fn grant_glock(&mut self, key: &str) {
+    pub(super) fn grant_glock(&mut self, key: &str) {
         if self.glock.contains_key(key) {
             return;
         }
@@ -234,7 +217,7 @@ impl World {
         }
     }
 
-    fn wait_jid(&mut self, n: NodeId, key: &str) {
+    pub(super) fn wait_jid(&mut self, n: NodeId, key: &str) {
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
@@ -348,7 +331,7 @@ impl World {
         self.step_later(n, key, d);
     }
 
-    fn finish_journal_work(&mut self, n: NodeId, key: &str) {
+    pub(super) fn finish_journal_work(&mut self, n: NodeId, key: &str) {
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
@@ -371,7 +354,7 @@ impl World {
         self.step_later(n, key, d);
     }
 
-    fn mount_failed(&mut self, n: NodeId, key: &str, why: String) {
+    pub(super) fn mount_failed(&mut self, n: NodeId, key: &str, why: String) {
         self.log(format!("n{n} kernel: mount of {key} fails: {why}"));
         let node = self.nodes.get_mut(&n).expect("node");
         let Some(m) = node.mounts.remove(key) else {
@@ -384,17 +367,6 @@ impl World {
         self.uevent(n, &m.table, KernelEventKind::Remove);
         self.io_run(n, key);
         self.grant_glock(key);
-    }
-
-    fn leave_lockspace(&mut self, n: NodeId, key: &str) {
-        if let Some(ls) = self.lockspaces.get_mut(key) {
-            ls.remove(&n);
-        }
-        // A later incarnation of its mount never knew the failures this one was to confirm.
-        for r in self.dlm_recoveries.iter_mut().filter(|r| r.table == key) {
-            r.waiting.remove(&n);
-        }
-        self.dlm_check();
     }
 
     pub(super) fn withdraw(&mut self, n: NodeId, key: &str) {
@@ -484,8 +456,8 @@ impl World {
         node.kernel_killed_by_fence = by_fence;
         let boot = node.boot;
         let mounts = std::mem::take(&mut node.mounts);
-        self.io.retain(|(x, _), _| *x != n);
-        self.dlm_registered.retain(|(x, _)| *x != n);
+        self.sysfs.queued.retain(|(x, _), _| *x != n);
+        self.dlm.registered.retain(|(x, _)| *x != n);
         let mut failed = Vec::new();
         for (key, m) in mounts {
             let mut dirty = false;
@@ -522,21 +494,26 @@ impl World {
             if let Some(g) = self.glock.get_mut(&key).filter(|(h, _, _)| *h == n) {
                 g.2 = false; // held by a dead kernel until DLM recovery
             }
-            let member = self.lockspaces.get(&key).is_some_and(|ls| ls.contains(&n));
+            let member = self
+                .dlm
+                .lockspaces
+                .get(&key)
+                .is_some_and(|ls| ls.contains(&n));
             if member && !m.kernel.withdraw_acked {
                 failed.push((key, dirty));
             }
         }
-        for r in self.dlm_recoveries.iter_mut() {
+        for r in self.dlm.recoveries.iter_mut() {
             r.waiting.remove(&n);
         }
-        for ls in self.lockspaces.values_mut() {
+        for ls in self.dlm.lockspaces.values_mut() {
             ls.remove(&n);
         }
         for (key, dirty) in failed {
             // dlm_controld waits on the nodes that saw it leave the membership.
             let seen_with = self.nodes[&n].seen_with.clone();
             let waiting = self
+                .dlm
                 .lockspaces
                 .get(&key)
                 .map(|ls| {
@@ -544,7 +521,7 @@ impl World {
                         .copied()
                         .filter(|s| {
                             seen_with.contains(s)
-                                && self.dlm_registered.contains(&(*s, key.clone()))
+                                && self.dlm.registered.contains(&(*s, key.clone()))
                         })
                         .collect()
                 })
@@ -560,7 +537,7 @@ impl World {
                 .map(|x| x.id)
                 .collect();
             let notified = BTreeSet::new();
-            self.dlm_recoveries.push(DlmRecovery {
+            self.dlm.recoveries.push(DlmRecovery {
                 table: key,
                 failed: n,
                 dirty,
@@ -572,92 +549,12 @@ impl World {
         self.dlm_check();
     }
 
-    // ----- sysfs ---------------------------------------------------------------------------------
-
-    pub(super) fn io_submit(&mut self, n: NodeId, table: &Table, op: IoOp) {
-        let key = table.to_string();
-        self.io.entry((n, key.clone())).or_default().push_back(op);
-        self.io_run(n, &key);
-    }
-
-    /// Run the filesystem's queued operations in order while the head one can complete.
-    pub(super) fn io_run(&mut self, n: NodeId, key: &str) {
-        loop {
-            let Some(op) = self.io.get(&(n, key.to_owned())).and_then(|q| q.front()) else {
-                return;
-            };
-            let m = self.nodes[&n].mounts.get(key);
-            // A write the kernel blocks stays at the head until the mount is far enough.
-            let can_run = match op {
-                IoOp::Write { file, value } => {
-                    m.is_none_or(|m| !matches!(m.kernel.admit(*file, *value), Admit::WaitFor(_)))
-                }
-                IoOp::Read { .. } => true,
-            };
-            if !can_run {
-                return;
-            }
-            let op = self
-                .io
-                .get_mut(&(n, key.to_owned()))
-                .and_then(|q| q.pop_front())
-                .expect("head");
-            let Some(table) = self.tables.iter().find(|t| t.to_string() == key).cloned() else {
-                return;
-            };
-            let input = match op {
-                IoOp::Write { file, value } => {
-                    let result = self.kernel_write(n, &table, file, value);
-                    self.writes.push(WriteRecord {
-                        time: self.now,
-                        node: n,
-                        table: key.to_owned(),
-                        file,
-                        value,
-                        result,
-                    });
-                    self.log(format!(
-                        "n{n} write {table} {}={value} -> {result:?}",
-                        file.name()
-                    ));
-                    Input::WriteDone {
-                        table,
-                        file,
-                        value,
-                        result,
-                    }
-                }
-                IoOp::Read { file } => {
-                    let result = self.kernel_read(n, key, file);
-                    self.log(format!("n{n} read {table} {} -> {result:?}", file.name()));
-                    Input::ReadDone {
-                        table,
-                        file,
-                        result,
-                    }
-                }
-            };
-            // Results come back in order, each as its own event.
-            let last = self
-                .io_last
-                .get(&(n, key.to_owned()))
-                .copied()
-                .unwrap_or(Time::ZERO);
-            let at = self.now.after(self.rng.range(0, 3)).max(last);
-            self.io_last.insert((n, key.to_owned()), at);
-            let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
-            self.schedule(
-                at.since(self.now),
-                Event::IoDone {
-                    node: n,
-                    dinc,
-                    input,
-                },
-            );
-        }
-    }
-
-    fn kernel_read(&mut self, n: NodeId, key: &str, file: SysfsFile) -> Result<i64, i32> {
+    pub(super) fn kernel_read(
+        &mut self,
+        n: NodeId,
+        key: &str,
+        file: SysfsFile,
+    ) -> Result<i64, i32> {
         let Some(m) = self.nodes[&n].mounts.get(key) else {
             return Err(ENODEV);
         };
@@ -666,7 +563,7 @@ impl World {
 
     /// A sysfs write that no longer has to wait (`io_run` holds it back until then), answered
     /// by the shared kernel model; its effects are carried out here.
-    fn kernel_write(
+    pub(super) fn kernel_write(
         &mut self,
         n: NodeId,
         table: &Table,
@@ -702,7 +599,7 @@ impl World {
 
     /// The recovery a `recover` write queued: a withdrawn node or a spectator gives up at once;
     /// otherwise its lock request waits for DLM recovery of a dead holder, or goes ahead.
-    fn queue_recovery(&mut self, n: NodeId, key: &str, jid: u32) {
+    pub(super) fn queue_recovery(&mut self, n: NodeId, key: &str, jid: u32) {
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
@@ -739,7 +636,7 @@ impl World {
     }
 
     /// A `recover` replay whose journal lock is free (or held by a live node: Busy).
-    fn begin_replay(&mut self, n: NodeId, key: &str, jid: u32) {
+    pub(super) fn begin_replay(&mut self, n: NodeId, key: &str, jid: u32) {
         let boot = self.nodes[&n].boot;
         let j = self
             .journals
@@ -780,8 +677,6 @@ impl World {
         );
     }
 
-    // ----- journals ------------------------------------------------------------------------------
-
     /// A replay of `jid` starts on `n` (S1, S2 and the barrier part of S3 are checked here).
     pub(super) fn replay_start(&mut self, n: NodeId, key: &str, jid: u32, at_mount: bool) {
         // The daemon's view when it asked, or the partition's when the kernel runs a replay that
@@ -797,8 +692,8 @@ impl World {
             cluster_nodes: self.cfg.nodes,
         };
         let fences = checker::FenceHistory {
-            fenced: &self.last_fenced,
-            acked: &self.last_acked,
+            fenced: &self.fencing.last_fenced,
+            acked: &self.fencing.last_acked,
         };
         if let Some(v) = checker::replay_start(&start, j, &self.nodes, &fences) {
             self.violate(v);
@@ -906,147 +801,5 @@ impl World {
         self.uevent(n, &m.table, KernelEventKind::Remove);
         self.io_run(n, key);
         self.leave_lockspace(n, key);
-    }
-
-    // ----- the DLM and dlm_controld --------------------------------------------------------------
-
-    pub(super) fn dlm_register(&mut self, n: NodeId, table: Table) {
-        let result = if self.dlm_fscontrol {
-            self.dlm_registered.insert((n, table.to_string()));
-            Ok(())
-        } else {
-            Err(EOPNOTSUPP)
-        };
-        let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
-        self.schedule(
-            1,
-            Event::IoDone {
-                node: n,
-                dinc,
-                input: Input::DlmRegistered { table, result },
-            },
-        );
-    }
-
-    pub(super) fn dlm_unregister(&mut self, n: NodeId, table: &Table) {
-        self.dlm_registered.remove(&(n, table.to_string()));
-        self.dlm_check();
-    }
-
-    /// dlm_controld's answer: 0 once it has seen the node fail (or the node is not in the
-    /// lockspace), -EAGAIN while the node is still a member.
-    pub(super) fn dlm_notify(&mut self, n: NodeId, table: Table, failed: NodeId) {
-        let key = table.to_string();
-        // dlm_controld keeps one flag per node id, whatever incarnation failed.
-        let mut seen = false;
-        for r in self
-            .dlm_recoveries
-            .iter_mut()
-            .filter(|r| r.table == key && r.failed == failed)
-        {
-            r.notified.insert(n);
-            seen = true;
-        }
-        let member = self
-            .lockspaces
-            .get(&key)
-            .is_some_and(|m| m.contains(&failed));
-        let result = if !seen && member { Err(EAGAIN) } else { Ok(()) };
-        self.log(format!(
-            "n{n} dlm_controld: {key} notified for n{failed} -> {result:?}"
-        ));
-        let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
-        self.schedule(
-            1,
-            Event::IoDone {
-                node: n,
-                dinc,
-                input: Input::DlmNotified {
-                    table,
-                    nodeid: failed,
-                    result,
-                },
-            },
-        );
-        self.dlm_check();
-    }
-
-    /// Complete every DLM recovery whose conditions hold: every registered survivor in the
-    /// lockspace notified, and the survivors together in one quorate membership.
-    pub(super) fn dlm_check(&mut self) {
-        loop {
-            let ready = self.dlm_recoveries.iter().position(|r| {
-                let members = self.lockspaces.get(&r.table).cloned().unwrap_or_default();
-                let notified = r.waiting.iter().all(|s| {
-                    !members.contains(s)
-                        || !self.dlm_registered.contains(&(*s, r.table.clone()))
-                        || r.notified.contains(s)
-                });
-                let comps: BTreeSet<Option<u64>> =
-                    members.iter().map(|s| self.cpg.component_of(*s)).collect();
-                let together = comps.len() <= 1
-                    && comps
-                        .iter()
-                        .all(|c| c.is_some_and(|c| self.cpg.component_quorate(c)));
-                notified && together
-            });
-            let Some(i) = ready else {
-                return;
-            };
-            let r = self.dlm_recoveries.remove(i);
-            self.dlm_recovered(r);
-        }
-    }
-
-    fn dlm_recovered(&mut self, r: DlmRecovery) {
-        let key = r.table.clone();
-        self.log(format!("dlm: {key} recovered the locks of n{}", r.failed));
-        let members: Vec<NodeId> = self
-            .lockspaces
-            .get(&key)
-            .map(|m| m.iter().copied().collect())
-            .unwrap_or_default();
-        if r.dirty {
-            if let Some(v) =
-                checker::dlm_ordering(r.failed, &key, &r.online_at_failure, &members, &self.nodes)
-            {
-                self.violate(v);
-                return;
-            }
-        }
-        for ((t, _), j) in self.journals.iter_mut() {
-            if *t == key && j.dead_lock_by == Some(r.failed) {
-                j.dead_locked = false;
-                j.dead_lock_by = None;
-            }
-        }
-        if self
-            .glock
-            .get(&key)
-            .is_some_and(|(h, _, alive)| *h == r.failed && !alive)
-        {
-            self.glock.remove(&key);
-            self.grant_glock(&key);
-        }
-        for s in members {
-            let waiting: Vec<u32> = self.nodes[&s]
-                .mounts
-                .get(&key)
-                .map(|m| m.waiting_replays.iter().copied().collect())
-                .unwrap_or_default();
-            for jid in waiting {
-                let free = !self
-                    .journals
-                    .get(&(key.clone(), jid))
-                    .is_some_and(|j| j.dead_locked);
-                if free {
-                    if let Some(m) = self.mount_of(s, &key) {
-                        m.waiting_replays.remove(&jid);
-                    }
-                    self.begin_replay(s, &key, jid);
-                }
-            }
-            self.journal_work(s, &key);
-        }
     }
 }
