@@ -277,7 +277,7 @@ pub(super) fn readmission(nodes: &BTreeMap<NodeId, SimNode>) -> Option<Violation
             };
             let seen = node
                 .saw_fail
-                .get(&(*x, xd.inc))
+                .get(&(*x, xd.incarnation))
                 .is_some_and(|e| *e <= node.last_entry);
             if seen && xd.core.is_synced() {
                 found = Some(format!(

@@ -82,12 +82,12 @@ impl World {
         } else {
             Err(EOPNOTSUPP)
         };
-        let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
+        let incarnation = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.incarnation);
         self.schedule(
             1,
             Event::IoDone {
                 node: n,
-                dinc,
+                incarnation,
                 input: Input::DlmRegistered { table, result },
             },
         );
@@ -122,12 +122,12 @@ impl World {
         self.log(format!(
             "n{n} dlm_controld: {key} notified for n{failed} -> {result:?}"
         ));
-        let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
+        let incarnation = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.incarnation);
         self.schedule(
             1,
             Event::IoDone {
                 node: n,
-                dinc,
+                incarnation,
                 input: Input::DlmNotified {
                     table,
                     nodeid: failed,

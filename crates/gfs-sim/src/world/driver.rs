@@ -51,7 +51,7 @@ impl World {
                             .daemon
                             .as_ref()
                             .filter(|d| d.core.is_synced())
-                            .map(|d| (*x, d.inc))
+                            .map(|d| (*x, d.incarnation))
                     })
                     .collect();
                 // The daemons that processed this change know its failed members' journals need replay.

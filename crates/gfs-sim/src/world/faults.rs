@@ -380,19 +380,19 @@ impl World {
             self.kill_corosync(n);
             return;
         }
-        node.daemon_inc_counter += 1;
+        node.daemon_starts += 1;
         node.saw_fail.clear();
         let mut cfg = NodeConfig::new(n, CLUSTER);
         cfg.cluster_nodes = (1..=self.cfg.nodes).collect();
         cfg.sabotage = self.cfg.sabotage;
         cfg.max_journals = self.cfg.max_journals;
-        let inc = (n as u64) << 32 | node.daemon_inc_counter;
+        let incarnation = (n as u64) << 32 | node.daemon_starts;
         // Each incarnation is a new process.
-        let pid = 100 + node.daemon_inc_counter as u32;
+        let pid = 100 + node.daemon_starts as u32;
         cfg.pid = pid;
         node.daemon = Some(Daemon {
             core: Node::new(cfg, self.now),
-            inc,
+            incarnation,
             pid,
             joined: false,
             timer: None,

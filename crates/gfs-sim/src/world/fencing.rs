@@ -51,14 +51,17 @@ impl World {
             .copied()
             .filter(|t| *t >= failed_at)
         {
-            let dinc = self.nodes[&requester].daemon.as_ref().map_or(0, |d| d.inc);
+            let incarnation = self.nodes[&requester]
+                .daemon
+                .as_ref()
+                .map_or(0, |d| d.incarnation);
             self.schedule(
                 1,
                 Event::FenceNotify {
                     node: requester,
                     target,
                     at: t,
-                    dinc,
+                    incarnation,
                 },
             );
             return;
@@ -111,9 +114,9 @@ impl World {
         let listeners: Vec<(NodeId, u64)> = self
             .nodes
             .values()
-            .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d.inc)))
+            .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d.incarnation)))
             .collect();
-        for (n, dinc) in listeners {
+        for (n, incarnation) in listeners {
             let d = self.rng.range(0, 300);
             self.schedule(
                 d,
@@ -121,7 +124,7 @@ impl World {
                     node: n,
                     target,
                     at,
-                    dinc,
+                    incarnation,
                 },
             );
         }

@@ -1,4 +1,9 @@
-//! The simulated cluster: CPG, quorum, fencing, kernels, faults and the safety checkers.
+//! The simulated cluster: an event heap of timed events, their dispatch, and `run`. Each part
+//! of the cluster is its own model: corosync CPG and quorum ([`cpg`]), the daemons' drive loop
+//! ([`driver`]), each node's GFS2 kernel ([`kernel`], on the shared [`crate::kernel_model`]), the
+//! DLM and dlm_controld ([`dlm`]), the sysfs executor ([`sysfs`]), the fencing oracle
+//! ([`fencing`]), faults and node lifecycle ([`faults`]), the workload ([`workload`]), the safety
+//! rules ([`checker`]) and the run's record ([`trace`]); [`scenario`] is the scripted test API.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -20,18 +25,18 @@ mod sysfs;
 mod trace;
 mod workload;
 
+pub use checker::{Rule, Violation};
+pub use scenario::{KernelView, Scenario};
+pub use trace::{ReplayRecord, WriteRecord};
+
+use cpg::{CpgModel, NodeProcesses, Processes};
 use dlm::DlmModel;
 use faults::Profile;
 use fencing::FencingOracle;
-pub use scenario::{KernelView, Scenario};
-use sysfs::SysfsQueues;
-use trace::Trace;
-pub use trace::{ReplayRecord, WriteRecord};
-
-pub use checker::{Rule, Violation};
-use cpg::{CpgModel, NodeProcesses, Processes};
 use journal::JournalTruth;
 use mount::Mount;
+use sysfs::SysfsQueues;
+use trace::Trace;
 
 const CLUSTER: &str = "sim";
 /// No workload in the last stretch of a run (L1 judges operations that had time to finish):
@@ -117,17 +122,17 @@ enum Event {
         node: NodeId,
         target: NodeId,
         at: Time,
-        dinc: u64,
+        incarnation: u64,
     },
     Uevent {
         node: NodeId,
         event: KernelEvent,
         boot: u64,
     },
-    /// A sysfs or dlm_controld result reaches the daemon incarnation `dinc`.
+    /// A sysfs or dlm_controld result reaches the daemon incarnation `incarnation`.
     IoDone {
         node: NodeId,
-        dinc: u64,
+        incarnation: u64,
         input: Input,
     },
     /// The daemon reads a remounted filesystem's mode back.
@@ -153,7 +158,8 @@ enum Event {
 
 struct Daemon {
     core: Node,
-    inc: u64,
+    /// This daemon process among all of the cluster's (results addressed to an earlier one are dropped).
+    incarnation: u64,
     pid: u32,
     joined: bool,
     timer: Option<Time>,
@@ -174,7 +180,7 @@ struct SimNode {
     saw_fail: BTreeMap<(NodeId, u64), u64>,
     /// The last stream entry this daemon processed (entries are numbered in commit order).
     last_entry: u64,
-    daemon_inc_counter: u64,
+    daemon_starts: u64,
     reboot_pending: bool,
     /// Every node this kernel incarnation shared a corosync membership with: each of them sees
     /// it leave at some point (a partition or its death), and dlm_controld there then waits.
@@ -325,7 +331,7 @@ impl World {
                     mounts: BTreeMap::new(),
                     saw_fail: BTreeMap::new(),
                     last_entry: 0,
-                    daemon_inc_counter: 0,
+                    daemon_starts: 0,
                     reboot_pending: false,
                     seen_with: BTreeSet::new(),
                 },
@@ -475,12 +481,12 @@ impl World {
                 node,
                 target,
                 at,
-                dinc,
+                incarnation,
             } => {
                 if self.nodes[&node]
                     .daemon
                     .as_ref()
-                    .is_some_and(|d| d.inc == dinc)
+                    .is_some_and(|d| d.incarnation == incarnation)
                 {
                     self.feed(node, Input::Fenced { nodeid: target, at });
                 }
@@ -491,11 +497,15 @@ impl World {
                     self.feed(node, Input::Kernel(event));
                 }
             }
-            Event::IoDone { node, dinc, input } => {
+            Event::IoDone {
+                node,
+                incarnation,
+                input,
+            } => {
                 if self.nodes[&node]
                     .daemon
                     .as_ref()
-                    .is_some_and(|d| d.inc == dinc)
+                    .is_some_and(|d| d.incarnation == incarnation)
                 {
                     self.feed(node, input);
                 }

@@ -107,12 +107,12 @@ impl World {
                 .unwrap_or(Time::ZERO);
             let at = self.now.after(self.rng.range(0, 3)).max(last);
             self.sysfs.last_result.insert((n, key.to_owned()), at);
-            let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
+            let incarnation = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.incarnation);
             self.schedule(
                 at.since(self.now),
                 Event::IoDone {
                     node: n,
-                    dinc,
+                    incarnation,
                     input,
                 },
             );
