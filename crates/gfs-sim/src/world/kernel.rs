@@ -803,3 +803,38 @@ impl World {
         self.leave_lockspace(n, key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gfs_core::{MountMode, SysfsFile, Time};
+
+    use super::super::{SimConfig, World};
+    use crate::errno::{EBUSY, ENOENT};
+
+    /// Linux 6.1 takes a read-only mount's `recover` write like any other (EBUSY for its own
+    /// journal, ENOENT beyond the disk) and gives up only in the recovery itself, for a dirty
+    /// journal it cannot write; the simulator used to answer every such write with an
+    /// immediate `RECOVERY=Failed`.
+    #[test]
+    fn a_read_only_mounts_recover_write_follows_linux() {
+        let mut cfg = SimConfig::new(1, 3, 1);
+        cfg.faults = false;
+        cfg.workload = false;
+        let mut w = World::new(cfg);
+        w.faults_on = false;
+        w.run_until(Time(2_000));
+        let t = w.tables[0].clone();
+        let key = t.to_string();
+        w.mount(1, &t, MountMode::Rw, false);
+        w.run_until(Time(6_000));
+        w.mount(2, &t, MountMode::Ro, false);
+        w.run_until(Time(12_000));
+        assert!(w.violation.is_none(), "{:?}", w.violation);
+        let own = w.kernel_read(2, &key, SysfsFile::Jid).expect("mounted");
+        assert_eq!(w.kernel_write(2, &t, SysfsFile::Recover, own), Err(EBUSY));
+        assert_eq!(
+            w.kernel_write(2, &t, SysfsFile::Recover, 1_000),
+            Err(ENOENT)
+        );
+    }
+}
