@@ -210,9 +210,16 @@ fn build_sim_binary() -> PathBuf {
         }
     };
     let bin = dir.join("gfs_kernel_sim");
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/gfs-testkit/src");
+    // The kernel simulator is the test kit's code and the kernel model it shares with the
+    // simulator, itself built on the core.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = ["gfs-testkit", "gfs-sim", "gfs-core"]
+        .iter()
+        .map(|c| newest_mtime(&root.join("crates").join(c).join("src")))
+        .max()
+        .unwrap_or(std::time::UNIX_EPOCH);
     let stale = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
-        Ok(built) => built < newest_mtime(&sources),
+        Ok(built) => built < newest_source,
         Err(_) => true,
     };
     if stale && std::env::var_os("GFS_BIN_DIR").is_none() {
