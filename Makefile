@@ -1,30 +1,62 @@
-# The two commands of the README: `make demo` and `make check`.
+# The README's commands: `make demo`, `make deps` then `make check`.
 CARGO ?= cargo
 SHELL := /bin/bash
 
-.PHONY: demo sim-demo vm-demo vm-deps check deps sim bench install fuzz fuzz-short soak
+.PHONY: demo sim-demo vm-demo vm-deps check check-deps deps package-deps sim bench install \
+	fuzz fuzz-short soak
+
+# Debian packages, each list written only here: `make deps`, `make vm-deps` and
+# `make package-deps` install them (as root), `make check` only reports what is missing, and
+# .ci/run and .ci/package install through these targets.
+#
+# corosync and the libraries the daemon links; ip and unshare for the netns clusters.
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
 	libqb-dev pkg-config iproute2 util-linux
-
+# The test tools: ps for the harnesses, mandoc for the man pages' lint.
+TOOL_PACKAGES = procps mandoc
 # The pacemaker tier (tests/pacemaker.rs): pacemaker's daemons, its command-line tools and
 # libstonithd (the daemon's fencing=pacemaker backend); xmllint for ocf-tester.
 PACEMAKER_PACKAGES = pacemaker pacemaker-cli-utils libxml2-utils
+# The VM tier's packages (what tests/vm.rs and vm-demo need); qemu-utils is added pinned.
+VM_PACKAGES = qemu-system-x86 linux-image-amd64 gfs2-utils dlm-controld corosync busybox-static e2fsprogs
+# .ci/package: the deb build, rpmbuild and rpmspec, python3 for the OCF meta-data check.
+PACKAGING_PACKAGES = debhelper dpkg-dev rpm python3
 
-# corosync and the libraries the daemon links: installed with apt when missing (as root).
-# Pacemaker too, for the pacemaker tier; without root that tier skips, so it is not required.
+# The packages of the list $(1) that dpkg does not have installed.
+missing = $(shell for p in $(1); do \
+	dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done)
+
+# Installs the packages of the list $(1) that are missing (as root).
+define apt_install
+	@m="$(strip $(call missing,$(1)))"; \
+	if [ -n "$$m" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "$@: installing $$m needs root" >&2; exit 1; fi; \
+		echo "$@: apt-get install $$m"; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$m >/dev/null; \
+	fi
+endef
+
+# corosync and its libraries, the test tools and pacemaker: what `make check` needs (the VM
+# tier's packages are `make vm-deps`).
 deps:
-	@command -v corosync >/dev/null && command -v pkg-config >/dev/null && pkg-config --exists libcpg || \
-	if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(COROSYNC_PACKAGES) >/dev/null; \
-	else \
-		echo "corosync and its -dev libraries are missing: apt-get install $(COROSYNC_PACKAGES)" >&2; exit 1; \
-	fi
-	@command -v pacemakerd >/dev/null && command -v stonith_admin >/dev/null && command -v xmllint >/dev/null || \
-	if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(PACEMAKER_PACKAGES) >/dev/null; \
-	else \
-		echo "note: the pacemaker tier needs root and: apt-get install $(PACEMAKER_PACKAGES)" >&2; \
-	fi
+	$(call apt_install,$(COROSYNC_PACKAGES) $(TOOL_PACKAGES) $(PACEMAKER_PACKAGES))
+
+# What .ci/package needs to build and check the deb and the rpm.
+package-deps:
+	$(call apt_install,$(PACKAGING_PACKAGES))
+
+# Reports what `make check` lacks; installing is `make deps`. The build needs corosync's
+# libraries; without the others the tests that need them skip (and fail when CI is set).
+check-deps:
+	@command -v corosync >/dev/null && command -v pkg-config >/dev/null && \
+	pkg-config --exists libcpg libquorum libcmap libcfg libvotequorum || { \
+		echo "make check: corosync or its libraries are missing ($(strip $(call missing,$(COROSYNC_PACKAGES)))): run make deps as root" >&2; \
+		exit 1; }
+	@m="$(strip $(call missing,$(TOOL_PACKAGES) $(PACEMAKER_PACKAGES)))"; \
+	if [ -n "$$m" ]; then echo "make check: note: $$m missing (make deps installs them); the tests that need them skip" >&2; fi
+	@m="$(strip $(call missing,$(VM_PACKAGES)))"; \
+	if [ -n "$$m" ]; then echo "make check: note: $$m missing (make vm-deps installs them); the VM tier skips" >&2; fi
 
 # A real 3-node corosync cluster in network namespaces recovers from a node failure (needs root;
 # installs corosync if missing). Without root, the simulated cluster's timeline instead.
@@ -46,13 +78,12 @@ vm-demo:
 		echo "make vm-demo: the VMs need root (network namespace, taps); try make demo or make sim-demo" >&2; exit 1; \
 	fi
 	$(MAKE) -s deps
+	$(MAKE) -s vm-deps
 	$(CARGO) build --release -q --workspace --bins
 	./target/release/gfs_vm_demo
 
-# The VM tier's packages (what tests/vm.rs and vm-demo need), as .ci/run installs them.
-# qemu-system-x86 is bookworm's 7.2; a newer qemu-utils (backports) conflicts with it, so
-# qemu-utils is pinned to the same version.
-VM_PACKAGES = qemu-system-x86 linux-image-amd64 gfs2-utils dlm-controld corosync busybox-static e2fsprogs
+# The VM tier's packages, as .ci/run installs them. qemu-system-x86 is bookworm's 7.2; a newer
+# qemu-utils (backports) conflicts with it, so qemu-utils is pinned to the same version.
 vm-deps:
 	v=$$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $$2}'); \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
@@ -66,7 +97,7 @@ sim-demo:
 # The binaries first: the cluster tests run gfs_controld, gfs_control and gfs_kernel_sim (the
 # pacemaker tier, tests/pacemaker.rs, through pacemaker's OCF clone); the VM tier
 # (tests/vm.rs) runs the release ones inside its guests.
-check: deps
+check: check-deps
 	$(CARGO) build --workspace --bins
 	$(CARGO) build --release --workspace --bins
 	mkdir -p target
@@ -100,44 +131,20 @@ soak: deps
 sim:
 	$(CARGO) run --release -q -p gfs-sim --bin gfs_sim -- --seeds 20000
 
+# The simulator's cost bench, then the real-cluster figures (root: network namespaces; the
+# scale bench, `cargo bench --bench scale`, is run by hand).
 bench:
 	$(CARGO) bench -p gfs-sim
+	@if [ "$$(id -u)" = 0 ]; then \
+		$(CARGO) build --release -q --workspace --bins && $(CARGO) bench --bench cluster; \
+	else \
+		echo "make bench: the cluster bench needs root (network namespaces); skipped" >&2; \
+	fi
 
-# `make install`: the files the deb and rpm ship, from an earlier `cargo build --release`
-# (packaging/install.sh is the packages' copy of this list; tests/packaging.rs keeps them equal).
-PREFIX ?= /usr
-SBINDIR ?= $(PREFIX)/sbin
-MANDIR ?= $(PREFIX)/share/man
-SYSCONFDIR ?= /etc
-UNITDIR ?= $(PREFIX)/lib/systemd/system
-ENVFILE ?= $(SYSCONFDIR)/default/gfs_controld
-BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
-ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
-FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
-OCFDIR ?= $(PREFIX)/lib/ocf/resource.d/gfs-controld
+# `make install`: packaging/install.sh, the one list of the files the deb and rpm ship, from an
+# earlier `cargo build --release`. Directories given on the command line (DESTDIR, PREFIX,
+# SBINDIR, UNITDIR, ...: see the script's header) reach it through the environment.
 RELEASEDIR ?= $(or $(CARGO_TARGET_DIR),target)/release
 
 install:
-	@test -x $(RELEASEDIR)/gfs_controld -a -x $(RELEASEDIR)/gfs_control || \
-		{ echo "run '$(CARGO) build --release' first (RELEASEDIR=$(RELEASEDIR))" >&2; exit 1; }
-	install -D -m 0755 $(RELEASEDIR)/gfs_controld $(DESTDIR)$(SBINDIR)/gfs_controld
-	install -D -m 0755 $(RELEASEDIR)/gfs_control $(DESTDIR)$(SBINDIR)/gfs_control
-	install -d -m 0755 $(DESTDIR)$(UNITDIR)
-	sed 's|/usr/sbin/gfs_controld|$(SBINDIR)/gfs_controld|' packaging/systemd/gfs_controld.service \
-		> $(DESTDIR)$(UNITDIR)/gfs_controld.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/gfs_controld.service
-	install -D -m 0644 man/gfs_controld.8 $(DESTDIR)$(MANDIR)/man8/gfs_controld.8
-	install -D -m 0644 man/gfs_control.8 $(DESTDIR)$(MANDIR)/man8/gfs_control.8
-	install -D -m 0644 man/gfs_controld.conf.5 $(DESTDIR)$(MANDIR)/man5/gfs_controld.conf.5
-	install -D -m 0644 packaging/gfs_controld.conf $(DESTDIR)$(SYSCONFDIR)/gfs_controld.conf
-	install -D -m 0644 packaging/default/gfs_controld $(DESTDIR)$(ENVFILE)
-	install -D -m 0755 packaging/ocf/gfs_controld $(DESTDIR)$(OCFDIR)/gfs_controld
-	install -d -m 0755 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
-	set -e; for bin in gfs_control gfs_controld; do \
-		if [ $$bin = gfs_control ]; then gen="completions"; else gen="--completions"; fi; \
-		$(RELEASEDIR)/$$bin $$gen bash > $(DESTDIR)$(BASHCOMPDIR)/$$bin; \
-		$(RELEASEDIR)/$$bin $$gen zsh > $(DESTDIR)$(ZSHCOMPDIR)/_$$bin; \
-		$(RELEASEDIR)/$$bin $$gen fish > $(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
-		chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/$$bin $(DESTDIR)$(ZSHCOMPDIR)/_$$bin \
-			$(DESTDIR)$(FISHCOMPDIR)/$$bin.fish; \
-	done
+	BUILDDIR=$(RELEASEDIR) sh packaging/install.sh

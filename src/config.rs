@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::DaemonArgs;
 use crate::dlm::DlmAddress;
 
 /// The configuration file read when `--config` is not given; it need not exist.
@@ -20,8 +19,92 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// Values, keys and lines quoted in error messages are cut to this many characters.
 pub const MAX_QUOTED_CHARS: usize = 80;
 
-/// The levels `log_level` accepts, least verbose first.
-pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+/// The `log_level` setting: messages at this level and more severe go to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// Every level, least verbose first.
+    pub const ALL: [LogLevel; 5] = [
+        LogLevel::Error,
+        LogLevel::Warn,
+        LogLevel::Info,
+        LogLevel::Debug,
+        LogLevel::Trace,
+    ];
+
+    /// The one parser of the setting: a level's name in any case.
+    pub fn parse(value: &str) -> Result<LogLevel, String> {
+        let value = value.trim();
+        Self::ALL
+            .into_iter()
+            .find(|level| level.as_str().eq_ignore_ascii_case(value))
+            .ok_or_else(|| "error, warn, info, debug or trace".to_owned())
+    }
+
+    /// The name as the file and `RUST_LOG` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `fencing` setting as written; `auto` is resolved when the daemon starts
+/// ([`crate::fence::FenceMode::from_setting`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FenceSetting {
+    /// Pacemaker when its fencing library loads, else manual.
+    Auto,
+    Pacemaker,
+    Manual,
+    /// `PROGRAM NODEID NODENAME`, exit status 0 = fenced.
+    Program(PathBuf),
+}
+
+impl FenceSetting {
+    /// The one parser of the setting: `auto`, `pacemaker`, `manual` or an absolute program
+    /// path, checked for syntax only (the daemon checks at startup that the program exists:
+    /// [`crate::fence::check_program`]).
+    pub fn parse(value: &str) -> Result<FenceSetting, String> {
+        match value.trim() {
+            "auto" => Ok(FenceSetting::Auto),
+            "pacemaker" => Ok(FenceSetting::Pacemaker),
+            "manual" => Ok(FenceSetting::Manual),
+            path if path.starts_with('/') && !path.contains('\0') => {
+                Ok(FenceSetting::Program(PathBuf::from(path)))
+            }
+            _ => Err("auto, pacemaker, manual or the absolute path of a fence program".to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for FenceSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FenceSetting::Auto => f.write_str("auto"),
+            FenceSetting::Pacemaker => f.write_str("pacemaker"),
+            FenceSetting::Manual => f.write_str("manual"),
+            FenceSetting::Program(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
 
 /// The longest duration any setting accepts: a day. Far beyond any sensible timer, and small
 /// enough that adding it to the clock cannot overflow.
@@ -31,7 +114,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     /// Level of messages written to stderr (the journal under systemd).
-    pub log_level: String,
+    pub log_level: LogLevel,
     /// Lines kept in the in-memory debug log that `gfs_control dump` prints.
     pub debug_ring_lines: usize,
     /// The control socket `gfs_control` talks to (key `control_socket`).
@@ -42,9 +125,9 @@ pub struct Settings {
     pub configfs_root: PathBuf,
     /// dlm_controld's fs-control socket.
     pub dlm_socket: DlmAddress,
-    /// `auto`, `pacemaker`, `manual` or the absolute path of a fence program; the daemon turns
-    /// it into a [`crate::fence::FenceMode`] with [`crate::fence::FenceMode::from_setting`].
-    pub fencing: String,
+    /// How failed nodes are fenced; the daemon resolves `auto` with
+    /// [`crate::fence::FenceMode::from_setting`].
+    pub fencing: FenceSetting,
     /// How long one fencing attempt may take before it counts as failed (at least 1s).
     pub fence_timeout: Duration,
     /// Wait before asking again after fencing failed; pacemaker's polling interval.
@@ -81,13 +164,13 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            log_level: "info".to_owned(),
+            log_level: LogLevel::Info,
             debug_ring_lines: 10_000,
             socket_path: PathBuf::from(crate::control::proto::DEFAULT_SOCKET_PATH),
             sysfs_root: PathBuf::from("/sys/fs/gfs2"),
             configfs_root: PathBuf::from("/sys/kernel/config"),
             dlm_socket: DlmAddress::dlm_controld(),
-            fencing: "auto".to_owned(),
+            fencing: FenceSetting::Auto,
             fence_timeout: Duration::from_secs(300),
             fence_retry: Duration::from_secs(5),
             fence_warn: Duration::from_secs(60),
@@ -139,6 +222,14 @@ pub enum ConfigError {
         path: PathBuf,
         line: usize,
         key: String,
+        value: String,
+        expected: String,
+    },
+    /// A command-line value its key's parser refused (clap checks them first, with the same
+    /// parser, so only a caller that built the arguments by hand sees this).
+    #[error("bad value {value:?} for --{key}: expected {expected}")]
+    BadOption {
+        key: &'static str,
         value: String,
         expected: String,
     },
@@ -201,10 +292,10 @@ pub static KEYS: &[Key] = &[
         value_name: "LEVEL",
         help: "Messages logged to stderr: error, warn, info, debug or trace (RUST_LOG overrides)",
         apply: |s, v| {
-            s.log_level = parse_log_level(v)?;
+            s.log_level = LogLevel::parse(v)?;
             Ok(())
         },
-        show: |s| s.log_level.clone(),
+        show: |s| s.log_level.to_string(),
     },
     Key {
         name: "debug_ring_lines",
@@ -261,10 +352,10 @@ pub static KEYS: &[Key] = &[
         value_name: "METHOD",
         help: "How failed nodes are fenced: auto, pacemaker, manual or /path/of/fence/program",
         apply: |s, v| {
-            s.fencing = parse_fencing(v)?;
+            s.fencing = FenceSetting::parse(v)?;
             Ok(())
         },
-        show: |s| s.fencing.clone(),
+        show: |s| s.fencing.to_string(),
     },
     Key {
         name: "fence_timeout",
@@ -437,15 +528,6 @@ pub fn key(name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|key| key.name == name)
 }
 
-/// `--help` text of the setting `name` with its default. Panics on an unknown name: the
-/// command line and the table must agree (a test builds the command).
-pub fn key_help(name: &str) -> String {
-    match key(name) {
-        Some(key) => key.help_with_default(),
-        None => panic!("no setting {name:?} in config::KEYS"),
-    }
-}
-
 /// A `key=value` line of a configuration file: key, value, line number (from 1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -455,21 +537,6 @@ pub struct Entry {
 }
 
 impl Settings {
-    /// Reads the file named by `args` (or [`DEFAULT_CONFIG_PATH`], which may be missing),
-    /// applies it over the defaults, then the command line on top.
-    pub fn load(args: &DaemonArgs) -> Result<Settings, ConfigError> {
-        let mut settings = Settings::default();
-        let (path, explicit) = args.config_path();
-        match read_config_file(&path) {
-            Ok(text) => settings.apply_file(&text, &path)?,
-            Err(ConfigError::Io { source, .. })
-                if !explicit && source.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        args.apply_to(&mut settings);
-        Ok(settings)
-    }
-
     /// The defaults with the file `text` (read from `path`, named in errors) applied.
     pub fn from_file_text(text: &str, path: &Path) -> Result<Settings, ConfigError> {
         let mut settings = Settings::default();
@@ -616,15 +683,6 @@ pub fn clip(text: &str) -> String {
     }
 }
 
-fn parse_log_level(value: &str) -> Result<String, String> {
-    let lower = value.to_ascii_lowercase();
-    if LOG_LEVELS.contains(&lower.as_str()) {
-        Ok(lower)
-    } else {
-        Err("error, warn, info, debug or trace".to_owned())
-    }
-}
-
 /// Booleans: 0|1, also yes|no, true|false, on|off (any case).
 pub fn parse_bool(value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
@@ -670,17 +728,6 @@ fn parse_socket_path(value: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(path)
-}
-
-/// `auto`, `pacemaker`, `manual` or an absolute program path; checked for syntax only (the
-/// daemon checks at startup that the program exists: [`crate::fence::check_program`]).
-pub fn parse_fencing(value: &str) -> Result<String, String> {
-    let value = value.trim();
-    match value {
-        "auto" | "pacemaker" | "manual" => Ok(value.to_owned()),
-        path if path.starts_with('/') && !path.contains('\0') => Ok(path.to_owned()),
-        _ => Err("auto, pacemaker, manual or the absolute path of a fence program".to_owned()),
-    }
 }
 
 /// A duration: whole seconds (`30`), or a whole number with a unit `ms`, `s` or `m` (`500ms`,

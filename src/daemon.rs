@@ -8,18 +8,15 @@
 //! their results come back as inputs like any other (the drive rule, `gfs_core::drive`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write as _;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use gfs_core::{
-    Input, KernelEvent, KernelEventKind, Level, LogRecord, Node, NodeConfig, Output, Table, Time,
+    Input, KernelEvent, KernelEventKind, Level, LogRecord, Node, NodeConfig, Output, Table,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::control::proto::{Reply, Request, VersionInfo};
 use crate::control::server::{self, ControlRequest};
@@ -49,12 +46,6 @@ const MODE_CHECKS: [Duration; 3] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error(
-        "refusing to start: gfs2 filesystems are mounted ({0}); their journals are unknown to \
-         the cluster without a running gfs_controld. Unmount them (or reboot the node), or set \
-         allow_existing_mounts=1 if you know they are safe"
-    )]
-    ExistingMounts(String),
     #[error("cluster name {found:?} from corosync is not usable: {reason}")]
     ClusterName { found: String, reason: String },
     #[error(transparent)]
@@ -67,122 +58,13 @@ pub enum DaemonError {
     Fence(#[from] crate::fence::FenceError),
     #[error("cannot install a signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("pid file {path}: {reason}")]
-    PidFile { path: PathBuf, reason: String },
     #[error("lost the CPG group {group}: {reason}")]
     GroupLost { group: String, reason: String },
     #[error("the control socket server stopped: {0}")]
     ControlStopped(String),
-}
-
-/// Converts between wall-clock time (fencing backends, logs) and the core's millisecond clock,
-/// which starts at 0 when the daemon starts and never goes backwards.
-#[derive(Clone, Copy, Debug)]
-struct Clock {
-    start: Instant,
-    start_wall: SystemTime,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            start: Instant::now(),
-            start_wall: SystemTime::now(),
-        }
-    }
-
-    fn now(&self) -> Time {
-        Time(self.start.elapsed().as_millis() as u64)
-    }
-
-    fn instant(&self, t: Time) -> Instant {
-        self.start + Duration::from_millis(t.millis())
-    }
-
-    fn wall(&self, t: Time) -> SystemTime {
-        self.start_wall + Duration::from_millis(t.millis())
-    }
-
-    /// A wall-clock time on the core's clock. Times before the daemon started map to 0, which
-    /// is never "after a failure" the core saw, so an old fence cannot satisfy a new failure.
-    fn core_time(&self, at: SystemTime) -> Time {
-        Time(
-            at.duration_since(self.start_wall)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-        )
-    }
-}
-
-/// Refuses to run beside another gfs_controld: the pid file is locked for the daemon's life.
-pub struct PidFile {
-    _file: File,
-    path: PathBuf,
-}
-
-impl PidFile {
-    pub fn acquire(path: &Path) -> Result<PidFile, DaemonError> {
-        let err = |reason: String| DaemonError::PidFile {
-            path: path.to_owned(),
-            reason,
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| err(e.to_string()))?;
-        // SAFETY: flock on an fd we own; no memory is involved.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if locked != 0 {
-            let holder = std::fs::read_to_string(path).unwrap_or_default();
-            return Err(err(format!(
-                "another gfs_controld is running (pid {})",
-                holder.trim()
-            )));
-        }
-        file.set_len(0).map_err(|e| err(e.to_string()))?;
-        writeln!(file, "{}", std::process::id()).map_err(|e| err(e.to_string()))?;
-        Ok(PidFile {
-            _file: file,
-            path: path.to_owned(),
-        })
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Startup checks that need no corosync: a filesystem mounted before the daemon starts
-/// has members' journals nobody tracks (SPEC §3).
-pub fn check_existing_mounts(settings: &Settings) -> Result<(), DaemonError> {
-    let existing: Vec<String> = SysfsWriter::new(&settings.sysfs_root)
-        .existing_tables()
-        .into_iter()
-        .filter(|t| t.proto.as_deref() == Some("lock_dlm"))
-        .map(|t| t.name)
-        .collect();
-    if existing.is_empty() {
-        return Ok(());
-    }
-    let list = existing.join(", ");
-    if settings.allow_existing_mounts {
-        tracing::warn!(
-            tables = %list,
-            "gfs2 filesystems were mounted before gfs_controld started; allow_existing_mounts=1, \
-             so they are left alone and not protected by this daemon"
-        );
-        Ok(())
-    } else {
-        Err(DaemonError::ExistingMounts(list))
-    }
+    /// An adapter's task ended: it logged why (corosync went away, its fd failed).
+    #[error("{0} stopped; corosync is gone or its connection failed (see the log above)")]
+    SourceStopped(&'static str),
 }
 
 /// Everything the loop owns.
@@ -243,7 +125,7 @@ pub async fn run(
 
     let (fence_tx, mut fence_events) = mpsc::unbounded_channel();
     let fencer = if settings.enable_fencing {
-        let mode = FenceMode::from_setting(&settings.fencing)?;
+        let mode = FenceMode::from_setting(&settings.fencing);
         let options = FenceOptions {
             retry: settings.fence_retry,
             timeout: settings.fence_timeout,
@@ -342,20 +224,19 @@ pub async fn run(
             _ = sigusr2.recv() => ignored_signal("SIGUSR2"),
             event = cpg_events.recv() => match event {
                 Some(event) => d.cpg_event(event)?,
-                None => return Err(DaemonError::GroupLost { group: "all".into(), reason: "CPG event channel closed".into() }),
+                None => return Err(DaemonError::SourceStopped("CPG event delivery")),
             },
             change = quorum_events.recv() => match change {
                 Some(change) => {
                     d.quorum_changed(change.quorate)?;
                     d.feed(Input::Membership { members: change.members })?;
                 }
-                None => return Err(DaemonError::Corosync(CorosyncError::Call { call: "quorum", reason: "quorum tracking stopped".into() })),
+                None => return Err(DaemonError::SourceStopped("quorum tracking")),
             },
             // Before uevents: a write's result usually precedes the uevent it causes.
             Some(done) = sysfs_done.recv() => d.sysfs_done(done)?,
             event = uevents.next() => match event {
                 Ok(Ok(event)) => d.kernel_event(event)?,
-                Ok(Err(gfs_core::UeventError::NotGfs2Dlm)) => {}
                 Ok(Err(gfs_core::UeventError::UnsupportedTable { name, add: true, why })) => {
                     d.refuse_unsupported_table(name, why)
                 }
@@ -431,10 +312,7 @@ impl gfs_core::Driver for Daemon {
         match output {
             // The daemon group, once at start: without it the daemon can do nothing, so a
             // failed join is fatal there (and only there: no other group is ever joined).
-            Output::JoinGroup { group } => {
-                tracing::debug!(group = %group, "joining CPG group");
-                self.cpg.join(&group)?;
-            }
+            Output::JoinGroup { group } => self.cpg.join(&group)?,
             Output::Mcast { group, payload } => self.cpg.mcast(&group, payload)?,
             // Off the loop, once this drive ends: the result comes back through `sysfs_done`.
             Output::Write { table, file, value } => self
@@ -619,11 +497,7 @@ impl Daemon {
         if self.last_quorate == Some(quorate) {
             return Ok(());
         }
-        tracing::info!(
-            quorate,
-            "quorum {}",
-            if quorate { "gained" } else { "lost" }
-        );
+        // The core logs the change.
         self.last_quorate = Some(quorate);
         self.feed(Input::Quorum { quorate })
     }
@@ -645,13 +519,12 @@ impl Daemon {
 
     fn fence_event(&mut self, event: FenceEvent) -> Result<(), DaemonError> {
         match event {
+            // The core logs both outcomes.
             FenceEvent::Fenced { nodeid, at } => {
-                tracing::info!(nodeid, "node {nodeid} is fenced");
                 let at = self.clock.core_time(at);
                 self.feed(Input::Fenced { nodeid, at })
             }
             FenceEvent::Failed { nodeid, reason } => {
-                tracing::warn!(nodeid, reason = %reason, "fencing node {nodeid} failed");
                 self.feed(Input::FenceFailed { nodeid, reason })
             }
         }
@@ -756,31 +629,5 @@ fn log_record(record: &LogRecord) {
         Level::Warn => tracing::warn!(target: "gfs_core", fs, nodeid, jid, change, "{message}"),
         Level::Info => tracing::info!(target: "gfs_core", fs, nodeid, jid, change, "{message}"),
         Level::Debug => tracing::debug!(target: "gfs_core", fs, nodeid, jid, change, "{message}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clock_maps_old_fences_to_zero() {
-        let clock = Clock::new();
-        let before = clock.start_wall - Duration::from_secs(60);
-        assert_eq!(clock.core_time(before), Time(0));
-        let later = clock.wall(Time(1500));
-        assert_eq!(clock.core_time(later), Time(1500));
-    }
-
-    #[test]
-    fn a_second_pid_file_lock_is_refused() {
-        let dir = std::env::temp_dir().join(format!("gfs-pid-{}", std::process::id()));
-        let path = dir.join("gfs_controld.pid");
-        let first = PidFile::acquire(&path).unwrap();
-        let second = PidFile::acquire(&path);
-        assert!(matches!(second, Err(DaemonError::PidFile { .. })));
-        drop(first);
-        assert!(!path.exists());
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

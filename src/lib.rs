@@ -2,7 +2,8 @@
 //! with events from corosync, the kernel, fencing and operators, and carry out its actions.
 //! No protocol decision is made here.
 
-pub mod cli;
+pub mod args;
+mod clock;
 pub mod config;
 pub mod control;
 pub mod corosync;
@@ -13,6 +14,5 @@ pub mod kernel;
 pub mod logging;
 pub mod process;
 pub mod ratelimit;
+pub mod startup;
 pub mod systemd;
-
-pub use gfs_core as core;

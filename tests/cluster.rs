@@ -714,6 +714,82 @@ fn daemon_log(c: &Cluster, id: u32) -> String {
     std::fs::read_to_string(c.node_dir(id).join("gfs_controld.log")).unwrap_or_default()
 }
 
+/// The lines of node `id`'s daemon log at info level or above (what an operator reads during
+/// an outage) that contain every one of `words`.
+fn operator_lines(c: &Cluster, id: u32, words: &[&str]) -> Vec<String> {
+    daemon_log(c, id)
+        .lines()
+        .filter(|line| {
+            [" INFO ", " WARN ", " ERROR "]
+                .iter()
+                .any(|l| line.contains(l))
+        })
+        .filter(|line| words.iter().all(|w| line.contains(w)))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The lines telling that this partition gained or lost quorum.
+fn quorum_lines(c: &Cluster, id: u32) -> Vec<String> {
+    [
+        "quorum gained",
+        "quorum lost",
+        "quorum regained",
+        "quorum changed",
+    ]
+    .iter()
+    .flat_map(|fact| operator_lines(c, id, &[fact]))
+    .collect()
+}
+
+// One fact, one line (the core logs protocol facts, adapters IO failures, the daemon what
+// neither sees): a quorum change, a fence and a fencing failure were each logged three times.
+#[test]
+fn s20_quorum_fence_and_fencing_failure_are_each_logged_once() {
+    let Some((_guard, mut c)) = cluster("s20", 3, 300) else {
+        return;
+    };
+    mount_all(&c, &[1, 2, 3], "fs1");
+    // Every count is checked before the test fails, so a failure shows all the duplicates.
+    let mut problems = Vec::new();
+    let mut expect_one = |what: String, lines: Vec<String>| {
+        if lines.len() != 1 {
+            problems.push(format!("{what}: {} lines {lines:#?}", lines.len()));
+        }
+    };
+    for id in [1, 2, 3] {
+        expect_one(
+            format!("node {id}: quorum at startup"),
+            quorum_lines(&c, id),
+        );
+    }
+    let dead_jid = jid_of(&c, 3, "fs1");
+    c.set_fence_failures(1).unwrap();
+    c.crash_node(3);
+    wait_recovered(&mut c, &[1, 2], "fs1", &[dead_jid]);
+    assert_eq!(c.fence_failures().len(), 1, "the agent failed once");
+    expect_one(
+        "the fencing failure".to_owned(),
+        [1, 2]
+            .iter()
+            .flat_map(|&id| operator_lines(&c, id, &["nodeid=3", "fenc", "failed"]))
+            .collect(),
+    );
+    for id in [1, 2] {
+        expect_one(
+            format!("node {id}: node 3 fenced"),
+            operator_lines(&c, id, &["nodeid=3", "fenced"]),
+        );
+        // Two nodes of three stay quorate: still the startup line only.
+        expect_one(
+            format!("node {id}: quorum after the crash"),
+            quorum_lines(&c, id),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    no_violations(&c, &[1, 2]);
+}
+
 #[test]
 fn s14_recover_callbacks_and_remount_mode_are_read_from_the_kernel() {
     let Some((_guard, mut c)) = cluster("s14", 2, 300) else {

@@ -5,9 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gfs_controld::control::client;
@@ -19,64 +17,23 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 mod common;
 
-use common::{answer, canned_filesystems, canned_status, scratch_dir};
+use common::{answer, canned_filesystems, canned_status, scratch_dir, FakeDaemon};
 
-/// A control server on a temporary socket, answered by a fake daemon loop on its own thread.
-struct FakeDaemon {
-    dir: PathBuf,
-    socket: PathBuf,
-    /// Requests that reached the daemon loop.
-    handled: Arc<AtomicUsize>,
+/// The fake daemon with a short read timeout, which keeps the silent-client test quick.
+fn start_quick(tag: &str) -> FakeDaemon {
+    let options = server::ServeOptions {
+        read_timeout: Duration::from_secs(1),
+        ..server::ServeOptions::default()
+    };
+    FakeDaemon::start_with(tag, options, answer)
 }
 
-impl FakeDaemon {
-    fn start(tag: &str) -> FakeDaemon {
-        // A short read timeout keeps the silent-client test quick.
-        let options = server::ServeOptions {
-            read_timeout: Duration::from_secs(1),
-            ..server::ServeOptions::default()
-        };
-        FakeDaemon::start_with(tag, options, answer)
-    }
+/// Raw bytes as the request, the reply line back.
+trait RawRequest {
+    fn raw(&self, bytes: &[u8]) -> String;
+}
 
-    fn start_with(
-        tag: &str,
-        options: server::ServeOptions,
-        answer: fn(&Request) -> Reply,
-    ) -> FakeDaemon {
-        let dir = scratch_dir(tag);
-        let socket = dir.join("run").join("gfs_controld.sock");
-        let listener = server::bind(&socket).unwrap();
-        let handled = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&handled);
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let (tx, mut rx) = mpsc::channel::<ControlRequest>(16);
-                tokio::spawn(async move {
-                    while let Some(ControlRequest { request, reply }) = rx.recv().await {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        let _ = reply.send(answer(&request));
-                    }
-                });
-                let _ = server::serve_with(listener, tx, options).await;
-            });
-        });
-        FakeDaemon {
-            dir,
-            socket,
-            handled,
-        }
-    }
-
-    fn ask(&self, request: &Request) -> Reply {
-        client::request(&self.socket, request, TIMEOUT).unwrap()
-    }
-
-    /// Sends raw bytes as the request and returns the reply line.
+impl RawRequest for FakeDaemon {
     fn raw(&self, bytes: &[u8]) -> String {
         let mut stream = UnixStream::connect(&self.socket).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -89,12 +46,6 @@ impl FakeDaemon {
     }
 }
 
-impl Drop for FakeDaemon {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn error_of(line: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(value["version"], 1, "{line}");
@@ -104,7 +55,7 @@ fn error_of(line: &str) -> String {
 
 #[test]
 fn status_round_trip() {
-    let daemon = FakeDaemon::start("status");
+    let daemon = start_quick("status");
     assert_eq!(
         daemon.ask(&Request::Status {}),
         Reply::Status(canned_status())
@@ -113,7 +64,7 @@ fn status_round_trip() {
 
 #[test]
 fn ls_round_trip_all_and_one() {
-    let daemon = FakeDaemon::start("ls");
+    let daemon = start_quick("ls");
     assert_eq!(
         daemon.ask(&Request::Ls { fs: None }),
         Reply::Filesystems(canned_filesystems())
@@ -134,7 +85,7 @@ fn ls_round_trip_all_and_one() {
 
 #[test]
 fn fence_ack_round_trip_accepted_and_refused() {
-    let daemon = FakeDaemon::start("fence-ack");
+    let daemon = start_quick("fence-ack");
     assert_eq!(
         daemon.ask(&Request::FenceAck { nodeid: 3 }),
         Reply::Message("node 3 acknowledged as fenced".to_owned())
@@ -147,7 +98,7 @@ fn fence_ack_round_trip_accepted_and_refused() {
 
 #[test]
 fn dump_and_version_round_trip() {
-    let daemon = FakeDaemon::start("dump");
+    let daemon = start_quick("dump");
     assert_eq!(daemon.ask(&Request::Dump {}), answer(&Request::Dump {}));
     assert_eq!(
         daemon.ask(&Request::Version {}),
@@ -157,7 +108,7 @@ fn dump_and_version_round_trip() {
 
 #[test]
 fn the_wire_form_is_one_json_line() {
-    let daemon = FakeDaemon::start("wire");
+    let daemon = start_quick("wire");
     let line = daemon.raw(b"{\"version\":1,\"request\":{\"fence_ack\":{\"nodeid\":3}}}\n");
     assert_eq!(
         line,
@@ -171,7 +122,7 @@ fn the_wire_form_is_one_json_line() {
 
 #[test]
 fn malformed_requests_get_an_error_and_never_reach_the_daemon() {
-    let daemon = FakeDaemon::start("malformed");
+    let daemon = start_quick("malformed");
     for bad in [
         &b"hello\n"[..],
         b"{\"version\":1}\n",
@@ -191,7 +142,7 @@ fn malformed_requests_get_an_error_and_never_reach_the_daemon() {
 
 #[test]
 fn wrong_protocol_version_is_refused() {
-    let daemon = FakeDaemon::start("version");
+    let daemon = start_quick("version");
     let line = daemon.raw(b"{\"version\":2,\"request\":{\"status\":{}}}\n");
     let error = error_of(&line);
     assert!(
@@ -203,7 +154,7 @@ fn wrong_protocol_version_is_refused() {
 
 #[test]
 fn oversized_request_is_refused_and_the_server_goes_on() {
-    let daemon = FakeDaemon::start("oversized");
+    let daemon = start_quick("oversized");
     let mut request = b"{\"version\":1,\"request\":{\"ls\":{\"fs\":\"".to_vec();
     request.extend(std::iter::repeat_n(b'a', MAX_REQUEST_BYTES + 10));
     request.extend(b"\"}}}\n");
@@ -223,7 +174,7 @@ fn oversized_request_is_refused_and_the_server_goes_on() {
 
 #[test]
 fn a_silent_client_does_not_stall_others() {
-    let daemon = FakeDaemon::start("slow");
+    let daemon = start_quick("slow");
     let idle = UnixStream::connect(&daemon.socket).unwrap();
     assert_eq!(
         daemon.ask(&Request::Status {}),
@@ -328,7 +279,7 @@ fn refused_users_are_logged_at_a_bounded_rate() {
         return;
     }
     let log = common::captured_log();
-    let daemon = FakeDaemon::start("refused");
+    let daemon = start_quick("refused");
     let mut dir = daemon.socket.parent().unwrap().to_owned();
     std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     while dir.starts_with(&daemon.dir) {

@@ -490,7 +490,7 @@ async fn connect_with_retry_retries_until_success() {
             if attempts < 3 {
                 Err(CorosyncError::Unavailable {
                     service: "test",
-                    reason: "not yet".into(),
+                    source: rust_corosync::CsError::CsErrLibrary,
                 })
             } else {
                 Ok(attempts)

@@ -9,8 +9,10 @@ use std::time::Duration;
 mod common;
 
 use clap::{CommandFactory, Parser};
-use gfs_controld::cli::{startup, DaemonArgs, Startup};
-use gfs_controld::config::{self, ConfigError, Settings, DEFAULT_CONFIG_PATH, KEYS};
+use gfs_controld::args::{startup, DaemonArgs, Startup};
+use gfs_controld::config::{
+    self, ConfigError, FenceSetting, LogLevel, Settings, DEFAULT_CONFIG_PATH, KEYS,
+};
 
 /// Options of the command line that are not settings of the file.
 const COMMAND_LINE_ONLY: &[&str] = &[
@@ -100,13 +102,13 @@ fn dump_line(settings: &Settings, key: &str) -> String {
 #[test]
 fn defaults_are_documented_values() {
     let settings = Settings::default();
-    assert_eq!(settings.log_level, "info");
+    assert_eq!(settings.log_level, LogLevel::Info);
     assert_eq!(settings.debug_ring_lines, 10_000);
     assert_eq!(
         settings.socket_path,
         Path::new("/run/gfs_controld/gfs_controld.sock")
     );
-    assert_eq!(settings.fencing, "auto");
+    assert_eq!(settings.fencing, FenceSetting::Auto);
     assert_eq!(settings.fence_timeout, Duration::from_secs(300));
     assert_eq!(settings.fence_warn, Duration::from_secs(60));
     assert!(settings.enable_fencing && settings.enable_quorum);
@@ -135,9 +137,12 @@ max_journals=16
 sysfs_root=/tmp/sys\r
 ";
     let settings = parse_text(text).unwrap();
-    assert_eq!(settings.log_level, "debug");
+    assert_eq!(settings.log_level, LogLevel::Debug);
     assert_eq!(settings.fence_retry, Duration::from_millis(500));
-    assert_eq!(settings.fencing, "/usr/local/sbin/my fence");
+    assert_eq!(
+        settings.fencing,
+        FenceSetting::Program(PathBuf::from("/usr/local/sbin/my fence"))
+    );
     assert!(!settings.enable_quorum);
     assert!(settings.fence_power_off);
     assert_eq!(settings.max_journals, 16);
@@ -168,14 +173,18 @@ fn every_setting_reads_from_the_file_and_the_command_line_alike() {
         let mut from_cli = Settings::default();
         if key.name == "foreground" {
             // A flag on the command line, as for dlm_controld.
-            args(&["--foreground"]).apply_to(&mut from_cli);
+            args(&["--foreground"]).apply(&mut from_cli).unwrap();
             assert_eq!(from_cli, from_file, "--foreground");
             continue;
         }
-        args(&[&format!("--{}", key.name), value]).apply_to(&mut from_cli);
+        args(&[&format!("--{}", key.name), value])
+            .apply(&mut from_cli)
+            .unwrap();
         assert_eq!(from_cli, from_file, "--{} {value}", key.name);
         let mut joined = Settings::default();
-        args(&[&format!("--{}={value}", key.name)]).apply_to(&mut joined);
+        args(&[&format!("--{}={value}", key.name)])
+            .apply(&mut joined)
+            .unwrap();
         assert_eq!(joined, from_file, "--{}={value}", key.name);
     }
 }
@@ -188,7 +197,7 @@ fn the_command_line_wins_over_the_file() {
         "log_level=warn\nfence_timeout=60\nenable_fencing=0\nmerge_wait=2s\n",
     );
     let path_arg = path.to_str().unwrap();
-    let settings = Settings::load(&args(&[
+    let settings = args(&[
         "-c",
         path_arg,
         "--log_level",
@@ -196,9 +205,10 @@ fn the_command_line_wins_over_the_file() {
         "--enable_fencing",
         "1",
         "--recover_retry=250ms",
-    ]))
+    ])
+    .load()
     .unwrap();
-    assert_eq!(settings.log_level, "trace");
+    assert_eq!(settings.log_level, LogLevel::Trace);
     assert!(settings.enable_fencing);
     assert_eq!(settings.recover_retry, Duration::from_millis(250));
     // From the file, where the command line is silent.
@@ -207,9 +217,9 @@ fn the_command_line_wins_over_the_file() {
     // Defaults, where both are.
     assert_eq!(settings.fence_retry, Duration::from_secs(5));
 
-    let settings = Settings::load(&args(&["--config", path_arg, "-f"])).unwrap();
+    let settings = args(&["--config", path_arg, "-f"]).load().unwrap();
     assert!(settings.foreground);
-    assert_eq!(settings.log_level, "warn");
+    assert_eq!(settings.log_level, LogLevel::Warn);
 }
 
 #[test]
@@ -217,17 +227,17 @@ fn daemon_debug_means_foreground_and_debug() {
     let scratch = Scratch::new("daemon-debug");
     let warn = scratch.file("warn.conf", "log_level=warn\n");
     let trace = scratch.file("trace.conf", "log_level=trace\n");
-    let load = |argv: &[&str]| Settings::load(&args(argv)).unwrap();
+    let load = |argv: &[&str]| args(argv).load().unwrap();
 
     let settings = load(&["-D", "-c", warn.to_str().unwrap()]);
     assert!(settings.foreground);
-    assert_eq!(settings.log_level, "debug");
+    assert_eq!(settings.log_level, LogLevel::Debug);
     // At least debug: more verbose settings stay.
     let settings = load(&["--daemon_debug", "-c", trace.to_str().unwrap()]);
-    assert_eq!(settings.log_level, "trace");
+    assert_eq!(settings.log_level, LogLevel::Trace);
     // An explicit --log_level wins.
     let settings = load(&["-D", "--log_level", "error", "-c", warn.to_str().unwrap()]);
-    assert_eq!(settings.log_level, "error");
+    assert_eq!(settings.log_level, LogLevel::Error);
     assert!(settings.foreground);
 }
 
@@ -309,7 +319,7 @@ fn parse_file_returns_entries_with_line_numbers() {
 fn a_missing_file_is_an_error_only_when_named() {
     let scratch = Scratch::new("missing");
     let missing = scratch.0.join("nope.conf");
-    match Settings::load(&args(&["-c", missing.to_str().unwrap()])) {
+    match args(&["-c", missing.to_str().unwrap()]).load() {
         Err(e @ ConfigError::Io { .. }) => {
             let message = e.to_string();
             assert!(message.contains("nope.conf"), "{message}");
@@ -317,15 +327,13 @@ fn a_missing_file_is_an_error_only_when_named() {
         other => panic!("{other:?}"),
     }
     // A directory is not a file either.
-    assert!(Settings::load(&args(&["-c", scratch.0.to_str().unwrap()])).is_err());
+    assert!(args(&["-c", scratch.0.to_str().unwrap()]).load().is_err());
     // Without -c the default file is read if it exists; a missing one means the defaults.
     if !Path::new(DEFAULT_CONFIG_PATH).exists() {
-        assert_eq!(Settings::load(&args(&[])).unwrap(), Settings::default());
+        assert_eq!(args(&[]).load().unwrap(), Settings::default());
         assert_eq!(
-            Settings::load(&args(&["--fencing", "manual"]))
-                .unwrap()
-                .fencing,
-            "manual"
+            args(&["--fencing", "manual"]).load().unwrap().fencing,
+            FenceSetting::Manual
         );
     }
 }
@@ -343,7 +351,7 @@ fn groupd_compat_accepts_0_and_1_only() {
     }
     // Ignored: it changes no setting.
     let mut settings = Settings::default();
-    args(&["-g", "0"]).apply_to(&mut settings);
+    args(&["-g", "0"]).apply(&mut settings).unwrap();
     assert_eq!(settings, Settings::default());
     for bad in [&["-g", "2"][..], &["-g", "-1"], &["-g", "x"], &["-g"]] {
         let error =

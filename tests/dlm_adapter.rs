@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use gfs_controld::core::Table;
 use gfs_controld::dlm::{DlmAddress, DlmControl, DlmEvent, DlmOptions};
+use gfs_core::Table;
 use gfs_testkit::dlm_sim::{DlmRecord, DlmSim, DlmSimOptions};
 use tokio::sync::mpsc;
 

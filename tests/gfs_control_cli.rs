@@ -1,54 +1,25 @@
 //! The built `gfs_control` binary against a fake daemon on a temporary socket: text and
 //! `--json` output, exit statuses, `--help`, and the man page covering the command line.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use clap::CommandFactory;
 use gfs_controld::control::cli::ControlArgs;
-use gfs_controld::control::server::{self, ControlRequest};
-use tokio::sync::mpsc;
+use gfs_controld::control::server;
 
 mod common;
 
-use common::{answer, canned_filesystems, canned_status, scratch_dir};
+use common::{canned_filesystems, canned_status, scratch_dir, FakeDaemon};
 
-struct FakeDaemon {
-    dir: PathBuf,
-    socket: PathBuf,
+/// `gfs_control` run against the fake daemon.
+trait RunControl {
+    fn run(&self, args: &[&str]) -> Output;
 }
 
-impl FakeDaemon {
-    fn start(tag: &str) -> FakeDaemon {
-        let dir = scratch_dir(tag);
-        let socket = dir.join("gfs_controld.sock");
-        let listener = server::bind(&socket).unwrap();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let (tx, mut rx) = mpsc::channel::<ControlRequest>(16);
-                tokio::spawn(async move {
-                    while let Some(ControlRequest { request, reply }) = rx.recv().await {
-                        let _ = reply.send(answer(&request));
-                    }
-                });
-                let _ = server::serve(listener, tx).await;
-            });
-        });
-        FakeDaemon { dir, socket }
-    }
-
+impl RunControl for FakeDaemon {
     fn run(&self, args: &[&str]) -> Output {
         gfs_control(&self.socket, args)
-    }
-}
-
-impl Drop for FakeDaemon {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

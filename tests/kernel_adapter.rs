@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use gfs_controld::core::{
+use gfs_controld::kernel::{KernelError, SysfsWriter, UeventListener};
+use gfs_core::{
     format_uevent, KernelEvent, KernelEventKind, SysfsFile, Table, UeventError, WriteError,
 };
-use gfs_controld::kernel::{send_uevent, KernelError, SysfsWriter, UeventListener};
-use gfs_testkit::uevent::{send_test_uevent, UeventSender};
+use gfs_testkit::uevent::{send_test_uevent, send_uevent, UeventSender};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -212,9 +212,16 @@ fn build_sim_binary() -> PathBuf {
         }
     };
     let bin = dir.join("gfs_kernel_sim");
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/gfs-testkit/src");
+    // The kernel simulator is the test kit's code and the kernel model it shares with the
+    // simulator, itself built on the core.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = ["gfs-testkit", "gfs-sim", "gfs-core"]
+        .iter()
+        .map(|c| newest_mtime(&root.join("crates").join(c).join("src")))
+        .max()
+        .unwrap_or(std::time::UNIX_EPOCH);
     let stale = match std::fs::metadata(&bin).and_then(|m| m.modified()) {
-        Ok(built) => built < newest_mtime(&sources),
+        Ok(built) => built < newest_source,
         Err(_) => true,
     };
     if stale && std::env::var_os("GFS_BIN_DIR").is_none() {

@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use gfs_testkit::now_ms;
 use gfs_testkit::pacemaker::{
-    require_prerequisites, FenceRecord, PacemakerCluster, PacemakerOptions, CLONE, RESOURCE,
+    program_name, require_prerequisites, FenceRecord, PacemakerCluster, PacemakerOptions, CLONE,
+    RESOURCE,
 };
 use serde_json::Value;
 
@@ -253,9 +254,8 @@ fn long_lived(c: &PacemakerCluster, ids: &[u32]) -> Vec<(u32, String)> {
         .iter()
         .flat_map(|&id| c.pids(id))
         .filter_map(|pid| {
-            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            let comm = comm.trim();
-            NAMES.contains(&comm).then(|| (pid, comm.to_owned()))
+            let name = program_name(pid)?;
+            NAMES.contains(&name.as_str()).then_some((pid, name))
         })
         .collect();
     found.sort();

@@ -7,10 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gfs_controld::control::proto::DEFAULT_SOCKET_PATH;
+
+mod common;
+
+use common::scratch_dir;
 
 fn top() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -34,18 +37,6 @@ fn skip_or_fail(what: &str) {
     let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
     assert!(!ci, "{what} (required when CI is set)");
     eprintln!("skipped: {what}");
-}
-
-fn scratch_dir(tag: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "gfs-pkg-{tag}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn text(output: &Output) -> String {
@@ -122,8 +113,8 @@ fn the_unit_file_runs_the_daemon_as_its_command_line_expects() {
         "/usr/sbin/gfs_controld --foreground $GFS_CONTROLD_OPTS"
     );
     assert!(
-        read("src/cli.rs").contains("long = \"foreground\""),
-        "src/cli.rs has no --foreground option"
+        read("src/args.rs").contains("long = \"foreground\""),
+        "src/args.rs has no --foreground option"
     );
     assert!(words(&unit, "Requires").contains("corosync.service"));
     assert!(words(&unit, "After").contains("corosync.service"));
@@ -753,7 +744,7 @@ fn debian_rpm_and_make_install_install_the_same_files() {
         assert!(deb.contains_key(path), "deb lacks {path}");
     }
 
-    // The Makefile's install target, once it has one, installs the same as install.sh's defaults.
+    // `make install` (which runs install.sh) installs the same as install.sh's defaults.
     let makefile = read("Makefile");
     if makefile.lines().any(|l| l.starts_with("install:")) && have("make") {
         let plain = run_install("plain", &[]);

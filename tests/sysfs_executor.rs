@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gfs_controld::core::{SysfsFile, Table, WriteError};
 use gfs_controld::kernel::{SysfsDone, SysfsExecutor, SysfsOp, SysfsWriter};
+use gfs_core::{SysfsFile, Table, WriteError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn table(fs: &str) -> Table {

@@ -5,14 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use gfs_controld::cli::{self, DaemonArgs, Startup};
+use gfs_controld::args::{self, DaemonArgs, Startup};
 use gfs_controld::config::Settings;
-use gfs_controld::{daemon, fence, logging, process};
-use std::path::Path;
+use gfs_controld::{daemon, logging, process, startup};
 
 fn main() -> ExitCode {
     let args = DaemonArgs::parse();
-    let settings = match cli::startup(&args, &mut std::io::stdout(), &mut std::io::stderr()) {
+    let settings = match args::startup(&args, &mut std::io::stdout(), &mut std::io::stderr()) {
         Startup::Run(settings) => *settings,
         Startup::Exit(code) => return ExitCode::from(code),
     };
@@ -27,11 +26,8 @@ fn main() -> ExitCode {
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {
-    let ring = logging::init(&settings.log_level, settings.debug_ring_lines)?;
-    daemon::check_existing_mounts(&settings)?;
-    if settings.enable_fencing && settings.fencing.starts_with('/') {
-        fence::check_program(Path::new(&settings.fencing))?;
-    }
+    let ring = logging::init(settings.log_level.as_str(), settings.debug_ring_lines)?;
+    startup::check(&settings)?;
     process::ignore_stray_signals().context("cannot install signal handlers")?;
     let readiness = if settings.foreground {
         process::Readiness::foreground()
@@ -39,7 +35,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         // Before the runtime and its threads exist. The parent exits when we are ready.
         process::daemonize().context("cannot daemonize")?
     };
-    let _pid_file = daemon::PidFile::acquire(&settings.pid_file)?;
+    let _pid_file = startup::PidFile::acquire(&settings.pid_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

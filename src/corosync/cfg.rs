@@ -23,7 +23,6 @@ pub fn kill_node(nodeid: u32, reason: &str) -> Result<(), CorosyncError> {
         corosync_cfg_shutdown_callback_fn: None,
     })
     .map_err(|e| CorosyncError::unavailable("cfg", e))?;
-    tracing::warn!(nodeid, reason = %reason, "asking corosync to kill node {nodeid}");
     cfg::kill_node(&handle, NodeId::from(nodeid), &reason)
         .map_err(|e| CorosyncError::call("corosync_cfg_kill_node", e))
 }

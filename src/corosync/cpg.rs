@@ -30,12 +30,12 @@ use std::time::Duration;
 use gfs_core::{ConfChg, Input, LeaveReason, Peer};
 use rust_corosync::cpg;
 use rust_corosync::{CsError, DispatchFlags, NodeId};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 
+use super::conn::{Conn, LibHandle};
 use super::registry::Registry;
-use super::{describe, register_lib_fd, still_readable, CorosyncError, LibFd};
+use super::{describe, CorosyncError};
 
 /// Longest CPG group name (libcpg's `CPG_MAX_NAME_LENGTH` minus the NUL).
 const MAX_GROUP_NAME: usize = 127;
@@ -236,17 +236,7 @@ impl CpgGroups {
             cpg::initialize(&model(), 0).map_err(|e| CorosyncError::unavailable("cpg", e))?;
         let (raw_tx, raw_rx) = mpsc::unbounded_channel();
         REGISTRY.insert(handle.clone(), raw_tx);
-        let mut conn = Conn {
-            afd: None,
-            handle: Some(handle),
-        };
-        let fd = cpg::fd_get(conn.handle()).map_err(|e| CorosyncError::call("cpg_fd_get", e))?;
-        {
-            let _guard = runtime.enter();
-            // SAFETY: the fd belongs to `conn`'s handle, and `Conn::drop` drops the AsyncFd
-            // before finalizing that handle.
-            conn.afd = Some(unsafe { register_lib_fd(fd) }?);
-        }
+        let conn = Conn::new(handle, &runtime)?;
 
         // Join now when nothing is in the way, so that plain errors are reported here.
         let mut join_state = JoinState::Pending;
@@ -368,31 +358,24 @@ fn check_group_name(group: &str) -> Result<(), CorosyncError> {
     })
 }
 
-/// A handle and its registration with tokio, torn down in the safe order: deregister the fd,
-/// forget the callback channel, then finalize (which closes the fd).
-struct Conn {
-    afd: Option<AsyncFd<LibFd>>,
-    handle: Option<cpg::Handle>,
-}
+impl LibHandle for cpg::Handle {
+    const SERVICE: &'static str = "cpg";
+    const FD_GET: &'static str = "cpg_fd_get";
 
-impl Conn {
-    fn handle(&self) -> &cpg::Handle {
-        // Both are Some until drop.
-        self.handle.as_ref().expect("CPG handle present until drop")
+    fn fd_get(&self) -> Result<std::os::fd::RawFd, CsError> {
+        cpg::fd_get(self)
     }
-}
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        drop(self.afd.take());
-        if let Some(handle) = self.handle.take() {
-            drop(REGISTRY.remove(&handle));
-            if let Err(e) = cpg::finalize(&handle) {
-                tracing::debug!(error = %describe(e), "cpg_finalize failed");
-            }
-            // Dropping the owning handle finalizes again; the second call fails harmlessly.
-            drop(handle);
-        }
+    fn dispatch(&self) -> Result<(), CsError> {
+        cpg::dispatch(self, DispatchFlags::All)
+    }
+
+    fn forget(&self) {
+        drop(REGISTRY.remove(self));
+    }
+
+    fn finalize(&self) -> Result<(), CsError> {
+        cpg::finalize(self)
     }
 }
 
@@ -411,7 +394,7 @@ enum LeaveState {
 
 struct GroupTask {
     group: String,
-    conn: Conn,
+    conn: Conn<cpg::Handle>,
     raw_rx: UnboundedReceiver<Raw>,
     cmd_rx: UnboundedReceiver<Cmd>,
     events: UnboundedSender<CpgEvent>,
@@ -471,20 +454,14 @@ impl GroupTask {
                     None => std::future::pending().await,
                 }
             };
-            let afd = self.conn.afd.as_ref().expect("AsyncFd present until drop");
+            let raw_rx = &self.raw_rx;
             tokio::select! {
                 biased;
-                ready = afd.readable() => {
-                    let mut guard = match ready {
-                        Ok(guard) => guard,
+                dispatched = self.conn.dispatch_when_readable(|| !raw_rx.is_empty()) => {
+                    let result = match dispatched {
+                        Ok(result) => result,
                         Err(e) => return Stop::Lost(format!("polling the CPG fd failed: {e}")),
                     };
-                    let result = cpg::dispatch(self.conn.handle(), DispatchFlags::All);
-                    let delivered = !self.raw_rx.is_empty();
-                    if !(delivered && still_readable(afd.get_ref().0)) {
-                        guard.clear_ready();
-                    }
-                    drop(guard);
                     // Forward what was delivered before reporting a failure.
                     if let Some(stop) = self.forward() {
                         return stop;

@@ -24,18 +24,16 @@
 //! after a productive dispatch means more events are queued). The `AsyncFd` is always
 //! deregistered before the handle is finalized (which closes the fd).
 
+mod conn;
 mod cpg;
 mod quorum;
 
 pub mod cfg;
 pub mod cmap;
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use rust_corosync::CsError;
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
 
 pub use self::cpg::{CpgEvent, CpgGroups};
 pub use self::quorum::QuorumTracker;
@@ -44,12 +42,21 @@ pub use self::quorum::QuorumTracker;
 #[derive(Debug, thiserror::Error)]
 pub enum CorosyncError {
     /// The service could not be reached at all (corosync not running, not permitted, ...).
-    #[error("corosync {service} service is not available: {reason}")]
+    #[error("corosync {service} service is not available: {}", meaning(*.source))]
     Unavailable {
         service: &'static str,
-        reason: String,
+        #[source]
+        source: CsError,
     },
-    /// A library call failed.
+    /// A library call returned an error code.
+    #[error("corosync call {call} failed: {}", meaning(*.source))]
+    Library {
+        call: &'static str,
+        #[source]
+        source: CsError,
+    },
+    /// A call could not be made or gave something unusable (no runtime, a value of the wrong
+    /// type, a handle already gone).
     #[error("corosync call {call} failed: {reason}")]
     Call { call: &'static str, reason: String },
     /// The CPG group is not joined (or is being left) by this process.
@@ -65,23 +72,33 @@ pub enum CorosyncError {
 
 impl CorosyncError {
     pub(crate) fn unavailable(service: &'static str, e: CsError) -> CorosyncError {
-        CorosyncError::Unavailable {
-            service,
-            reason: describe(e),
-        }
+        CorosyncError::Unavailable { service, source: e }
     }
 
     pub(crate) fn call(call: &'static str, e: CsError) -> CorosyncError {
-        CorosyncError::Call {
-            call,
-            reason: describe(e),
-        }
+        CorosyncError::Library { call, source: e }
+    }
+}
+
+/// What an error code means for an operator; the code itself is the error's source.
+fn meaning(e: CsError) -> String {
+    match hint(e) {
+        "" => e.to_string(),
+        hint => hint.to_owned(),
     }
 }
 
 /// A readable description of a corosync error code, with a hint for the common ones.
 pub(crate) fn describe(e: CsError) -> String {
-    let hint = match e {
+    match hint(e) {
+        "" => format!("{e}"),
+        hint => format!("{e} ({hint})"),
+    }
+}
+
+/// A hint for the common error codes, or "".
+fn hint(e: CsError) -> &'static str {
+    match e {
         CsError::CsErrLibrary => "cannot talk to corosync; is it running?",
         CsError::CsErrTryAgain => "corosync is busy, try again",
         CsError::CsErrAccess => "permission denied by corosync",
@@ -94,12 +111,19 @@ pub(crate) fn describe(e: CsError) -> String {
         CsError::CsErrNoMemory | CsError::CsErrNoResources => "out of resources",
         CsError::CsErrTimeout => "timed out",
         _ => "",
-    };
-    if hint.is_empty() {
-        format!("{e}")
-    } else {
-        format!("{e} ({hint})")
     }
+}
+
+/// `e` and its causes, as anyhow's `{:#}` prints them.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// Retries `connect` every `interval` until it succeeds. The first failure (and then one in
@@ -125,7 +149,7 @@ pub async fn connect_with_retry<T>(
                 return value;
             }
             Err(e) => {
-                let message = e.to_string();
+                let message = with_causes(&e);
                 if attempt == 1 || message != last_error || attempt % loud_every == 0 {
                     tracing::warn!(
                         service = what,
@@ -144,44 +168,6 @@ pub async fn connect_with_retry<T>(
             }
         }
     }
-}
-
-/// A library-owned fd, registered with tokio without taking ownership (never closed here).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LibFd(pub(crate) RawFd);
-
-impl AsRawFd for LibFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-/// Registers a library-owned fd with the current tokio runtime, for readability only.
-///
-/// # Safety
-///
-/// `fd` must stay open, and be the same file description, until the returned `AsyncFd` is
-/// dropped: callers drop it before finalizing the handle that owns the fd.
-pub(crate) unsafe fn register_lib_fd(fd: RawFd) -> Result<AsyncFd<LibFd>, CorosyncError> {
-    // SAFETY: upheld by the caller.
-    unsafe { AsyncFd::register_with_interest(LibFd(fd), Interest::READABLE) }.map_err(|e| {
-        CorosyncError::Call {
-            call: "AsyncFd::register",
-            reason: e.to_string(),
-        }
-    })
-}
-
-/// Whether `fd` has something to read right now (non-blocking `poll`).
-pub(crate) fn still_readable(fd: RawFd) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, timeout 0: poll only inspects the fd.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The handle -> channel registries that callbacks use (see the module documentation).

@@ -3,12 +3,12 @@
 
 use rust_corosync::quorum;
 use rust_corosync::{CsError, DispatchFlags, NodeId, TrackFlags};
-use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
+use super::conn::{Conn, LibHandle};
 use super::registry::Registry;
-use super::{describe, register_lib_fd, still_readable, CorosyncError, LibFd};
+use super::{describe, CorosyncError};
 
 /// One quorum notification: whether this partition is quorate, and who is in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,18 +55,7 @@ impl QuorumTracker {
         let (raw_tx, raw_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::unbounded_channel();
         REGISTRY.insert(handle.clone(), raw_tx);
-        let mut conn = Conn {
-            afd: None,
-            handle: Some(handle),
-        };
-        let fd =
-            quorum::fd_get(conn.handle()).map_err(|e| CorosyncError::call("quorum_fd_get", e))?;
-        {
-            let _guard = runtime.enter();
-            // SAFETY: the fd belongs to `conn`'s handle, and `Conn::drop` drops the AsyncFd
-            // before finalizing that handle.
-            conn.afd = Some(unsafe { register_lib_fd(fd) }?);
-        }
+        let conn = Conn::new(handle, &runtime)?;
         quorum::trackstart(conn.handle(), TrackFlags::Changes)
             .map_err(|e| CorosyncError::call("quorum_trackstart", e))?;
         let handle = conn.handle().clone();
@@ -88,30 +77,24 @@ impl QuorumTracker {
 }
 
 async fn drive(
-    conn: Conn,
+    conn: Conn<quorum::Handle>,
     mut raw: UnboundedReceiver<QuorumChange>,
     events: UnboundedSender<QuorumChange>,
     mut stop: oneshot::Receiver<()>,
 ) {
-    let afd = conn.afd.as_ref().expect("AsyncFd present until drop");
     loop {
         tokio::select! {
             biased;
-            ready = afd.readable() => {
-                let mut guard = match ready {
-                    Ok(guard) => guard,
+            dispatched = conn.dispatch_when_readable(|| !raw.is_empty()) => {
+                let result = match dispatched {
+                    Ok(result) => result,
                     Err(e) => {
                         tracing::error!(error = %e, "polling the quorum fd failed; quorum tracking stops");
                         break;
                     }
                 };
-                let result = quorum::dispatch(conn.handle(), DispatchFlags::All);
-                let delivered = !raw.is_empty();
-                if !(delivered && still_readable(afd.get_ref().0)) {
-                    guard.clear_ready();
-                }
+                // The core logs quorum changes.
                 while let Ok(change) = raw.try_recv() {
-                    tracing::debug!(quorate = change.quorate, members = ?change.members, "quorum notification");
                     if events.send(change).is_err() {
                         return;
                     }
@@ -131,28 +114,23 @@ async fn drive(
     // receiver yield None.
 }
 
-struct Conn {
-    afd: Option<AsyncFd<LibFd>>,
-    handle: Option<quorum::Handle>,
-}
+impl LibHandle for quorum::Handle {
+    const SERVICE: &'static str = "quorum";
+    const FD_GET: &'static str = "quorum_fd_get";
 
-impl Conn {
-    fn handle(&self) -> &quorum::Handle {
-        self.handle
-            .as_ref()
-            .expect("quorum handle present until drop")
+    fn fd_get(&self) -> Result<std::os::fd::RawFd, CsError> {
+        quorum::fd_get(self)
     }
-}
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        drop(self.afd.take());
-        if let Some(handle) = self.handle.take() {
-            drop(REGISTRY.remove(&handle));
-            if let Err(e) = quorum::finalize(&handle) {
-                tracing::debug!(error = %describe(e), "quorum_finalize failed");
-            }
-            drop(handle);
-        }
+    fn dispatch(&self) -> Result<(), CsError> {
+        quorum::dispatch(self, DispatchFlags::All)
+    }
+
+    fn forget(&self) {
+        drop(REGISTRY.remove(self));
+    }
+
+    fn finalize(&self) -> Result<(), CsError> {
+        quorum::finalize(self)
     }
 }

@@ -5,8 +5,10 @@
 //! The real kernel blocks a `first`/`jid` write until the DLM join completes (quorum, fencing,
 //! dlm_controld's delays) and a `recover` write until this node's own journal is ready. A write
 //! stuck there must not hold up CPG, quorum, the control socket or another filesystem's
-//! `block=1`, so each operation runs on a short-lived detached thread: nothing ever joins one,
-//! and the daemon can exit while one is still inside the kernel.
+//! `block=1`, so each operation runs on a detached worker thread: nothing ever joins one, and
+//! the daemon can exit while one is still inside the kernel. Workers stay for the next
+//! operation for a while: a failure with F filesystems starts 3F operations in bursts, and a
+//! thread's start costs more than a sysfs write.
 //!
 //! Results come back on a channel in completion order, which is per-filesystem order because a
 //! filesystem has at most one operation running. The owner passes each result through
@@ -14,6 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use gfs_core::{SysfsFile, Table, WriteError};
@@ -26,6 +29,9 @@ use super::SysfsWriter;
 pub const MAX_WORKERS: usize = 128;
 /// An operation still in the kernel after this long is reported, and again as often.
 pub const SLOW_OP: Duration = Duration::from_secs(10);
+/// A worker with nothing to do exits after this long, so an idle daemon keeps no threads (and
+/// no wakeups) while the phases of one recovery (block, recover, unblock) reuse them.
+const WORKER_IDLE_EXIT: Duration = Duration::from_secs(30);
 
 /// One operation on a filesystem's sysfs directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +109,7 @@ struct Running {
 pub struct SysfsExecutor {
     sysfs: SysfsWriter,
     tx: mpsc::UnboundedSender<SysfsDone>,
+    workers: Workers,
     queued: BTreeMap<Table, VecDeque<SysfsOp>>,
     running: BTreeMap<Table, Running>,
     /// Filesystems with a queued operation and none running, waiting for a free thread.
@@ -138,9 +145,15 @@ impl SysfsExecutor {
         max_workers: usize,
     ) -> (SysfsExecutor, mpsc::UnboundedReceiver<SysfsDone>) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let workers = Workers {
+            sysfs: sysfs.clone(),
+            tx: tx.clone(),
+            shared: Arc::default(),
+        };
         let executor = SysfsExecutor {
             sysfs,
             tx,
+            workers,
             queued: BTreeMap::new(),
             running: BTreeMap::new(),
             waiting: VecDeque::new(),
@@ -261,24 +274,97 @@ impl SysfsExecutor {
                 reported: None,
             },
         );
-        let sysfs = self.sysfs.clone();
-        let tx = self.tx.clone();
-        let job_table = table.clone();
-        let spawned = std::thread::Builder::new()
-            .name("gfs-sysfs".to_owned())
-            .spawn(move || {
-                // A panic must still answer, or the filesystem's queue would stop for good.
-                let done = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    run(&sysfs, job_table.clone(), op)
-                }))
-                .unwrap_or_else(|_| SysfsDone::failed(job_table, op, libc::EIO));
-                // The loop may be gone (daemon exit): nobody to tell.
-                let _ = tx.send(done);
-            });
-        if let Err(e) = spawned {
+        if let Err((e, (table, op))) = self.workers.run(table, op) {
             let errno = e.raw_os_error().unwrap_or(libc::EAGAIN);
             tracing::error!(fs = %table.fs(), op = %op.describe(), error = %e, "cannot start a sysfs worker thread");
             let _ = self.tx.send(SysfsDone::failed(table, op, errno));
+        }
+    }
+}
+
+/// The worker threads: a queue of started operations and the threads that take them. The
+/// executor starts at most one operation per filesystem and at most `max_workers` at once, so
+/// every queued operation has a thread that is idle or about to be started for it.
+struct Workers {
+    sysfs: SysfsWriter,
+    tx: mpsc::UnboundedSender<SysfsDone>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<Pool>,
+    work: Condvar,
+}
+
+#[derive(Default)]
+struct Pool {
+    jobs: VecDeque<(Table, SysfsOp)>,
+    /// Workers waiting for a job (notified ones included until they wake).
+    idle: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        // A worker never panics while holding the lock; even so, the queue stays usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Workers {
+    /// Hands the operation to an idle worker, or to a new one when none is idle. A thread that
+    /// cannot be started gives back an operation to fail.
+    #[allow(clippy::result_large_err)]
+    fn run(&self, table: Table, op: SysfsOp) -> Result<(), (std::io::Error, (Table, SysfsOp))> {
+        let mut pool = self.shared.lock();
+        pool.jobs.push_back((table, op));
+        if pool.jobs.len() <= pool.idle {
+            self.shared.work.notify_one();
+            return Ok(());
+        }
+        drop(pool);
+        let (sysfs, tx, shared) = (self.sysfs.clone(), self.tx.clone(), self.shared.clone());
+        let spawned = std::thread::Builder::new()
+            .name("gfs-sysfs".to_owned())
+            .spawn(move || work(&sysfs, &tx, &shared));
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let job = self.shared.lock().jobs.pop_back();
+                // Another worker took it meanwhile and answers for it.
+                job.map_or(Ok(()), |job| Err((e, job)))
+            }
+        }
+    }
+}
+
+/// A worker: runs queued operations until none has come for [`WORKER_IDLE_EXIT`].
+fn work(sysfs: &SysfsWriter, tx: &mpsc::UnboundedSender<SysfsDone>, shared: &Shared) {
+    loop {
+        let (table, op) = {
+            let mut pool = shared.lock();
+            loop {
+                if let Some(job) = pool.jobs.pop_front() {
+                    break job;
+                }
+                pool.idle += 1;
+                let (guard, waited) = shared
+                    .work
+                    .wait_timeout(pool, WORKER_IDLE_EXIT)
+                    .unwrap_or_else(PoisonError::into_inner);
+                pool = guard;
+                pool.idle -= 1;
+                if waited.timed_out() && pool.jobs.is_empty() {
+                    return;
+                }
+            }
+        };
+        // A panic must still answer, or the filesystem's queue would stop for good.
+        let done = std::panic::catch_unwind(AssertUnwindSafe(|| run(sysfs, table.clone(), op)))
+            .unwrap_or_else(|_| SysfsDone::failed(table, op, libc::EIO));
+        // The loop may be gone (daemon exit): nobody to tell, and nothing more will come.
+        if tx.send(done).is_err() {
+            return;
         }
     }
 }
@@ -344,5 +430,63 @@ fn log_done(done: &SysfsDone, took: Duration) {
         SysfsDone::Mode { table, ro } => {
             tracing::trace!(fs = %table.fs(), ro = ?ro, ms, "mount mode read from status")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The thread ids of this process's sysfs workers alive now.
+    fn workers_alive() -> Vec<u32> {
+        let mut tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "gfs-sysfs")
+            })
+            .filter_map(|t| t.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort();
+        tids
+    }
+
+    /// One filesystem's operations come one after another (block, recover, unblock, and the
+    /// reads between): they run on one worker thread that stays, instead of a thread each.
+    #[tokio::test]
+    async fn operations_one_after_another_reuse_one_worker_thread() {
+        let root = std::env::temp_dir().join(format!("gfs-executor-unit-{}", std::process::id()));
+        let table = Table::parse("alpha:fs1").unwrap();
+        let lm = root.join(table.to_string()).join("lock_module");
+        std::fs::create_dir_all(&lm).unwrap();
+        std::fs::write(lm.join("block"), "0\n").unwrap();
+        let (mut exec, mut rx) = SysfsExecutor::new(SysfsWriter::new(&root));
+
+        let mut seen = Vec::new();
+        for value in [1, 0, 1, 0, 1, 0, 1, 0] {
+            let op = SysfsOp::Write {
+                file: SysfsFile::Block,
+                value,
+            };
+            exec.submit(table.clone(), op);
+            let done = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a result within 10 s")
+                .expect("the channel is open");
+            assert!(
+                matches!(done, SysfsDone::Write { result: Ok(()), .. }),
+                "{done:?}"
+            );
+            exec.complete(done);
+            // Time for a finished thread to be gone, were it to go.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            seen.push(workers_alive());
+        }
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(
+            seen.iter().all(|tids| tids.len() == 1 && *tids == seen[0]),
+            "the worker threads after each operation: {seen:?}"
+        );
     }
 }

@@ -13,7 +13,7 @@ mod sysfs;
 
 pub use configfs::{recover_callbacks, RecoverCallbacks};
 pub use executor::{SysfsDone, SysfsExecutor, SysfsOp, MAX_WORKERS, SLOW_OP};
-pub use netlink::{netlink_sender_is_kernel, send_uevent, UeventListener, UeventSender};
+pub use netlink::{netlink_sender_is_kernel, UeventListener, UeventSender};
 pub use sysfs::{parse_mounted_ro, ExistingTable, SysfsWriter};
 
 /// A failure of the kernel adapters themselves (not of a single uevent, not of a sysfs write:
@@ -43,9 +43,6 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
-    /// A uevent could not be sent whole.
-    #[error("uevent of {len} bytes was sent short ({sent} bytes)")]
-    ShortSend { len: usize, sent: usize },
 }
 
 impl KernelError {

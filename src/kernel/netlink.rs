@@ -10,9 +10,8 @@ use std::time::Instant;
 use gfs_core::{parse_uevent, KernelEvent, UeventError};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    bind, recvmsg, sendto, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned,
-    MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, SockaddrLike, UnixAddr,
-    UnixCredentials,
+    bind, recvmsg, setsockopt, socket, sockopt, AddressFamily, ControlMessageOwned, MsgFlags,
+    NetlinkAddr, SockFlag, SockProtocol, SockType, SockaddrLike, UnixAddr, UnixCredentials,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -338,29 +337,6 @@ fn summarize(data: &[u8]) -> String {
         .map(|c| if c.is_control() { '?' } else { c })
         .collect();
     format!("{text:?} ({} bytes)", data.len())
-}
-
-/// Sends `bytes` as one uevent datagram to group 1 of `NETLINK_KOBJECT_UEVENT` in the current
-/// network namespace, from userspace (so the listener drops it). Needs CAP_NET_ADMIN over that
-/// namespace. For tests.
-pub fn send_uevent(bytes: &[u8]) -> Result<(), KernelError> {
-    let fd = uevent_socket()?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
-        .map_err(|e| KernelError::socket("bind the sender", e))?;
-    let dest = NetlinkAddr::new(0, 1 << (UEVENT_GROUP - 1));
-    loop {
-        match sendto(fd.as_raw_fd(), bytes, &dest, MsgFlags::empty()) {
-            Ok(n) if n == bytes.len() => return Ok(()),
-            Ok(n) => {
-                return Err(KernelError::ShortSend {
-                    len: bytes.len(),
-                    sent: n,
-                })
-            }
-            Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
-            Err(e) => return Err(KernelError::socket("send", e)),
-        }
-    }
 }
 
 #[cfg(test)]

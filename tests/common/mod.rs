@@ -1,16 +1,21 @@
-//! Pieces shared by the integration tests: scratch directories and a fake daemon loop's
-//! canned answers.
+//! Pieces shared by the integration tests: scratch directories, a fake daemon loop serving
+//! canned answers on a real control socket, and a captured tracing log.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use gfs_controld::control::client;
 use gfs_controld::control::proto::{Reply, Request, VersionInfo};
+use gfs_controld::control::server::{self, ControlRequest, ServeOptions};
 use gfs_core::view::{
     FenceWaitView, FsView, JournalView, LocalMountView, MemberView, RecoveryTimeline, StatusView,
     TimelineEntry,
 };
 use gfs_core::MountMode;
+use tokio::sync::mpsc;
 
 /// A scratch directory removed when dropped.
 pub struct TempDir(pub PathBuf);
@@ -27,17 +32,83 @@ impl Drop for TempDir {
     }
 }
 
+/// A new empty directory under the system's temporary directory.
 pub fn scratch_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "gfs-controld-test-{tag}-{}-{}",
+        "gfs-controld-test-{tag}-{}-{}-{}",
         std::process::id(),
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
-            .as_nanos()
+            .as_nanos(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// How long a test waits for the fake daemon's reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A control server on a temporary socket, answered by a fake daemon loop on its own thread.
+pub struct FakeDaemon {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    /// Requests that reached the daemon loop.
+    pub handled: Arc<AtomicUsize>,
+}
+
+impl FakeDaemon {
+    /// With the server's default options and the canned [`answer`]s.
+    pub fn start(tag: &str) -> FakeDaemon {
+        FakeDaemon::start_with(tag, ServeOptions::default(), answer)
+    }
+
+    pub fn start_with(
+        tag: &str,
+        options: ServeOptions,
+        answer: fn(&Request) -> Reply,
+    ) -> FakeDaemon {
+        let dir = scratch_dir(tag);
+        let socket = dir.join("run").join("gfs_controld.sock");
+        let listener = server::bind(&socket).unwrap();
+        let handled = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&handled);
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let (tx, mut rx) = mpsc::channel::<ControlRequest>(16);
+                tokio::spawn(async move {
+                    while let Some(ControlRequest { request, reply }) = rx.recv().await {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let _ = reply.send(answer(&request));
+                    }
+                });
+                let _ = server::serve_with(listener, tx, options).await;
+            });
+        });
+        FakeDaemon {
+            dir,
+            socket,
+            handled,
+        }
+    }
+
+    /// One request through the library client.
+    pub fn ask(&self, request: &Request) -> Reply {
+        client::request(&self.socket, request, REPLY_TIMEOUT).unwrap()
+    }
+}
+
+impl Drop for FakeDaemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 pub fn canned_status() -> StatusView {

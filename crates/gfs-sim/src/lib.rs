@@ -6,9 +6,12 @@
 //! kernel model per node and filesystem. Everything follows from one seed. After every step it
 //! checks the safety rules S1–S7 of SPEC.md; after the faults stop it checks liveness (L1).
 
+pub mod errno;
+pub mod kernel_model;
 mod rng;
 mod world;
 
+pub use kernel_model::KernelModel;
 pub use rng::Rng;
 pub use world::{
     run, KernelView, Outcome, ReplayRecord, Rule, Scenario, SimConfig, Violation, WriteRecord,

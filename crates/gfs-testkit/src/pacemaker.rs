@@ -162,6 +162,8 @@ pub struct PacemakerCluster {
     fence_agent: PathBuf,
     ocf_dir: PathBuf,
     started: Instant,
+    /// Keep the run's directory when dropped (a failed start).
+    keep_logs: bool,
 }
 
 static RUNS: AtomicU32 = AtomicU32::new(0);
@@ -191,7 +193,23 @@ impl PacemakerCluster {
             children: Vec::new(),
             holders: BTreeMap::new(),
             started: Instant::now(),
+            keep_logs: false,
         };
+        match c.bring_up() {
+            Ok(()) => Ok(c),
+            Err(e) => {
+                // A start that fails under load is rare: keep what it left to read.
+                c.keep_logs = true;
+                Err(e.context(format!(
+                    "what the resource agent and the fence agent wrote:\n{}",
+                    c.agent_output()
+                )))
+            }
+        }
+    }
+
+    fn bring_up(&mut self) -> Result<()> {
+        let c = self;
         c.install_agents()?;
         c.write_configuration()?;
         create_network(&c.tag, c.opts.nodes)?;
@@ -218,8 +236,27 @@ impl PacemakerCluster {
         )?;
         c.create_clone()?;
         c.wait_clone_started(&ids)?;
-        c.wait_synced(&ids)?;
-        Ok(c)
+        c.wait_synced(&ids)
+    }
+
+    /// The agents' output lines that pacemaker logged on every node (the OCF agent's errors
+    /// and warnings, the fence agent's), last 40.
+    fn agent_output(&self) -> String {
+        let mut lines: Vec<String> = self
+            .ids()
+            .into_iter()
+            .flat_map(|id| {
+                fs::read_to_string(self.pacemaker_log(id))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("(log_op_output)") || l.contains("gfs_controld("))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        lines.sort();
+        let skip = lines.len().saturating_sub(40);
+        lines.split_off(skip).join("\n")
     }
 
     pub fn ids(&self) -> Vec<u32> {
@@ -680,10 +717,9 @@ impl PacemakerCluster {
 
     /// The PID of node `id`'s gfs_controld (started by the OCF agent), if it runs.
     pub fn daemon_pid(&self, id: u32) -> Option<u32> {
-        self.pids(id).into_iter().find(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.trim() == "gfs_controld")
-        })
+        self.pids(id)
+            .into_iter()
+            .find(|&pid| program_name(pid).as_deref() == Some("gfs_controld"))
     }
 
     /// The node dies as far as the cluster can tell: its corosync is killed with SIGKILL. The
@@ -693,10 +729,7 @@ impl PacemakerCluster {
         let pid = self
             .pids(id)
             .into_iter()
-            .find(|pid| {
-                fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "corosync")
-            })
+            .find(|&pid| program_name(pid).as_deref() == Some("corosync"))
             .ok_or_else(|| anyhow!("node {id} has no corosync"))?;
         // SAFETY: kill(2) on a PID just found in node `id`'s network namespace.
         if unsafe { libc::kill(pid as i32, libc::SIGKILL) } != 0 {
@@ -856,6 +889,16 @@ fn run_host(cmd: &mut Command) -> Result<()> {
 
 /// Every process whose network namespace is `netns` (`net:[inode]`). A namespace's inode is
 /// not reused while any process is in it, so this never matches a process outside the node.
+/// The file name of the program process `pid` runs (`/proc/PID/exe`), or `None` once it is gone.
+/// Not `comm`: a script's `comm` is the script's name, and the OCF agent is a script named
+/// `gfs_controld`, so its monitor runs would pass for the daemon.
+pub fn program_name(pid: u32) -> Option<String> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    // A binary replaced on disk while it runs reads back as "NAME (deleted)".
+    let name = exe.file_name()?.to_string_lossy().into_owned();
+    Some(name.trim_end_matches(" (deleted)").to_owned())
+}
+
 fn pids_in_netns(netns: &str) -> Vec<u32> {
     if !netns.starts_with("net:[") {
         return Vec::new();
@@ -947,7 +990,9 @@ fn reap_abandoned() {
 
 impl Drop for PacemakerCluster {
     fn drop(&mut self) {
-        let keep = std::env::var_os("GFS_KEEP_CLUSTER_DIR").is_some() || std::thread::panicking();
+        let keep = self.keep_logs
+            || std::env::var_os("GFS_KEEP_CLUSTER_DIR").is_some()
+            || std::thread::panicking();
         teardown(&self.tag, &self.dir, keep);
         for child in &mut self.children {
             let _ = child.kill();

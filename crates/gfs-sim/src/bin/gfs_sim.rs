@@ -4,13 +4,14 @@ use std::process::ExitCode;
 
 use gfs_sim::{run, SimConfig};
 
-const USAGE: &str = "usage: gfs_sim [--seeds N] [--first-seed S] [--seed S] [--nodes K] [--filesystems F] [--keep-going] [--trace] [--json] [--demo]
+const USAGE: &str = "usage: gfs_sim [--seeds N] [--first-seed S] [--seed S] [--nodes K] [--filesystems F] [--keep-going] [--trace] [--hashes] [--json] [--demo]
   --seeds N         run N seeds (default 100), from --first-seed (default 1)
   --seed S          run only seed S (replay a failure)
   --nodes K         nodes per run, or a range A-B drawn from the seed (default 3-7)
   --filesystems F   filesystems per run, or a range A-B drawn from the seed (default 1-4)
   --keep-going      run every seed: one line per broken seed, the count at the end
   --trace           print the full event trace of each run
+  --hashes          print each seed's trace hash (compare runs before and after a refactoring)
   --json            print the summary as JSON
   --demo            print the recovery timeline of a 3-node cluster losing one node";
 
@@ -22,6 +23,7 @@ struct Args {
     filesystems: (u32, u32),
     keep_going: bool,
     trace: bool,
+    hashes: bool,
     json: bool,
     demo: bool,
 }
@@ -35,6 +37,7 @@ fn parse() -> Result<Args, String> {
         filesystems: (1, 4),
         keep_going: false,
         trace: false,
+        hashes: false,
         json: false,
         demo: false,
     };
@@ -69,6 +72,7 @@ fn parse() -> Result<Args, String> {
             "--filesystems" => a.filesystems = range("--filesystems", it.next())?,
             "--keep-going" => a.keep_going = true,
             "--trace" => a.trace = true,
+            "--hashes" => a.hashes = true,
             "--json" => a.json = true,
             "--demo" => a.demo = true,
             "-h" | "--help" => return Err(String::new()),
@@ -115,6 +119,9 @@ fn main() -> ExitCode {
             for line in &out.trace {
                 println!("{line}");
             }
+        }
+        if args.hashes {
+            println!("seed {seed} trace hash {:016x}", out.trace_hash);
         }
         steps += out.steps;
         failures += out.failures_injected;

@@ -19,123 +19,49 @@
 
 use std::collections::BTreeSet;
 
-use gfs_core::{
-    Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table, Time, WriteError,
+use gfs_core::{Input, KernelEvent, KernelEventKind, MountMode, NodeId, SysfsFile, Table};
+
+use super::dlm::DlmRecovery;
+use super::mount::{Mount, MountStep};
+use super::trace::ReplayRecord;
+use super::{checker, Event, World};
+use crate::errno::{ENODEV, EUSERS};
+use crate::kernel_model::{
+    Admit, Effect, JournalWork, KernelModel, RecoveryStart, RecoveryWork, Stage,
 };
-
-use super::{Ev, ReplayRecord, Rule, World, WriteRecord};
-
-pub(super) use gfs_core::errno::{EAGAIN, EBUSY, EINVAL, ENODEV, ENOENT, EOPNOTSUPP, ESHUTDOWN};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum KState {
-    /// The DLM lockspace join: `first`/`jid` writes wait for it.
-    Joining,
-    /// Waiting for the cluster-wide mount lock.
-    WaitGlock,
-    /// Holding the mount lock, reading the superblock (a normal lock: frozen by `block=1`).
-    InitSb,
-    /// Holding the mount lock, waiting for `jid`.
-    WaitJid,
-    /// Journal work: first-mounter replay of every lockable journal, or the own journal's check.
-    InitJournal,
-    /// The rest of the mount (normal locks: frozen by `block=1`).
-    MountRest,
-    Online,
-    Withdrawn,
-}
-
-#[derive(Clone, Debug)]
-pub(super) struct KMount {
-    pub table: Table,
-    pub mode: MountMode,
-    /// The kernel's `ls_first`: 1 unless the daemon wrote 0 (or `hostdata=first=0`).
-    pub first: bool,
-    pub first_written: bool,
-    /// A spectator mounted with `-o hostdata=first=0`.
-    pub hostdata_first0: bool,
-    /// The DLM offered recovery callbacks: the kernel picks its journal and recovers by itself.
-    pub kernel_managed: bool,
-    pub jid: Option<i64>,
-    pub state: KState,
-    pub blocked: bool,
-    pub joined: bool,
-    pub journal_ready: bool,
-    /// First-mount journal work started (it waits while a journal's lock is held by a dead node).
-    pub journal_work: bool,
-    /// Journals a first mounter found held by a live node: reported Failed (Busy).
-    pub busy_at_mount: BTreeSet<u32>,
-    /// Journals replayed inside the mount.
-    pub mount_replays: BTreeSet<u32>,
-    /// `recover` replays running, and those waiting for the DLM to free the journal's lock.
-    pub replays: BTreeSet<u32>,
-    pub waiting_replays: BTreeSet<u32>,
-    pub withdraw_acked: bool,
-    pub unmount_requested: bool,
-    /// When the workload started the mount: L1 names it, so that a mount judged unfinished shows
-    /// whether it had the workload's quiet period to finish in.
-    pub begun: Time,
-}
-
-/// One sysfs operation queued for a filesystem.
-#[derive(Clone, Debug)]
-pub(super) enum IoOp {
-    Write { file: SysfsFile, value: i64 },
-    Read { file: SysfsFile },
-}
-
-/// DLM recovery of one failed node in one lockspace, as dlm_controld gates it.
-#[derive(Clone, Debug)]
-pub(super) struct DlmRecovery {
-    pub table: String,
-    pub failed: NodeId,
-    /// The failed node's journal needs replay (its locks cover blocks newer on its journal).
-    pub dirty: bool,
-    /// Survivors whose dlm_controld saw the failure with the lockspace registered: each waits
-    /// for its own daemon's notification (later joiners never knew the failed node).
-    pub waiting: BTreeSet<NodeId>,
-    pub notified: BTreeSet<NodeId>,
-    /// Survivors whose mount was complete when the node failed. A mount still in progress
-    /// cannot be held back: its lock requests wait for the DLM, so it must let DLM recovery run
-    /// before its journal work, and it is blocked only once that is done (the daemon's design,
-    /// as the historical daemon's).
-    pub online_at_failure: BTreeSet<NodeId>,
-}
 
 impl World {
     /// Uevents reach the daemon as separate events, in order, never in the middle of a write.
     pub(super) fn uevent(&mut self, n: NodeId, table: &Table, kind: KernelEventKind) {
-        let kinc = self.nodes[&n].kinc;
+        let boot = self.nodes[&n].boot;
         self.schedule(
             0,
-            Ev::Uevent {
+            Event::Uevent {
                 node: n,
                 event: KernelEvent {
                     table: table.clone(),
                     kind,
                 },
-                kinc,
+                boot,
             },
         );
     }
 
-    fn mount_of(&mut self, n: NodeId, key: &str) -> Option<&mut KMount> {
+    pub(super) fn mount_of(&mut self, n: NodeId, key: &str) -> Option<&mut Mount> {
         self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key))
     }
 
-    fn step_later(&mut self, n: NodeId, key: &str, delay: u64) {
-        let kinc = self.nodes[&n].kinc;
+    pub(super) fn step_later(&mut self, n: NodeId, key: &str, delay: u64) {
+        let boot = self.nodes[&n].boot;
         self.schedule(
             delay,
-            Ev::KernelMountStep {
+            Event::KernelMountStep {
                 node: n,
                 table: key.to_owned(),
-                kinc,
+                boot,
             },
         );
     }
-
-    // ----- mount -------------------------------------------------------------------------------
 
     /// `hostdata_first0`: a spectator mounted with `-o spectator,hostdata=first=0`.
     pub(super) fn mount(&mut self, n: NodeId, t: &Table, mode: MountMode, hostdata_first0: bool) {
@@ -150,28 +76,19 @@ impl World {
             }
         ));
         let kernel_managed = self.kernel_managed_nodes.contains(&n);
+        let journals = self.journals_per_fs;
         self.nodes.get_mut(&n).expect("node").mounts.insert(
             t.to_string(),
-            KMount {
+            Mount {
                 table: t.clone(),
-                mode,
-                first: true,
+                kernel: KernelModel::new(mode, journals, kernel_managed, hostdata_first0),
                 first_written: false,
-                hostdata_first0,
-                kernel_managed,
-                jid: None,
-                state: KState::Joining,
-                blocked: false,
-                joined: false,
-                journal_ready: false,
+                state: MountStep::Joining,
                 journal_work: false,
                 begun: self.now,
                 busy_at_mount: BTreeSet::new(),
                 mount_replays: BTreeSet::new(),
-                replays: BTreeSet::new(),
                 waiting_replays: BTreeSet::new(),
-                withdraw_acked: false,
-                unmount_requested: false,
             },
         );
         // The daemon reads recover_callbacks at `add`; a scenario may change it in between.
@@ -185,75 +102,73 @@ impl World {
                 kernel_managed: said,
             },
         );
-        let quorate = self.nodes[&n]
-            .comp
-            .is_some_and(|c| self.quorate(&self.comps[&c].members));
+        let quorate = self.cpg.partition_quorate(n);
         if !kernel_managed && quorate {
             // A joining kernel is in the lockspace's membership: a failure during its join is
             // recovered with it. (In an inquorate partition the join waits, unseen by others.)
-            self.lockspaces.entry(t.to_string()).or_default().insert(n);
+            self.dlm
+                .lockspaces
+                .entry(t.to_string())
+                .or_default()
+                .insert(n);
         }
         let d = self.rng.range(5, 200);
         self.step_later(n, &t.to_string(), d);
     }
 
-    pub(super) fn kernel_mount_step(&mut self, n: NodeId, key: &str, kinc: u64) {
-        if self.nodes[&n].kinc != kinc {
+    pub(super) fn kernel_mount_step(&mut self, n: NodeId, key: &str, boot: u64) {
+        if self.nodes[&n].boot != boot {
             return;
         }
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
         match m.state {
-            KState::Joining => {
-                let quorate = self.nodes[&n]
-                    .comp
-                    .is_some_and(|c| self.quorate(&self.comps[&c].members));
+            MountStep::Joining => {
+                let quorate = self.cpg.partition_quorate(n);
                 let Some(m) = self.mount_of(n, key) else {
                     return;
                 };
-                if !quorate && !m.kernel_managed {
+                if !quorate && !m.kernel.kernel_managed {
                     // dlm_controld completes a lockspace join only with quorum.
                     self.step_later(n, key, 200);
                     return;
                 }
-                m.joined = true;
-                if !m.kernel_managed {
-                    self.lockspaces.entry(key.to_owned()).or_default().insert(n);
+                m.kernel.stage = Stage::Joined;
+                if !m.kernel.kernel_managed {
+                    self.dlm
+                        .lockspaces
+                        .entry(key.to_owned())
+                        .or_default()
+                        .insert(n);
                 }
                 let Some(m) = self.mount_of(n, key) else {
                     return;
                 };
-                if m.kernel_managed {
+                if m.kernel.kernel_managed {
                     // The kernel picks its journal and recovers by itself: nothing to model here
                     // but the mount completing without the daemon.
                     // The DLM join ends any `first`/`jid` write waiting for it (EBUSY here).
-                    m.state = KState::Online;
-                    let (t, ro, sp) = (
-                        m.table.clone(),
-                        m.mode != MountMode::Rw,
-                        m.mode == MountMode::Spectator,
-                    );
+                    m.state = MountStep::Online;
+                    m.kernel.stage = Stage::Mounted;
+                    let (t, online) = (m.table.clone(), m.kernel.online_event());
                     self.io_run(n, key);
-                    let kinc = self.nodes[&n].kinc;
+                    let boot = self.nodes[&n].boot;
                     let d = self.rng.range(10, 100);
                     self.schedule(
                         d,
-                        Ev::Uevent {
+                        Event::Uevent {
                             node: n,
                             event: KernelEvent {
                                 table: t,
-                                kind: KernelEventKind::Online { ro, spectator: sp },
+                                kind: online,
                             },
-                            kinc,
+                            boot,
                         },
                     );
                     return;
                 }
-                if m.mode == MountMode::Spectator && m.hostdata_first0 {
-                    m.first = false;
-                }
-                m.state = KState::WaitGlock;
+                m.state = MountStep::WaitGlock;
                 self.glock_waiters
                     .entry(key.to_owned())
                     .or_default()
@@ -261,21 +176,18 @@ impl World {
                 self.io_run(n, key);
                 self.grant_glock(key);
             }
-            KState::InitSb if !m.blocked => {
-                m.state = KState::WaitJid;
+            MountStep::InitSb if !m.kernel.blocked => {
+                m.state = MountStep::WaitJid;
                 self.wait_jid(n, key);
             }
-            KState::InitJournal => self.finish_journal_work(n, key),
-            KState::MountRest if !m.blocked => {
-                m.state = KState::Online;
-                let (t, ro, sp) = (
-                    m.table.clone(),
-                    m.mode != MountMode::Rw,
-                    m.mode == MountMode::Spectator,
-                );
+            MountStep::InitJournal => self.finish_journal_work(n, key),
+            MountStep::MountRest if !m.kernel.blocked => {
+                m.state = MountStep::Online;
+                m.kernel.stage = Stage::Mounted;
+                let (t, online) = (m.table.clone(), m.kernel.online_event());
                 self.glock.remove(key);
                 self.grant_glock(key);
-                self.uevent(n, &t, KernelEventKind::Online { ro, spectator: sp });
+                self.uevent(n, &t, online);
                 self.maybe_finish_unmount(n, key);
             }
             _ => {}
@@ -284,20 +196,20 @@ impl World {
 
     /// The mount lock goes to the longest waiter once nobody holds it (a dead holder's lock
     /// is freed only by DLM recovery).
-    fn grant_glock(&mut self, key: &str) {
+    pub(super) fn grant_glock(&mut self, key: &str) {
         if self.glock.contains_key(key) {
             return;
         }
         while let Some(n) = self.glock_waiters.get_mut(key).and_then(|q| q.pop_front()) {
-            let kinc = self.nodes[&n].kinc;
+            let boot = self.nodes[&n].boot;
             let Some(m) = self.mount_of(n, key) else {
                 continue;
             };
-            if m.state != KState::WaitGlock {
+            if m.state != MountStep::WaitGlock {
                 continue;
             }
-            m.state = KState::InitSb;
-            self.glock.insert(key.to_owned(), (n, kinc, true));
+            m.state = MountStep::InitSb;
+            self.glock.insert(key.to_owned(), (n, boot, true));
             self.log(format!("n{n} kernel: {key} mount lock acquired"));
             let d = self.rng.range(1, 10);
             self.step_later(n, key, d);
@@ -305,75 +217,47 @@ impl World {
         }
     }
 
-    fn wait_jid(&mut self, n: NodeId, key: &str) {
-        let journals = self.journals_per_fs;
+    pub(super) fn wait_jid(&mut self, n: NodeId, key: &str) {
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if m.state != KState::WaitJid {
+        if m.state != MountStep::WaitJid {
             return;
         }
-        let Some(jid) = m.jid else {
+        let (Some(written), Some(taken)) = (m.kernel.jid, m.kernel.take_journal()) else {
             return;
         };
-        if jid < 0 {
-            self.mount_failed(n, key, format!("the daemon wrote jid={jid}"));
-            return;
-        }
-        let jid = jid as u32;
-        let spectator = m.mode == MountMode::Spectator;
-        let first = m.first && !spectator;
-        if !spectator && jid >= journals {
-            self.mount_failed(n, key, format!("can't mount journal #{jid} (EUSERS)"));
-            return;
-        }
-        m.state = KState::InitJournal;
-        let kinc = self.nodes[&n].kinc;
-        if !spectator {
-            // S4: no two live mounters hold the same journal.
-            let j = self.journals.entry((key.to_owned(), jid)).or_default();
-            if let Some(h) = j.user().filter(|h| *h != n) {
-                self.violate(
-                    Rule::S4,
-                    format!("n{n} mounts {key} with jid {jid}, held by n{h}'s live kernel"),
-                );
+        let jid = match taken {
+            Ok(jid) => jid,
+            Err(EUSERS) => {
+                let why = format!("can't mount journal #{written} (EUSERS)");
+                self.mount_failed(n, key, why);
                 return;
             }
-            // S5: a mount that does not replay every journal must not start while a journal is
-            // dirty and no live daemon knows to have it replayed.
+            Err(_) => {
+                self.mount_failed(n, key, format!("the daemon wrote jid={written}"));
+                return;
+            }
+        };
+        let spectator = m.kernel.spectator();
+        let first = m.kernel.first && !spectator;
+        m.kernel.journal = Some(jid);
+        m.state = MountStep::InitJournal;
+        let boot = self.nodes[&n].boot;
+        if !spectator {
+            let j = self.journals.entry((key.to_owned(), jid)).or_default();
+            if let Some(v) = checker::unique_journal(n, key, jid, j) {
+                self.violate(v);
+                return;
+            }
             if !first {
-                // Known: dirty in the group's state, or its writer still a mounter there (the
-                // group has yet to hear of that failure or withdraw, and will recover it).
-                let table = Table::parse(key).ok();
-                let group_knows = |jj: u32| {
-                    self.nodes
-                        .values()
-                        .filter_map(|x| x.daemon.as_ref())
-                        .any(|d| {
-                            d.core.is_synced()
-                                && table
-                                    .as_ref()
-                                    .and_then(|t| d.core.replicated().fs.get(t))
-                                    .is_some_and(|fs| {
-                                        fs.dirty.contains_key(&jj)
-                                            || fs.mounters.values().any(|m| m.jid == Some(jj))
-                                    })
-                        })
-                };
-                let unknown = self.journals.iter().find(|((k, jj), x)| {
-                    k == key && *jj != jid && x.dirty && x.known_by.is_empty() && !group_knows(*jj)
-                });
-                if let Some(((_, jj), x)) = unknown {
-                    let (jj, owner, holder) = (*jj, x.dirty_owner, x.holder);
-                    self.violate(
-                        Rule::S5,
-                        format!("n{n} mounts {key} with first=0 while jid {jj} is dirty and no daemon will replay it (writer {owner:?}, holder {holder:?})"),
-                    );
+                if let Some(v) = checker::first_mounter(n, key, jid, &self.journals, &self.nodes) {
+                    self.violate(v);
                     return;
                 }
             }
             let j = self.journals.entry((key.to_owned(), jid)).or_default();
-            j.holder = Some((n, kinc));
+            j.holder = Some((n, boot));
             j.holder_withdrawn = false;
         }
         self.journal_work(n, key);
@@ -386,17 +270,15 @@ impl World {
         let Some(m) = self.nodes.get(&n).and_then(|x| x.mounts.get(key)) else {
             return;
         };
-        if m.state != KState::InitJournal || m.journal_work {
+        if m.state != MountStep::InitJournal || m.journal_work {
             return;
         }
-        let own = m.jid.map(|j| j as u32);
-        let spectator = m.mode == MountMode::Spectator;
-        let tries: Vec<u32> = if m.first {
-            (0..journals).collect()
-        } else if spectator {
-            Vec::new()
-        } else {
-            own.into_iter().collect()
+        let own = m.kernel.journal;
+        let work = m.kernel.journal_work();
+        let tries: Vec<u32> = match work {
+            JournalWork::RecoverAll | JournalWork::CheckAllClean => (0..journals).collect(),
+            JournalWork::Own(jid) => vec![jid],
+            JournalWork::Nothing => Vec::new(),
         };
         if tries.iter().any(|j| {
             Some(*j) != own
@@ -407,7 +289,7 @@ impl World {
         }) {
             return;
         }
-        if spectator && m.first {
+        if work == JournalWork::CheckAllClean {
             // A spectator keeping first=1 checks that every journal is clean.
             let unclean = (0..journals).find(|j| {
                 self.journals
@@ -449,53 +331,30 @@ impl World {
         self.step_later(n, key, d);
     }
 
-    fn finish_journal_work(&mut self, n: NodeId, key: &str) {
-        let journals = self.journals_per_fs;
+    pub(super) fn finish_journal_work(&mut self, n: NodeId, key: &str) {
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if !m.journal_work || m.journal_ready {
+        if !m.journal_work || m.kernel.stage >= Stage::JournalReady {
             return;
         }
-        m.journal_ready = true;
-        m.state = KState::MountRest;
+        m.kernel.stage = Stage::JournalReady;
+        m.state = MountStep::MountRest;
         let replays = std::mem::take(&mut m.mount_replays);
         let busy = std::mem::take(&mut m.busy_at_mount);
-        let (t, first, spectator, own) = (
-            m.table.clone(),
-            m.first,
-            m.mode == MountMode::Spectator,
-            m.jid,
-        );
+        let (t, events) = (m.table.clone(), m.kernel.journal_work_events(&busy));
         for j in replays {
             self.replay_finish(n, key, j);
         }
-        if first && !spectator {
-            for j in 0..journals {
-                let done = !busy.contains(&j);
-                self.uevent(n, &t, KernelEventKind::Recovery { jid: j, done });
-            }
-        } else if !spectator {
-            if let Some(j) = own {
-                self.uevent(
-                    n,
-                    &t,
-                    KernelEventKind::Recovery {
-                        jid: j as u32,
-                        done: true,
-                    },
-                );
-            }
-        }
-        if first {
-            self.uevent(n, &t, KernelEventKind::FirstMountDone);
+        for kind in events {
+            self.uevent(n, &t, kind);
         }
         self.io_run(n, key);
         let d = self.rng.range(1, 20);
         self.step_later(n, key, d);
     }
 
-    fn mount_failed(&mut self, n: NodeId, key: &str, why: String) {
+    pub(super) fn mount_failed(&mut self, n: NodeId, key: &str, why: String) {
         self.log(format!("n{n} kernel: mount of {key} fails: {why}"));
         let node = self.nodes.get_mut(&n).expect("node");
         let Some(m) = node.mounts.remove(key) else {
@@ -510,31 +369,25 @@ impl World {
         self.grant_glock(key);
     }
 
-    fn leave_lockspace(&mut self, n: NodeId, key: &str) {
-        if let Some(ls) = self.lockspaces.get_mut(key) {
-            ls.remove(&n);
-        }
-        // A later incarnation of its mount never knew the failures this one was to confirm.
-        for r in self.dlm_recoveries.iter_mut().filter(|r| r.table == key) {
-            r.waiting.remove(&n);
-        }
-        self.dlm_check();
-    }
-
     pub(super) fn withdraw(&mut self, n: NodeId, key: &str) {
         let node = self.nodes.get_mut(&n).expect("node");
         let Some(m) = node.mounts.get_mut(key) else {
             return;
         };
-        if m.state != KState::Online {
+        if m.state != MountStep::Online {
             return;
         }
-        m.state = KState::Withdrawn;
-        let aborted: Vec<u32> = std::mem::take(&mut m.replays).into_iter().collect();
+        m.state = MountStep::Withdrawn;
+        let offline = m.kernel.withdraw();
+        // Recoveries in flight end with the withdraw, unreported (the daemon's group treats the
+        // withdrawn node's replays as failed anyway).
+        let aborted: Vec<u32> = std::mem::take(&mut m.kernel.recovering)
+            .into_iter()
+            .collect();
         m.waiting_replays.clear();
         let table = m.table.clone();
-        let jid = m.jid;
-        let spectator = m.mode == MountMode::Spectator;
+        let jid = m.kernel.jid;
+        let spectator = m.kernel.spectator();
         for j in aborted {
             self.journals
                 .entry((key.to_owned(), j))
@@ -552,43 +405,35 @@ impl World {
             j.dirty_withdrawn = true;
             j.dirty_owner = j.holder;
         }
-        self.uevent(n, &table, KernelEventKind::Offline);
+        self.uevent(n, &table, offline);
     }
 
     /// A remount: the `online` uevent carries the mode from before (the kernel sends it before
     /// the VFS applies the new flags); the daemon learns the new one by reading it back.
     pub(super) fn remount(&mut self, n: NodeId, key: &str, mode: MountMode) {
-        let kinc = self.nodes[&n].kinc;
+        let boot = self.nodes[&n].boot;
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if m.state != KState::Online || m.mode == MountMode::Spectator {
+        if m.state != MountStep::Online || m.kernel.spectator() {
             return;
         }
-        let old = m.mode;
-        m.mode = mode;
+        let online = m.kernel.remount(mode);
         let t = m.table.clone();
-        self.uevent(
-            n,
-            &t,
-            KernelEventKind::Online {
-                ro: old == MountMode::Ro,
-                spectator: false,
-            },
-        );
+        self.uevent(n, &t, online);
         let d = self.rng.range(50, 500);
         self.schedule(
             d,
-            Ev::ModeRead {
+            Event::ModeRead {
                 node: n,
                 table: key.to_owned(),
-                kinc,
+                boot,
             },
         );
     }
 
-    pub(super) fn mode_read(&mut self, n: NodeId, key: &str, kinc: u64) {
-        if self.nodes[&n].kinc != kinc {
+    pub(super) fn mode_read(&mut self, n: NodeId, key: &str, boot: u64) {
+        if self.nodes[&n].boot != boot {
             return;
         }
         let Some(m) = self.nodes[&n].mounts.get(key) else {
@@ -596,7 +441,7 @@ impl World {
         };
         let input = Input::MountMode {
             table: m.table.clone(),
-            ro: m.mode != MountMode::Rw,
+            ro: m.kernel.mode != MountMode::Rw,
         };
         self.feed(n, input);
     }
@@ -609,14 +454,14 @@ impl World {
         }
         node.kernel_dead_at = Some(now);
         node.kernel_killed_by_fence = by_fence;
-        let kinc = node.kinc;
+        let boot = node.boot;
         let mounts = std::mem::take(&mut node.mounts);
-        self.io.retain(|(x, _), _| *x != n);
-        self.dlm_registered.retain(|(x, _)| *x != n);
+        self.sysfs.queued.retain(|(x, _), _| *x != n);
+        self.dlm.registered.retain(|(x, _)| *x != n);
         let mut failed = Vec::new();
         for (key, m) in mounts {
             let mut dirty = false;
-            for j in m.replays.iter().chain(m.mount_replays.iter()) {
+            for j in m.kernel.recovering.iter().chain(m.mount_replays.iter()) {
                 let x = self.journals.entry((key.clone(), *j)).or_default();
                 if x.replaying.remove(&n) {
                     // A replayer's lock on the journal dies with it, until DLM recovery.
@@ -624,18 +469,22 @@ impl World {
                     x.dead_lock_by = Some(n);
                 }
             }
-            if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
+            if let Some(jid) = m
+                .kernel
+                .jid
+                .filter(|j| *j >= 0 && m.kernel.mode != MountMode::Spectator)
+            {
                 let j = self.journals.entry((key.clone(), jid as u32)).or_default();
-                if j.holder == Some((n, kinc)) {
+                if j.holder == Some((n, boot)) {
                     j.holder = None;
                     // A withdrawn kernel stopped writing: its journal is as dirty as it was.
                     if !j.holder_withdrawn {
                         j.dirty = true;
                         j.dirty_withdrawn = false;
-                        j.dirty_owner = Some((n, kinc));
+                        j.dirty_owner = Some((n, boot));
                         dirty = true;
                     }
-                    if m.joined && !m.withdraw_acked {
+                    if m.kernel.stage >= Stage::Joined && !m.kernel.withdraw_acked {
                         j.dead_locked = true;
                         j.dead_lock_by = Some(n);
                     }
@@ -645,21 +494,26 @@ impl World {
             if let Some(g) = self.glock.get_mut(&key).filter(|(h, _, _)| *h == n) {
                 g.2 = false; // held by a dead kernel until DLM recovery
             }
-            let member = self.lockspaces.get(&key).is_some_and(|ls| ls.contains(&n));
-            if member && !m.withdraw_acked {
+            let member = self
+                .dlm
+                .lockspaces
+                .get(&key)
+                .is_some_and(|ls| ls.contains(&n));
+            if member && !m.kernel.withdraw_acked {
                 failed.push((key, dirty));
             }
         }
-        for r in self.dlm_recoveries.iter_mut() {
+        for r in self.dlm.recoveries.iter_mut() {
             r.waiting.remove(&n);
         }
-        for ls in self.lockspaces.values_mut() {
+        for ls in self.dlm.lockspaces.values_mut() {
             ls.remove(&n);
         }
         for (key, dirty) in failed {
             // dlm_controld waits on the nodes that saw it leave the membership.
             let seen_with = self.nodes[&n].seen_with.clone();
             let waiting = self
+                .dlm
                 .lockspaces
                 .get(&key)
                 .map(|ls| {
@@ -667,7 +521,7 @@ impl World {
                         .copied()
                         .filter(|s| {
                             seen_with.contains(s)
-                                && self.dlm_registered.contains(&(*s, key.clone()))
+                                && self.dlm.registered.contains(&(*s, key.clone()))
                         })
                         .collect()
                 })
@@ -678,12 +532,12 @@ impl World {
                 .filter(|x| {
                     x.mounts
                         .get(&key)
-                        .is_some_and(|m| m.state == KState::Online && !m.kernel_managed)
+                        .is_some_and(|m| m.state == MountStep::Online && !m.kernel.kernel_managed)
                 })
                 .map(|x| x.id)
                 .collect();
             let notified = BTreeSet::new();
-            self.dlm_recoveries.push(DlmRecovery {
+            self.dlm.recoveries.push(DlmRecovery {
                 table: key,
                 failed: n,
                 dirty,
@@ -695,109 +549,21 @@ impl World {
         self.dlm_check();
     }
 
-    // ----- sysfs ---------------------------------------------------------------------------------
-
-    pub(super) fn io_submit(&mut self, n: NodeId, table: &Table, op: IoOp) {
-        let key = table.to_string();
-        self.io.entry((n, key.clone())).or_default().push_back(op);
-        self.io_run(n, &key);
-    }
-
-    /// Run the filesystem's queued operations in order while the head one can complete.
-    pub(super) fn io_run(&mut self, n: NodeId, key: &str) {
-        loop {
-            let Some(op) = self.io.get(&(n, key.to_owned())).and_then(|q| q.front()) else {
-                return;
-            };
-            let m = self.nodes[&n].mounts.get(key);
-            let can_run = match op {
-                IoOp::Write {
-                    file: SysfsFile::First | SysfsFile::Jid,
-                    ..
-                } => m.is_none_or(|m| m.joined),
-                IoOp::Write {
-                    file: SysfsFile::Recover,
-                    ..
-                } => m.is_none_or(|m| m.journal_ready || m.unmount_requested),
-                _ => true,
-            };
-            if !can_run {
-                return;
-            }
-            let op = self
-                .io
-                .get_mut(&(n, key.to_owned()))
-                .and_then(|q| q.pop_front())
-                .expect("head");
-            let Some(table) = self.tables.iter().find(|t| t.to_string() == key).cloned() else {
-                return;
-            };
-            let input = match op {
-                IoOp::Write { file, value } => {
-                    let result = self.kernel_write(n, &table, file, value);
-                    self.writes.push(WriteRecord {
-                        time: self.now,
-                        node: n,
-                        table: key.to_owned(),
-                        file,
-                        value,
-                        result,
-                    });
-                    self.log(format!(
-                        "n{n} write {table} {}={value} -> {result:?}",
-                        file.name()
-                    ));
-                    Input::WriteDone {
-                        table,
-                        file,
-                        value,
-                        result: result.map_err(WriteError::from_errno),
-                    }
-                }
-                IoOp::Read { file } => {
-                    let result = self.kernel_read(n, key, file);
-                    self.log(format!("n{n} read {table} {} -> {result:?}", file.name()));
-                    Input::ReadDone {
-                        table,
-                        file,
-                        result,
-                    }
-                }
-            };
-            // Results come back in order, each as its own event.
-            let last = self
-                .io_last
-                .get(&(n, key.to_owned()))
-                .copied()
-                .unwrap_or(Time::ZERO);
-            let at = self.now.after(self.rng.range(0, 3)).max(last);
-            self.io_last.insert((n, key.to_owned()), at);
-            let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
-            self.schedule(
-                at.since(self.now),
-                Ev::IoDone {
-                    node: n,
-                    dinc,
-                    input,
-                },
-            );
-        }
-    }
-
-    fn kernel_read(&mut self, n: NodeId, key: &str, file: SysfsFile) -> Result<i64, i32> {
+    pub(super) fn kernel_read(
+        &mut self,
+        n: NodeId,
+        key: &str,
+        file: SysfsFile,
+    ) -> Result<i64, i32> {
         let Some(m) = self.nodes[&n].mounts.get(key) else {
             return Err(ENODEV);
         };
-        Ok(match file {
-            SysfsFile::First => i64::from(m.first),
-            SysfsFile::Jid => m.jid.unwrap_or(0),
-            SysfsFile::Block => i64::from(m.blocked),
-            SysfsFile::Withdraw => i64::from(m.withdraw_acked),
-            SysfsFile::Recover => return Err(EINVAL),
-        })
+        m.kernel.read(file)
     }
 
-    fn kernel_write(
+    /// A sysfs write that no longer has to wait (`io_run` holds it back until then), answered
+    /// by the shared kernel model; its effects are carried out here.
+    pub(super) fn kernel_write(
         &mut self,
         n: NodeId,
         table: &Table,
@@ -805,123 +571,93 @@ impl World {
         value: i64,
     ) -> Result<(), i32> {
         let key = table.to_string();
-        let journals = self.journals_per_fs;
         let Some(m) = self.mount_of(n, &key) else {
             return Err(ENODEV);
         };
-        match file {
-            SysfsFile::Block => {
-                if value != 0 && value != 1 {
-                    return Err(EINVAL);
-                }
-                m.blocked = value == 1;
-                if value == 0 {
-                    let frozen = matches!(m.state, KState::InitSb | KState::MountRest);
+        let (result, effects) = match m.kernel.admit(file, value) {
+            Admit::Refused(refusal) => (Err(refusal), Vec::new()),
+            Admit::WaitFor(_) | Admit::Ready => m.kernel.apply(file, value),
+        };
+        if file == SysfsFile::First && result.is_ok() {
+            m.first_written = true;
+        }
+        let frozen = matches!(m.state, MountStep::InitSb | MountStep::MountRest);
+        for effect in effects {
+            match effect {
+                Effect::Thawed => {
                     self.check_unblock(n, &key);
                     if frozen {
                         self.step_later(n, &key, 1);
                     }
                 }
-                Ok(())
-            }
-            SysfsFile::First => {
-                if m.jid.is_some() || m.kernel_managed {
-                    return Err(EBUSY);
-                }
-                if m.mode == MountMode::Spectator || !(value == 0 || value == 1) {
-                    return Err(EINVAL);
-                }
-                m.first = value == 1;
-                m.first_written = true;
-                Ok(())
-            }
-            SysfsFile::Jid => {
-                if m.jid.is_some() || m.kernel_managed {
-                    return Err(EBUSY);
-                }
-                if m.mode == MountMode::Spectator && value > 0 {
-                    m.jid = Some(-i64::from(EINVAL));
-                    self.wait_jid(n, &key);
-                    return Err(EINVAL);
-                }
-                m.jid = Some(value);
-                self.wait_jid(n, &key);
-                Ok(())
-            }
-            SysfsFile::Recover => {
-                if m.unmount_requested {
-                    return Err(ESHUTDOWN);
-                }
-                if value < 0 {
-                    return Err(EINVAL);
-                }
-                let jid = value as u32;
-                if m.mode == MountMode::Spectator || m.mode == MountMode::Ro {
-                    // A spectator recovers nothing; a read-only mount cannot write: both GAVEUP.
-                    let t = m.table.clone();
-                    self.uevent(n, &t, KernelEventKind::Recovery { jid, done: false });
-                    return Ok(());
-                }
-                if jid >= journals {
-                    return Err(ENOENT);
-                }
-                if m.jid == Some(value) || m.replays.contains(&jid) {
-                    return Err(EBUSY);
-                }
-                m.replays.insert(jid);
-                self.replays.push(ReplayRecord {
-                    node: n,
-                    table: key.clone(),
-                    jid,
-                    started: self.now,
-                    done: None,
-                });
-                let j = self
-                    .journals
-                    .get(&(key.clone(), jid))
-                    .cloned()
-                    .unwrap_or_default();
-                if j.dead_locked {
-                    // The lock request waits for DLM recovery of the node that held it.
-                    self.mount_of(n, &key)
-                        .expect("mounted")
-                        .waiting_replays
-                        .insert(jid);
-                    self.log(format!(
-                        "n{n} kernel: {key} jid {jid} waits for DLM recovery"
-                    ));
-                } else {
-                    self.begin_replay(n, &key, jid);
-                }
-                Ok(())
-            }
-            SysfsFile::Withdraw => {
-                if value != 1 {
-                    return Err(EINVAL);
-                }
-                m.withdraw_acked = true;
-                Ok(())
+                Effect::JidStored => self.wait_jid(n, &key),
+                Effect::RecoveryQueued(jid) => self.queue_recovery(n, &key, jid),
             }
         }
+        result.map_err(|refusal| refusal.errno)
     }
 
-    /// A `recover` replay whose journal lock is free (or held by a live node: Busy).
-    fn begin_replay(&mut self, n: NodeId, key: &str, jid: u32) {
-        let kinc = self.nodes[&n].kinc;
+    /// The recovery a `recover` write queued: a withdrawn node or a spectator gives up at once;
+    /// otherwise its lock request waits for DLM recovery of a dead holder, or goes ahead.
+    pub(super) fn queue_recovery(&mut self, n: NodeId, key: &str, jid: u32) {
+        let Some(m) = self.mount_of(n, key) else {
+            return;
+        };
+        if let RecoveryStart::GiveUp(_) = m.kernel.recovery_start() {
+            let event = m.kernel.recovery_done(jid, false);
+            let t = m.table.clone();
+            self.uevent(n, &t, event);
+            return;
+        }
+        self.replays.push(ReplayRecord {
+            node: n,
+            table: key.to_owned(),
+            jid,
+            started: self.now,
+            done: None,
+        });
         let j = self
             .journals
             .get(&(key.to_owned(), jid))
             .cloned()
             .unwrap_or_default();
-        if j.locked_by_other(n) {
+        if j.dead_locked {
+            // The lock request waits for DLM recovery of the node that held it.
+            self.mount_of(n, key)
+                .expect("mounted")
+                .waiting_replays
+                .insert(jid);
+            self.log(format!(
+                "n{n} kernel: {key} jid {jid} waits for DLM recovery"
+            ));
+        } else {
+            self.begin_replay(n, key, jid);
+        }
+    }
+
+    /// A `recover` replay whose journal lock is free (or held by a live node: Busy).
+    pub(super) fn begin_replay(&mut self, n: NodeId, key: &str, jid: u32) {
+        let boot = self.nodes[&n].boot;
+        let j = self
+            .journals
+            .get(&(key.to_owned(), jid))
+            .cloned()
+            .unwrap_or_default();
+        let Some(m) = self.nodes[&n].mounts.get(key) else {
+            return;
+        };
+        let work = m.kernel.recovery_work(j.locked_by_other(n), j.dirty);
+        // Busy, or a dirty journal a read-only mount cannot replay: GAVEUP right away. (A clean
+        // journal takes the model's replay time, like a dirty one.)
+        if matches!(work, RecoveryWork::Busy | RecoveryWork::ReadOnly) {
             self.busy_replays.insert((n, key.to_owned(), jid));
             self.schedule(
                 1,
-                Ev::ReplayDone {
+                Event::ReplayDone {
                     node: n,
                     table: key.to_owned(),
                     jid,
-                    kinc,
+                    boot,
                 },
             );
             return;
@@ -932,94 +668,37 @@ impl World {
             .range(self.profile.replay_ms.0, self.profile.replay_ms.1);
         self.schedule(
             d,
-            Ev::ReplayDone {
+            Event::ReplayDone {
                 node: n,
                 table: key.to_owned(),
                 jid,
-                kinc,
+                boot,
             },
         );
     }
 
-    // ----- journals ------------------------------------------------------------------------------
-
-    /// S1, S2 and the barrier part of S3, checked when a replay of `jid` starts on `n`.
+    /// A replay of `jid` starts on `n` (S1, S2 and the barrier part of S3 are checked here).
     pub(super) fn replay_start(&mut self, n: NodeId, key: &str, jid: u32, at_mount: bool) {
         // The daemon's view when it asked, or the partition's when the kernel runs a replay that
         // waited for DLM recovery (which itself needs quorum).
-        let vs_quorate = self.nodes[&n].vs_quorate
-            || self.nodes[&n]
-                .comp
-                .is_some_and(|c| self.quorate(&self.comps[&c].members));
-        let j = self
-            .journals
-            .entry((key.to_owned(), jid))
-            .or_default()
-            .clone();
-        if let Some(o) = j.replaying.iter().find(|o| **o != n) {
-            self.violate(
-                Rule::S2,
-                format!("n{n} replays {key} jid {jid} while n{o} replays it"),
-            );
+        let vs_quorate = self.cpg.view_quorate(n) || self.cpg.partition_quorate(n);
+        let j = self.journals.entry((key.to_owned(), jid)).or_default();
+        let start = checker::ReplayStart {
+            n,
+            key,
+            jid,
+            at_mount,
+            quorate: vs_quorate,
+            cluster_nodes: self.cfg.nodes,
+        };
+        let fences = checker::FenceHistory {
+            fenced: &self.fencing.last_fenced,
+            acked: &self.fencing.last_acked,
+            off: !self.cfg.fencing,
+        };
+        if let Some(v) = checker::replay_start(&start, j, &self.nodes, &fences) {
+            self.violate(v);
             return;
-        }
-        if let Some((h, _)) = j.holder {
-            if h != n && !j.holder_withdrawn {
-                self.violate(
-                    Rule::S1,
-                    format!("n{n} replays {key} jid {jid} while n{h}'s kernel still runs with it"),
-                );
-                return;
-            }
-        }
-        if j.dirty && !j.dirty_withdrawn {
-            if let Some((owner, owner_kinc)) = j.dirty_owner {
-                let o = &self.nodes[&owner];
-                let died = o.kernel_dead_at.filter(|_| o.kinc == owner_kinc);
-                // With fencing off (enable_fencing=0) the daemons take a failed node as fenced
-                // when it failed: safe exactly when its kernel really died then.
-                let safe = o.kinc > owner_kinc
-                    || (o.kernel_killed_by_fence && o.kinc == owner_kinc)
-                    || (!self.cfg.fencing && died.is_some())
-                    || died.is_some_and(|t| {
-                        self.last_fenced.get(&owner).is_some_and(|f| *f >= t)
-                            || self.last_acked.get(&owner).is_some_and(|a| *a >= t)
-                    });
-                if !safe {
-                    self.violate(Rule::S1, format!("n{n} replays {key} jid {jid} of n{owner}, which was not fenced after it failed"));
-                    return;
-                }
-            }
-        }
-        if !at_mount && !vs_quorate && self.cfg.nodes > 1 {
-            self.violate(
-                Rule::S1,
-                format!("n{n} replays {key} jid {jid} in an inquorate partition"),
-            );
-            return;
-        }
-        if !at_mount {
-            // Every other live kernel using the filesystem must be blocked while a journal is
-            // replayed, or it could be granted the dead node's blocks before they are repaired.
-            let unblocked = self.nodes.values().find(|x| {
-                x.id != n
-                    && x.mounts.get(key).is_some_and(|m| {
-                        !m.blocked
-                            && !m.kernel_managed
-                            && matches!(
-                                m.state,
-                                KState::Online | KState::MountRest | KState::InitJournal
-                            )
-                    })
-            });
-            if let Some(o) = unblocked {
-                let o = o.id;
-                self.violate(
-                    Rule::S3,
-                    format!("n{n} replays {key} jid {jid} while n{o}'s kernel holds it unblocked"),
-                );
-                return;
-            }
         }
         self.journals
             .entry((key.to_owned(), jid))
@@ -1042,14 +721,14 @@ impl World {
         j.known_by.clear();
     }
 
-    pub(super) fn replay_done(&mut self, n: NodeId, key: &str, jid: u32, kinc: u64) {
-        if self.nodes[&n].kinc != kinc {
+    pub(super) fn replay_done(&mut self, n: NodeId, key: &str, jid: u32, boot: u64) {
+        if self.nodes[&n].boot != boot {
             return;
         }
         let Some(m) = self.mount_of(n, key) else {
             return;
         };
-        if !m.replays.remove(&jid) {
+        if !m.kernel.recovering.remove(&jid) {
             return;
         }
         let table = m.table.clone();
@@ -1078,27 +757,9 @@ impl World {
     }
 
     pub(super) fn check_unblock(&mut self, n: NodeId, key: &str) {
-        // A mount still in progress is unblocked on purpose when no ready member can replay:
-        // its journal work must finish for it to become the replayer (a first mounter's kernel
-        // replays the failed journals itself before it reads anything else).
-        if self.nodes[&n]
-            .mounts
-            .get(key)
-            .is_some_and(|m| m.state != KState::Online)
-        {
-            return;
-        }
-        let bad: Vec<u32> = self
-            .journals
-            .iter()
-            .filter(|((t, _), j)| t == key && j.known_by.contains(&n))
-            .map(|((_, jid), _)| *jid)
-            .collect();
-        if let Some(jid) = bad.first() {
-            self.violate(
-                Rule::S3,
-                format!("n{n} unblocked {key} while jid {jid} of a failed member is not replayed"),
-            );
+        let mount = self.nodes[&n].mounts.get(key);
+        if let Some(v) = checker::unblock(n, key, mount, &self.journals) {
+            self.violate(v);
         }
     }
 
@@ -1106,9 +767,9 @@ impl World {
         let Some(m) = self.nodes[&n].mounts.get(key) else {
             return;
         };
-        if !m.unmount_requested
-            || !m.replays.is_empty()
-            || !matches!(m.state, KState::Online | KState::Withdrawn)
+        if !m.kernel.unmounting
+            || !m.kernel.recovering.is_empty()
+            || !matches!(m.state, MountStep::Online | MountStep::Withdrawn)
         {
             return;
         }
@@ -1119,7 +780,11 @@ impl World {
             .mounts
             .remove(key)
             .expect("mount");
-        if let Some(jid) = m.jid.filter(|j| *j >= 0 && m.mode != MountMode::Spectator) {
+        if let Some(jid) = m
+            .kernel
+            .jid
+            .filter(|j| *j >= 0 && m.kernel.mode != MountMode::Spectator)
+        {
             let j = self
                 .journals
                 .entry((key.to_owned(), jid as u32))
@@ -1127,7 +792,7 @@ impl World {
             if j.holder.is_some_and(|(h, _)| h == n) {
                 j.holder = None;
                 // A clean unmount flushes the journal; a withdrawn one stays dirty for others.
-                if !m.withdraw_acked && m.state != KState::Withdrawn {
+                if !m.kernel.withdraw_acked && m.state != MountStep::Withdrawn {
                     j.known_by.clear();
                 }
                 j.holder_withdrawn = false;
@@ -1138,159 +803,39 @@ impl World {
         self.io_run(n, key);
         self.leave_lockspace(n, key);
     }
+}
 
-    // ----- the DLM and dlm_controld --------------------------------------------------------------
+#[cfg(test)]
+mod tests {
+    use gfs_core::{MountMode, SysfsFile, Time};
 
-    pub(super) fn dlm_register(&mut self, n: NodeId, table: Table) {
-        let result = if self.dlm_fscontrol {
-            self.dlm_registered.insert((n, table.to_string()));
-            Ok(())
-        } else {
-            Err(EOPNOTSUPP)
-        };
-        let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
-        self.schedule(
-            1,
-            Ev::IoDone {
-                node: n,
-                dinc,
-                input: Input::DlmRegistered { table, result },
-            },
+    use super::super::{SimConfig, World};
+    use crate::errno::{EBUSY, ENOENT};
+
+    /// Linux 6.1 takes a read-only mount's `recover` write like any other (EBUSY for its own
+    /// journal, ENOENT beyond the disk) and gives up only in the recovery itself, for a dirty
+    /// journal it cannot write; the simulator used to answer every such write with an
+    /// immediate `RECOVERY=Failed`.
+    #[test]
+    fn a_read_only_mounts_recover_write_follows_linux() {
+        let mut cfg = SimConfig::new(1, 3, 1);
+        cfg.faults = false;
+        cfg.workload = false;
+        let mut w = World::new(cfg);
+        w.faults_on = false;
+        w.run_until(Time(2_000));
+        let t = w.tables[0].clone();
+        let key = t.to_string();
+        w.mount(1, &t, MountMode::Rw, false);
+        w.run_until(Time(6_000));
+        w.mount(2, &t, MountMode::Ro, false);
+        w.run_until(Time(12_000));
+        assert!(w.violation.is_none(), "{:?}", w.violation);
+        let own = w.kernel_read(2, &key, SysfsFile::Jid).expect("mounted");
+        assert_eq!(w.kernel_write(2, &t, SysfsFile::Recover, own), Err(EBUSY));
+        assert_eq!(
+            w.kernel_write(2, &t, SysfsFile::Recover, 1_000),
+            Err(ENOENT)
         );
-    }
-
-    pub(super) fn dlm_unregister(&mut self, n: NodeId, table: &Table) {
-        self.dlm_registered.remove(&(n, table.to_string()));
-        self.dlm_check();
-    }
-
-    /// dlm_controld's answer: 0 once it has seen the node fail (or the node is not in the
-    /// lockspace), -EAGAIN while the node is still a member.
-    pub(super) fn dlm_notify(&mut self, n: NodeId, table: Table, failed: NodeId) {
-        let key = table.to_string();
-        // dlm_controld keeps one flag per node id, whatever incarnation failed.
-        let mut seen = false;
-        for r in self
-            .dlm_recoveries
-            .iter_mut()
-            .filter(|r| r.table == key && r.failed == failed)
-        {
-            r.notified.insert(n);
-            seen = true;
-        }
-        let member = self
-            .lockspaces
-            .get(&key)
-            .is_some_and(|m| m.contains(&failed));
-        let result = if !seen && member { Err(EAGAIN) } else { Ok(()) };
-        self.log(format!(
-            "n{n} dlm_controld: {key} notified for n{failed} -> {result:?}"
-        ));
-        let dinc = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.inc);
-        self.schedule(
-            1,
-            Ev::IoDone {
-                node: n,
-                dinc,
-                input: Input::DlmNotified {
-                    table,
-                    nodeid: failed,
-                    result,
-                },
-            },
-        );
-        self.dlm_check();
-    }
-
-    /// Complete every DLM recovery whose conditions hold: every registered survivor in the
-    /// lockspace notified, and the survivors together in one quorate membership.
-    pub(super) fn dlm_check(&mut self) {
-        loop {
-            let ready = self.dlm_recoveries.iter().position(|r| {
-                let members = self.lockspaces.get(&r.table).cloned().unwrap_or_default();
-                let notified = r.waiting.iter().all(|s| {
-                    !members.contains(s)
-                        || !self.dlm_registered.contains(&(*s, r.table.clone()))
-                        || r.notified.contains(s)
-                });
-                let comps: BTreeSet<Option<u64>> =
-                    members.iter().map(|s| self.nodes[s].comp).collect();
-                let together = comps.len() <= 1
-                    && comps
-                        .iter()
-                        .all(|c| c.is_some_and(|c| self.quorate(&self.comps[&c].members)));
-                notified && together
-            });
-            let Some(i) = ready else {
-                return;
-            };
-            let r = self.dlm_recoveries.remove(i);
-            self.dlm_recovered(r);
-        }
-    }
-
-    fn dlm_recovered(&mut self, r: DlmRecovery) {
-        let key = r.table.clone();
-        self.log(format!("dlm: {key} recovered the locks of n{}", r.failed));
-        let members: Vec<NodeId> = self
-            .lockspaces
-            .get(&key)
-            .map(|m| m.iter().copied().collect())
-            .unwrap_or_default();
-        if r.dirty {
-            // S8: from here the failed node's locks can be granted to survivors; one whose mount
-            // is complete must have blocked, or it can read blocks newer on the dead node's
-            // unreplayed journal.
-            let unblocked = members.iter().copied().find(|s| {
-                r.online_at_failure.contains(s)
-                    && self.nodes[s].mounts.get(&key).is_some_and(|m| {
-                        m.state == KState::Online && !m.blocked && !m.kernel_managed
-                    })
-            });
-            if let Some(s) = unblocked {
-                self.violate(
-                    Rule::S8,
-                    format!(
-                        "DLM recovered n{}'s locks on {key} while n{s} had not blocked",
-                        r.failed
-                    ),
-                );
-                return;
-            }
-        }
-        for ((t, _), j) in self.journals.iter_mut() {
-            if *t == key && j.dead_lock_by == Some(r.failed) {
-                j.dead_locked = false;
-                j.dead_lock_by = None;
-            }
-        }
-        if self
-            .glock
-            .get(&key)
-            .is_some_and(|(h, _, alive)| *h == r.failed && !alive)
-        {
-            self.glock.remove(&key);
-            self.grant_glock(&key);
-        }
-        for s in members {
-            let waiting: Vec<u32> = self.nodes[&s]
-                .mounts
-                .get(&key)
-                .map(|m| m.waiting_replays.iter().copied().collect())
-                .unwrap_or_default();
-            for jid in waiting {
-                let free = !self
-                    .journals
-                    .get(&(key.clone(), jid))
-                    .is_some_and(|j| j.dead_locked);
-                if free {
-                    if let Some(m) = self.mount_of(s, &key) {
-                        m.waiting_replays.remove(&jid);
-                    }
-                    self.begin_replay(s, &key, jid);
-                }
-            }
-            self.journal_work(s, &key);
-        }
     }
 }

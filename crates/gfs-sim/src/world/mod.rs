@@ -1,17 +1,42 @@
-//! The simulated cluster: CPG, quorum, fencing, kernels, faults and the safety checkers.
+//! The simulated cluster: an event heap of timed events, their dispatch, and `run`. Each part
+//! of the cluster is its own model: corosync CPG and quorum ([`cpg`]), the daemons' drive loop
+//! ([`driver`]), each node's GFS2 kernel ([`kernel`], on the shared [`crate::kernel_model`]), the
+//! DLM and dlm_controld ([`dlm`]), the sysfs executor ([`sysfs`]), the fencing oracle
+//! ([`fencing`]), faults and node lifecycle ([`faults`]), the workload ([`workload`]), the safety
+//! rules ([`checker`]) and the run's record ([`trace`]); [`scenario`] is the scripted test API.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use gfs_core::{
-    wire, ConfChg, Input, KernelEvent, LeaveReason, MountMode, Node, NodeConfig, NodeId, Output,
-    Peer, Sabotage, SysfsFile, Table, Time, DAEMON_GROUP,
-};
+use gfs_core::{Input, KernelEvent, LeaveReason, Node, NodeId, Peer, Sabotage, Table, Time};
 
 use crate::rng::Rng;
 
+mod checker;
+mod cpg;
+mod dlm;
+mod driver;
+mod faults;
+mod fencing;
+mod journal;
 mod kernel;
+mod mount;
+mod scenario;
+mod sysfs;
+mod trace;
+mod workload;
 
-use kernel::{DlmRecovery, IoOp, KMount, KState};
+pub use checker::{Rule, Violation};
+pub use scenario::{KernelView, Scenario};
+pub use trace::{ReplayRecord, WriteRecord};
+
+use cpg::{CpgModel, NodeProcesses, Processes};
+use dlm::DlmModel;
+use faults::Profile;
+use fencing::FencingOracle;
+use journal::JournalTruth;
+use mount::Mount;
+use sysfs::SysfsQueues;
+use trace::Trace;
 
 const CLUSTER: &str = "sim";
 /// No workload in the last stretch of a run (L1 judges operations that had time to finish):
@@ -40,6 +65,8 @@ pub struct SimConfig {
     /// fenced when it failed, which is safe only when it really died (a crash, not a partition).
     pub fencing: bool,
     pub trace: bool,
+    /// Log every multicast with its message name (for debugging a seed).
+    pub log_multicasts: bool,
     /// dlm_controld runs with `enable_fscontrol=1` (it accepts registrations).
     pub dlm_fscontrol: bool,
 }
@@ -58,47 +85,10 @@ impl SimConfig {
             sabotage: Sabotage::default(),
             fencing: true,
             trace: false,
+            log_multicasts: false,
             dlm_fscontrol: true,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Rule {
-    S1,
-    S2,
-    S3,
-    S4,
-    S5,
-    S6,
-    S7,
-    S8,
-    L1,
-}
-
-impl std::fmt::Display for Rule {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = match self {
-            Rule::S1 => "S1 fencing",
-            Rule::S2 => "S2 one replayer",
-            Rule::S3 => "S3 no early unblock",
-            Rule::S4 => "S4 unique journals",
-            Rule::S5 => "S5 first mounter",
-            Rule::S6 => "S6 agreement",
-            Rule::S7 => "S7 merge",
-            Rule::S8 => "S8 DLM ordering",
-            Rule::L1 => "L1 liveness",
-        };
-        f.write_str(s)
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Violation {
-    pub rule: Rule,
-    pub time: Time,
-    pub step: u64,
-    pub detail: String,
 }
 
 #[derive(Clone, Debug)]
@@ -115,95 +105,45 @@ pub struct Outcome {
     pub stalled_without_rw: u64,
 }
 
-/// How rough this seed is (swarm testing: every seed draws its own mix).
 #[derive(Clone, Debug)]
-struct Profile {
-    crash: f64,
-    daemon_crash: f64,
-    partition: f64,
-    withdraw: f64,
-    recover_fail: f64,
-    fence_fail: f64,
-    fence_ack: f64,
-    fence_delay: (u64, u64),
-    replay_ms: (u64, u64),
-    mount: f64,
-    unmount: f64,
-    remount: f64,
-    ro_share: f64,
-    spectator_share: f64,
-    /// Every node mounts one filesystem at the same moment (the kernel's mount lock decides).
-    storm: f64,
-}
-
-impl Profile {
-    fn draw(rng: &mut Rng) -> Profile {
-        let mut p = |hi: f64| {
-            if rng.chance(0.25) {
-                0.0
-            } else {
-                hi * (rng.range(1, 100) as f64 / 100.0)
-            }
-        };
-        Profile {
-            crash: p(0.02),
-            daemon_crash: p(0.008),
-            partition: p(0.01),
-            withdraw: p(0.01),
-            recover_fail: p(0.3),
-            fence_fail: p(0.3),
-            fence_ack: p(0.3),
-            fence_delay: (50, 3000),
-            replay_ms: (20, 1500),
-            mount: 0.05 + p(0.2),
-            unmount: p(0.03),
-            remount: p(0.01),
-            ro_share: p(0.15),
-            spectator_share: p(0.08),
-            storm: p(0.02),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-enum Ev {
+enum Event {
     Deliver(NodeId),
     Commit(u64),
     NodeTimer(NodeId),
     KernelMountStep {
         node: NodeId,
         table: String,
-        kinc: u64,
+        boot: u64,
     },
     ReplayDone {
         node: NodeId,
         table: String,
         jid: u32,
-        kinc: u64,
+        boot: u64,
     },
     FenceDone(NodeId),
     FenceNotify {
         node: NodeId,
         target: NodeId,
         at: Time,
-        dinc: u64,
+        incarnation: u64,
     },
     Uevent {
         node: NodeId,
         event: KernelEvent,
-        kinc: u64,
+        boot: u64,
     },
-    /// A sysfs or dlm_controld result reaches the daemon incarnation `dinc`.
+    /// A sysfs or dlm_controld result reaches the daemon incarnation `incarnation`.
     IoDone {
         node: NodeId,
-        dinc: u64,
+        incarnation: u64,
         input: Input,
     },
     /// The daemon reads a remounted filesystem's mode back.
     ModeRead {
         node: NodeId,
         table: String,
-        kinc: u64,
+        boot: u64,
     },
     Reboot(NodeId),
     DaemonStart(NodeId),
@@ -220,26 +160,10 @@ enum Ev {
     OperatorRescue,
 }
 
-#[derive(Clone, Debug)]
-enum Entry {
-    ConfChg {
-        id: u64,
-        members: Vec<Peer>,
-        joined: Vec<Peer>,
-        left: Vec<(Peer, LeaveReason)>,
-        quorate: bool,
-    },
-    Msg {
-        id: u64,
-        sender: Peer,
-        payload: Vec<u8>,
-    },
-    Quorum(bool),
-}
-
 struct Daemon {
     core: Node,
-    inc: u64,
+    /// This daemon process among all of the cluster's (results addressed to an earlier one are dropped).
+    incarnation: u64,
     pid: u32,
     joined: bool,
     timer: Option<Time>,
@@ -248,78 +172,23 @@ struct Daemon {
 struct SimNode {
     id: NodeId,
     corosync: bool,
-    comp: Option<u64>,
     daemon: Option<Daemon>,
     /// A process in the daemon group that is not gfs_controld (fault: foreign joiner).
     foreign: Option<u32>,
     /// Kernel instance counter: bumps on every boot.
-    kinc: u64,
+    boot: u64,
     kernel_dead_at: Option<Time>,
     kernel_killed_by_fence: bool,
-    mounts: BTreeMap<String, KMount>,
-    queue: VecDeque<Entry>,
-    deliver_pending: bool,
-    /// Quorum of the configuration this daemon last processed (its own view of its partition).
-    vs_quorate: bool,
-    group_view: Vec<Peer>,
+    mounts: BTreeMap<String, Mount>,
     /// Failures of daemon incarnations this node's lineage saw, with the stream entry that told.
     saw_fail: BTreeMap<(NodeId, u64), u64>,
     /// The last stream entry this daemon processed (entries are numbered in commit order).
     last_entry: u64,
-    daemon_inc_counter: u64,
+    daemon_starts: u64,
     reboot_pending: bool,
     /// Every node this kernel incarnation shared a corosync membership with: each of them sees
     /// it leave at some point (a partition or its death), and dlm_controld there then waits.
     seen_with: BTreeSet<NodeId>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct JTruth {
-    /// The live kernel instance that holds this journal: (node, kernel instance).
-    holder: Option<(NodeId, u64)>,
-    holder_withdrawn: bool,
-    /// Needs replay: its writer died or withdrew.
-    dirty: bool,
-    dirty_owner: Option<(NodeId, u64)>,
-    dirty_withdrawn: bool,
-    replaying: BTreeSet<NodeId>,
-    /// Daemons that processed the failure of its writer (they must stay blocked: S3).
-    known_by: BTreeSet<NodeId>,
-    /// Its lock is held by a dead kernel (its writer or a replayer) until DLM recovery.
-    dead_locked: bool,
-    dead_lock_by: Option<NodeId>,
-}
-
-impl JTruth {
-    /// The live kernel holding the journal still uses it: a withdrawn kernel whose journal the
-    /// group already replayed does not.
-    fn in_use_by(&self, node: NodeId) -> bool {
-        self.holder.is_some_and(|(h, _)| h == node) && (!self.holder_withdrawn || self.dirty)
-    }
-
-    fn user(&self) -> Option<NodeId> {
-        self.holder
-            .filter(|_| !self.holder_withdrawn || self.dirty)
-            .map(|(h, _)| h)
-    }
-
-    /// Another kernel holds the journal's lock: a live writer (a withdrawn 6.1 kernel drops
-    /// its journal locks before it says `offline`), or a replayer.
-    fn locked_by_other(&self, node: NodeId) -> bool {
-        self.holder
-            .is_some_and(|(h, _)| h != node && !self.holder_withdrawn)
-            || self.replaying.iter().any(|r| *r != node)
-    }
-}
-
-struct Comp {
-    members: BTreeSet<NodeId>,
-    inflight: VecDeque<(Peer, Vec<u8>)>,
-    commit_pending: bool,
-}
-
-struct FenceOp {
-    requested_at: Time,
 }
 
 struct World {
@@ -328,21 +197,16 @@ struct World {
     profile: Profile,
     now: Time,
     seq: u64,
-    events: BTreeMap<(Time, u64), Ev>,
+    events: BTreeMap<(Time, u64), Event>,
     nodes: BTreeMap<NodeId, SimNode>,
-    comps: BTreeMap<u64, Comp>,
-    next_comp: u64,
-    next_entry: u64,
+    cpg: CpgModel,
     tables: Vec<Table>,
     journals_per_fs: u32,
-    journals: BTreeMap<(String, u32), JTruth>,
-    fence_ops: BTreeMap<NodeId, FenceOp>,
-    last_fenced: BTreeMap<NodeId, Time>,
-    last_acked: BTreeMap<NodeId, Time>,
+    journals: BTreeMap<(String, u32), JournalTruth>,
+    fencing: FencingOracle,
     faults_on: bool,
     step: u64,
-    trace: Vec<String>,
-    trace_hash: u64,
+    trace: Trace,
     violation: Option<Violation>,
     failures_injected: u64,
     journals_replayed: u64,
@@ -355,19 +219,11 @@ struct World {
     writes: Vec<WriteRecord>,
     replays: Vec<ReplayRecord>,
     fail_next_replay: BTreeSet<NodeId>,
-    fence_failures_left: u32,
-    manual_fencing: bool,
     /// The mount lock of each filesystem: (holder, kernel instance, holder alive).
     glock: BTreeMap<String, (NodeId, u64, bool)>,
     glock_waiters: BTreeMap<String, VecDeque<NodeId>>,
-    /// Kernels joined to each filesystem's DLM lockspace.
-    lockspaces: BTreeMap<String, BTreeSet<NodeId>>,
-    /// (node, table) registrations dlm_controld holds (they outlive the daemon, not the node).
-    dlm_registered: BTreeSet<(NodeId, String)>,
-    dlm_recoveries: Vec<DlmRecovery>,
-    dlm_fscontrol: bool,
-    io: BTreeMap<(NodeId, String), VecDeque<IoOp>>,
-    io_last: BTreeMap<(NodeId, String), Time>,
+    dlm: DlmModel,
+    sysfs: SysfsQueues,
     busy_replays: BTreeSet<(NodeId, String, u32)>,
     /// Nodes whose DLM offers recovery callbacks (kernel-managed mounts).
     kernel_managed_nodes: BTreeSet<NodeId>,
@@ -377,27 +233,6 @@ struct World {
     foreign_rng: Rng,
     foreign_chance: f64,
     next_foreign_pid: u32,
-}
-
-/// One sysfs write a daemon made.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WriteRecord {
-    pub time: Time,
-    pub node: NodeId,
-    pub table: String,
-    pub file: SysfsFile,
-    pub value: i64,
-    pub result: Result<(), i32>,
-}
-
-/// One journal replay a kernel ran for a `recover` write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplayRecord {
-    pub node: NodeId,
-    pub table: String,
-    pub jid: u32,
-    pub started: Time,
-    pub done: Option<bool>,
 }
 
 pub fn run(cfg: SimConfig) -> Outcome {
@@ -411,16 +246,10 @@ pub fn run(cfg: SimConfig) -> Outcome {
         journals_replayed: w.journals_replayed,
         messages: w.messages,
         violation: w.violation.clone(),
-        trace: std::mem::take(&mut w.trace),
-        trace_hash: w.trace_hash,
+        trace: std::mem::take(&mut w.trace.lines),
+        trace_hash: w.trace.hash,
         stalled_without_rw: stalled,
     }
-}
-
-fn fnv(h: u64, s: &str) -> u64 {
-    s.bytes().fold(h ^ 0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 impl World {
@@ -450,6 +279,8 @@ impl World {
             .collect();
         let journals_per_fs = cfg.nodes + rng.range(0, 2) as u32;
         let seed_foreign = cfg.seed ^ 0x0f0e_1d2c_3b4a_5968;
+        let nodes = cfg.nodes;
+        let keep_trace = cfg.trace;
         let mut w = World {
             cfg,
             rng,
@@ -458,19 +289,14 @@ impl World {
             seq: 0,
             events: BTreeMap::new(),
             nodes: BTreeMap::new(),
-            comps: BTreeMap::new(),
-            next_comp: 1,
-            next_entry: 1,
+            cpg: CpgModel::new(1..=nodes, nodes),
             tables,
             journals_per_fs,
             journals: BTreeMap::new(),
-            fence_ops: BTreeMap::new(),
-            last_fenced: BTreeMap::new(),
-            last_acked: BTreeMap::new(),
+            fencing: FencingOracle::default(),
             faults_on: true,
             step: 0,
-            trace: Vec::new(),
-            trace_hash: 0,
+            trace: Trace::new(keep_trace),
             violation: None,
             failures_injected: 0,
             journals_replayed: 0,
@@ -480,16 +306,10 @@ impl World {
             writes: Vec::new(),
             replays: Vec::new(),
             fail_next_replay: BTreeSet::new(),
-            fence_failures_left: 0,
-            manual_fencing: false,
             glock: BTreeMap::new(),
             glock_waiters: BTreeMap::new(),
-            lockspaces: BTreeMap::new(),
-            dlm_registered: BTreeSet::new(),
-            dlm_recoveries: Vec::new(),
-            dlm_fscontrol: true,
-            io: BTreeMap::new(),
-            io_last: BTreeMap::new(),
+            dlm: DlmModel::default(),
+            sysfs: SysfsQueues::default(),
             busy_replays: BTreeSet::new(),
             kernel_managed_nodes: BTreeSet::new(),
             recover_callbacks_flips: BTreeSet::new(),
@@ -500,27 +320,22 @@ impl World {
         if w.cfg.faults && w.foreign_rng.chance(0.5) {
             w.foreign_chance = w.foreign_rng.range(1, 100) as f64 / 100.0 * 0.01;
         }
-        w.dlm_fscontrol = w.cfg.dlm_fscontrol;
+        w.dlm.fscontrol = w.cfg.dlm_fscontrol;
         for id in 1..=w.cfg.nodes {
             w.nodes.insert(
                 id,
                 SimNode {
                     id,
                     corosync: true,
-                    comp: None,
                     daemon: None,
                     foreign: None,
-                    kinc: 1,
+                    boot: 1,
                     kernel_dead_at: None,
                     kernel_killed_by_fence: false,
                     mounts: BTreeMap::new(),
-                    queue: VecDeque::new(),
-                    deliver_pending: false,
-                    vs_quorate: false,
-                    group_view: Vec::new(),
                     saw_fail: BTreeMap::new(),
                     last_entry: 0,
-                    daemon_inc_counter: 0,
+                    daemon_starts: 0,
                     reboot_pending: false,
                     seen_with: BTreeSet::new(),
                 },
@@ -530,40 +345,36 @@ impl World {
         w.reform(vec![all]);
         for id in 1..=w.cfg.nodes {
             let d = w.rng.range(0, 300);
-            w.schedule(d, Ev::DaemonStart(id));
+            w.schedule(d, Event::DaemonStart(id));
         }
         if w.cfg.faults {
-            w.schedule(100, Ev::FaultTick);
+            w.schedule(100, Event::FaultTick);
         }
         if w.cfg.workload {
-            w.schedule(50, Ev::WorkTick);
+            w.schedule(50, Event::WorkTick);
             let end = w.cfg.fault_ms;
-            w.schedule(end, Ev::EndFaults);
+            w.schedule(end, Event::EndFaults);
         }
         w
     }
 
-    fn schedule(&mut self, delay: u64, ev: Ev) {
+    fn schedule(&mut self, delay: u64, ev: Event) {
         self.seq += 1;
         self.events.insert((self.now.after(delay), self.seq), ev);
     }
 
     fn log(&mut self, line: String) {
-        let line = format!("{:>9} {line}", self.now.to_string());
-        self.trace_hash = fnv(self.trace_hash, &line);
-        if self.cfg.trace || self.trace.len() < 400_000 {
-            self.trace.push(line);
-        }
+        self.trace.log(self.now, line);
     }
 
-    fn violate(&mut self, rule: Rule, detail: String) {
+    /// Records the first violation, stamped with the time and step it happened at.
+    fn violate(&mut self, v: Violation) {
         if self.violation.is_none() {
-            self.log(format!("VIOLATION {rule}: {detail}"));
+            self.log(format!("VIOLATION {}: {}", v.rule, v.detail));
             self.violation = Some(Violation {
-                rule,
                 time: self.now,
                 step: self.step,
-                detail,
+                ..v
             });
         }
     }
@@ -591,243 +402,61 @@ impl World {
         }
     }
 
-    // ----- membership ----------------------------------------------------------------------
-
-    fn quorate(&self, comp: &BTreeSet<NodeId>) -> bool {
-        comp.len() as u32 * 2 > self.cfg.nodes
+    /// The processes in the daemon group on each node, for the CPG model.
+    fn processes(&self) -> Processes {
+        self.nodes
+            .values()
+            .map(|x| {
+                let procs = NodeProcesses {
+                    corosync: x.corosync,
+                    daemon: x.daemon.as_ref().filter(|d| d.joined).map(|d| d.pid),
+                    foreign: x.foreign,
+                };
+                (x.id, procs)
+            })
+            .collect()
     }
 
-    /// Replace the components by `sides` (sets of corosync-up nodes), delivering configuration
-    /// changes with virtual synchrony: each member of a new component gets the same change at the
-    /// same point of its stream; messages in flight go before it to the sender's side or after it.
+    fn wake(&mut self, wakeups: impl IntoIterator<Item = cpg::Wakeup>) {
+        for (delay, event) in wakeups {
+            self.schedule(delay, event);
+        }
+    }
+
+    /// Corosync's membership becomes `sides`: configuration changes for every daemon, the new
+    /// memberships to the quorum service, and the DLM's view of who is together.
     fn reform(&mut self, sides: Vec<BTreeSet<NodeId>>) {
-        let old: BTreeMap<u64, Comp> = std::mem::take(&mut self.comps);
-        let mut new_of: BTreeMap<NodeId, u64> = BTreeMap::new();
-        let mut new_ids = Vec::new();
-        for side in sides.into_iter().filter(|s| !s.is_empty()) {
-            let id = self.next_comp;
-            self.next_comp += 1;
-            for n in &side {
-                new_of.insert(*n, id);
-            }
-            self.comps.insert(
-                id,
-                Comp {
-                    members: side,
-                    inflight: VecDeque::new(),
-                    commit_pending: false,
-                },
-            );
-            new_ids.push(id);
-        }
-        // Messages in flight in the old components. Each sender's messages stay in order: once
-        // one is carried past the change, all its later ones are too.
-        for (_, comp) in old {
-            let mut carried: BTreeSet<Peer> = BTreeSet::new();
-            for (sender, payload) in comp.inflight {
-                let sender_daemon_up = self.in_group(sender);
-                match new_of.get(&sender.nodeid).copied() {
-                    Some(c) if sender_daemon_up => {
-                        if !carried.contains(&sender) && self.rng.chance(0.5) {
-                            let targets: Vec<NodeId> = comp
-                                .members
-                                .iter()
-                                .copied()
-                                .filter(|n| new_of.get(n) == Some(&c))
-                                .collect();
-                            self.commit_to(&targets, sender, payload);
-                        } else if let Some(nc) = self.comps.get_mut(&c) {
-                            carried.insert(sender);
-                            nc.inflight.push_back((sender, payload));
-                        }
-                    }
-                    _ => {
-                        // The sender is gone: all survivors get it, or none do.
-                        if self.rng.chance(0.5) {
-                            let targets: Vec<NodeId> = comp
-                                .members
-                                .iter()
-                                .copied()
-                                .filter(|n| new_of.contains_key(n) && *n != sender.nodeid)
-                                .collect();
-                            self.commit_to(&targets, sender, payload);
-                        }
-                    }
-                }
-            }
-        }
+        let procs = self.processes();
+        let wakeups = self.cpg.reform(sides, &procs, &mut self.rng);
         for (n, node) in self.nodes.iter_mut() {
-            node.comp = new_of.get(n).copied();
-            if let Some(c) = node.comp {
-                node.seen_with
-                    .extend(self.comps[&c].members.iter().copied());
-            }
+            node.seen_with.extend(self.cpg.members_with(*n));
         }
-        for id in new_ids {
-            self.group_change(id, None);
-            if !self.comps[&id].inflight.is_empty() {
-                self.schedule_commit(id);
-            }
-        }
-        // The quorum service reports each node's membership to its daemon.
-        let views: Vec<(NodeId, Vec<NodeId>)> = self
-            .nodes
-            .values()
-            .filter(|x| x.daemon.is_some())
-            .filter_map(|x| {
-                x.comp
-                    .map(|c| (x.id, self.comps[&c].members.iter().copied().collect()))
-            })
-            .collect();
-        for (n, members) in views {
-            self.feed(n, Input::Membership { members });
-        }
+        self.wake(wakeups);
+        self.feed_memberships();
         // dlm_controld recovers lockspaces only with quorum and its members together.
         self.dlm_check();
     }
 
-    /// The process is in the daemon group: a joined daemon, or a foreign process.
-    fn in_group(&self, p: Peer) -> bool {
-        let node = &self.nodes[&p.nodeid];
-        node.daemon
-            .as_ref()
-            .is_some_and(|d| d.joined && d.pid == p.pid)
-            || node.foreign == Some(p.pid)
-    }
-
-    /// Recompute the daemon group's membership in a component and queue a configuration change
-    /// for every daemon whose view changed. `gone` names a process that just left or died on a
-    /// node whose corosync lives on.
     fn group_change(&mut self, comp: u64, gone: Option<(Peer, LeaveReason)>) {
-        let mut members: Vec<Peer> = Vec::new();
-        for n in &self.comps[&comp].members {
-            let node = &self.nodes[n];
-            if let Some(d) = node.daemon.as_ref().filter(|d| d.joined) {
-                members.push(Peer::new(*n, d.pid));
-            }
-            if let Some(pid) = node.foreign {
-                members.push(Peer::new(*n, pid));
-            }
-        }
-        members.sort_unstable();
-        let quorate = self.quorate(&self.comps[&comp].members);
-        let mut by_view: BTreeMap<Vec<Peer>, Vec<NodeId>> = BTreeMap::new();
-        for p in members.iter().filter(|p| p.pid < FOREIGN_PID_BASE) {
-            by_view
-                .entry(self.nodes[&p.nodeid].group_view.clone())
-                .or_default()
-                .push(p.nodeid);
-        }
-        for (view, receivers) in by_view {
-            // Quorum may change without the group changing (a node without a daemon left).
-            for n in &receivers {
-                let node = self.nodes.get_mut(n).expect("node");
-                if node.vs_quorate != quorate && view == members {
-                    node.queue.push_back(Entry::Quorum(quorate));
-                }
-            }
-            if view == members {
-                for n in &receivers {
-                    self.kick_delivery(*n);
-                }
-                continue;
-            }
-            let joined: Vec<Peer> = members
-                .iter()
-                .copied()
-                .filter(|p| !view.contains(p))
-                .collect();
-            let left: Vec<(Peer, LeaveReason)> = view
-                .iter()
-                .copied()
-                .filter(|p| !members.contains(p))
-                .map(|p| {
-                    let n = p.nodeid;
-                    let reason = match gone {
-                        Some((g, r)) if g == p => r,
-                        _ if self.nodes[&n].corosync && self.nodes[&n].comp == Some(comp) => {
-                            LeaveReason::ProcDown
-                        }
-                        _ => LeaveReason::NodeDown,
-                    };
-                    (p, reason)
-                })
-                .collect();
-            let id = self.next_entry;
-            self.next_entry += 1;
-            // The daemon reads quorum as it hands a configuration change to the core, which
-            // carries it (`ConfChg::with_quorum`).
-            for n in &receivers {
-                let node = self.nodes.get_mut(n).expect("node");
-                node.queue.push_back(Entry::ConfChg {
-                    id,
-                    members: members.clone(),
-                    joined: joined.clone(),
-                    left: left.clone(),
-                    quorate,
-                });
-                node.group_view = members.clone();
-            }
-            for n in &receivers {
-                self.kick_delivery(*n);
-            }
-        }
-    }
-
-    fn commit_to(&mut self, targets: &[NodeId], sender: Peer, payload: Vec<u8>) {
-        let id = self.next_entry;
-        self.next_entry += 1;
-        for n in targets {
-            let node = self.nodes.get_mut(n).expect("node");
-            if node.daemon.as_ref().is_some_and(|d| d.joined) {
-                node.queue.push_back(Entry::Msg {
-                    id,
-                    sender,
-                    payload: payload.clone(),
-                });
-            }
-        }
-        for n in targets {
-            self.kick_delivery(*n);
-        }
-    }
-
-    fn schedule_commit(&mut self, comp: u64) {
-        if let Some(c) = self.comps.get_mut(&comp) {
-            if !c.commit_pending {
-                c.commit_pending = true;
-                let d = self.rng.range(1, 8);
-                self.schedule(d, Ev::Commit(comp));
-            }
-        }
+        let procs = self.processes();
+        let wakeups = self.cpg.group_change(comp, gone, &procs, &mut self.rng);
+        self.wake(wakeups);
     }
 
     fn kick_delivery(&mut self, n: NodeId) {
-        let node = self.nodes.get_mut(&n).expect("node");
-        if !node.deliver_pending && !node.queue.is_empty() {
-            node.deliver_pending = true;
-            let d = self.rng.range(0, 4);
-            self.schedule(d, Ev::Deliver(n));
-        }
+        let wakeup = self.cpg.kick_delivery(n, &mut self.rng);
+        self.wake(wakeup);
     }
 
-    // ----- event handling ------------------------------------------------------------------
-
-    fn handle(&mut self, ev: Ev) {
+    fn handle(&mut self, ev: Event) {
         match ev {
-            Ev::Deliver(n) => self.deliver(n),
-            Ev::Commit(comp) => {
-                let Some(c) = self.comps.get_mut(&comp) else {
-                    return;
-                };
-                c.commit_pending = false;
-                let batch: Vec<(Peer, Vec<u8>)> = c.inflight.drain(..).collect();
-                let members: Vec<NodeId> = c.members.iter().copied().collect();
-                for (sender, payload) in batch {
-                    self.commit_to(&members, sender, payload);
-                }
+            Event::Deliver(n) => self.deliver(n),
+            Event::Commit(comp) => {
+                let procs = self.processes();
+                let wakeups = self.cpg.commit(comp, &procs, &mut self.rng);
+                self.wake(wakeups);
             }
-            Ev::NodeTimer(n) => {
+            Event::NodeTimer(n) => {
                 let due = self.nodes[&n]
                     .daemon
                     .as_ref()
@@ -842,1104 +471,92 @@ impl World {
                     self.arm_timer(n);
                 }
             }
-            Ev::KernelMountStep { node, table, kinc } => self.kernel_mount_step(node, &table, kinc),
-            Ev::ReplayDone {
+            Event::KernelMountStep { node, table, boot } => {
+                self.kernel_mount_step(node, &table, boot)
+            }
+            Event::ReplayDone {
                 node,
                 table,
                 jid,
-                kinc,
-            } => self.replay_done(node, &table, jid, kinc),
-            Ev::FenceDone(target) => self.fence_done(target),
-            Ev::FenceNotify {
+                boot,
+            } => self.replay_done(node, &table, jid, boot),
+            Event::FenceDone(target) => self.fence_done(target),
+            Event::FenceNotify {
                 node,
                 target,
                 at,
-                dinc,
+                incarnation,
             } => {
                 if self.nodes[&node]
                     .daemon
                     .as_ref()
-                    .is_some_and(|d| d.inc == dinc)
+                    .is_some_and(|d| d.incarnation == incarnation)
                 {
                     self.feed(node, Input::Fenced { nodeid: target, at });
                 }
             }
-            Ev::Uevent { node, event, kinc } => {
-                if self.nodes[&node].kinc == kinc && self.nodes[&node].daemon.is_some() {
+            Event::Uevent { node, event, boot } => {
+                if self.nodes[&node].boot == boot && self.nodes[&node].daemon.is_some() {
                     self.log(format!("n{node} uevent {} {:?}", event.table, event.kind));
                     self.feed(node, Input::Kernel(event));
                 }
             }
-            Ev::IoDone { node, dinc, input } => {
+            Event::IoDone {
+                node,
+                incarnation,
+                input,
+            } => {
                 if self.nodes[&node]
                     .daemon
                     .as_ref()
-                    .is_some_and(|d| d.inc == dinc)
+                    .is_some_and(|d| d.incarnation == incarnation)
                 {
                     self.feed(node, input);
                 }
             }
-            Ev::ModeRead { node, table, kinc } => self.mode_read(node, &table, kinc),
-            Ev::Reboot(n) => self.reboot(n),
-            Ev::DaemonStart(n) => self.daemon_start(n),
-            Ev::ForeignSend(peer) => self.foreign_send(peer),
-            Ev::ForeignGo { peer, clean } => self.foreign_go(peer, clean),
-            Ev::FaultTick => {
+            Event::ModeRead { node, table, boot } => self.mode_read(node, &table, boot),
+            Event::Reboot(n) => self.reboot(n),
+            Event::DaemonStart(n) => self.daemon_start(n),
+            Event::ForeignSend(peer) => self.foreign_send(peer),
+            Event::ForeignGo { peer, clean } => self.foreign_go(peer, clean),
+            Event::FaultTick => {
                 if self.faults_on {
                     self.inject_fault();
-                    self.schedule(100, Ev::FaultTick);
+                    self.schedule(100, Event::FaultTick);
                 }
             }
-            Ev::WorkTick => {
+            Event::WorkTick => {
                 // The liveness check judges what was started: no new operations in the run's
                 // last stretch, so each one has time to finish.
                 let end = self.cfg.fault_ms + self.cfg.settle_ms;
                 if self.now.millis() + WORKLOAD_QUIET_MS < end {
                     self.workload();
-                    self.schedule(100, Ev::WorkTick);
+                    self.schedule(100, Event::WorkTick);
                 }
             }
-            Ev::EndFaults => self.end_faults(),
-            Ev::OperatorRescue => self.operator_rescue(),
+            Event::EndFaults => self.end_faults(),
+            Event::OperatorRescue => self.operator_rescue(),
         }
         if self.violation.is_none() {
             self.check_agreement_views();
         }
     }
 
-    fn deliver(&mut self, n: NodeId) {
-        let node = self.nodes.get_mut(&n).expect("node");
-        node.deliver_pending = false;
-        let Some(entry) = node.queue.pop_front() else {
-            return;
-        };
-        self.state_from = None;
-        if node.daemon.is_none() {
-            node.queue.clear();
-            return;
-        }
-        match entry {
-            Entry::Quorum(q) => {
-                node.vs_quorate = q;
-                self.feed(n, Input::Quorum { quorate: q });
-            }
-            Entry::ConfChg {
-                id,
-                members,
-                joined,
-                left,
-                quorate,
-            } => {
-                node.vs_quorate = quorate;
-                // S7 is about members that held state when they were seen to fail.
-                // Foreign processes are nobody's daemon: their leaves fail nothing.
-                let daemon_left: Vec<(NodeId, LeaveReason)> = left
-                    .iter()
-                    .filter(|(p, _)| p.pid < FOREIGN_PID_BASE)
-                    .map(|(p, r)| (p.nodeid, *r))
-                    .collect();
-                let dinc: Vec<(NodeId, u64)> = daemon_left
-                    .iter()
-                    .filter(|(_, r)| r.is_failure())
-                    .filter_map(|(x, _)| {
-                        self.nodes[x]
-                            .daemon
-                            .as_ref()
-                            .filter(|d| d.core.is_synced())
-                            .map(|d| (*x, d.inc))
-                    })
-                    .collect();
-                // The daemons that processed this change know its failed members' journals need replay.
-                for (x, _) in daemon_left.iter().filter(|(_, r)| r.is_failure()) {
-                    for j in self.journals.values_mut() {
-                        let live_holder = j.in_use_by(*x);
-                        if live_holder || j.dirty_owner.is_some_and(|(h, _)| h == *x) {
-                            j.known_by.insert(n);
-                        }
-                    }
-                }
-                let node = self.nodes.get_mut(&n).expect("node");
-                if node.daemon.as_ref().is_some_and(|d| d.core.is_synced()) {
-                    node.saw_fail.extend(dinc.into_iter().map(|k| (k, id)));
-                }
-                self.log(format!("n{n} confchg members={members:?} joined={joined:?} left={left:?} quorate={quorate}"));
-                let change = ConfChg {
-                    group: DAEMON_GROUP.into(),
-                    members,
-                    joined,
-                    left,
-                };
-                self.feed_tracked(n, id, change.with_quorum(quorate));
-            }
-            Entry::Msg {
-                id,
-                sender,
-                payload,
-            } => {
-                if let Ok((_, msg)) = wire::decode(&payload) {
-                    if let wire::Message::Withdraw { table } = &msg {
-                        for ((t, _), j) in self.journals.iter_mut() {
-                            if sender.pid < FOREIGN_PID_BASE
-                                && *t == table.to_string()
-                                && j.dirty_owner.is_some_and(|(h, _)| h == sender.nodeid)
-                            {
-                                j.known_by.insert(n);
-                            }
-                        }
-                    }
-                    if matches!(&msg, wire::Message::State { recipient, .. } if *recipient == n) {
-                        self.state_from = Some((sender.nodeid, id));
-                    }
-                    let name = match &msg {
-                        wire::Message::State { recipient, .. } => format!("STATE for n{recipient}"),
-                        other => format!("{other:?}"),
-                    };
-                    let from = if sender.pid < FOREIGN_PID_BASE {
-                        format!("n{}", sender.nodeid)
-                    } else {
-                        format!("n{} (foreign process {})", sender.nodeid, sender.pid)
-                    };
-                    self.log(format!("n{n} <- {from} {name}"));
-                }
-                self.feed_tracked(
-                    n,
-                    id,
-                    Input::Deliver {
-                        group: DAEMON_GROUP.into(),
-                        sender,
-                        payload,
-                    },
-                );
-            }
-        }
-        self.kick_delivery(n);
-    }
-
-    /// Feed a stream entry and check agreement: two nodes in the same replicated state that
-    /// process the same entry must end in the same replicated state (S6).
-    fn feed_tracked(&mut self, n: NodeId, entry: u64, input: Input) {
-        self.nodes.get_mut(&n).expect("node").last_entry = entry;
-        let pre = self.nodes[&n]
-            .daemon
-            .as_ref()
-            .and_then(|d| d.core.settled_digest());
-        self.feed(n, input);
-        let post = self.nodes[&n]
-            .daemon
-            .as_ref()
-            .and_then(|d| d.core.settled_digest());
-        if let (Some(_), Some(post)) = (pre, post) {
-            match self.agreement.get(&(entry, 0)) {
-                Some((other, who)) if *other != post => {
-                    let who = *who;
-                    for x in [who, n] {
-                        if let Some(d) = self.nodes[&x].daemon.as_ref() {
-                            let rep = format!("{:?}", d.core.replicated());
-                            self.log(format!("STATE n{x}: {rep}"));
-                        }
-                    }
-                    self.violate(Rule::S6, format!("n{who} and n{n} processed stream entry {entry} and hold different states"));
-                }
-                Some(_) => {}
-                None => {
-                    self.agreement.insert((entry, 0), (post, n));
-                }
-            }
-        }
-    }
-
-    fn feed(&mut self, n: NodeId, input: Input) {
-        let was_synced = self.nodes[&n]
-            .daemon
-            .as_ref()
-            .is_some_and(|d| d.core.is_synced());
-        self.feed_inner(n, input);
-        let digest = self.nodes[&n]
-            .daemon
-            .as_ref()
-            .and_then(|d| d.core.replicated_digest());
-        if let (false, Some(_)) = (was_synced, digest) {
-            // A node that adopts the group's state inherits its sender's memory of failures
-            // as of the STATE's place in the stream: the sender may have run ahead (even into
-            // another partition) by the time the recipient processes it. A group it formed
-            // itself remembers none.
-            let inherited = self
-                .state_from
-                .take()
-                .and_then(|(from, at)| self.nodes.get(&from).map(|x| (x, at)))
-                .map(|(x, at)| {
-                    x.saw_fail
-                        .iter()
-                        .filter(|(_, seen)| **seen < at)
-                        .map(|(k, seen)| (*k, *seen))
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.nodes.get_mut(&n).expect("node").saw_fail = inherited;
-        }
-    }
-
-    fn feed_inner(&mut self, n: NodeId, input: Input) {
-        let now = self.now;
-        let Ok(()) = gfs_core::drive(&mut Driving { world: self, n }, now, input);
-        self.arm_timer(n);
-    }
-
-    fn arm_timer(&mut self, n: NodeId) {
-        let now = self.now;
-        let Some(d) = self.nodes.get_mut(&n).and_then(|x| x.daemon.as_mut()) else {
-            return;
-        };
-        if let Some(t) = d.core.poll_timeout() {
-            if d.timer.is_none_or(|cur| t < cur) {
-                d.timer = Some(t);
-                let delay = t.since(now);
-                self.schedule(delay, Ev::NodeTimer(n));
-            }
-        }
-    }
-
-    fn execute(&mut self, n: NodeId, out: Output) -> Option<Input> {
-        match out {
-            Output::JoinGroup { group } => {
-                if group == DAEMON_GROUP {
-                    let node = self.nodes.get_mut(&n).expect("node");
-                    if let Some(d) = node.daemon.as_mut() {
-                        d.joined = true;
-                    }
-                    if let Some(c) = node.comp {
-                        self.group_change(c, None);
-                    }
-                }
-                None
-            }
-            Output::Mcast { group: _, payload } => {
-                self.messages += 1;
-                if std::env::var("GFS_SIM_DEBUG").is_ok() {
-                    let what = wire::decode(&payload).map(|(_, m)| m.name()).unwrap_or("?");
-                    self.log(format!("n{n} mcast {what}"));
-                }
-                let pid = self.nodes[&n].daemon.as_ref().map_or(0, |d| d.pid);
-                if let Some(c) = self.nodes[&n].comp {
-                    if let Some(comp) = self.comps.get_mut(&c) {
-                        comp.inflight.push_back((Peer::new(n, pid), payload));
-                    }
-                    self.schedule_commit(c);
-                }
-                None
-            }
-            Output::Write { table, file, value } => {
-                self.io_submit(n, &table, IoOp::Write { file, value });
-                None
-            }
-            Output::Read { table, file } => {
-                self.io_submit(n, &table, IoOp::Read { file });
-                None
-            }
-            Output::DlmRegister { table } => {
-                self.dlm_register(n, table);
-                None
-            }
-            Output::DlmUnregister { table } => {
-                self.dlm_unregister(n, &table);
-                None
-            }
-            Output::DlmNotify { table, nodeid } => {
-                self.dlm_notify(n, table, nodeid);
-                None
-            }
-            Output::Fence { nodeid, failed_at } => {
-                self.fence_request(n, nodeid, failed_at);
-                None
-            }
-            Output::KillNode { nodeid, reason } => {
-                self.log(format!("n{n} asks corosync to kill n{nodeid}: {reason}"));
-                self.kill_corosync(nodeid);
-                None
-            }
-            Output::Reply { request, result } => {
-                self.log(format!("n{n} reply {request}: {result:?}"));
-                None
-            }
-            Output::Log(rec) => {
-                self.log(format!("n{n} {:?} {rec}", rec.level));
-                None
-            }
-        }
-    }
-}
-
-/// One node's daemon driven by the world, through the core's one drive rule (the daemon's).
-struct Driving<'w> {
-    world: &'w mut World,
-    n: NodeId,
-}
-
-impl gfs_core::Driver for Driving<'_> {
-    type Error = std::convert::Infallible;
-
-    fn node(&mut self) -> Option<&mut Node> {
-        let node = self.world.nodes.get_mut(&self.n)?;
-        node.daemon.as_mut().map(|d| &mut d.core)
-    }
-
-    fn execute(&mut self, output: Output) -> Result<Option<Input>, Self::Error> {
-        Ok(self.world.execute(self.n, output))
-    }
-}
-
-impl World {
-    // ----- faults and workload ---------------------------------------------------------------
-
-    /// A process that is not gfs_controld joins the daemon group on a node (any process corosync
-    /// lets use its IPC can): it may send a forged message, then leaves or exits. The daemons
-    /// must change nothing for it.
-    fn foreign_join(&mut self) {
-        let up: Vec<NodeId> = self
-            .up_nodes()
-            .into_iter()
-            .filter(|n| self.nodes[n].foreign.is_none())
-            .collect();
-        let Some(n) = self.foreign_rng.pick(&up) else {
-            return;
-        };
-        let pid = self.next_foreign_pid;
-        self.next_foreign_pid += 1;
-        let peer = Peer::new(n, pid);
-        self.log(format!(
-            "FAULT foreign process {peer} joins the daemon group"
-        ));
-        self.nodes.get_mut(&n).expect("node").foreign = Some(pid);
-        if let Some(c) = self.nodes[&n].comp {
-            self.group_change(c, None);
-        }
-        if self.foreign_rng.chance(0.7) {
-            let d = self.foreign_rng.range(10, 2000);
-            self.schedule(d, Ev::ForeignSend(peer));
-        }
-        let d = self.foreign_rng.range(100, 5000);
-        let clean = self.foreign_rng.chance(0.5);
-        self.schedule(d, Ev::ForeignGo { peer, clean });
-    }
-
-    /// A forged message in the name of the foreign process's node: a FENCED for a node that
-    /// is down (claiming every failure), a FENCE_ACK, or a replay result.
-    fn foreign_send(&mut self, peer: Peer) {
-        if self.nodes[&peer.nodeid].foreign != Some(peer.pid) {
-            return;
-        }
-        let down: Vec<NodeId> = self
-            .nodes
-            .values()
-            .filter(|x| !x.corosync)
-            .map(|x| x.id)
-            .collect();
-        let target = self.foreign_rng.pick(&down).unwrap_or(peer.nodeid);
-        let table = self.tables[0].clone();
-        let msg = match self.foreign_rng.range(0, 2) {
-            0 => wire::Message::Fenced {
-                nodeid: target,
-                failure: u64::MAX,
-            },
-            1 => wire::Message::FenceAck {
-                nodeid: target,
-                failure: u64::MAX,
-            },
-            _ => wire::Message::Recovered {
-                table,
-                jid: self.foreign_rng.range(0, 3) as u32,
-                done: true,
-                attempt: 0,
-            },
-        };
-        self.log(format!("FAULT foreign process {peer} sends {}", msg.name()));
-        let header = wire::Header {
-            version: wire::PROTOCOL_MIN,
-            sender: peer.nodeid,
-            change: 0,
-        };
-        let payload = wire::encode(&header, &msg);
-        if let Some(c) = self.nodes[&peer.nodeid].comp {
-            if let Some(comp) = self.comps.get_mut(&c) {
-                comp.inflight.push_back((peer, payload));
-            }
-            self.schedule_commit(c);
-        }
-    }
-
-    fn foreign_go(&mut self, peer: Peer, clean: bool) {
-        let node = self.nodes.get_mut(&peer.nodeid).expect("node");
-        if node.foreign != Some(peer.pid) {
-            return;
-        }
-        node.foreign = None;
-        let reason = if clean {
-            LeaveReason::Leave
-        } else {
-            LeaveReason::ProcDown
-        };
-        self.log(format!("FAULT foreign process {peer} leaves ({reason:?})"));
-        if let Some(c) = self.nodes[&peer.nodeid].comp {
-            self.group_change(c, Some((peer, reason)));
-        }
-    }
-
-    fn up_nodes(&self) -> Vec<NodeId> {
-        self.nodes
-            .values()
-            .filter(|x| x.corosync)
-            .map(|x| x.id)
-            .collect()
-    }
-
-    fn inject_fault(&mut self) {
-        let p = self.profile.clone();
-        if self.foreign_chance > 0.0 && self.foreign_rng.chance(self.foreign_chance) {
-            self.foreign_join();
-        }
-        let up = self.up_nodes();
-        if self.rng.chance(p.crash) && up.len() > 1 {
-            if let Some(n) = self.rng.pick(&up) {
-                self.failures_injected += 1;
-                self.log(format!("FAULT crash n{n}"));
-                self.crash(n, false);
-            }
-        }
-        if self.rng.chance(p.daemon_crash) {
-            let with_daemon: Vec<NodeId> = up
-                .iter()
-                .copied()
-                .filter(|n| self.nodes[n].daemon.is_some())
-                .collect();
-            if let Some(n) = self.rng.pick(&with_daemon) {
-                self.failures_injected += 1;
-                self.log(format!("FAULT daemon crash n{n}"));
-                self.daemon_crash(n);
-            }
-        }
-        if self.rng.chance(p.partition) && up.len() > 1 {
-            let mut a = BTreeSet::new();
-            let mut b = BTreeSet::new();
-            for n in &up {
-                if self.rng.chance(0.5) {
-                    a.insert(*n);
-                } else {
-                    b.insert(*n);
-                }
-            }
-            if !a.is_empty() && !b.is_empty() {
-                self.failures_injected += 1;
-                self.log(format!("FAULT partition {a:?} | {b:?}"));
-                self.reform(vec![a, b]);
-                let heal = self.rng.range(500, 8000);
-                self.schedule(heal, Ev::Reboot(0));
-            }
-        }
-        if self.rng.chance(p.withdraw) {
-            let online: Vec<(NodeId, String)> = self
-                .nodes
-                .values()
-                .flat_map(|x| {
-                    x.mounts
-                        .iter()
-                        .filter(|(_, m)| m.state == KState::Online)
-                        .map(move |(t, _)| (x.id, t.clone()))
-                })
-                .collect();
-            if !online.is_empty() {
-                let i = self.rng.range(0, online.len() as u64 - 1) as usize;
-                let (n, t) = online[i].clone();
-                self.failures_injected += 1;
-                self.log(format!("FAULT withdraw {t} on n{n}"));
-                self.withdraw(n, &t);
-            }
-        }
-        if self.rng.chance(p.fence_ack) {
-            // An operator acknowledges a node that is really down (corosync and kernel dead).
-            let dead: Vec<NodeId> = self
-                .nodes
-                .values()
-                .filter(|x| !x.corosync && x.kernel_dead_at.is_some())
-                .map(|x| x.id)
-                .collect();
-            let acker: Vec<NodeId> = up
-                .iter()
-                .copied()
-                .filter(|n| {
-                    self.nodes[n]
-                        .daemon
-                        .as_ref()
-                        .is_some_and(|d| d.core.is_synced())
-                })
-                .collect();
-            if let (Some(t), Some(a)) = (self.rng.pick(&dead), self.rng.pick(&acker)) {
-                self.last_acked.insert(t, self.now);
-                self.log(format!("OPERATOR fence-ack n{t} on n{a}"));
-                let req = self.step;
-                self.feed(
-                    a,
-                    Input::FenceAck {
-                        request: req,
-                        nodeid: t,
-                    },
-                );
-            }
-        }
-    }
-
-    fn workload(&mut self) {
-        let p = self.profile.clone();
-        let tables = self.tables.clone();
-        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for n in ids {
-            let node = &self.nodes[&n];
-            if node.daemon.is_none() || !node.corosync || node.kernel_dead_at.is_some() {
-                continue;
-            }
-            for t in &tables {
-                let key = t.to_string();
-                let state = self.nodes[&n]
-                    .mounts
-                    .get(&key)
-                    .map(|m| (m.state, m.mode, m.replays.is_empty()));
-                match state {
-                    None if self.rng.chance(p.mount / tables.len() as f64) => {
-                        let mode = if self.rng.chance(p.spectator_share) {
-                            MountMode::Spectator
-                        } else if self.rng.chance(p.ro_share) {
-                            MountMode::Ro
-                        } else {
-                            MountMode::Rw
-                        };
-                        let hostdata = self.rng.chance(0.7);
-                        self.mount(n, t, mode, hostdata);
-                    }
-                    Some((KState::Online, _, _)) | Some((KState::Withdrawn, _, _))
-                        if self.faults_on && self.rng.chance(p.unmount / tables.len() as f64) =>
-                    {
-                        self.log(format!("WORK umount {key} on n{n}"));
-                        self.nodes
-                            .get_mut(&n)
-                            .expect("node")
-                            .mounts
-                            .get_mut(&key)
-                            .expect("mount")
-                            .unmount_requested = true;
-                        self.maybe_finish_unmount(n, &key);
-                    }
-                    Some((KState::Online, mode, true))
-                        if mode != MountMode::Spectator
-                            && self.rng.chance(p.remount / tables.len() as f64) =>
-                    {
-                        let new = if mode == MountMode::Rw {
-                            MountMode::Ro
-                        } else {
-                            MountMode::Rw
-                        };
-                        self.log(format!("WORK remount {key} {} on n{n}", new.as_str()));
-                        self.remount(n, &key, new);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if self.rng.chance(p.storm) {
-            // Every node that can mounts one filesystem at the same moment.
-            let t = tables[self.rng.range(0, tables.len() as u64 - 1) as usize].clone();
-            let key = t.to_string();
-            let ready: Vec<NodeId> = self
-                .nodes
-                .values()
-                .filter(|x| {
-                    x.daemon.is_some()
-                        && x.corosync
-                        && x.kernel_dead_at.is_none()
-                        && !x.mounts.contains_key(&key)
-                })
-                .map(|x| x.id)
-                .collect();
-            if !ready.is_empty() {
-                self.log(format!("WORK mount storm {key} on {ready:?}"));
-            }
-            for n in ready {
-                let mode = if self.rng.chance(p.ro_share) {
-                    MountMode::Ro
-                } else {
-                    MountMode::Rw
-                };
-                self.mount(n, &t, mode, false);
-            }
-        }
-    }
-
-    /// A daemon's knowledge of failures dies with it.
-    fn forget_daemon(&mut self, n: NodeId) {
-        for j in self.journals.values_mut() {
-            j.known_by.remove(&n);
-        }
-    }
-
-    fn crash(&mut self, n: NodeId, by_fence: bool) {
-        self.kernel_dies(n, by_fence);
-        self.forget_daemon(n);
-        let node = self.nodes.get_mut(&n).expect("node");
-        node.daemon = None;
-        node.foreign = None;
-        node.queue.clear();
-        node.group_view.clear();
-        let was_up = node.corosync;
-        node.corosync = false;
-        if was_up {
-            self.leave_component(n);
-        }
-        if !self.nodes[&n].reboot_pending {
-            self.nodes.get_mut(&n).expect("node").reboot_pending = true;
-            let d = if by_fence {
-                self.rng.range(2000, 6000)
-            } else {
-                self.rng.range(8000, 20000)
-            };
-            self.schedule(d, Ev::Reboot(n));
-        }
-    }
-
-    fn leave_component(&mut self, n: NodeId) {
-        let mut sides: Vec<BTreeSet<NodeId>> =
-            self.comps.values().map(|c| c.members.clone()).collect();
-        for s in sides.iter_mut() {
-            s.remove(&n);
-        }
-        self.reform(sides);
-    }
-
-    fn daemon_crash(&mut self, n: NodeId) {
-        self.forget_daemon(n);
-        // Its queued sysfs operations die with it (dlm_controld keeps its registrations).
-        self.io.retain(|(x, _), _| *x != n);
-        let node = self.nodes.get_mut(&n).expect("node");
-        let pid = node.daemon.take().map_or(0, |d| d.pid);
-        node.queue.clear();
-        node.group_view.clear();
-        if let Some(c) = node.comp {
-            self.group_change(c, Some((Peer::new(n, pid), LeaveReason::ProcDown)));
-        }
-        let d = self.rng.range(500, 5000);
-        self.schedule(d, Ev::DaemonStart(n));
-    }
-
-    fn kill_corosync(&mut self, n: NodeId) {
-        if !self.nodes[&n].corosync {
-            return;
-        }
-        self.forget_daemon(n);
-        let node = self.nodes.get_mut(&n).expect("node");
-        node.corosync = false;
-        node.daemon = None;
-        node.foreign = None;
-        node.queue.clear();
-        node.group_view.clear();
-        self.leave_component(n);
-        // Its kernel lives on until it is fenced; with nothing mounted it simply restarts.
-        if self.nodes[&n].mounts.is_empty() && !self.nodes[&n].reboot_pending {
-            self.nodes.get_mut(&n).expect("node").reboot_pending = true;
-            let d = self.rng.range(3000, 8000);
-            self.schedule(d, Ev::Reboot(n));
-        } else if !self.fence_ops.contains_key(&n) && !self.manual_fencing {
-            // Pacemaker fences a node that left the membership uncleanly.
-            self.start_fence(n);
-        }
-    }
-
-    /// The fencing device starts powering `target` off; it is done after the profile's delay.
-    fn start_fence(&mut self, target: NodeId) {
-        self.fence_ops.insert(
-            target,
-            FenceOp {
-                requested_at: self.now,
-            },
-        );
-        let d = self
-            .rng
-            .range(self.profile.fence_delay.0, self.profile.fence_delay.1);
-        self.schedule(d, Ev::FenceDone(target));
-    }
-
-    fn reboot(&mut self, n: NodeId) {
-        if n == 0 {
-            // Heal every partition: all corosync-up nodes merge.
-            let up: BTreeSet<NodeId> = self.up_nodes().into_iter().collect();
-            if self.comps.len() > 1 {
-                self.log("FAULT heal partitions".into());
-                self.reform(vec![up]);
-            }
-            return;
-        }
-        let node = self.nodes.get_mut(&n).expect("node");
-        node.reboot_pending = false;
-        if node.corosync {
-            return;
-        }
-        if node.kernel_dead_at.is_some() {
-            node.kinc += 1;
-            node.seen_with.clear();
-            node.kernel_dead_at = None;
-            node.kernel_killed_by_fence = false;
-        } else if !node.mounts.is_empty() {
-            return; // cannot come back with live mounts: it waits to be fenced
-        }
-        node.corosync = true;
-        self.log(format!("n{n} boots"));
-        // It joins whichever component the largest number of nodes are in (links are up).
-        let target = self
-            .comps
-            .iter()
-            .max_by_key(|(_, c)| c.members.len())
-            .map(|(id, _)| *id);
-        let mut sides: Vec<BTreeSet<NodeId>> =
-            self.comps.values().map(|c| c.members.clone()).collect();
-        match target.and_then(|t| self.comps.keys().position(|k| *k == t)) {
-            Some(i) => {
-                sides[i].insert(n);
-            }
-            None => sides.push(BTreeSet::from([n])),
-        }
-        self.reform(sides);
-        let d = self.rng.range(100, 1000);
-        self.schedule(d, Ev::DaemonStart(n));
-    }
-
-    fn daemon_start(&mut self, n: NodeId) {
-        let node = self.nodes.get_mut(&n).expect("node");
-        if node.daemon.is_some() || !node.corosync {
-            return;
-        }
-        if !node.mounts.is_empty() {
-            // SPEC §3: never start with gfs2 mounts the group no longer tracks.
-            // It removes its node from the cluster so that the node is fenced and rebooted.
-            self.log(format!("n{n} gfs_controld refuses to start: gfs2 filesystems are mounted; leaving the cluster"));
-            self.kill_corosync(n);
-            return;
-        }
-        node.daemon_inc_counter += 1;
-        node.saw_fail.clear();
-        let mut cfg = NodeConfig::new(n, CLUSTER);
-        cfg.cluster_nodes = (1..=self.cfg.nodes).collect();
-        cfg.sabotage = self.cfg.sabotage;
-        cfg.require_fencing = self.cfg.fencing;
-        cfg.max_journals = self.cfg.max_journals;
-        let inc = (n as u64) << 32 | node.daemon_inc_counter;
-        // Each incarnation is a new process.
-        let pid = 100 + node.daemon_inc_counter as u32;
-        cfg.pid = pid;
-        node.daemon = Some(Daemon {
-            core: Node::new(cfg, self.now),
-            inc,
-            pid,
-            joined: false,
-            timer: None,
-        });
-        let q = node
-            .comp
-            .map(|c| self.quorate(&self.comps[&c].members))
-            .unwrap_or(false);
-        self.log(format!("n{n} gfs_controld starts"));
-        self.feed(n, Input::Quorum { quorate: q });
-        let members: Vec<NodeId> = self.nodes[&n]
-            .comp
-            .map(|c| self.comps[&c].members.iter().copied().collect())
-            .unwrap_or_default();
-        self.feed(n, Input::Membership { members });
-    }
-
-    // ----- fencing oracle --------------------------------------------------------------------
-
-    fn fence_request(&mut self, requester: NodeId, target: NodeId, failed_at: Time) {
-        let comp_quorate = self.nodes[&requester]
-            .comp
-            .map(|c| self.quorate(&self.comps[&c].members))
-            .unwrap_or(false);
-        if let Some(t) = self
-            .last_fenced
-            .get(&target)
-            .copied()
-            .filter(|t| *t >= failed_at)
-        {
-            let dinc = self.nodes[&requester].daemon.as_ref().map_or(0, |d| d.inc);
-            self.schedule(
-                1,
-                Ev::FenceNotify {
-                    node: requester,
-                    target,
-                    at: t,
-                    dinc,
-                },
-            );
-            return;
-        }
-        if !comp_quorate {
-            self.log(format!(
-                "fencer: n{requester} is inquorate, refusing to fence n{target}"
-            ));
-            self.feed(
-                requester,
-                Input::FenceFailed {
-                    nodeid: target,
-                    reason: "no quorum".into(),
-                },
-            );
-            return;
-        }
-        if self.fence_ops.contains_key(&target) || self.manual_fencing {
-            return;
-        }
-        let forced = self.fence_failures_left > 0;
-        if forced {
-            self.fence_failures_left -= 1;
-        }
-        if forced || (self.faults_on && self.rng.chance(self.profile.fence_fail)) {
-            self.log(format!("fencer: fencing n{target} failed"));
-            self.feed(
-                requester,
-                Input::FenceFailed {
-                    nodeid: target,
-                    reason: "fence agent failed".into(),
-                },
-            );
-            return;
-        }
-        self.start_fence(target);
-    }
-
-    fn fence_done(&mut self, target: NodeId) {
-        let Some(op) = self.fence_ops.remove(&target) else {
-            return;
-        };
-        self.log(format!(
-            "fencer: n{target} fenced (requested at {})",
-            op.requested_at
-        ));
-        self.crash(target, true);
-        self.last_fenced.insert(target, self.now);
-        let at = self.now;
-        let listeners: Vec<(NodeId, u64)> = self
-            .nodes
-            .values()
-            .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d.inc)))
-            .collect();
-        for (n, dinc) in listeners {
-            let d = self.rng.range(0, 300);
-            self.schedule(
-                d,
-                Ev::FenceNotify {
-                    node: n,
-                    target,
-                    at,
-                    dinc,
-                },
-            );
-        }
-    }
-
-    fn end_faults(&mut self) {
-        self.faults_on = false;
-        self.log("faults stop: healing, restarting, fencing always works".into());
-        self.reboot(0);
-        let down: Vec<NodeId> = self
-            .nodes
-            .values()
-            .filter(|x| !x.corosync && !x.reboot_pending)
-            .map(|x| x.id)
-            .collect();
-        for n in down {
-            self.schedule(10, Ev::Reboot(n));
-        }
-        let no_daemon: Vec<NodeId> = self
-            .nodes
-            .values()
-            .filter(|x| x.corosync && x.daemon.is_none())
-            .map(|x| x.id)
-            .collect();
-        for n in no_daemon {
-            self.schedule(10, Ev::DaemonStart(n));
-        }
-        self.profile.recover_fail = 0.0;
-        self.schedule(20_000, Ev::OperatorRescue);
-    }
-
-    /// When only read-only or spectator mounts hold a filesystem with dirty journals nobody can
-    /// replay them (SPEC §5): the documented way out is to unmount them, so that a read-write
-    /// mounter becomes first mounter and replays every journal.
-    fn operator_rescue(&mut self) {
-        for key in self
-            .tables
-            .iter()
-            .map(|t| t.to_string())
-            .collect::<Vec<_>>()
-        {
-            if !self.stalled(&key) {
-                continue;
-            }
-            let holders: Vec<NodeId> = self
-                .nodes
-                .values()
-                .filter(|x| {
-                    x.mounts
-                        .get(&key)
-                        .is_some_and(|m| m.mode != MountMode::Rw && m.state != KState::WaitJid)
-                })
-                .map(|x| x.id)
-                .collect();
-            for n in holders {
-                self.log(format!("OPERATOR umount {key} on n{n}: only read-only members hold it and journals need replay"));
-                self.nodes
-                    .get_mut(&n)
-                    .expect("node")
-                    .mounts
-                    .get_mut(&key)
-                    .expect("mount")
-                    .unmount_requested = true;
-                self.maybe_finish_unmount(n, &key);
-            }
-        }
-    }
-
-    /// Dirty journals, no read-write member mounted to replay them, and read-only or spectator
-    /// members holding the filesystem.
-    fn stalled(&self, key: &str) -> bool {
-        // What an operator sees in `gfs_control ls`, or what the disk holds.
-        let said_dirty = self
-            .nodes
-            .values()
-            .filter_map(|x| x.daemon.as_ref())
-            .any(|d| {
-                d.core.is_synced()
-                    && Table::parse(key)
-                        .ok()
-                        .and_then(|t| d.core.replicated().fs.get(&t))
-                        .is_some_and(|fs| !fs.dirty.is_empty())
-            });
-        let dirty = said_dirty || self.journals.iter().any(|((k, _), j)| k == key && j.dirty);
-        let mounts: Vec<&KMount> = self
-            .nodes
-            .values()
-            .filter_map(|x| x.mounts.get(key))
-            .collect();
-        let rw_online = mounts
-            .iter()
-            .any(|m| m.mode == MountMode::Rw && m.state == KState::Online);
-        let ro_active = mounts.iter().any(|m| {
-            m.mode != MountMode::Rw && !matches!(m.state, KState::WaitJid | KState::Withdrawn)
-        });
-        dirty && !rw_online && ro_active
-    }
-
-    // ----- checkers --------------------------------------------------------------------------
-
-    /// S7: a synced daemon never counts as a member with state a node incarnation it saw fail.
+    /// S7, after every step.
     fn check_agreement_views(&mut self) {
-        let mut found = None;
-        for node in self.nodes.values() {
-            let Some(d) = node.daemon.as_ref() else {
-                continue;
-            };
-            if !d.core.is_synced() {
-                continue;
-            }
-            for (x, m) in &d.core.replicated().members {
-                if !m.synced || m.stale || *x == node.id {
-                    continue;
-                }
-                let Some(xd) = self.nodes[x].daemon.as_ref() else {
-                    continue;
-                };
-                let seen = node
-                    .saw_fail
-                    .get(&(*x, xd.inc))
-                    .is_some_and(|e| *e <= node.last_entry);
-                if seen && xd.core.is_synced() {
-                    found = Some(format!(
-                        "n{} readmitted n{x} with the state it had before n{} saw it fail",
-                        node.id, node.id
-                    ));
-                }
-            }
+        if let Some(v) = checker::readmission(&self.nodes) {
+            self.violate(v);
         }
-        if let Some(detail) = found {
-            self.violate(Rule::S7, detail);
-        }
-    }
-
-    fn stalled_without_rw(&self) -> u64 {
-        self.tables
-            .iter()
-            .filter(|t| self.stalled(&t.to_string()))
-            .count() as u64
     }
 
     fn check_liveness(&mut self) {
-        let stalled: BTreeSet<String> = BTreeSet::new();
-        let mut problems = Vec::new();
-        for node in self.nodes.values() {
-            if !node.corosync {
-                problems.push(format!("n{} is still down", node.id));
-                continue;
-            }
-            if node.daemon.as_ref().is_none_or(|d| !d.core.is_synced()) {
-                problems.push(format!(
-                    "n{}'s daemon is not running with the group state",
-                    node.id
-                ));
-            }
-            for (key, m) in &node.mounts {
-                if stalled.contains(key) {
-                    continue;
-                }
-                if m.blocked && m.state != KState::Withdrawn {
-                    problems.push(format!("n{} still blocked on {key}", node.id));
-                }
-                // Read-only and spectator mounts wait for a read-write first mounter by design.
-                let waits_for_rw = m.mode != MountMode::Rw
-                    && m.state == KState::WaitJid
-                    && !self.nodes.values().any(|x| {
-                        x.mounts
-                            .get(key)
-                            .is_some_and(|o| o.mode == MountMode::Rw && o.state == KState::Online)
-                    });
-                if !matches!(m.state, KState::Online | KState::Withdrawn) && !waits_for_rw {
-                    problems.push(format!(
-                        "n{}'s mount of {key} never completed ({:?}, begun at {})",
-                        node.id, m.state, m.begun
-                    ));
-                }
-            }
-        }
-        for ((key, jid), j) in &self.journals {
-            let rw_online = self.nodes.values().any(|x| {
-                x.mounts
-                    .get(key)
-                    .is_some_and(|m| m.state == KState::Online && m.mode == MountMode::Rw)
-            });
-            if j.dirty && rw_online && !stalled.contains(key) {
-                problems.push(format!("{key} jid {jid} still needs replay"));
-            }
-        }
-        for r in &self.dlm_recoveries {
-            let members = self.lockspaces.get(&r.table).cloned().unwrap_or_default();
-            let waiting: Vec<NodeId> = r
-                .waiting
-                .iter()
-                .copied()
-                .filter(|s| members.contains(s) && !r.notified.contains(s))
-                .collect();
-            problems.push(format!(
-                "DLM recovery of n{} on {} waits (for notifications from {waiting:?}; lockspace {members:?})",
-                r.failed, r.table
-            ));
-        }
-        if !problems.is_empty() {
-            // What each daemon says it waits for: the first thing to read in a liveness failure.
-            let views: Vec<String> = self
-                .nodes
+        let dlm_waits = self.dlm.waits();
+        let Some(v) = checker::liveness(&self.nodes, &self.journals, dlm_waits) else {
+            return;
+        };
+        // What each daemon says it waits for: the first thing to read in a liveness failure.
+        let views: Vec<String> =
+            self.nodes
                 .values()
                 .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
                 .flat_map(|(id, d)| {
@@ -1954,242 +571,18 @@ impl World {
                     })
                 })
                 .collect();
-            for v in views {
-                self.log(format!("STATE {v}"));
-            }
-            let reps: Vec<String> = self
-                .nodes
-                .values()
-                .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
-                .map(|(id, d)| format!("REPLICATED n{id} {:?}", d.core.replicated().fs))
-                .collect();
-            for r in reps {
-                self.log(r);
-            }
-            self.violate(Rule::L1, problems.join("; "));
+        for v in views {
+            self.log(format!("STATE {v}"));
         }
-    }
-}
-
-/// A scripted cluster for named scenario tests: no random faults or workload; the test mounts,
-/// crashes, partitions and asserts. Delays (delivery, replay, fencing) still come from the seed,
-/// and every safety checker runs after every step as in the sweeps.
-pub struct Scenario {
-    w: World,
-}
-
-impl Scenario {
-    /// `nodes` daemons that have formed their group, and `filesystems` tables `sim:fs1`...
-    pub fn new(nodes: u32, filesystems: u32, seed: u64) -> Scenario {
-        let mut cfg = SimConfig::new(seed, nodes, filesystems);
-        cfg.faults = false;
-        cfg.workload = false;
-        cfg.trace = true;
-        Scenario::with_config(cfg)
-    }
-
-    pub fn with_config(cfg: SimConfig) -> Scenario {
-        let mut w = World::new(cfg);
-        w.faults_on = false;
-        w.profile.fence_delay = (50, 200);
-        w.profile.replay_ms = (100, 300);
-        let mut s = Scenario { w };
-        s.run_for(2000);
-        s
-    }
-
-    pub fn table(&self, fs: u32) -> String {
-        self.w.tables[fs as usize - 1].to_string()
-    }
-
-    pub fn now(&self) -> Time {
-        self.w.now
-    }
-
-    pub fn run_for(&mut self, ms: u64) {
-        let end = self.w.now.after(ms);
-        self.w.run_until(end);
-    }
-
-    pub fn mount(&mut self, node: NodeId, fs: u32, mode: MountMode) {
-        let t = self.w.tables[fs as usize - 1].clone();
-        self.w.mount(node, &t, mode, true);
-    }
-
-    /// A spectator mount without `hostdata=first=0`: its kernel keeps `first=1`.
-    pub fn mount_spectator_keeping_first(&mut self, node: NodeId, fs: u32) {
-        let t = self.w.tables[fs as usize - 1].clone();
-        self.w.mount(node, &t, MountMode::Spectator, false);
-    }
-
-    pub fn umount(&mut self, node: NodeId, fs: u32) {
-        let key = self.table(fs);
-        if let Some(m) = self
-            .w
+        let reps: Vec<String> = self
             .nodes
-            .get_mut(&node)
-            .and_then(|x| x.mounts.get_mut(&key))
-        {
-            m.unmount_requested = true;
+            .values()
+            .filter_map(|x| x.daemon.as_ref().map(|d| (x.id, d)))
+            .map(|(id, d)| format!("REPLICATED n{id} {:?}", d.core.replicated().fs))
+            .collect();
+        for r in reps {
+            self.log(r);
         }
-        self.w.maybe_finish_unmount(node, &key);
+        self.violate(v);
     }
-
-    pub fn remount(&mut self, node: NodeId, fs: u32, mode: MountMode) {
-        let key = self.table(fs);
-        self.w.remount(node, &key, mode);
-    }
-
-    /// The DLM on `node` offers recovery callbacks: its mounts are kernel-managed.
-    pub fn kernel_managed(&mut self, node: NodeId, on: bool) {
-        if on {
-            self.w.kernel_managed_nodes.insert(node);
-        } else {
-            self.w.kernel_managed_nodes.remove(&node);
-        }
-    }
-
-    /// `recover_callbacks` changes between the `add` uevent and the DLM join on `node`, so the
-    /// daemon's reading at `add` is wrong.
-    pub fn recover_callbacks_flip(&mut self, node: NodeId, on: bool) {
-        if on {
-            self.w.recover_callbacks_flips.insert(node);
-        } else {
-            self.w.recover_callbacks_flips.remove(&node);
-        }
-    }
-
-    /// dlm_controld on every node runs without `enable_fscontrol=1`.
-    pub fn dlm_without_fscontrol(&mut self) {
-        self.w.dlm_fscontrol = false;
-    }
-
-    /// Every registered (node, fs) of dlm_controld, and DLM recoveries still waiting.
-    pub fn dlm_pending_recoveries(&self) -> usize {
-        self.w.dlm_recoveries.len()
-    }
-
-    pub fn withdraw(&mut self, node: NodeId, fs: u32) {
-        let key = self.table(fs);
-        self.w.withdraw(node, &key);
-    }
-
-    /// Power loss: corosync, daemon and kernel die; the node reboots later.
-    pub fn crash(&mut self, node: NodeId) {
-        self.w.failures_injected += 1;
-        self.w.log(format!("SCENARIO crash n{node}"));
-        self.w.crash(node, false);
-    }
-
-    /// Only gfs_controld dies; corosync and the kernel mounts live on.
-    pub fn daemon_crash(&mut self, node: NodeId) {
-        self.w.failures_injected += 1;
-        self.w.log(format!("SCENARIO daemon crash n{node}"));
-        self.w.daemon_crash(node);
-    }
-
-    /// corosync dies (and the daemon with it); the kernel mounts live on until fenced.
-    pub fn corosync_crash(&mut self, node: NodeId) {
-        self.w.failures_injected += 1;
-        self.w.log(format!("SCENARIO corosync crash n{node}"));
-        self.w.kill_corosync(node);
-    }
-
-    pub fn partition(&mut self, sides: &[&[NodeId]]) {
-        self.w.failures_injected += 1;
-        self.w.log(format!("SCENARIO partition {sides:?}"));
-        let sides = sides.iter().map(|s| s.iter().copied().collect()).collect();
-        self.w.reform(sides);
-    }
-
-    pub fn heal(&mut self) {
-        self.w.reboot(0);
-    }
-
-    pub fn fail_next_replay(&mut self, node: NodeId) {
-        self.w.fail_next_replay.insert(node);
-    }
-
-    pub fn fail_next_fences(&mut self, count: u32) {
-        self.w.fence_failures_left = count;
-    }
-
-    /// The fencing backend never fences: only `fence_ack` gets a failed node's journal replayed.
-    pub fn manual_fencing(&mut self, on: bool) {
-        self.w.manual_fencing = on;
-    }
-
-    pub fn fence_ack(&mut self, by: NodeId, target: NodeId) {
-        self.w.last_acked.insert(target, self.w.now);
-        let req = self.w.step;
-        self.w.feed(
-            by,
-            Input::FenceAck {
-                request: req,
-                nodeid: target,
-            },
-        );
-    }
-
-    pub fn writes(&self) -> &[WriteRecord] {
-        &self.w.writes
-    }
-
-    pub fn replays(&self) -> &[ReplayRecord] {
-        &self.w.replays
-    }
-
-    pub fn messages(&self) -> u64 {
-        self.w.messages
-    }
-
-    pub fn violation(&self) -> Option<&Violation> {
-        self.w.violation.as_ref()
-    }
-
-    pub fn trace(&self) -> &[String] {
-        &self.w.trace
-    }
-
-    pub fn node(&self, node: NodeId) -> Option<&Node> {
-        self.w
-            .nodes
-            .get(&node)
-            .and_then(|x| x.daemon.as_ref())
-            .map(|d| &d.core)
-    }
-
-    /// What the kernel model on `node` holds for filesystem `fs`.
-    pub fn kernel(&self, node: NodeId, fs: u32) -> Option<KernelView> {
-        let key = self.table(fs);
-        self.w
-            .nodes
-            .get(&node)
-            .and_then(|x| x.mounts.get(&key))
-            .map(|m| KernelView {
-                jid: m.jid,
-                first: m.first && m.first_written,
-                online: m.state == KState::Online,
-                withdrawn: m.state == KState::Withdrawn,
-                blocked: m.blocked,
-                withdraw_acked: m.withdraw_acked,
-            })
-    }
-
-    /// Run the liveness check (L1) now.
-    pub fn check_liveness(&mut self) -> Option<&Violation> {
-        self.w.check_liveness();
-        self.w.violation.as_ref()
-    }
-}
-
-/// The kernel side of one mount, for assertions.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelView {
-    pub jid: Option<i64>,
-    pub first: bool,
-    pub online: bool,
-    pub withdrawn: bool,
-    pub blocked: bool,
-    pub withdraw_acked: bool,
 }

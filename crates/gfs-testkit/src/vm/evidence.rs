@@ -214,7 +214,7 @@ impl Recovery {
                     Some("block=0")
                 } else if l.text.contains("sysfs write") && l.text.contains("recover") {
                     Some("recover")
-                } else if l.text.contains("is fenced")
+                } else if l.text.contains("gfs_core: fenced ")
                     || l.text.contains("fenced (by")
                     || l.text.contains("fenced (reported by")
                 {

@@ -35,7 +35,7 @@
 //!
 //! `--shared DIR` is the cluster's shared disk, one directory for every node of a test cluster
 //! (default: a private one): the mount glock, the journal locks and a dirty flag per journal
-//! live there (see `ksim/disk.rs`). Locks are released by the OS when a server dies.
+//! live there (see `disk.rs`). Locks are released by the OS when a server dies.
 //!
 //! `--configfs-root DIR` creates `DIR/dlm/cluster/recover_callbacks` holding
 //! `--recover-callbacks` (default 0), which the daemon reads at `add`. Each mount reads that
@@ -126,21 +126,22 @@
 //! refused by a `jid=-22` write exits 22, EINTR=4 when `--timeout-ms` expires), or 1 for other
 //! errors (no server, bad reply).
 
-mod ksim;
+mod disk;
+mod fuse;
+mod model;
+mod mount;
+mod server;
+mod sysfs;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gfs_testkit::client;
-use gfs_testkit::proto::{Request, Response, Status};
-use gfs_testkit::uevent::UeventSender;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use gfs_testkit::proto::{Request, Status};
 
-use ksim::disk::SharedDisk;
-use ksim::model::{self, lock, Config, MountArgs, Shared, Sim};
+use server::{serve, ServeOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -248,18 +249,6 @@ fn main() {
         }
     };
     std::process::exit(code);
-}
-
-struct ServeOptions {
-    root: PathBuf,
-    socket: PathBuf,
-    replay_ms: u64,
-    join_ms: u64,
-    shared: Option<PathBuf>,
-    configfs_root: Option<PathBuf>,
-    recover_callbacks: u32,
-    uevent_socket: Option<PathBuf>,
-    record: Option<PathBuf>,
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -398,207 +387,6 @@ fn print_status(s: &Status) {
             }
             (Some(r), None) => println!("{} {} {} -> {r}", e.t_ms, e.table, e.what),
             _ => println!("{} {} {}", e.t_ms, e.table, e.what),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Server
-
-/// A FUSE mount whose server died answers ENOTCONN: detach it so a new one can take its place.
-fn detach_dead_mount(root: &Path) {
-    if let Err(e) = std::fs::metadata(root) {
-        if e.raw_os_error() == Some(libc::ENOTCONN) {
-            let _ = nix::mount::umount2(root, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-async fn serve(o: ServeOptions) -> anyhow::Result<()> {
-    detach_dead_mount(&o.root);
-    std::fs::create_dir_all(&o.root).with_context(|| format!("create {}", o.root.display()))?;
-    let private_disk = o.shared.is_none();
-    let disk_dir = o.shared.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("gfs-kernel-sim-disk-{}", std::process::id()))
-    });
-    let disk = SharedDisk::new(&disk_dir)
-        .with_context(|| format!("shared disk {}", disk_dir.display()))?;
-    let sender = match &o.uevent_socket {
-        Some(path) => UeventSender::to_test_socket(path).context("uevent test socket sender")?,
-        None => UeventSender::new().context("NETLINK_KOBJECT_UEVENT sender socket")?,
-    };
-    let sim: Shared = Sim::new(Config {
-        replay_ms: o.replay_ms,
-        join_ms: o.join_ms,
-        recover_callbacks: o.recover_callbacks,
-        configfs_file: o
-            .configfs_root
-            .as_ref()
-            .map(|r| r.join("dlm/cluster/recover_callbacks")),
-        disk,
-        sender,
-        handle: tokio::runtime::Handle::current(),
-    });
-    let session = fuser::spawn_mount2(
-        ksim::fuse::KernelFs::new(sim.clone()),
-        &o.root,
-        &[
-            fuser::MountOption::FSName("gfs2_kernel_sim".into()),
-            fuser::MountOption::AllowOther,
-            fuser::MountOption::NoExec,
-        ],
-    )
-    .with_context(|| {
-        format!(
-            "FUSE mount on {} (needs root and /dev/fuse)",
-            o.root.display()
-        )
-    })?;
-    let _ = std::fs::remove_file(&o.socket);
-    let listener =
-        UnixListener::bind(&o.socket).with_context(|| format!("bind {}", o.socket.display()))?;
-    if let Some(path) = &o.record {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("record file {}", path.display()))?;
-        lock(&sim).record = Some(file);
-    }
-    {
-        let mut s = lock(&sim);
-        let what = format!(
-            "serving {} on {}; shared disk {}; recover_callbacks={}",
-            o.root.display(),
-            o.socket.display(),
-            s.disk.dir().display(),
-            s.recover_callbacks()
-        );
-        s.note("", what);
-    }
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(handle_client(sim.clone(), stream));
-                }
-                Err(e) => eprintln!("gfs_kernel_sim: accept: {e}"),
-            },
-        }
-    }
-    {
-        let mut s = lock(&sim);
-        s.note("", "shutting down");
-        s.shutdown();
-        s.remove_configfs_file();
-    }
-    // Detach first: other mount namespaces (the daemon's) may still hold copies of the mount.
-    let _ = nix::mount::umount2(&o.root, nix::mount::MntFlags::MNT_DETACH);
-    drop(session);
-    let _ = std::fs::remove_file(&o.socket);
-    if private_disk {
-        let _ = std::fs::remove_dir_all(&disk_dir);
-    }
-    Ok(())
-}
-
-async fn handle_client(sim: Shared, stream: UnixStream) {
-    let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let resp = match BufReader::new(read).read_line(&mut line).await {
-        Ok(0) => return,
-        Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(req) => handle(&sim, req).await,
-            Err(e) => Response::err(libc::EINVAL, format!("bad request: {e}")),
-        },
-        Err(e) => Response::err(libc::EIO, format!("reading request: {e}")),
-    };
-    let mut out = serde_json::to_string(&resp).unwrap_or_else(|_| "{\"ok\":false}".into());
-    out.push('\n');
-    let _ = write.write_all(out.as_bytes()).await;
-}
-
-async fn handle(sim: &Shared, req: Request) -> Response {
-    let refused =
-        |table: &str, (errno, why): (i32, String)| Response::err(errno, format!("{table}: {why}"));
-    match req {
-        Request::Mount {
-            table,
-            spectator,
-            ro,
-            timeout_ms,
-            journals,
-            join_ms,
-            hostdata_first0,
-        } => {
-            model::mount(
-                sim,
-                MountArgs {
-                    table,
-                    spectator,
-                    ro,
-                    timeout_ms,
-                    journals,
-                    join_ms,
-                    hostdata_first0,
-                },
-            )
-            .await
-        }
-        Request::Umount { table } => model::umount(sim, &table).await,
-        Request::Withdraw { table } => {
-            let mut s = lock(sim);
-            if !s.tables.contains_key(&table) {
-                return Response::err(libc::EINVAL, format!("{table} is not mounted"));
-            }
-            match s.withdraw(&table) {
-                Ok(()) => Response::ok(format!("{table} withdrawn")),
-                Err(e) => refused(&table, e),
-            }
-        }
-        Request::Remount { table, ro } => match lock(sim).remount(&table, ro) {
-            Ok(()) => Response::ok(format!("{table} remounted")),
-            Err(e) => refused(&table, e),
-        },
-        Request::Set {
-            replay_ms,
-            fail_next_replays,
-            join_ms,
-            recover_callbacks,
-        } => {
-            let mut s = lock(sim);
-            if let Some(ms) = replay_ms {
-                s.replay_ms = ms;
-            }
-            if let Some(k) = fail_next_replays {
-                s.fail_next_replays = k;
-            }
-            if let Some(ms) = join_ms {
-                s.join_ms = ms;
-            }
-            if let Some(v) = recover_callbacks {
-                s.set_recover_callbacks(v);
-            }
-            let what = format!(
-                "set replay_ms={} fail_next_replays={} join_ms={} recover_callbacks={}",
-                s.replay_ms,
-                s.fail_next_replays,
-                s.join_ms,
-                s.recover_callbacks()
-            );
-            s.note("", what.clone());
-            Response::ok(what)
-        }
-        Request::Status => {
-            let s = lock(sim);
-            let mut r = Response::ok("");
-            r.status = Some(s.status());
-            r
         }
     }
 }
