@@ -1232,11 +1232,19 @@ fn s19_idle_daemon_sleeps_and_a_hanging_fence_is_reported() {
     mount_all(&c, &[1, 2, 3], "fs1");
     // Past the remount-mode reads 0.1, 0.5 and 2 s after `online`.
     std::thread::sleep(Duration::from_secs(3));
-    let before = c.daemon_wakeups(1).unwrap();
-    std::thread::sleep(Duration::from_secs(10));
-    let wakeups = c.daemon_wakeups(1).unwrap() - before;
+    // Two windows: a periodic tick shows in both, while a late one-off event (a timer fired
+    // late on a loaded machine) shows in one at most.
+    let mut windows = Vec::new();
+    for _ in 0..2 {
+        let before = c.daemon_wakeups(1).unwrap();
+        std::thread::sleep(Duration::from_secs(10));
+        windows.push(c.daemon_wakeups(1).unwrap().saturating_sub(before));
+    }
     // The daemon used to wake twice a second for a fence check; now only for events.
-    assert!(wakeups <= 10, "{wakeups} wakeups in 10 s of idleness");
+    assert!(
+        windows.iter().min().is_some_and(|&w| w <= 10),
+        "wakeups in two windows of 10 s of idleness: {windows:?}"
+    );
 
     c.set_fence_delay(60_000).unwrap();
     c.crash_node(3);
