@@ -9,8 +9,10 @@ use crate::time::Time;
 use crate::types::{NodeId, Peer, SysfsFile, Table, DAEMON_GROUP};
 use crate::wire::{self, Header, Message};
 
+mod actions;
 mod fencing;
 mod membership;
+mod messages;
 mod mounts;
 mod sabotage;
 mod timeline;
