@@ -315,7 +315,7 @@ impl Node {
                     "fencing is off (enable_fencing=0): taking the node as fenced when it failed"
                         .into(),
                 );
-                self.touched = None;
+                self.scope.widen();
                 self.on_fenced(nodeid, failed_at);
                 self.drive();
                 self.warn_slow_fencing();

@@ -420,7 +420,7 @@ impl Node {
 
     pub(super) fn after_sync(&mut self) {
         self.synced_at = self.now;
-        self.touched = None;
+        self.scope.widen();
         if self.rep.version < self.cfg.proto_min {
             self.log(
                 Level::Error,

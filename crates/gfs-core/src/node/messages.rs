@@ -145,9 +145,7 @@ impl Node {
             }
             Message::Mount { table, mode } => {
                 if sender == me {
-                    let n = self.mounts_delivered.entry(table.clone()).or_default();
-                    *n += 1;
-                    let n = *n;
+                    let n = self.announcements.delivered(&table);
                     if let Some(l) = self.local.get_mut(&table) {
                         if l.mount_seq == n {
                             l.mount_seen = true;
@@ -304,13 +302,11 @@ impl Node {
         match scope {
             Some(table) => {
                 self.settle(&table);
-                if let Some(t) = self.touched.as_mut() {
-                    t.insert(table);
-                }
+                self.scope.include(table);
             }
             None => {
                 self.settle_all();
-                self.touched = None;
+                self.scope.widen();
             }
         }
     }

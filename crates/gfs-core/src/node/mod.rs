@@ -21,7 +21,7 @@ mod views;
 
 use fencing::FenceRecord;
 use membership::Membership;
-use mounts::{LocalFs, Phase};
+use mounts::{Announcements, LocalFs, Phase};
 #[cfg(feature = "sabotage")]
 pub use sabotage::Sabotage;
 use timeline::Timelines;
@@ -116,13 +116,12 @@ pub struct Node {
     stopped_in_flight: bool,
     outputs: VecDeque<Output>,
     timelines: Timelines,
-    /// Per table: MOUNTs we sent, and how many of them came back.
-    mounts_sent: BTreeMap<Table, u64>,
-    mounts_delivered: BTreeMap<Table, u64>,
+    /// Our MOUNT messages, numbered per table.
+    announcements: Announcements,
     /// Replaying buffered history after adopting a snapshot: the group already acted on it.
     replaying: bool,
-    /// Filesystems the current input may have changed (`None`: all of them).
-    touched: Option<BTreeSet<Table>>,
+    /// The filesystems the current input may have changed: all that `drive` looks at.
+    scope: Scope,
     /// Failed nodes to take as fenced at their failure once this input's drive is done
     /// (`require_fencing` off), in the order they would have been asked of a backend.
     assume_fenced: Vec<(NodeId, Time)>,
@@ -155,10 +154,9 @@ impl Node {
             stopped_in_flight: false,
             outputs: VecDeque::new(),
             timelines,
-            mounts_sent: BTreeMap::new(),
-            mounts_delivered: BTreeMap::new(),
+            announcements: Announcements::default(),
             replaying: false,
-            touched: None,
+            scope: Scope::All,
             assume_fenced: Vec::new(),
         };
         node.outputs.push_back(Output::JoinGroup {
@@ -215,16 +213,7 @@ impl Node {
     pub fn handle(&mut self, now: Time, input: Input) {
         self.now = now.max(self.now);
         let first_output = self.outputs.len();
-        self.touched = match &input {
-            Input::Kernel(ev) => Some(BTreeSet::from([ev.table.clone()])),
-            Input::WriteDone { table, .. }
-            | Input::ReadDone { table, .. }
-            | Input::DlmRegistered { table, .. }
-            | Input::DlmNotified { table, .. }
-            | Input::MountMode { table, .. } => Some(BTreeSet::from([table.clone()])),
-            Input::Deliver { .. } => Some(BTreeSet::new()),
-            _ => None,
-        };
+        self.scope = Scope::of(&input);
         match input {
             Input::ConfChg { change, quorate } => {
                 self.on_quorum(quorate);
@@ -360,12 +349,12 @@ impl Node {
         if !self.is_synced() {
             return;
         }
-        let tables: Vec<Table> = match self.touched.take() {
-            Some(t) => t
+        let tables: Vec<Table> = match std::mem::take(&mut self.scope) {
+            Scope::Tables(t) => t
                 .into_iter()
                 .filter(|t| self.local.contains_key(t))
                 .collect(),
-            None => self.local.keys().cloned().collect(),
+            Scope::All => self.local.keys().cloned().collect(),
         };
         for table in &tables {
             self.drive_mount(table);
@@ -397,5 +386,43 @@ impl Node {
             change: (self.rep.epoch > 0).then_some(self.rep.epoch),
             ..record
         }));
+    }
+}
+
+/// The filesystems an input may have changed. An input about one filesystem (a uevent, a sysfs
+/// result, dlm_controld's answer) changes only that one; a delivered message grows the scope by
+/// the filesystem it names; anything else (a configuration change, quorum, fencing, a timer, a
+/// message about the whole group) may change every filesystem.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum Scope {
+    #[default]
+    All,
+    Tables(BTreeSet<Table>),
+}
+
+impl Scope {
+    fn of(input: &Input) -> Scope {
+        match input {
+            Input::Kernel(ev) => Scope::Tables(BTreeSet::from([ev.table.clone()])),
+            Input::WriteDone { table, .. }
+            | Input::ReadDone { table, .. }
+            | Input::DlmRegistered { table, .. }
+            | Input::DlmNotified { table, .. }
+            | Input::MountMode { table, .. } => Scope::Tables(BTreeSet::from([table.clone()])),
+            Input::Deliver { .. } => Scope::Tables(BTreeSet::new()),
+            _ => Scope::All,
+        }
+    }
+
+    /// The input changed `table` too.
+    fn include(&mut self, table: Table) {
+        if let Scope::Tables(tables) = self {
+            tables.insert(table);
+        }
+    }
+
+    /// The input may have changed every filesystem.
+    fn widen(&mut self) {
+        *self = Scope::All;
     }
 }

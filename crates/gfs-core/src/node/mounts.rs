@@ -64,6 +64,31 @@ pub(super) struct LocalFs {
     pub(super) retry_at: BTreeMap<Jid, Time>,
 }
 
+/// Our MOUNT messages per filesystem: how many we sent and how many came back, so that a mount
+/// acts only once its own MOUNT has been delivered (an earlier mount's admission may still be
+/// in the group's state).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Announcements {
+    sent: BTreeMap<Table, u64>,
+    delivered: BTreeMap<Table, u64>,
+}
+
+impl Announcements {
+    /// Numbers the next MOUNT for `table`.
+    pub(super) fn next(&mut self, table: &Table) -> u64 {
+        let n = self.sent.entry(table.clone()).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Counts one of our MOUNTs for `table` as delivered; returns its number.
+    pub(super) fn delivered(&mut self, table: &Table) -> u64 {
+        let n = self.delivered.entry(table.clone()).or_default();
+        *n += 1;
+        *n
+    }
+}
+
 impl Node {
     pub(super) fn on_kernel(&mut self, ev: KernelEvent) {
         let key = ev.table.clone();
@@ -465,9 +490,7 @@ impl Node {
             return;
         };
         l.phase = Phase::Announced;
-        let seq = self.mounts_sent.entry(table.to_owned()).or_default();
-        *seq += 1;
-        l.mount_seq = *seq;
+        l.mount_seq = self.announcements.next(table);
         let mode = l.mode;
         self.send(Message::Mount {
             table: table.to_owned(),
