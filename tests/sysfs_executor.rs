@@ -9,7 +9,7 @@
 //! `<root>/<table>/lock_module/<file>` write take `hold` and hand out the root's writer.
 
 mod common;
-use common::TempDir;
+use common::{Captured, TempDir};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -224,20 +224,6 @@ async fn the_thread_bound_makes_filesystems_wait_their_turn() {
     assert!(start.elapsed() >= Duration::from_millis(350));
 }
 
-/// Log output of the current thread, for counting warnings.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_burst_beyond_the_thread_bound_warns_once() {
     let captured = Captured::default();
@@ -260,7 +246,7 @@ async fn a_burst_beyond_the_thread_bound_warns_once() {
     for _ in &names {
         exec.complete(next(&mut rx, Duration::from_secs(5)).await.unwrap());
     }
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text();
     assert_eq!(
         text.matches("every sysfs worker thread is busy").count(),
         1,

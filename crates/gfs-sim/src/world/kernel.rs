@@ -763,6 +763,14 @@ impl World {
         }
     }
 
+    /// umount(8) on node `n`: the mount goes once nothing holds it any more.
+    pub(super) fn unmount(&mut self, n: NodeId, key: &str) {
+        if let Some(m) = self.nodes.get_mut(&n).and_then(|x| x.mounts.get_mut(key)) {
+            m.kernel.unmounting = true;
+        }
+        self.maybe_finish_unmount(n, key);
+    }
+
     pub(super) fn maybe_finish_unmount(&mut self, n: NodeId, key: &str) {
         let Some(m) = self.nodes[&n].mounts.get(key) else {
             return;

@@ -60,15 +60,7 @@ impl Scenario {
 
     pub fn umount(&mut self, node: NodeId, fs: u32) {
         let key = self.table(fs);
-        if let Some(m) = self
-            .w
-            .nodes
-            .get_mut(&node)
-            .and_then(|x| x.mounts.get_mut(&key))
-        {
-            m.kernel.unmounting = true;
-        }
-        self.w.maybe_finish_unmount(node, &key);
+        self.w.unmount(node, &key);
     }
 
     pub fn remount(&mut self, node: NodeId, fs: u32, mode: MountMode) {

@@ -39,15 +39,7 @@ impl World {
                         if self.faults_on && self.rng.chance(p.unmount / tables.len() as f64) =>
                     {
                         self.log(format!("WORK umount {key} on n{n}"));
-                        self.nodes
-                            .get_mut(&n)
-                            .expect("node")
-                            .mounts
-                            .get_mut(&key)
-                            .expect("mount")
-                            .kernel
-                            .unmounting = true;
-                        self.maybe_finish_unmount(n, &key);
+                        self.unmount(n, &key);
                     }
                     Some((MountStep::Online, mode, true))
                         if mode != MountMode::Spectator
@@ -119,15 +111,7 @@ impl World {
                 .collect();
             for n in holders {
                 self.log(format!("OPERATOR umount {key} on n{n}: only read-only members hold it and journals need replay"));
-                self.nodes
-                    .get_mut(&n)
-                    .expect("node")
-                    .mounts
-                    .get_mut(&key)
-                    .expect("mount")
-                    .kernel
-                    .unmounting = true;
-                self.maybe_finish_unmount(n, &key);
+                self.unmount(n, &key);
             }
         }
     }
