@@ -1,4 +1,4 @@
-# The README's commands: `make demo`, `make deps` then `make check`.
+# The README's two commands: `make demo` and `make check`.
 CARGO ?= cargo
 SHELL := /bin/bash
 
@@ -6,8 +6,8 @@ SHELL := /bin/bash
 	fuzz fuzz-short soak
 
 # Debian packages, each list written only here: `make deps`, `make vm-deps` and
-# `make package-deps` install them (as root), `make check` only reports what is missing, and
-# .ci/run and .ci/package install through these targets.
+# `make package-deps` install what is missing of them (as root); `make check` runs `make deps`
+# so that it works on a fresh machine; .ci/run and .ci/package install through these targets.
 #
 # corosync and the libraries the daemon links; ip and unshare for the netns clusters.
 COROSYNC_PACKAGES = corosync libcpg-dev libquorum-dev libcmap-dev libcfg-dev libvotequorum-dev \
@@ -46,9 +46,11 @@ deps:
 package-deps:
 	$(call apt_install,$(PACKAGING_PACKAGES))
 
-# Reports what `make check` lacks; installing is `make deps`. The build needs corosync's
-# libraries; without the others the tests that need them skip (and fail when CI is set).
+# Reports what `make check` lacks once `make deps` ran (or could not run, without root). The
+# build needs corosync's libraries; without the others the tests that need them skip (and fail
+# when CI is set).
 check-deps:
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) -s deps; fi
 	@command -v corosync >/dev/null && command -v pkg-config >/dev/null && \
 	pkg-config --exists libcpg libquorum libcmap libcfg libvotequorum || { \
 		echo "make check: corosync or its libraries are missing ($(strip $(call missing,$(COROSYNC_PACKAGES)))): run make deps as root" >&2; \
